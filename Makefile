@@ -1,0 +1,73 @@
+# egs-agent: `make run` starts the agent on this host, `make test` builds everything and runs the suite.
+# Everything here works on a fresh machine with Python 3.11+, gcc and the package registries.
+
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+PIP      := $(PY) -m pip
+SIM_OUT  := $(abspath build/sim)
+NATIVE_SRC := $(wildcard native/*.c native/*.h) native/build_native.py
+SIM_SRC  := $(wildcard native/sim/*.c native/sim/*.h native/sim/Makefile)
+CONFIG   ?=
+
+.PHONY: all venv native sim system-deps test run demo bench proto clean
+
+all: native sim
+
+$(VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# The cffi extension, built in place so `agent._native` imports from the source tree.
+agent/.native-built: $(VENV)/.installed $(NATIVE_SRC)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+native: agent/.native-built
+
+# Simulated vendor libraries (libnvidia-ml.so.1, libamd_smi.so) used by tests, the demo and bench/.
+sim: $(SIM_SRC)
+	$(MAKE) -C native/sim OUT=$(SIM_OUT)
+
+# Tools the NIC tests drive (ip netns, ethtool -L) and systemd-analyze for the unit checks.
+# Installed only when missing and only when we can (root); the tests skip with the reason otherwise.
+system-deps:
+	@missing=""; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
+	command -v ethtool >/dev/null || missing="$$missing ethtool"; \
+	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
+	      || echo "system-deps: could not install$$missing; tests needing them will skip"; \
+	  else echo "system-deps: missing$$missing (not root); tests needing them will skip"; fi; \
+	fi
+
+proto: venv
+	$(PY) proto/generate.py
+
+test: venv native sim system-deps
+	$(PY) -m pytest -q tests
+
+run: venv native
+	$(VENV)/bin/egs-agent run $(if $(CONFIG),--config $(CONFIG),--config dev/agent.toml)
+
+demo: venv native sim
+	EGS_SIM_SCENARIO=$(abspath native/sim/scenarios/two-nvidia-one-amd.toml) \
+	EGS_NVML_LIBRARY=$(SIM_OUT)/nvml/libnvidia-ml.so.1 \
+	EGS_AMDSMI_LIBRARY=$(SIM_OUT)/amdsmi/libamd_smi.so \
+	EGS_SIMULATED=1 \
+	$(VENV)/bin/egs-agent run --config dev/demo.toml
+
+bench: venv native sim
+	$(PY) bench/sampler.py
+	$(PY) bench/daemon.py
+	$(PY) bench/collector.py
+
+clean:
+	rm -rf build agent/_native*.so agent/_native.c agent/.native-built *.egg-info

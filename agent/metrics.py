@@ -1,0 +1,53 @@
+"""The metric catalogue: every name the agent emits, its unit and help text.
+
+Names follow DESIGN.md (base units, unit suffixes, `_total` for counters); the help
+strings are the metric documentation. GPU metrics carry the labels gpu, uuid, vendor,
+model; per-NIC metrics carry nic. Other modules refer to metrics by these names only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    help: str
+    kind: str = "gauge"  # or "counter"
+    scope: str = "gpu"  # gpu, host, nic, agent
+
+
+GPU_LABELS = ("gpu", "uuid", "vendor", "model")
+
+CATALOGUE: tuple[Metric, ...] = (
+    Metric("gpu_utilization_percent", "percent", "Share of the last driver sample period the graphics/compute engine was busy."),
+    Metric("gpu_memory_busy_percent", "percent", "Share of the last driver sample period the memory controller was busy."),
+    Metric("gpu_memory_used_bytes", "bytes", "Framebuffer (VRAM) in use."),
+    Metric("gpu_memory_total_bytes", "bytes", "Framebuffer (VRAM) size."),
+    Metric("gpu_memory_used_percent", "percent", "Framebuffer in use as a share of its size (the slides' 'GPU memory usage')."),
+    Metric("gpu_temperature_celsius", "celsius", "GPU core (NVIDIA) or edge (AMD) temperature."),
+    Metric("gpu_power_watts", "watts", "Board power draw."),
+    Metric("gpu_sm_clock_mhz", "MHz", "SM (NVIDIA) or graphics (AMD) clock."),
+    Metric("gpu_memory_clock_mhz", "MHz", "Memory clock."),
+    Metric("gpu_energy_joules_total", "joules", "Energy consumed since the driver was loaded.", kind="counter"),
+    Metric("gpu_fan_speed_percent", "percent", "Fan speed as a share of its maximum."),
+    Metric("cpu_utilization_percent", "percent", "Host CPU busy time, all cores (label cpu for one core).", scope="host"),
+    Metric("memory_used_percent", "percent", "Host memory in use (total minus available) as a share of the total.", scope="host"),
+    Metric("net_rx_bytes_per_second", "bytes/s", "Bytes received per second.", scope="nic"),
+    Metric("net_tx_bytes_per_second", "bytes/s", "Bytes sent per second.", scope="nic"),
+    Metric("net_rx_packets_per_second", "packets/s", "Packets received per second.", scope="nic"),
+    Metric("net_tx_packets_per_second", "packets/s", "Packets sent per second.", scope="nic"),
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOGUE}
+GPU_METRICS: tuple[str, ...] = tuple(m.name for m in CATALOGUE if m.scope == "gpu")
+
+
+def register(metric: Metric) -> Metric:
+    """Add a metric declared elsewhere (load averages, NIC queue counts, spool drops...)."""
+    existing = BY_NAME.get(metric.name)
+    if existing is not None and existing != metric:
+        raise ValueError(f"metric {metric.name} declared twice with different meanings")
+    BY_NAME[metric.name] = metric
+    return metric
