@@ -1,0 +1,531 @@
+"""The node daemon: wires sources, windows, feature components and the local API.
+
+One main loop, about once a second on the wall-clock second: collect every source into the
+windows, hand the closed 1-second buckets to the components, tick the components, publish
+an update to `Watch` clients, refresh the `Status` snapshot, and tell systemd we are alive.
+The GPU hot path never runs here (it is the native core's C thread); this loop touches one
+aggregate per (device, metric) per second, which is why its CPU does not grow with the
+sampling rate.
+
+Features (alarms, NIC tuning, the stream to the collector, health) plug in as components,
+listed in `COMPONENTS` as "module:function" strings. Each factory is `build(cfg, ctx)` and
+returns an object with `name`, `start()`, `stop()`, `tick(now)`, `status()`, and optionally
+`grpc_services()`, `on_event(event)`, `on_buckets(buckets)`, `reload(cfg)`
+(docs/internals.md, "Components"). A component that fails to build, start or tick is logged
+and shown as failed in `status`; the daemon keeps serving everything else.
+
+Threads: components' `tick`, `status`, `on_event` and `on_buckets` are all called from the
+main loop's thread (events emitted from other threads are queued and delivered there), so a
+component needs no locking against the daemon. The gRPC server reads only the snapshot the
+main loop publishes and the (locked) windows.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import math
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+from agent import __version__
+from agent import config as config_mod
+from agent.events import Event
+from agent.metrics import BY_NAME, GPU_METRICS
+from agent.sources.base import Source, collect_safely
+from agent.windows import Bucket, Windows
+
+# Feature components, "module:function"; each room adds its own line.
+COMPONENTS: tuple[str, ...] = (
+)
+
+log = logging.getLogger("egs-agent")
+
+
+@dataclass
+class Context:
+    """What a component gets from the daemon (docs/internals.md, "Components")."""
+
+    windows: Windows
+    core: Any  # agent.native.Core, or None when GPUs are off or the core is not built
+    emit: Callable[[Event], None]
+    state_dir: Path
+    clock: Callable[[], float]
+    host_id: str
+    labels: dict[str, str]
+    log: logging.Logger
+    simulated: bool = False
+
+
+def simulated_env(env: dict[str, str] | None = None) -> bool:
+    """`EGS_SIMULATED=1` (set by `make demo`): every output is marked SIMULATED."""
+    env = os.environ if env is None else env
+    return env.get("EGS_SIMULATED", "").strip().lower() not in ("", "0", "false", "no")
+
+
+# --- systemd notification --------------------------------------------------------------------
+
+def sd_notify(message: str, env: dict[str, str] | None = None) -> bool:
+    """Send one sd_notify(3) datagram ("READY=1", "STATUS=...", "WATCHDOG=1", ...).
+
+    The protocol is a datagram on the AF_UNIX socket named by NOTIFY_SOCKET; a leading '@'
+    names an abstract socket. Without NOTIFY_SOCKET (not under systemd) it does nothing.
+    """
+    env = os.environ if env is None else env
+    address = env.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.sendto(message.encode("utf-8", "replace"), address)
+        return True
+    except OSError as e:
+        log.warning("sd_notify to %s failed: %s", env.get("NOTIFY_SOCKET"), e)
+        return False
+
+
+def watchdog_interval(env: dict[str, str] | None = None) -> float | None:
+    """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC, as sd_watchdog_enabled advises)."""
+    env = os.environ if env is None else env
+    usec = env.get("WATCHDOG_USEC")
+    pid = env.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(0.05, int(usec) / 1e6 / 2)
+    except ValueError:
+        return None
+
+
+# --- logging ---------------------------------------------------------------------------------
+
+class _LogFormat(logging.Formatter):
+    """One line per record. Under journald (JOURNAL_STREAM set) no timestamp, since the
+    journal stamps each line itself, and a `<N>` syslog priority prefix, which journald
+    turns into the entry's priority."""
+
+    _priority = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def __init__(self, journal: bool, simulated: bool):
+        super().__init__()
+        self.journal, self.simulated = journal, simulated
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.exc_info:
+            # Keep it one line: the journal shows multi-line tracebacks as separate entries.
+            message += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        if self.simulated:
+            message = "SIMULATED " + message
+        if self.journal:
+            return f"<{self._priority.get(record.levelno, 6)}>{message}"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(record.created))
+        return f"{stamp} {record.levelname.lower()} {message}"
+
+
+def setup_logging(level: str, env: dict[str, str] | None = None, stream=None) -> None:
+    env = os.environ if env is None else env
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_LogFormat(bool(env.get("JOURNAL_STREAM")), simulated_env(env)))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+# --- components ------------------------------------------------------------------------------
+
+@dataclass
+class _Slot:
+    """A component and how it is doing, or why it is not there."""
+
+    spec: str
+    component: Any = None
+    state: str = "ok"  # ok | failed | off
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return getattr(self.component, "name", None) or self.spec
+
+    def call(self, what: str, *args) -> Any:
+        """Call an (optional) method; an exception marks the component failed, logged once."""
+        method = getattr(self.component, what, None)
+        if method is None or self.state != "ok":
+            return None
+        try:
+            return method(*args)
+        except Exception as e:
+            self.state, self.error = "failed", f"{what}: {type(e).__name__}: {e}"
+            log.exception("component %s failed in %s; the daemon carries on without it", self.name, what)
+            return None
+
+
+def build_components(specs: tuple[str, ...], cfg: SimpleNamespace, ctx: Context) -> list[_Slot]:
+    slots = []
+    for spec in specs:
+        slot = _Slot(spec)
+        try:
+            module_name, _, function = spec.partition(":")
+            factory = getattr(importlib.import_module(module_name), function or "build")
+            slot.component = factory(cfg, ctx)
+            if slot.component is None:
+                slot.state = "off"
+        except Exception as e:
+            slot.state, slot.error = "failed", f"build: {type(e).__name__}: {e}"
+            log.exception("component %s failed to build; the daemon carries on without it", spec)
+        slots.append(slot)
+    return slots
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+class Daemon:
+    """The agent. `start()`, then `run()` until `request_stop()`; or `tick(now)` by hand in tests."""
+
+    def __init__(self, cfg: SimpleNamespace, config_path: str | None = None,
+                 env: dict[str, str] | None = None, clock: Callable[[], float] = time.time,
+                 components: tuple[str, ...] | None = None, core_factory: Callable | None = None):
+        self.cfg = cfg
+        self.config_path = config_path
+        self.env = dict(os.environ if env is None else env)
+        self.clock = clock
+        self.component_specs = COMPONENTS if components is None else components
+        self.core_factory = core_factory
+        self.simulated = simulated_env(self.env)
+        self.started_at = clock()
+        self.host_id = cfg.agent.host_id or socket.gethostname()
+        self.state_dir = Path(cfg.agent.state_dir)
+        self.windows = Windows(self._window_sizes(cfg), clock)
+        self.sources: list[Source] = []
+        self.core = None
+        self.slots: list[_Slot] = []
+        self.api = None
+        self.hub = None
+        self._events: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self._recent_events: list[dict] = []
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()  # the main loop sleeps on it; stop/reload set it
+        self._stopped = False
+        self._last_tick_at = -math.inf
+        self.gpu_source = None
+        self._snapshot_json = "{}"
+        self._snapshot: dict = {}
+        self._ticks = 0
+        self._tick_seconds = 0.0
+        self._last_watchdog = 0.0
+        self._watchdog_every = watchdog_interval(self.env)
+        self.ctx: Context | None = None
+
+    @staticmethod
+    def _window_sizes(cfg) -> list[float]:
+        return [config_mod.parse_duration(s) for s in cfg.windows.sizes]
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        from agent.api.server import ApiServer
+        from agent.api.watch import WatchHub
+        from agent.sources.gpu import GpuSource
+        from agent.sources.host import HostSource
+
+        cfg = self.cfg
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log.info("egs-agent %s starting: config %s, host %s%s", __version__,
+                 self.config_path or "(defaults)", self.host_id, ", SIMULATED GPUs" if self.simulated else "")
+
+        gpu = GpuSource(cfg.gpu, core_factory=self.core_factory)
+        host = HostSource(cfg.host)
+        self.gpu_source = gpu
+        self.sources = [gpu, host]
+        for source in self.sources:
+            try:
+                source.start()
+            except Exception as e:
+                source.status.state, source.status.last_error = "failed", f"{type(e).__name__}: {e}"
+                log.exception("source %s failed to start; the others carry on", source.name)
+        self.core = gpu.core
+        self._log_gpu_backends(gpu)
+
+        self.ctx = Context(windows=self.windows, core=self.core, emit=self.emit, state_dir=self.state_dir,
+                           clock=self.clock, host_id=self.host_id, labels=dict(cfg.agent.labels),
+                           log=logging.getLogger("egs-agent.component"), simulated=self.simulated)
+        self.slots = build_components(self.component_specs, cfg, self.ctx)
+        for slot in self.slots:
+            slot.call("start")
+
+        self.hub = WatchHub(self.windows, simulated=self.simulated)
+        services = []
+        for slot in self.slots:
+            services += slot.call("grpc_services") or []
+        self.api = ApiServer(cfg.api, self, services)
+        # Fill the windows once before serving so the first Status has figures in it.
+        self.tick(self.clock())
+        self.api.start()
+        log.info("local API listening on unix:%s (mode %o%s)", cfg.api.socket, cfg.api.socket_mode,
+                 f", group {cfg.api.socket_group}" if cfg.api.socket_group else "")
+        sd_notify("READY=1\nSTATUS=" + self.summary(), self.env)
+
+    def request_stop(self) -> None:
+        """Safe from a signal handler: the main loop wakes and stops."""
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self) -> None:
+        """Safe from a signal handler: the main loop wakes and reloads."""
+        self._reload.set()
+        self._wake.set()
+
+    def run(self) -> None:
+        """The main loop, until SIGTERM/SIGINT (or request_stop)."""
+        while not self._stop.is_set():
+            now = self.clock()
+            # Tick just after each wall-clock second so a tick closes the previous second.
+            delay = math.floor(now) + 1.02 - now
+            if self._watchdog_every:
+                delay = min(delay, self._watchdog_every)
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            now = self.clock()
+            if math.floor(now) > math.floor(self._last_tick_at):
+                self.tick(now)
+            self._ping_watchdog()
+        self.stop()
+
+    def _ping_watchdog(self) -> None:
+        if self._watchdog_every and time.monotonic() - self._last_watchdog >= self._watchdog_every * 0.9:
+            sd_notify("WATCHDOG=1", self.env)
+            self._last_watchdog = time.monotonic()
+
+    def stop(self) -> None:
+        """Graceful stop: stop serving, stop components (bounded by each), stop sources."""
+        if self._stopped:
+            return
+        self._stopped = True
+        sd_notify("STOPPING=1", self.env)
+        log.info("stopping")
+        if self.api is not None:
+            self.api.stop(grace=1.0)
+        if self.hub is not None:
+            self.hub.close()
+        for slot in reversed(self.slots):
+            if slot.state == "ok":
+                slot.call("stop")
+        for source in reversed(self.sources):
+            try:
+                source.stop()
+            except Exception:
+                log.exception("source %s failed to stop cleanly", source.name)
+        log.info("stopped")
+
+    # --- the main loop's work ----------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        started = time.perf_counter()
+        self._last_tick_at = now
+        for source in self.sources:
+            self.windows.add_all(collect_safely(source, now, log))
+        buckets: list[Bucket] = self.windows.close(now)
+        if buckets:
+            for slot in self.slots:
+                slot.call("on_buckets", buckets)
+        for slot in self.slots:
+            slot.call("tick", now)
+        events = self._deliver_events()
+        self._publish(now, events)
+        self._ticks += 1
+        self._tick_seconds += time.perf_counter() - started
+
+    def emit(self, event: Event) -> None:
+        """Any thread may emit; events are logged now and delivered from the main loop."""
+        log.info("%s", event.log_line())
+        self._events.put(event)
+
+    def _deliver_events(self) -> list[Event]:
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                break
+        for event in events:
+            for slot in self.slots:
+                slot.call("on_event", event)
+            self._recent_events = (self._recent_events + [event.to_dict()])[-20:]
+        return events
+
+    def _publish(self, now: float, events: list[Event]) -> None:
+        snapshot = self.build_status(now)
+        text = json.dumps(snapshot, sort_keys=False, default=str, allow_nan=False)
+        self._snapshot, self._snapshot_json = snapshot, text
+        if self.hub is not None:
+            self.hub.publish(now, events, text)
+        sd_notify("STATUS=" + self.summary(), self.env)
+
+    # --- status ------------------------------------------------------------------------------
+    def status_json(self) -> str:
+        """The latest `status --json` document (refreshed every tick; safe from any thread)."""
+        return self._snapshot_json
+
+    def build_status(self, now: float) -> dict:
+        gpu_source = self.gpu_source
+        gpus = gpu_source.gpu_status(self.windows) if gpu_source is not None else []
+        backends = gpu_source.backend_status() if gpu_source is not None else {}
+        status: dict[str, Any] = {
+            "simulated": self.simulated,
+            "agent": {"version": __version__, "host_id": self.host_id, "pid": os.getpid(),
+                      "config": self.config_path, "uptime_s": round(now - self.started_at, 1),
+                      "ticks": self._ticks, "tick_cpu_avg_ms": round(1000 * self._tick_seconds / self._ticks, 3)
+                      if self._ticks else None, "windows": self.windows.stats(),
+                      "labels": dict(self.cfg.agent.labels)},
+            "host": self._host_status(),
+            "gpus": gpus,
+            "backends": backends,
+            "sources": {s.name: s.status.to_dict() for s in self.sources},
+            "components": {slot.name: {"state": slot.state, "error": slot.error, "spec": slot.spec}
+                           for slot in self.slots},
+            "events": list(self._recent_events),
+            "alarms": [],
+            "nic": {},
+        }
+        for slot in self.slots:
+            if slot.state == "ok":
+                value = slot.call("status")
+                if slot.state == "ok":
+                    status[slot.name] = value
+            else:
+                status.setdefault(slot.name, {"state": slot.state, "error": slot.error})
+        return _json_ready(status)
+
+    def _host_status(self) -> dict:
+        w = self.windows
+        host: dict[str, Any] = {"hostname": socket.gethostname()}
+        host["cpu_utilization_percent"] = w.latest("cpu_utilization_percent", {})
+        host["cpu_count"] = len([ls for ls in w.label_sets("cpu_utilization_percent") if "cpu" in ls])
+        host["memory_used_percent"] = w.latest("memory_used_percent", {})
+        for name in ("memory_used_bytes", "memory_total_bytes", "load1", "load5", "load15"):
+            host[name] = w.latest(name, {})
+        nics: dict[str, dict] = {}
+        for metric in w.metrics():
+            if metric.startswith("net_"):
+                for labels in w.label_sets(metric):
+                    if "nic" in labels:
+                        nics.setdefault(labels["nic"], {})[metric] = w.latest(metric, labels)
+        host["nics"] = dict(sorted(nics.items()))
+        return host
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS= and `systemctl status`."""
+        s = self._snapshot or {}
+        gpus = s.get("gpus", [])
+        ok = sum(1 for g in gpus if g.get("state") == "ok")
+        backends = ", ".join(f"{k} {v.get('state')}" for k, v in s.get("backends", {}).items())
+        failed = [n for n, c in s.get("components", {}).items() if c.get("state") == "failed"]
+        text = f"{ok}/{len(gpus)} GPUs ok ({backends or 'no backends'})"
+        host = s.get("host", {})
+        if host.get("cpu_utilization_percent") is not None:
+            text += f"; cpu {host['cpu_utilization_percent']:.0f}%"
+        if failed:
+            text += f"; failed: {', '.join(failed)}"
+        return ("SIMULATED " if self.simulated else "") + text
+
+    def _log_gpu_backends(self, gpu) -> None:
+        backends = gpu.backend_status()
+        if not backends or all(b.get("state") != "ok" for b in backends.values()):
+            reasons = "; ".join(f"{k}: {v.get('detail')}" for k, v in backends.items()) or "GPUs disabled"
+            log.warning("no GPU library found (%s); running on host metrics alone", reasons)
+            return
+        for name, b in backends.items():
+            log.info("GPU backend %s: %s%s", name, b.get("state"), f" ({b.get('detail')})" if b.get("detail") else "")
+
+    # --- reload ------------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """SIGHUP: re-read the file; a bad file keeps the running config and says why."""
+        if not self.config_path:
+            log.info("reload: no config file was given; nothing to reload")
+            return False
+        try:
+            new = config_mod.load(self.config_path, self.env)
+        except config_mod.ConfigError as e:
+            log.error("reload rejected, keeping the running config: %s", e)
+            return False
+        old = self.cfg
+        restart_only = [f"{section}.{key}" for section, key in (
+            ("agent", "state_dir"), ("agent", "host_id"), ("api", "socket"), ("gpu", "enabled"),
+            ("gpu", "nvidia"), ("gpu", "amd"), ("gpu", "nvml_library"), ("gpu", "amdsmi_library"),
+            ("gpu", "hz"), ("gpu", "ring_seconds"))
+            if getattr(getattr(old, section), key) != getattr(getattr(new, section), key)]
+        if restart_only:
+            log.warning("reload: %s changed; that takes effect on restart", ", ".join(restart_only))
+        logging.getLogger().setLevel(new.agent.log_level.upper())
+        self.windows.set_sizes(self._window_sizes(new))
+        for source in self.sources:
+            if hasattr(source, "reconfigure"):
+                source.reconfigure(getattr(new, source.name))
+        if self.api is not None:
+            self.api.reconfigure(new.api)
+        if self.hub is not None:
+            self.hub.queue_size = new.api.watch_queue
+        for slot in self.slots:
+            if slot.state != "ok":
+                continue
+            if hasattr(slot.component, "reload"):
+                slot.call("reload", new)
+            else:
+                log.info("reload: component %s keeps its settings until restart", slot.name)
+        self.cfg = new
+        log.info("reloaded %s", self.config_path)
+        return True
+
+
+def _json_ready(value: Any) -> Any:
+    """NaN/inf have no JSON spelling: they become null, like an unsupported metric."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def run(config_path: str | None, socket_override: str | None = None) -> int:
+    """`egs-agent run`: exit 0 after a graceful stop, 1 on a runtime failure to start.
+
+    A bad config raises ConfigError, which the CLI turns into exit code 2.
+    """
+    cfg = config_mod.load(config_path)
+    if socket_override:
+        cfg.api.socket = socket_override
+    setup_logging(cfg.agent.log_level)
+    daemon = Daemon(cfg, config_path=config_path)
+    signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
+    signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())
+    try:
+        daemon.start()
+    except config_mod.ConfigError:
+        daemon.stop()
+        raise
+    except Exception as e:
+        log.error("cannot start: %s", e)
+        daemon.stop()
+        return 1
+    daemon.run()
+    return 0

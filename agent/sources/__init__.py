@@ -1,0 +1,1 @@
+"""Sources of figures: one module per source behind `agent.sources.base.Source`."""

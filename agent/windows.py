@@ -1,0 +1,262 @@
+"""Windowed statistics: 1-second buckets folded into 10 s / 1 m / 5 m / 15 m figures.
+
+Every (metric, label set) the sources produce is a *series*. A series keeps one bucket per
+wall-clock second (count, sum, min, max, last) in fixed-size ring arrays as long as the
+longest configured window, so memory is bounded by series × longest window and does not
+grow with the sampling rate: a 1 kHz GPU field and a 1 Hz host figure both cost one bucket
+a second.
+
+What a window means (the one definition everything else relies on): with `now` from the
+injected clock, the window of W seconds holds the buckets of the seconds
+`floor(now) - W + 1 ... floor(now)`, i.e. the last W whole seconds counting the current one.
+`avg` is weighted by sample count (a bucket of 1000 GPU reads weighs 1000), `min`/`max` are
+over every sample, `last` is the most recent value, `count` the number of samples. A window
+with no samples answers None, never 0.
+
+Buckets of past seconds are *closed*: `close(now)` hands each closed bucket out once (the
+daemon passes them to components' `on_buckets`, the outbox ships them). A sample that arrives
+for an already-closed second still counts in the windows and is counted as late.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from agent.sources.base import Sample
+
+STATS = ("avg", "min", "max", "last", "count")
+
+
+def labels_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One closed second of one series: the unit `on_buckets` receives."""
+
+    metric: str
+    labels: dict[str, str]
+    ts: int  # the second's start, unix seconds
+    count: int
+    sum: float
+    min: float
+    max: float
+    last: float
+
+    @property
+    def avg(self) -> float:
+        return self.sum / self.count
+
+    def to_dict(self) -> dict:
+        return {"metric": self.metric, "labels": dict(self.labels), "ts": self.ts, "count": self.count,
+                "sum": self.sum, "min": self.min, "max": self.max, "last": self.last}
+
+
+_EMPTY = -1  # stamp of a slot that holds no second
+
+
+class _Series:
+    """Ring of `size` one-second slots; slot i holds the second stamp[i] (or nothing)."""
+
+    __slots__ = ("metric", "labels", "size", "stamp", "count", "sum", "min", "max", "last",
+                 "last_value", "last_ts", "closed_through")
+
+    def __init__(self, metric: str, labels: dict[str, str], size: int):
+        self.metric, self.labels = metric, dict(labels)
+        self._alloc(size)
+        self.last_value: float | None = None
+        self.last_ts = -math.inf
+        self.closed_through = -1  # seconds <= this were handed out by close()
+
+    def resize(self, size: int) -> None:
+        old = [(self.stamp[i], self.count[i], self.sum[i], self.min[i], self.max[i], self.last[i])
+               for i in range(self.size) if self.stamp[i] != _EMPTY]
+        self._alloc(size)
+        for sec, c, s, lo, hi, la in old:
+            i = sec % size
+            if self.stamp[i] == _EMPTY or self.stamp[i] < sec:
+                self.stamp[i], self.count[i], self.sum[i], self.min[i], self.max[i], self.last[i] = sec, c, s, lo, hi, la
+
+    def _alloc(self, size: int) -> None:
+        self.size = size
+        self.stamp = array("q", [_EMPTY]) * size
+        self.count = array("q", [0]) * size
+        self.sum = array("d", [0.0]) * size
+        self.min = array("d", [0.0]) * size
+        self.max = array("d", [0.0]) * size
+        self.last = array("d", [0.0]) * size
+
+    def add(self, sec: int, s: Sample) -> None:
+        i = sec % self.size
+        if self.stamp[i] != sec:
+            if self.stamp[i] > sec:
+                return  # older than anything the ring keeps
+            self.stamp[i], self.count[i], self.sum[i] = sec, s.count, s.sum
+            self.min[i], self.max[i], self.last[i] = s.min, s.max, s.last
+        else:
+            self.count[i] += s.count
+            self.sum[i] += s.sum
+            if s.min < self.min[i]:
+                self.min[i] = s.min
+            if s.max > self.max[i]:
+                self.max[i] = s.max
+            self.last[i] = s.last
+        if s.ts >= self.last_ts:
+            self.last_ts, self.last_value = s.ts, s.last
+
+    def slots(self, first: int, last: int) -> Iterable[int]:
+        """Indexes of slots holding seconds first..last, oldest first."""
+        if last - first + 1 >= self.size:
+            first = last - self.size + 1
+        stamp = self.stamp
+        for sec in range(first, last + 1):
+            i = sec % self.size
+            if stamp[i] == sec:
+                yield i
+
+
+class Windows:
+    """`Windows(sizes_seconds, clock)`; thread-safe (the API reads while the main loop adds)."""
+
+    def __init__(self, sizes_seconds: Iterable[float], clock: Callable[[], float] = time.time):
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, tuple], _Series] = {}
+        self._by_metric: dict[str, list[_Series]] = {}
+        self.late_samples = 0
+        self.set_sizes(sizes_seconds)
+
+    # --- configuration --------------------------------------------------------------------
+    def set_sizes(self, sizes_seconds: Iterable[float]) -> None:
+        sizes = sorted({int(math.ceil(s)) for s in sizes_seconds})
+        if not sizes or sizes[0] < 1:
+            raise ValueError(f"window sizes must be >= 1 s, got {sizes}")
+        with self._lock:
+            self.sizes = tuple(sizes)
+            # One extra slot so the bucket just closed is still present when the current
+            # second's bucket is being written.
+            self.retention = sizes[-1] + 1
+            for series in self._series.values():
+                if series.size != self.retention:
+                    series.resize(self.retention)
+
+    # --- writing --------------------------------------------------------------------------
+    def add(self, sample: Sample) -> None:
+        if sample.count <= 0:
+            return
+        sec = int(math.floor(sample.ts))
+        key = (sample.metric, labels_key(sample.labels))
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series(sample.metric, sample.labels, self.retention)
+                self._by_metric.setdefault(sample.metric, []).append(series)
+            if sec <= series.closed_through:
+                self.late_samples += 1
+            series.add(sec, sample)
+
+    def add_all(self, samples: Iterable[Sample]) -> None:
+        for s in samples:
+            self.add(s)
+
+    def close(self, now: float | None = None) -> list[Bucket]:
+        """Every bucket of a second before floor(now) not handed out yet, oldest first."""
+        now = self.clock() if now is None else now
+        through = int(math.floor(now)) - 1
+        out: list[Bucket] = []
+        with self._lock:
+            for series in self._series.values():
+                if series.closed_through >= through:
+                    continue
+                first = max(series.closed_through + 1, through - series.size + 1)
+                for i in series.slots(first, through):
+                    out.append(Bucket(series.metric, dict(series.labels), series.stamp[i], series.count[i],
+                                      series.sum[i], series.min[i], series.max[i], series.last[i]))
+                series.closed_through = through
+        out.sort(key=lambda b: b.ts)
+        return out
+
+    # --- reading --------------------------------------------------------------------------
+    def metrics(self) -> list[str]:
+        with self._lock:
+            return sorted(self._by_metric)
+
+    def label_sets(self, metric: str) -> list[dict[str, str]]:
+        with self._lock:
+            return [dict(s.labels) for s in self._by_metric.get(metric, ())]
+
+    def latest(self, metric: str, labels: dict[str, str]) -> float | None:
+        """The most recent value of the series, however old (None if never seen)."""
+        with self._lock:
+            series = self._series.get((metric, labels_key(labels)))
+            return None if series is None else series.last_value
+
+    def latest_all(self) -> list[tuple[str, dict[str, str], float, float]]:
+        """(metric, labels, value, ts) of every series' most recent value."""
+        with self._lock:
+            return [(s.metric, dict(s.labels), s.last_value, s.last_ts)
+                    for s in self._series.values() if s.last_value is not None]
+
+    def stat(self, metric: str, labels: dict[str, str], window_s: float, stat: str,
+             now: float | None = None) -> float | None:
+        if stat not in STATS:
+            raise ValueError(f"unknown statistic {stat!r} (known: {', '.join(STATS)})")
+        window = int(math.ceil(window_s))
+        if window < 1 or window > self.retention - 1:
+            raise ValueError(f"window {window_s} s outside 1..{self.retention - 1} s kept")
+        now = self.clock() if now is None else now
+        current = int(math.floor(now))
+        with self._lock:
+            series = self._series.get((metric, labels_key(labels)))
+            if series is None:
+                return None
+            return self._fold(series, current - window + 1, current, stat)
+
+    @staticmethod
+    def _fold(series: _Series, first: int, last: int, stat: str) -> float | None:
+        count, total, lo, hi, latest = 0, 0.0, math.inf, -math.inf, None
+        for i in series.slots(first, last):
+            c = series.count[i]
+            count += c
+            total += series.sum[i]
+            lo = min(lo, series.min[i])
+            hi = max(hi, series.max[i])
+            latest = series.last[i]
+        if count == 0:
+            return None
+        return {"avg": total / count, "min": lo, "max": hi, "last": latest,
+                "count": float(count)}[stat]
+
+    def history(self, metric: str, labels: dict[str, str], seconds: int,
+                now: float | None = None) -> list[float | None]:
+        """Per-second averages of the last `seconds` seconds, oldest first (None = no data)."""
+        now = self.clock() if now is None else now
+        current = int(math.floor(now))
+        seconds = max(1, min(int(seconds), self.retention - 1))
+        with self._lock:
+            series = self._series.get((metric, labels_key(labels)))
+            out: list[float | None] = [None] * seconds
+            if series is None:
+                return out
+            first = current - seconds + 1
+            for i in series.slots(first, current):
+                out[series.stamp[i] - first] = series.sum[i] / series.count[i]
+            return out
+
+    def forget(self, metric: str, labels: dict[str, str]) -> None:
+        """Drop a series (a NIC that went away); its closed buckets were already handed out."""
+        key = (metric, labels_key(labels))
+        with self._lock:
+            series = self._series.pop(key, None)
+            if series is not None:
+                self._by_metric[metric].remove(series)
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {"series": len(self._series), "sizes_s": list(self.sizes),
+                    "late_samples": self.late_samples}
