@@ -13,7 +13,9 @@ import sys
 from agent.config import ConfigError
 
 # Modules with a `register(subparsers)` function; the order is the order in --help.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "agent.nic.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

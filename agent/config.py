@@ -28,7 +28,9 @@ from typing import Any, Callable
 DEFAULT_PATH = "/etc/egs-agent/agent.toml"
 
 # Packages whose `settings` module declares further sections (a list `SECTIONS`).
-SECTION_MODULES: tuple[str, ...] = ()
+SECTION_MODULES: tuple[str, ...] = (
+    "agent.nic.settings",
+)
 
 
 class ConfigError(Exception):
