@@ -46,6 +46,7 @@ from agent.windows import Bucket, Windows
 
 # Feature components, "module:function"; each room adds its own line.
 COMPONENTS: tuple[str, ...] = (
+    "agent.nic.component:build",
 )
 
 log = logging.getLogger("egs-agent")
