@@ -1,0 +1,465 @@
+/*
+ * amdsmi.c - the AMD backend: AMD SMI (libamd_smi.so) loaded with dlopen, never linked.
+ *
+ * AMD SMI reports VRAM in MB, power in W and energy as a counter times a resolution in uJ;
+ * this file converts to the core's fixed raw units (bytes, mW, mJ) so Python sees one set of
+ * units whatever the vendor. Only the narrow per-metric calls are used: reading the full
+ * gpu_metrics blob wakes a runtime-suspended GPU on some parts and shows false activity.
+ * AMD exposes no fan figure in the catalogue, so fan is unsupported here by design.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* --- AMD SMI types and constants, declared from the public API description ---------------- */
+
+typedef int am_status;
+typedef void *am_handle;
+
+enum {
+    AM_SUCCESS = 0,
+    AM_NOT_SUPPORTED = 2,
+    AM_NOT_YET_IMPLEMENTED = 3,
+    AM_NOT_FOUND = 31,
+    AM_NO_DATA = 40,
+};
+
+enum { AM_INIT_AMD_GPUS = 2 };
+enum { AM_PROCESSOR_AMD_GPU = 1 };
+enum { AM_TEMP_EDGE = 0, AM_TEMP_CURRENT = 0 };
+enum { AM_CLK_GFX = 0, AM_CLK_MEM = 4 };
+enum { AM_EVT_VMFAULT = 1, AM_EVT_THERMAL_THROTTLE = 2, AM_EVT_GPU_PRE_RESET = 3, AM_EVT_GPU_POST_RESET = 4 };
+
+#pragma pack(push, 1)
+struct am_asic_info {
+    char market_name[256];
+    uint32_t vendor_id;
+    char vendor_name[256];
+    uint32_t subvendor_id;
+    uint64_t device_id;
+    uint32_t rev_id;
+    char asic_serial[256];
+    uint32_t oam_id;
+    uint32_t num_of_compute_units;
+    uint8_t pad[4];
+    uint64_t target_graphics_version;
+    uint32_t subsystem_id;
+    uint32_t reserved[21];
+};
+
+struct am_engine_usage {
+    uint32_t gfx_activity, umc_activity, mm_activity, reserved[13];
+};
+
+struct am_vram_usage {
+    uint32_t vram_total, vram_used, reserved[2];
+};
+
+struct am_power_info {
+    uint64_t socket_power;
+    uint32_t current_socket_power, average_socket_power;
+    uint64_t gfx_voltage, soc_voltage, mem_voltage;
+    uint32_t power_limit;
+    uint8_t pad[4];
+    uint64_t reserved[18];
+};
+
+struct am_clk_info {
+    uint32_t clk, min_clk, max_clk;
+    uint8_t clk_locked, clk_deep_sleep, pad[2];
+    uint32_t reserved[4];
+};
+
+struct am_driver_info {
+    char driver_version[256], driver_date[256], driver_name[256];
+};
+
+struct am_event {
+    am_handle processor;
+    uint32_t event;
+    char message[256];
+    uint8_t pad[4];
+};
+#pragma pack(pop)
+
+/* --- the symbol table --------------------------------------------------------------------- */
+
+enum {
+    R_INIT, R_SHUTDOWN, R_STATUS_STRING, R_SOCKETS, R_PROCESSORS, R_TYPE, R_UUID, R_BDF, R_ASIC,
+    R_DRIVER, R_TEMPERATURE, R_ACTIVITY, R_VRAM, R_POWER, R_CLOCK, R_ENERGY, R_EVENT_INIT,
+    R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_COUNT_ROLES
+};
+
+static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
+    [R_INIT] = {"init", {"amdsmi_init"}},
+    [R_SHUTDOWN] = {"shutdown", {"amdsmi_shut_down"}},
+    [R_STATUS_STRING] = {"error_string", {"amdsmi_status_code_to_string"}},
+    [R_SOCKETS] = {"socket_handles", {"amdsmi_get_socket_handles"}},
+    [R_PROCESSORS] = {"processor_handles", {"amdsmi_get_processor_handles"}},
+    [R_TYPE] = {"processor_type", {"amdsmi_get_processor_type"}},
+    [R_UUID] = {"uuid", {"amdsmi_get_gpu_device_uuid"}},
+    [R_BDF] = {"bdf", {"amdsmi_get_gpu_device_bdf"}},
+    [R_ASIC] = {"asic_info", {"amdsmi_get_gpu_asic_info"}},
+    [R_DRIVER] = {"driver_version", {"amdsmi_get_gpu_driver_info"}},
+    [R_TEMPERATURE] = {"temperature", {"amdsmi_get_temp_metric"}},
+    [R_ACTIVITY] = {"utilization", {"amdsmi_get_gpu_activity"}},
+    [R_VRAM] = {"memory", {"amdsmi_get_gpu_vram_usage"}},
+    [R_POWER] = {"power", {"amdsmi_get_power_info"}},
+    [R_CLOCK] = {"clock", {"amdsmi_get_clock_info"}},
+    [R_ENERGY] = {"energy", {"amdsmi_get_energy_count"}},
+    [R_EVENT_INIT] = {"event_init", {"amdsmi_init_gpu_event_notification"}},
+    [R_EVENT_MASK] = {"event_mask", {"amdsmi_set_gpu_event_notification_mask"}},
+    [R_EVENT_GET] = {"event_get", {"amdsmi_get_gpu_event_notification"}},
+    [R_EVENT_STOP] = {"event_stop", {"amdsmi_stop_gpu_event_notification"}},
+};
+
+struct am_lib {
+    struct egs_role roles[R_COUNT_ROLES];
+    int events_on;                  /* devices with notification initialised */
+};
+
+#define FN(lib, role, type) ((type)(lib)->roles[role].fn)
+
+typedef am_status (*fn_init)(uint64_t);
+typedef am_status (*fn_void)(void);
+typedef am_status (*fn_status_string)(am_status, const char **);
+typedef am_status (*fn_sockets)(uint32_t *, void **);
+typedef am_status (*fn_processors)(void *, uint32_t *, void **);
+typedef am_status (*fn_u32)(am_handle, uint32_t *);
+typedef am_status (*fn_uuid)(am_handle, uint32_t *, char *);
+typedef am_status (*fn_u64)(am_handle, uint64_t *);
+typedef am_status (*fn_ptr)(am_handle, void *);
+typedef am_status (*fn_temp)(am_handle, int, int, int64_t *);
+typedef am_status (*fn_clock)(am_handle, int, struct am_clk_info *);
+typedef am_status (*fn_energy)(am_handle, uint64_t *, float *, uint64_t *);
+typedef am_status (*fn_handle)(am_handle);
+typedef am_status (*fn_mask)(am_handle, uint64_t);
+typedef am_status (*fn_event_get)(int, uint32_t *, struct am_event *);
+
+static const char *am_error(const struct am_lib *lib, am_status rc, char *buf, size_t cap)
+{
+    const char *text = NULL;
+    fn_status_string fn = FN(lib, R_STATUS_STRING, fn_status_string);
+    if (fn == NULL || fn(rc, &text) != AM_SUCCESS)
+        text = NULL;
+    snprintf(buf, cap, "%s (AMD SMI status %d)", text != NULL ? text : "AMD SMI error", rc);
+    return buf;
+}
+
+/* AMD SMI has no GPU_IS_LOST; a handle whose device has gone answers NOT_FOUND. */
+static int am_is_lost(am_status rc)
+{
+    return rc == AM_NOT_FOUND;
+}
+
+static unsigned char am_classify(const struct am_lib *lib, am_status rc, const char *symbol,
+                                 struct egs_tick *t)
+{
+    char msg[EGS_TEXT - 64];
+    if (rc == AM_SUCCESS)
+        return EGS_R_OK;
+    if (rc == AM_NOT_SUPPORTED || rc == AM_NOT_YET_IMPLEMENTED)
+        return EGS_R_UNSUPPORTED;
+    if (am_is_lost(rc)) {
+        if (!t->lost) {
+            t->lost = 1;
+            t->lost_code = rc;
+            snprintf(t->lost_reason, sizeof(t->lost_reason), "%s: %s", symbol,
+                     am_error(lib, rc, msg, sizeof(msg)));
+        }
+        return EGS_R_SKIPPED;
+    }
+    return EGS_R_ERROR;
+}
+
+#define WANT(f) (!t->lost && !(d->unsupported & (1u << (f))))
+#define MIB 1048576.0
+
+static void am_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t)
+{
+    const struct am_lib *lib = b->impl;
+    am_handle h = d->handle;
+    am_status rc;
+
+    if (WANT(EGS_F_UTILIZATION) || WANT(EGS_F_MEMORY_BUSY)) {
+        struct am_engine_usage u;
+        memset(&u, 0, sizeof(u));
+        rc = FN(lib, R_ACTIVITY, fn_ptr)(h, &u);
+        unsigned char s = am_classify(lib, rc, lib->roles[R_ACTIVITY].symbol, t);
+        t->status[EGS_F_UTILIZATION] = t->status[EGS_F_MEMORY_BUSY] = s;
+        t->values[EGS_F_UTILIZATION] = u.gfx_activity;
+        t->values[EGS_F_MEMORY_BUSY] = u.umc_activity;
+    }
+    if (WANT(EGS_F_MEMORY_USED) || WANT(EGS_F_MEMORY_TOTAL)) {
+        struct am_vram_usage v;
+        memset(&v, 0, sizeof(v));
+        rc = FN(lib, R_VRAM, fn_ptr)(h, &v);
+        unsigned char s = am_classify(lib, rc, lib->roles[R_VRAM].symbol, t);
+        t->status[EGS_F_MEMORY_USED] = t->status[EGS_F_MEMORY_TOTAL] = s;
+        t->values[EGS_F_MEMORY_USED] = v.vram_used * MIB;
+        t->values[EGS_F_MEMORY_TOTAL] = v.vram_total * MIB;
+    }
+    if (WANT(EGS_F_TEMPERATURE)) {
+        int64_t c = 0;
+        rc = FN(lib, R_TEMPERATURE, fn_temp)(h, AM_TEMP_EDGE, AM_TEMP_CURRENT, &c);
+        t->values[EGS_F_TEMPERATURE] = (double)c;
+        t->status[EGS_F_TEMPERATURE] = am_classify(lib, rc, lib->roles[R_TEMPERATURE].symbol, t);
+    }
+    if (WANT(EGS_F_POWER)) {
+        struct am_power_info p;
+        memset(&p, 0, sizeof(p));
+        rc = FN(lib, R_POWER, fn_ptr)(h, &p);
+        t->values[EGS_F_POWER] = (double)p.socket_power * 1000.0;
+        t->status[EGS_F_POWER] = am_classify(lib, rc, lib->roles[R_POWER].symbol, t);
+    }
+    if (WANT(EGS_F_SM_CLOCK)) {
+        struct am_clk_info c;
+        memset(&c, 0, sizeof(c));
+        rc = FN(lib, R_CLOCK, fn_clock)(h, AM_CLK_GFX, &c);
+        t->values[EGS_F_SM_CLOCK] = c.clk;
+        t->status[EGS_F_SM_CLOCK] = am_classify(lib, rc, lib->roles[R_CLOCK].symbol, t);
+    }
+    if (WANT(EGS_F_MEMORY_CLOCK)) {
+        struct am_clk_info c;
+        memset(&c, 0, sizeof(c));
+        rc = FN(lib, R_CLOCK, fn_clock)(h, AM_CLK_MEM, &c);
+        t->values[EGS_F_MEMORY_CLOCK] = c.clk;
+        t->status[EGS_F_MEMORY_CLOCK] = am_classify(lib, rc, lib->roles[R_CLOCK].symbol, t);
+    }
+    if (WANT(EGS_F_ENERGY)) {
+        uint64_t counter = 0, stamp = 0;
+        float resolution_uj = 0.0f;
+        rc = FN(lib, R_ENERGY, fn_energy)(h, &counter, &resolution_uj, &stamp);
+        t->values[EGS_F_ENERGY] = (double)counter * (double)resolution_uj / 1000.0;
+        t->status[EGS_F_ENERGY] = am_classify(lib, rc, lib->roles[R_ENERGY].symbol, t);
+    }
+    if (t->lost) {
+        for (int f = 0; f < EGS_NFIELDS; f++)
+            if (t->status[f] == EGS_R_OK)
+                t->status[f] = EGS_R_SKIPPED;
+    }
+}
+
+static unsigned int am_missing_fields(const struct am_lib *lib)
+{
+    unsigned int mask = 1u << EGS_F_FAN;
+    if (lib->roles[R_ACTIVITY].fn == NULL)
+        mask |= 1u << EGS_F_UTILIZATION | 1u << EGS_F_MEMORY_BUSY;
+    if (lib->roles[R_VRAM].fn == NULL)
+        mask |= 1u << EGS_F_MEMORY_USED | 1u << EGS_F_MEMORY_TOTAL;
+    if (lib->roles[R_TEMPERATURE].fn == NULL)
+        mask |= 1u << EGS_F_TEMPERATURE;
+    if (lib->roles[R_POWER].fn == NULL)
+        mask |= 1u << EGS_F_POWER;
+    if (lib->roles[R_CLOCK].fn == NULL)
+        mask |= 1u << EGS_F_SM_CLOCK | 1u << EGS_F_MEMORY_CLOCK;
+    if (lib->roles[R_ENERGY].fn == NULL)
+        mask |= 1u << EGS_F_ENERGY;
+    return mask;
+}
+
+static int am_wait_event(struct egs_backend *b, struct egs_core *core, int timeout_ms)
+{
+    struct am_lib *lib = b->impl;
+    struct am_event events[16];
+    uint32_t n = 16;
+    memset(events, 0, sizeof(events));
+    am_status rc = FN(lib, R_EVENT_GET, fn_event_get)(timeout_ms, &n, events);
+    if (rc != AM_SUCCESS) {
+        /* NO_DATA is the ordinary timeout; anything else returned at once, so pause. */
+        if (rc != AM_NO_DATA) {
+            struct timespec pause = {0, (long)timeout_ms * 1000000L};
+            nanosleep(&pause, NULL);
+        }
+        return 0;
+    }
+    for (uint32_t k = 0; k < n && k < 16; k++) {
+        for (unsigned int i = 0; i < core->ndevs; i++) {
+            struct egs_dev *d = &core->devs[i];
+            if (d->backend == b && d->handle == events[k].processor) {
+                char detail[EGS_TEXT];
+                snprintf(detail, sizeof(detail), "AMD event %u on %s: %.200s", events[k].event,
+                         d->info.pci_bus_id, events[k].message);
+                egs_push_event(core, EGS_EVENT_AMD, i, events[k].event, detail);
+                break;
+            }
+        }
+    }
+    return (int)n;
+}
+
+static void am_open_events(struct egs_core *core, struct egs_backend *b, struct am_lib *lib)
+{
+    if (lib->roles[R_EVENT_INIT].fn == NULL || lib->roles[R_EVENT_MASK].fn == NULL ||
+        lib->roles[R_EVENT_GET].fn == NULL || lib->roles[R_EVENT_STOP].fn == NULL)
+        return;
+    /* Bit (event - 1) selects an event, as AMD SMI's own mask macro does. */
+    uint64_t mask = 1ull << (AM_EVT_VMFAULT - 1) | 1ull << (AM_EVT_THERMAL_THROTTLE - 1) |
+                    1ull << (AM_EVT_GPU_PRE_RESET - 1) | 1ull << (AM_EVT_GPU_POST_RESET - 1);
+    for (unsigned int i = 0; i < core->ndevs; i++) {
+        struct egs_dev *d = &core->devs[i];
+        if (d->backend != b || d->lost)
+            continue;
+        if (FN(lib, R_EVENT_INIT, fn_handle)(d->handle) != AM_SUCCESS)
+            continue;
+        if (FN(lib, R_EVENT_MASK, fn_mask)(d->handle, mask) != AM_SUCCESS) {
+            FN(lib, R_EVENT_STOP, fn_handle)(d->handle);
+            continue;
+        }
+        lib->events_on++;
+    }
+    if (lib->events_on > 0) {
+        b->events = lib;
+        b->wait_event = am_wait_event;
+    }
+}
+
+static void am_close(struct egs_backend *b)
+{
+    struct am_lib *lib = b->impl;
+    if (lib == NULL)
+        return;
+    if (lib->events_on > 0) {
+        for (unsigned int i = 0; i < b->core->ndevs; i++) {
+            struct egs_dev *d = &b->core->devs[i];
+            if (d->backend == b && !d->lost)
+                FN(lib, R_EVENT_STOP, fn_handle)(d->handle);
+        }
+    }
+    if (b->initialised && lib->roles[R_SHUTDOWN].fn != NULL)
+        FN(lib, R_SHUTDOWN, fn_void)();
+    free(lib);
+    b->impl = NULL;
+    b->roles = NULL;
+    b->nroles = 0;
+}
+
+static void am_describe(struct am_lib *lib, struct egs_dev *d, unsigned int missing)
+{
+    char uuid[EGS_NAME];
+    uint32_t len = sizeof(uuid);
+    memset(uuid, 0, sizeof(uuid));
+    if (lib->roles[R_UUID].fn != NULL && FN(lib, R_UUID, fn_uuid)(d->handle, &len, uuid) == AM_SUCCESS)
+        snprintf(d->info.uuid, sizeof(d->info.uuid), "%.*s", (int)sizeof(uuid) - 1, uuid);
+    uint64_t bdf = 0;
+    if (lib->roles[R_BDF].fn != NULL && FN(lib, R_BDF, fn_u64)(d->handle, &bdf) == AM_SUCCESS) {
+        snprintf(d->info.pci_bus_id, sizeof(d->info.pci_bus_id), "%04llx:%02x:%02x.%x",
+                 (unsigned long long)(bdf >> 16), (unsigned int)((bdf >> 8) & 0xff),
+                 (unsigned int)((bdf >> 3) & 0x1f), (unsigned int)(bdf & 0x7));
+    }
+    struct am_asic_info *asic = calloc(1, sizeof(*asic));
+    if (asic != NULL && lib->roles[R_ASIC].fn != NULL && FN(lib, R_ASIC, fn_ptr)(d->handle, asic) == AM_SUCCESS)
+        snprintf(d->info.name, sizeof(d->info.name), "%.*s", (int)sizeof(d->info.name) - 1, asic->market_name);
+    free(asic);
+    d->unsupported = d->info.unsupported = missing;
+}
+
+int egs_amdsmi_open(struct egs_core *core, struct egs_backend *b)
+{
+    char msg[EGS_TEXT - 64];
+    int rc = EGS_OK;
+    void **sockets = NULL, **procs = NULL;
+    struct am_lib *lib = calloc(1, sizeof(*lib));
+    if (lib == NULL)
+        return EGS_E_NOMEM;
+    memcpy(lib->roles, am_roles_template, sizeof(lib->roles));
+    b->impl = lib;
+    b->roles = lib->roles;
+    b->nroles = R_COUNT_ROLES;
+    b->close = am_close;
+
+    dlerror();
+    b->lib = dlopen(core->amdsmi_path, RTLD_NOW | RTLD_LOCAL);
+    if (b->lib == NULL) {
+        const char *why = dlerror();
+        b->info.state = EGS_BSTATE_UNAVAILABLE;
+        snprintf(b->info.detail, sizeof(b->info.detail), "cannot load AMD SMI: %s", why ? why : core->amdsmi_path);
+        goto out;
+    }
+    egs_resolve(b);
+    int need[] = {R_INIT, R_SOCKETS, R_PROCESSORS};
+    for (int k = 0; k < 3; k++) {
+        if (lib->roles[need[k]].fn == NULL) {
+            b->info.state = EGS_BSTATE_ERROR;
+            snprintf(b->info.detail, sizeof(b->info.detail), "%s exports no %s", core->amdsmi_path,
+                     lib->roles[need[k]].candidates[0]);
+            goto out;
+        }
+    }
+    am_status st = FN(lib, R_INIT, fn_init)(AM_INIT_AMD_GPUS);
+    if (st != AM_SUCCESS) {
+        b->info.state = EGS_BSTATE_ERROR;
+        b->info.status = st;
+        snprintf(b->info.detail, sizeof(b->info.detail), "amdsmi_init failed: %s", am_error(lib, st, msg, sizeof(msg)));
+        goto out;
+    }
+    b->initialised = 1;
+
+    uint32_t nsock = 0;
+    st = FN(lib, R_SOCKETS, fn_sockets)(&nsock, NULL);
+    if (st == AM_SUCCESS && nsock > 0) {
+        sockets = calloc(nsock, sizeof(*sockets));
+        if (sockets == NULL) {
+            rc = EGS_E_NOMEM;
+            goto out;
+        }
+        st = FN(lib, R_SOCKETS, fn_sockets)(&nsock, sockets);
+    }
+    if (st != AM_SUCCESS) {
+        b->info.state = EGS_BSTATE_ERROR;
+        b->info.status = st;
+        snprintf(b->info.detail, sizeof(b->info.detail), "amdsmi_get_socket_handles failed: %s",
+                 am_error(lib, st, msg, sizeof(msg)));
+        goto out;
+    }
+    unsigned int missing = am_missing_fields(lib);
+    unsigned int found = 0;
+    for (uint32_t s = 0; s < nsock; s++) {
+        uint32_t nproc = 0;
+        if (FN(lib, R_PROCESSORS, fn_processors)(sockets[s], &nproc, NULL) != AM_SUCCESS || nproc == 0)
+            continue;
+        free(procs);
+        procs = calloc(nproc, sizeof(*procs));
+        if (procs == NULL) {
+            rc = EGS_E_NOMEM;
+            goto out;
+        }
+        if (FN(lib, R_PROCESSORS, fn_processors)(sockets[s], &nproc, procs) != AM_SUCCESS)
+            continue;
+        for (uint32_t p = 0; p < nproc; p++) {
+            uint32_t type = AM_PROCESSOR_AMD_GPU;
+            if (lib->roles[R_TYPE].fn != NULL && FN(lib, R_TYPE, fn_u32)(procs[p], &type) == AM_SUCCESS &&
+                type != AM_PROCESSOR_AMD_GPU)
+                continue;
+            struct egs_dev *d = egs_add_device(core, b);
+            if (d == NULL) {
+                rc = EGS_E_NOMEM;
+                goto out;
+            }
+            d->handle = procs[p];
+            d->info.vendor_index = found++;
+            am_describe(lib, d, missing);
+            if (b->info.driver_version[0] == '\0' && lib->roles[R_DRIVER].fn != NULL) {
+                struct am_driver_info *drv = calloc(1, sizeof(*drv));
+                if (drv != NULL && FN(lib, R_DRIVER, fn_ptr)(d->handle, drv) == AM_SUCCESS)
+                    snprintf(b->info.driver_version, sizeof(b->info.driver_version), "%.*s",
+                             (int)sizeof(b->info.driver_version) - 1, drv->driver_version);
+                free(drv);
+            }
+        }
+    }
+    b->read = am_read;
+    b->info.state = EGS_BSTATE_OK;
+    snprintf(b->info.detail, sizeof(b->info.detail), "AMD SMI, %u device(s)", found);
+    if (core->cfg.events)
+        am_open_events(core, b, lib);
+out:
+    free(sockets);
+    free(procs);
+    return rc;
+}

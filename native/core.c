@@ -1,0 +1,695 @@
+/*
+ * core.c - the device table, the sampler thread, accumulators, ring buffers and events.
+ *
+ * The sampler runs an absolute-deadline loop on CLOCK_MONOTONIC (clock_nanosleep with
+ * TIMER_ABSTIME), so a slow tick does not shift the phase of the ones after it. Each tick
+ * reads every field of every live device into a private buffer with no lock held (the vendor
+ * calls are the slow part), then takes the lock once to fold that buffer into the
+ * accumulators and the ring. Python drains all accumulators in one short critical section of
+ * fixed size, so draining costs the same at 10 Hz and at 1 kHz. The threads never call into
+ * Python: cffi lets C threads run without the GIL.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <time.h>
+
+#include "internal.h"
+
+#define EGS_EXPORT __attribute__((visibility("default")))
+
+/* Longest single sleep, so stop() is prompt even at 1 Hz. */
+#define EGS_MAX_SLEEP_S 0.05
+
+/* --- small helpers ---------------------------------------------------------------------- */
+
+static double ts_seconds(const struct timespec *t)
+{
+    return (double)t->tv_sec + (double)t->tv_nsec * 1e-9;
+}
+
+double egs_now_mono(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return ts_seconds(&t);
+}
+
+double egs_unix_time(const struct egs_core *core)
+{
+    return egs_now_mono() + core->realtime_offset;
+}
+
+void egs_copy(char *dst, size_t cap, const char *src)
+{
+    if (cap == 0)
+        return;
+    if (src == NULL)
+        src = "";
+    snprintf(dst, cap, "%s", src);
+}
+
+int egs_stopping(struct egs_core *core)
+{
+    return atomic_load_explicit(&core->stop, memory_order_relaxed);
+}
+
+/* Fills each role's fn with the first candidate the library exports. A role left without a
+ * symbol is reported (empty symbol name) and its fields become unsupported, never a crash. */
+void egs_resolve(struct egs_backend *b)
+{
+    for (unsigned int i = 0; i < b->nroles; i++) {
+        struct egs_role *r = &b->roles[i];
+        r->fn = NULL;
+        r->symbol = NULL;
+        for (int c = 0; c < EGS_MAX_CANDIDATES && r->candidates[c] != NULL; c++) {
+            void *fn = dlsym(b->lib, r->candidates[c]);
+            if (fn != NULL) {
+                r->fn = fn;
+                r->symbol = r->candidates[c];
+                break;
+            }
+        }
+    }
+    b->info.nsymbols = b->nroles;
+}
+
+struct egs_dev *egs_add_device(struct egs_core *core, struct egs_backend *b)
+{
+    if (core->ndevs == core->devcap) {
+        unsigned int cap = core->devcap ? core->devcap * 2 : 8;
+        struct egs_dev *grown = realloc(core->devs, cap * sizeof(*grown));
+        if (grown == NULL)
+            return NULL;
+        core->devs = grown;
+        core->devcap = cap;
+    }
+    struct egs_dev *d = &core->devs[core->ndevs];
+    memset(d, 0, sizeof(*d));
+    d->backend = b;
+    d->info.index = core->ndevs;
+    d->info.backend = b->id;
+    d->info.state = EGS_DSTATE_OK;
+    core->ndevs++;
+    b->info.ndevices++;
+    return d;
+}
+
+void egs_push_event_locked(struct egs_core *core, int kind, unsigned int device,
+                           unsigned long long code, const char *detail)
+{
+    if (core->ev_count == EGS_EVENT_QUEUE) {
+        /* Keep the newest: drop the oldest and count it. */
+        core->ev_head = (core->ev_head + 1) % EGS_EVENT_QUEUE;
+        core->ev_count--;
+        core->ev_dropped++;
+    }
+    struct egs_event *e = &core->events[(core->ev_head + core->ev_count) % EGS_EVENT_QUEUE];
+    e->kind = kind;
+    e->device = device;
+    e->code = code;
+    e->ts = egs_unix_time(core);
+    egs_copy(e->detail, sizeof(e->detail), detail);
+    core->ev_count++;
+}
+
+void egs_push_event(struct egs_core *core, int kind, unsigned int device,
+                    unsigned long long code, const char *detail)
+{
+    pthread_mutex_lock(&core->lock);
+    egs_push_event_locked(core, kind, device, code, detail);
+    pthread_mutex_unlock(&core->lock);
+}
+
+static void acc_reset(struct egs_acc *a, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        memset(&a[i], 0, sizeof(a[i]));
+        a[i].min = INFINITY;
+        a[i].max = -INFINITY;
+    }
+}
+
+/* --- lifecycle ---------------------------------------------------------------------------- */
+
+EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
+{
+    if (cfg == NULL || out == NULL || !(cfg->hz > 0.0))
+        return EGS_E_INVALID;
+    struct egs_core *core = calloc(1, sizeof(*core));
+    if (core == NULL)
+        return EGS_E_NOMEM;
+    core->cfg = *cfg;
+    /* Own copies of the paths: the caller's strings may not outlive this call. */
+    egs_copy(core->nvml_path, sizeof(core->nvml_path),
+             cfg->nvml_library && cfg->nvml_library[0] ? cfg->nvml_library : "libnvidia-ml.so.1");
+    egs_copy(core->amdsmi_path, sizeof(core->amdsmi_path),
+             cfg->amdsmi_library && cfg->amdsmi_library[0] ? cfg->amdsmi_library : "libamd_smi.so");
+    core->cfg.nvml_library = core->nvml_path;
+    core->cfg.amdsmi_library = core->amdsmi_path;
+    pthread_mutex_init(&core->life, NULL);
+    pthread_mutex_init(&core->lock, NULL);
+    for (int i = 0; i < EGS_NBACKENDS; i++) {
+        core->backends[i].id = i;
+        core->backends[i].core = core;
+        core->backends[i].info.state = EGS_BSTATE_UNAVAILABLE;
+        egs_copy(core->backends[i].info.detail, sizeof(core->backends[i].info.detail), "not started");
+    }
+    *out = core;
+    return EGS_OK;
+}
+
+static void close_backends(struct egs_core *core)
+{
+    for (int i = 0; i < EGS_NBACKENDS; i++) {
+        struct egs_backend *b = &core->backends[i];
+        if (b->close != NULL)
+            b->close(b);
+        if (b->lib != NULL)
+            dlclose(b->lib);
+        b->lib = NULL;
+        b->close = NULL;
+        b->read = NULL;
+        b->wait_event = NULL;
+        b->events = NULL;
+        b->initialised = 0;
+    }
+}
+
+static void free_buffers(struct egs_core *core)
+{
+    free(core->devs);
+    free(core->acc);
+    free(core->ring);
+    free(core->ring_head);
+    free(core->late_hist);
+    core->devs = NULL;
+    core->acc = NULL;
+    core->ring = NULL;
+    core->ring_head = NULL;
+    core->late_hist = NULL;
+    core->ndevs = core->devcap = 0;
+}
+
+static void *sampler_main(void *arg);
+static void *eventer_main(void *arg);
+
+EGS_EXPORT int egs_core_start(struct egs_core *core)
+{
+    int rc = EGS_OK;
+    if (core == NULL)
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->life);
+    if (core->running) {
+        rc = EGS_E_STATE;
+        goto out;
+    }
+    /* The previous run's table stays readable after stop; a new run starts from scratch. */
+    pthread_mutex_lock(&core->lock);
+    free_buffers(core);
+    core->ev_head = core->ev_count = 0;
+    core->ev_dropped = 0;
+    core->ticks = core->late_ticks = core->reads = 0;
+    core->thread_cpu_s = 0.0;
+    core->have_sampler_clock = 0;
+    pthread_mutex_unlock(&core->lock);
+
+    struct timespec real, mono;
+    clock_gettime(CLOCK_REALTIME, &real);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    core->realtime_offset = ts_seconds(&real) - ts_seconds(&mono);
+
+    for (int i = 0; i < EGS_NBACKENDS; i++) {
+        struct egs_backend *b = &core->backends[i];
+        memset(&b->info, 0, sizeof(b->info));
+        b->info.state = EGS_BSTATE_UNAVAILABLE;
+    }
+    /* Held while the table is built, so a concurrent query never sees it half made. */
+    pthread_mutex_lock(&core->lock);
+    struct egs_backend *nv = &core->backends[EGS_BACKEND_NVIDIA];
+    struct egs_backend *amd = &core->backends[EGS_BACKEND_AMD];
+    egs_copy(nv->info.library, EGS_TEXT, core->nvml_path);
+    egs_copy(amd->info.library, EGS_TEXT, core->amdsmi_path);
+    if (core->cfg.nvidia) {
+        if ((rc = egs_nvml_open(core, nv)) != EGS_OK)
+            goto fail_locked;
+    } else {
+        egs_copy(nv->info.detail, sizeof(nv->info.detail), "disabled by configuration");
+    }
+    if (core->cfg.amd) {
+        if ((rc = egs_amdsmi_open(core, amd)) != EGS_OK)
+            goto fail_locked;
+    } else {
+        egs_copy(amd->info.detail, sizeof(amd->info.detail), "disabled by configuration");
+    }
+
+    size_t nacc = (size_t)core->ndevs * EGS_NFIELDS;
+    core->ring_len = core->cfg.ring_len;
+    core->acc = malloc((nacc ? nacc : 1) * sizeof(*core->acc));
+    core->ring_head = calloc(core->ndevs ? core->ndevs : 1, sizeof(*core->ring_head));
+    core->late_hist = calloc(EGS_LATE_BUCKETS, sizeof(*core->late_hist));
+    if (core->ring_len > 0 && core->ndevs > 0)
+        core->ring = malloc((size_t)core->ndevs * core->ring_len * (1 + EGS_NFIELDS) * sizeof(double));
+    if (core->acc == NULL || core->ring_head == NULL || core->late_hist == NULL ||
+        (core->ring_len > 0 && core->ndevs > 0 && core->ring == NULL)) {
+        rc = EGS_E_NOMEM;
+        goto fail_locked;
+    }
+    acc_reset(core->acc, nacc);
+    pthread_mutex_unlock(&core->lock);
+
+    atomic_store(&core->stop, 0);
+    core->start_mono = egs_now_mono();
+    core->stop_mono = 0.0;
+    if (pthread_create(&core->sampler, NULL, sampler_main, core) != 0) {
+        rc = EGS_E_THREAD;
+        goto fail;
+    }
+    core->have_sampler = 1;
+    pthread_mutex_lock(&core->lock);
+    if (pthread_getcpuclockid(core->sampler, &core->sampler_clock) == 0)
+        core->have_sampler_clock = 1;
+    pthread_mutex_unlock(&core->lock);
+    int want_events = 0;
+    for (int i = 0; i < EGS_NBACKENDS; i++)
+        want_events |= core->backends[i].events != NULL;
+    if (core->cfg.events && want_events) {
+        if (pthread_create(&core->eventer, NULL, eventer_main, core) != 0) {
+            rc = EGS_E_THREAD;
+            goto fail;
+        }
+        core->have_eventer = 1;
+    }
+    core->running = 1;
+    goto out;
+
+fail_locked:
+    pthread_mutex_unlock(&core->lock);
+fail:
+    atomic_store(&core->stop, 1);
+    if (core->have_sampler)
+        pthread_join(core->sampler, NULL);
+    core->have_sampler = 0;
+    close_backends(core);
+    pthread_mutex_lock(&core->lock);
+    free_buffers(core);
+    core->have_sampler_clock = 0;
+    pthread_mutex_unlock(&core->lock);
+out:
+    pthread_mutex_unlock(&core->life);
+    return rc;
+}
+
+EGS_EXPORT int egs_core_stop(struct egs_core *core)
+{
+    if (core == NULL)
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->life);
+    if (core->running) {
+        atomic_store(&core->stop, 1);
+        if (core->have_sampler)
+            pthread_join(core->sampler, NULL);
+        if (core->have_eventer)
+            pthread_join(core->eventer, NULL);
+        core->have_sampler = core->have_eventer = 0;
+        pthread_mutex_lock(&core->lock);
+        core->stop_mono = egs_now_mono();
+        core->have_sampler_clock = 0;
+        pthread_mutex_unlock(&core->lock);
+        close_backends(core);
+        core->running = 0;
+    }
+    pthread_mutex_unlock(&core->life);
+    return EGS_OK;
+}
+
+EGS_EXPORT int egs_core_running(struct egs_core *core)
+{
+    if (core == NULL)
+        return 0;
+    pthread_mutex_lock(&core->life);
+    int running = core->running;
+    pthread_mutex_unlock(&core->life);
+    return running;
+}
+
+EGS_EXPORT void egs_core_free(struct egs_core *core)
+{
+    if (core == NULL)
+        return;
+    egs_core_stop(core);
+    free_buffers(core);
+    pthread_mutex_destroy(&core->lock);
+    pthread_mutex_destroy(&core->life);
+    free(core);
+}
+
+/* --- the sampler ---------------------------------------------------------------------------- */
+
+static void fold_tick(struct egs_core *core, const struct egs_tick *ticks, double now_unix)
+{
+    for (unsigned int i = 0; i < core->ndevs; i++) {
+        struct egs_dev *d = &core->devs[i];
+        const struct egs_tick *t = &ticks[i];
+        if (d->info.state == EGS_DSTATE_LOST)
+            continue;
+        struct egs_acc *acc = &core->acc[(size_t)i * EGS_NFIELDS];
+        double *slot = NULL;
+        if (core->ring != NULL) {
+            size_t pos = core->ring_head[i] % core->ring_len;
+            slot = &core->ring[((size_t)i * core->ring_len + pos) * (1 + EGS_NFIELDS)];
+            slot[0] = now_unix;
+        }
+        for (int f = 0; f < EGS_NFIELDS; f++) {
+            double v = NAN;
+            switch (t->status[f]) {
+            case EGS_R_OK:
+                v = t->values[f];
+                if (acc[f].count == 0)
+                    acc[f].first_ts = now_unix;
+                acc[f].count++;
+                acc[f].sum += v;
+                if (v < acc[f].min)
+                    acc[f].min = v;
+                if (v > acc[f].max)
+                    acc[f].max = v;
+                acc[f].last = v;
+                acc[f].last_ts = now_unix;
+                break;
+            case EGS_R_UNSUPPORTED:
+                d->info.unsupported |= 1u << f;
+                break;
+            case EGS_R_ERROR:
+                acc[f].errors++;
+                break;
+            default:
+                break;
+            }
+            if (slot != NULL)
+                slot[1 + f] = v;
+        }
+        if (slot != NULL)
+            core->ring_head[i]++;
+        if (t->lost) {
+            d->info.state = EGS_DSTATE_LOST;
+            egs_copy(d->info.lost_reason, sizeof(d->info.lost_reason), t->lost_reason);
+            egs_push_event_locked(core, EGS_EVENT_LOST, i, (unsigned long long)t->lost_code,
+                                  t->lost_reason);
+        }
+    }
+}
+
+static void add_seconds(struct timespec *t, double s)
+{
+    double whole = floor(s);
+    t->tv_sec += (time_t)whole;
+    t->tv_nsec += (long)((s - whole) * 1e9);
+    while (t->tv_nsec >= 1000000000L) {
+        t->tv_sec++;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+static double ts_diff(const struct timespec *a, const struct timespec *b)
+{
+    return (double)(a->tv_sec - b->tv_sec) + (double)(a->tv_nsec - b->tv_nsec) * 1e-9;
+}
+
+static void *sampler_main(void *arg)
+{
+    struct egs_core *core = arg;
+    const double period = 1.0 / core->cfg.hz;
+    const long long period_ns = (long long)(1e9 / core->cfg.hz);
+    struct egs_tick *ticks = calloc(core->ndevs ? core->ndevs : 1, sizeof(*ticks));
+    struct timespec deadline, now;
+
+    if (ticks == NULL)
+        goto out;
+    /* The default 50 us timer slack would be most of the lateness at 1 kHz; this thread's
+     * wake-ups are the product, so ask for 1 us (per-thread, needs no privilege). */
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    while (!egs_stopping(core)) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double late = ts_diff(&now, &deadline);
+        unsigned int reads = 0;
+
+        for (unsigned int i = 0; i < core->ndevs; i++) {
+            struct egs_dev *d = &core->devs[i];
+            struct egs_tick *t = &ticks[i];
+            memset(t->status, EGS_R_SKIPPED, sizeof(t->status));
+            t->lost = 0;
+            if (d->lost)
+                continue;
+            d->backend->read(d->backend, d, t);
+            for (int f = 0; f < EGS_NFIELDS; f++) {
+                if (t->status[f] != EGS_R_SKIPPED)
+                    reads++;
+                if (t->status[f] == EGS_R_UNSUPPORTED)
+                    d->unsupported |= 1u << f;
+            }
+            if (t->lost)
+                d->lost = 1;
+        }
+
+        double now_unix = ts_seconds(&now) + core->realtime_offset;
+        pthread_mutex_lock(&core->lock);
+        fold_tick(core, ticks, now_unix);
+        core->ticks++;
+        core->reads += reads;
+        long bucket = late > 0 ? (long)(late * 1e6) : 0;
+        core->late_hist[bucket < EGS_LATE_BUCKETS ? bucket : EGS_LATE_BUCKETS - 1]++;
+        pthread_mutex_unlock(&core->lock);
+
+        /* Next deadline on the fixed grid; ticks we are already past are skipped and counted,
+         * rather than run back to back, so a stall does not turn into a burst of reads. */
+        add_seconds(&deadline, period);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        double behind = ts_diff(&now, &deadline);
+        if (behind > 0) {
+            long long skip = (long long)(behind * 1e9) / period_ns + 1;
+            pthread_mutex_lock(&core->lock);
+            core->late_ticks += (unsigned long long)skip;
+            pthread_mutex_unlock(&core->lock);
+            add_seconds(&deadline, (double)skip * period);
+        }
+        /* Sleep to the deadline in slices of at most EGS_MAX_SLEEP_S so stop stays prompt. */
+        for (;;) {
+            struct timespec wake = deadline;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if (ts_diff(&deadline, &now) > EGS_MAX_SLEEP_S) {
+                wake = now;
+                add_seconds(&wake, EGS_MAX_SLEEP_S);
+            }
+            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &wake, NULL) == EINTR)
+                ;
+            if (egs_stopping(core) || (wake.tv_sec == deadline.tv_sec && wake.tv_nsec == deadline.tv_nsec))
+                break;
+        }
+    }
+out:
+    free(ticks);
+    {
+        struct timespec cpu;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+        pthread_mutex_lock(&core->lock);
+        core->thread_cpu_s = ts_seconds(&cpu);
+        pthread_mutex_unlock(&core->lock);
+    }
+    return NULL;
+}
+
+/* Waits for vendor events with a short timeout per call, so stop() is prompt. */
+static void *eventer_main(void *arg)
+{
+    struct egs_core *core = arg;
+    while (!egs_stopping(core)) {
+        int waited = 0;
+        for (int i = 0; i < EGS_NBACKENDS; i++) {
+            struct egs_backend *b = &core->backends[i];
+            if (b->events != NULL && b->wait_event != NULL) {
+                b->wait_event(b, core, 50);
+                waited = 1;
+            }
+        }
+        if (!waited)
+            break;
+    }
+    return NULL;
+}
+
+/* --- queries ------------------------------------------------------------------------------ */
+
+EGS_EXPORT int egs_backend_get(struct egs_core *core, int backend, struct egs_backend_info *out)
+{
+    if (core == NULL || out == NULL || backend < 0 || backend >= EGS_NBACKENDS)
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->lock);
+    *out = core->backends[backend].info;
+    pthread_mutex_unlock(&core->lock);
+    return EGS_OK;
+}
+
+EGS_EXPORT int egs_backend_symbol(struct egs_core *core, int backend, unsigned int i,
+                                  struct egs_symbol_info *out)
+{
+    if (core == NULL || out == NULL || backend < 0 || backend >= EGS_NBACKENDS)
+        return EGS_E_INVALID;
+    struct egs_backend *b = &core->backends[backend];
+    if (b->roles == NULL || i >= b->nroles)
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->lock);
+    egs_copy(out->role, sizeof(out->role), b->roles[i].role);
+    egs_copy(out->symbol, sizeof(out->symbol), b->roles[i].symbol);
+    pthread_mutex_unlock(&core->lock);
+    return EGS_OK;
+}
+
+EGS_EXPORT int egs_device_count(struct egs_core *core, unsigned int *n)
+{
+    if (core == NULL || n == NULL)
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->lock);
+    *n = core->ndevs;
+    pthread_mutex_unlock(&core->lock);
+    return EGS_OK;
+}
+
+EGS_EXPORT int egs_device_get(struct egs_core *core, unsigned int index, struct egs_device_info *out)
+{
+    int rc = EGS_OK;
+    if (core == NULL || out == NULL)
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->lock);
+    if (index >= core->ndevs)
+        rc = EGS_E_INVALID;
+    else
+        *out = core->devs[index].info;
+    pthread_mutex_unlock(&core->lock);
+    return rc;
+}
+
+EGS_EXPORT int egs_drain(struct egs_core *core, struct egs_stats *out, unsigned int cap, unsigned int *n)
+{
+    int rc = EGS_OK;
+    if (core == NULL || n == NULL || (out == NULL && cap > 0))
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->lock);
+    unsigned int total = core->ndevs * EGS_NFIELDS;
+    *n = total;
+    if (total > cap) {
+        rc = EGS_E_SIZE;
+        goto out;
+    }
+    for (unsigned int k = 0; k < total; k++) {
+        const struct egs_acc *a = &core->acc[k];
+        struct egs_stats *s = &out[k];
+        s->device = k / EGS_NFIELDS;
+        s->field = (int)(k % EGS_NFIELDS);
+        s->count = a->count;
+        s->sum = a->sum;
+        s->min = a->min;
+        s->max = a->max;
+        s->last = a->last;
+        s->first_ts = a->first_ts;
+        s->last_ts = a->last_ts;
+        s->errors = a->errors;
+    }
+    acc_reset(core->acc, total);
+out:
+    pthread_mutex_unlock(&core->lock);
+    return rc;
+}
+
+EGS_EXPORT int egs_ring_read(struct egs_core *core, unsigned int device, double since,
+                             double *timestamps, double *values, unsigned int cap, unsigned int *n)
+{
+    int rc = EGS_OK;
+    if (core == NULL || n == NULL || ((timestamps == NULL || values == NULL) && cap > 0))
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->lock);
+    if (device >= core->ndevs) {
+        rc = EGS_E_INVALID;
+        goto out;
+    }
+    *n = 0;
+    if (core->ring == NULL)
+        goto out;
+    unsigned long long head = core->ring_head[device];
+    unsigned long long held = head < core->ring_len ? head : core->ring_len;
+    const double *base = &core->ring[(size_t)device * core->ring_len * (1 + EGS_NFIELDS)];
+    /* Samples are in time order, so find the first newer than `since` from the newest back. */
+    unsigned long long first = head - held;
+    unsigned long long k = head;
+    while (k > first && base[((k - 1) % core->ring_len) * (1 + EGS_NFIELDS)] > since)
+        k--;
+    unsigned long long want = head - k;
+    if (want > cap) {
+        /* Keep the newest `cap`: a flight recorder wants the moments before now. */
+        k = head - cap;
+        want = cap;
+    }
+    for (unsigned long long j = 0; j < want; j++) {
+        const double *slot = &base[((k + j) % core->ring_len) * (1 + EGS_NFIELDS)];
+        timestamps[j] = slot[0];
+        memcpy(&values[j * EGS_NFIELDS], &slot[1], EGS_NFIELDS * sizeof(double));
+    }
+    *n = (unsigned int)want;
+out:
+    pthread_mutex_unlock(&core->lock);
+    return rc;
+}
+
+EGS_EXPORT int egs_events_read(struct egs_core *core, struct egs_event *out, unsigned int cap, unsigned int *n)
+{
+    if (core == NULL || n == NULL || (out == NULL && cap > 0))
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->lock);
+    unsigned int take = core->ev_count < cap ? core->ev_count : cap;
+    for (unsigned int j = 0; j < take; j++)
+        out[j] = core->events[(core->ev_head + j) % EGS_EVENT_QUEUE];
+    core->ev_head = (core->ev_head + take) % EGS_EVENT_QUEUE;
+    core->ev_count -= take;
+    *n = take;
+    pthread_mutex_unlock(&core->lock);
+    return EGS_OK;
+}
+
+EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *out)
+{
+    if (core == NULL || out == NULL)
+        return EGS_E_INVALID;
+    memset(out, 0, sizeof(*out));
+    pthread_mutex_lock(&core->lock);
+    out->ticks = core->ticks;
+    out->late_ticks = core->late_ticks;
+    out->reads = core->reads;
+    out->events_dropped = core->ev_dropped;
+    out->thread_cpu_s = core->thread_cpu_s;
+    if (core->have_sampler_clock) {
+        /* Still running: the thread's own CPU clock, read from here. */
+        struct timespec cpu;
+        if (clock_gettime(core->sampler_clock, &cpu) == 0)
+            out->thread_cpu_s = ts_seconds(&cpu);
+    }
+    double end = core->stop_mono > 0 ? core->stop_mono : egs_now_mono();
+    out->elapsed_s = core->start_mono > 0 ? end - core->start_mono : 0.0;
+    out->achieved_hz = out->elapsed_s > 0 ? (double)core->ticks / out->elapsed_s : 0.0;
+    if (core->late_hist != NULL && core->ticks > 0) {
+        unsigned long long seen = 0, want = (core->ticks * 99 + 99) / 100;
+        for (long b = 0; b < EGS_LATE_BUCKETS; b++) {
+            seen += core->late_hist[b];
+            if (seen >= want) {
+                out->tick_late_p99_us = (double)b;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&core->lock);
+    return EGS_OK;
+}

@@ -1,0 +1,151 @@
+/*
+ * egs_core.h - the public interface of the native telemetry core.
+ *
+ * This is the one header cffi parses (native/build_native.py), so it stays plain C with no
+ * #include and no #ifdef: fixed-size types are spelled with the base types cffi knows.
+ * Every structure is allocated by the caller; every function returns an int status
+ * (EGS_OK or a negative EGS_E_* code). Values cross this boundary in fixed raw units per
+ * field, whatever the vendor (see EGS_F_*); names, labels and catalogue units belong to
+ * Python (agent/native.py).
+ */
+
+/* Status codes. */
+#define EGS_OK            0
+#define EGS_E_INVALID    -1   /* bad argument (index out of range, NULL, zero capacity) */
+#define EGS_E_NOMEM      -2
+#define EGS_E_STATE      -3   /* wrong lifecycle state (e.g. start while running) */
+#define EGS_E_THREAD     -4   /* pthread_create failed */
+#define EGS_E_SIZE       -5   /* caller's buffer too small; *n says how many are needed */
+
+/* Backends. */
+#define EGS_BACKEND_NVIDIA  0
+#define EGS_BACKEND_AMD     1
+#define EGS_NBACKENDS       2
+
+/* Backend states. */
+#define EGS_BSTATE_UNAVAILABLE 0  /* library missing or backend switched off: detail says which */
+#define EGS_BSTATE_OK          1
+#define EGS_BSTATE_ERROR       2  /* library present but init/enumeration failed: the library's message */
+
+/* Device states. */
+#define EGS_DSTATE_OK    0
+#define EGS_DSTATE_LOST  1        /* GPU_IS_LOST / RESET_REQUIRED (or AMD equivalent): no longer read */
+
+/* Fields and their raw units. Bit i of egs_device_info.unsupported is field i. */
+#define EGS_F_UTILIZATION   0     /* percent, graphics/compute engine busy */
+#define EGS_F_MEMORY_BUSY   1     /* percent, memory controller busy */
+#define EGS_F_MEMORY_USED   2     /* bytes */
+#define EGS_F_MEMORY_TOTAL  3     /* bytes */
+#define EGS_F_TEMPERATURE   4     /* degrees Celsius */
+#define EGS_F_POWER         5     /* milliwatts */
+#define EGS_F_SM_CLOCK      6     /* MHz */
+#define EGS_F_MEMORY_CLOCK  7     /* MHz */
+#define EGS_F_ENERGY        8     /* millijoules, counter since driver load */
+#define EGS_F_FAN           9     /* percent */
+#define EGS_NFIELDS        10
+
+/* Core events. */
+#define EGS_EVENT_XID    1        /* NVML XID critical error; code = the XID */
+#define EGS_EVENT_LOST   2        /* the sampler saw the device go away; code = vendor status */
+#define EGS_EVENT_AMD    3        /* AMD SMI event notification; code = amdsmi event type */
+
+#define EGS_TEXT   256
+#define EGS_DETAIL 512
+#define EGS_NAME    96
+#define EGS_SYMBOL  64
+
+struct egs_config {
+    const char *nvml_library;     /* path or soname; NULL or "" = "libnvidia-ml.so.1" */
+    const char *amdsmi_library;   /* path; NULL or "" = "libamd_smi.so" (loader path) */
+    int nvidia;                   /* 0 switches the backend off */
+    int amd;
+    double hz;                    /* ticks per second, each tick reads every field of every device */
+    unsigned int ring_len;        /* raw samples kept per device; 0 = no ring */
+    int events;                   /* 0 = no event thread */
+};
+
+struct egs_backend_info {
+    int state;                    /* EGS_BSTATE_* */
+    int status;                   /* the vendor's own return code when state is ERROR, else 0 */
+    unsigned int ndevices;
+    char library[EGS_TEXT];       /* what was passed to dlopen */
+    char detail[EGS_DETAIL];      /* dlerror text, the library's error message, or a summary */
+    char driver_version[EGS_NAME];
+    unsigned int nsymbols;        /* roles resolved or not: read with egs_backend_symbol */
+};
+
+struct egs_symbol_info {
+    char role[32];                /* e.g. "temperature" */
+    char symbol[EGS_SYMBOL];      /* the symbol that serves it, "" when none was found */
+};
+
+struct egs_device_info {
+    unsigned int index;           /* global index: NVIDIA devices first, then AMD */
+    int backend;                  /* EGS_BACKEND_* */
+    unsigned int vendor_index;    /* index within the vendor library */
+    char uuid[EGS_NAME];
+    char name[EGS_NAME];
+    char pci_bus_id[32];
+    int state;                    /* EGS_DSTATE_* */
+    char lost_reason[EGS_TEXT];
+    unsigned int unsupported;     /* bit mask over EGS_F_* */
+};
+
+/* Accumulated since the previous drain, for one (device, field). */
+struct egs_stats {
+    unsigned int device;
+    int field;
+    unsigned long long count;
+    double sum, min, max, last;
+    double first_ts, last_ts;     /* unix seconds of the first and latest sample */
+    unsigned long long errors;    /* reads that failed for reasons other than NOT_SUPPORTED */
+};
+
+struct egs_event {
+    int kind;                     /* EGS_EVENT_* */
+    unsigned int device;
+    unsigned long long code;
+    double ts;                    /* unix seconds */
+    char detail[EGS_TEXT];
+};
+
+struct egs_sampler_stats {
+    unsigned long long ticks;
+    unsigned long long late_ticks;    /* ticks that started more than a period late (one skipped) */
+    unsigned long long reads;         /* field values attempted */
+    double tick_late_p99_us;          /* 99th percentile of wake-up lateness */
+    double thread_cpu_s;              /* CPU time of the sampler thread (CLOCK_THREAD_CPUTIME_ID) */
+    double elapsed_s;                 /* since the sampler started (or until it stopped) */
+    double achieved_hz;               /* ticks / elapsed_s */
+    unsigned long long events_dropped;
+};
+
+struct egs_core;
+
+int egs_core_new(const struct egs_config *cfg, struct egs_core **out);
+void egs_core_free(struct egs_core *core);            /* stops first when running */
+
+/* Loads the libraries, enumerates, starts the sampler (and event) threads. A missing library
+ * or failing init is a backend state, not an error of this call. */
+int egs_core_start(struct egs_core *core);
+int egs_core_stop(struct egs_core *core);             /* idempotent */
+int egs_core_running(struct egs_core *core);
+
+int egs_backend_get(struct egs_core *core, int backend, struct egs_backend_info *out);
+int egs_backend_symbol(struct egs_core *core, int backend, unsigned int i, struct egs_symbol_info *out);
+
+int egs_device_count(struct egs_core *core, unsigned int *n);
+int egs_device_get(struct egs_core *core, unsigned int index, struct egs_device_info *out);
+
+/* Copies every (device, field) accumulator into out (capacity cap, at least
+ * devices x EGS_NFIELDS) and resets them, in one critical section of fixed size. */
+int egs_drain(struct egs_core *core, struct egs_stats *out, unsigned int cap, unsigned int *n);
+
+/* Raw samples of one device newer than `since` (unix s), oldest first: timestamps[i] and
+ * values[i * EGS_NFIELDS + f] (NaN where the field was not read). */
+int egs_ring_read(struct egs_core *core, unsigned int device, double since,
+                  double *timestamps, double *values, unsigned int cap, unsigned int *n);
+
+int egs_events_read(struct egs_core *core, struct egs_event *out, unsigned int cap, unsigned int *n);
+
+int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *out);

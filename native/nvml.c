@@ -1,0 +1,515 @@
+/*
+ * nvml.c - the NVIDIA backend: NVML loaded with dlopen, never linked.
+ *
+ * The symbol table is filled once at open, preferring the newer versioned entry points and
+ * falling back to the older ones that drivers before them export (as go-nvml does). Each
+ * tick reads every field of a device with the cheapest calls that serve it: one call gives
+ * both utilisation figures, one gives used and total memory, and board power comes through
+ * nvmlDeviceGetFieldValues(POWER_INSTANT) where the device answers it, since
+ * nvmlDeviceGetPowerUsage is a one-second average on Ampere and newer. NOT_SUPPORTED marks a
+ * field unsupported for the device for good; GPU_IS_LOST and RESET_REQUIRED mark the device
+ * lost; any other failure is counted and retried on the next tick.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* --- NVML types and constants, declared from the public API description ------------------ */
+
+typedef int nv_return;
+typedef void *nv_device;
+typedef void *nv_event_set;
+
+enum {
+    NV_SUCCESS = 0,
+    NV_NOT_SUPPORTED = 3,
+    NV_TIMEOUT = 10,
+    NV_FUNCTION_NOT_FOUND = 13,
+    NV_GPU_IS_LOST = 15,
+    NV_RESET_REQUIRED = 16,
+};
+
+enum { NV_CLOCK_SM = 1, NV_CLOCK_MEM = 2 };
+enum { NV_TEMPERATURE_GPU = 0 };
+enum { NV_FI_POWER_INSTANT = 186 };
+enum { NV_EVENT_XID_CRITICAL = 0x8 };
+
+struct nv_pci_info {               /* nvmlPciInfo_t (v2/v3 layout) */
+    char bus_id_legacy[16];
+    unsigned int domain, bus, device, pci_device_id, pci_subsystem_id;
+    char bus_id[32];
+};
+
+struct nv_temperature {            /* nvmlTemperature_t, for nvmlDeviceGetTemperatureV */
+    unsigned int version;
+    int sensor_type;
+    int temperature;
+};
+
+struct nv_utilization {
+    unsigned int gpu, memory;
+};
+
+struct nv_memory {
+    unsigned long long total, free, used;
+};
+
+struct nv_memory_v2 {
+    unsigned int version;
+    unsigned long long total, reserved, free, used;
+};
+
+union nv_value {
+    double d;
+    unsigned int ui;
+    unsigned long ul;
+    unsigned long long ull;
+    long long sll;
+    int si;
+    unsigned short us;
+};
+
+struct nv_field_value {
+    unsigned int field_id;
+    unsigned int scope_id;
+    long long timestamp;
+    long long latency_us;
+    int value_type;
+    nv_return ret;
+    union nv_value value;
+};
+
+enum { NV_VT_DOUBLE, NV_VT_UINT, NV_VT_ULONG, NV_VT_ULONGLONG, NV_VT_SLONGLONG, NV_VT_SINT, NV_VT_USHORT };
+
+struct nv_event_data {
+    nv_device device;
+    unsigned long long event_type;
+    unsigned long long event_data;
+    unsigned int gpu_instance_id;
+    unsigned int compute_instance_id;
+};
+
+#define NV_TEMPERATURE_V1 ((unsigned int)sizeof(struct nv_temperature) | (1u << 24))
+#define NV_MEMORY_V2 ((unsigned int)sizeof(struct nv_memory_v2) | (2u << 24))
+
+_Static_assert(sizeof(struct nv_field_value) == 40, "nvmlFieldValue_t is 40 bytes");
+
+/* --- the symbol table --------------------------------------------------------------------- */
+
+enum {
+    R_INIT, R_SHUTDOWN, R_ERROR_STRING, R_DRIVER_VERSION, R_COUNT, R_HANDLE, R_NAME, R_UUID,
+    R_PCI, R_UTILIZATION, R_MEMORY, R_TEMPERATURE, R_FIELD_VALUES, R_POWER, R_CLOCK, R_FAN,
+    R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE, R_COUNT_ROLES
+};
+
+static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
+    [R_INIT] = {"init", {"nvmlInit_v2", "nvmlInit"}},
+    [R_SHUTDOWN] = {"shutdown", {"nvmlShutdown"}},
+    [R_ERROR_STRING] = {"error_string", {"nvmlErrorString"}},
+    [R_DRIVER_VERSION] = {"driver_version", {"nvmlSystemGetDriverVersion"}},
+    [R_COUNT] = {"device_count", {"nvmlDeviceGetCount_v2", "nvmlDeviceGetCount"}},
+    [R_HANDLE] = {"device_handle", {"nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetHandleByIndex"}},
+    [R_NAME] = {"name", {"nvmlDeviceGetName"}},
+    [R_UUID] = {"uuid", {"nvmlDeviceGetUUID"}},
+    [R_PCI] = {"pci_info", {"nvmlDeviceGetPciInfo_v3", "nvmlDeviceGetPciInfo_v2", "nvmlDeviceGetPciInfo"}},
+    [R_UTILIZATION] = {"utilization", {"nvmlDeviceGetUtilizationRates"}},
+    [R_MEMORY] = {"memory", {"nvmlDeviceGetMemoryInfo_v2", "nvmlDeviceGetMemoryInfo"}},
+    [R_TEMPERATURE] = {"temperature", {"nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"}},
+    [R_FIELD_VALUES] = {"field_values", {"nvmlDeviceGetFieldValues"}},
+    [R_POWER] = {"power_usage", {"nvmlDeviceGetPowerUsage"}},
+    [R_CLOCK] = {"clock", {"nvmlDeviceGetClockInfo"}},
+    [R_FAN] = {"fan_speed", {"nvmlDeviceGetFanSpeed"}},
+    [R_ENERGY] = {"energy", {"nvmlDeviceGetTotalEnergyConsumption"}},
+    [R_EVENT_SET_CREATE] = {"event_set_create", {"nvmlEventSetCreate"}},
+    [R_REGISTER_EVENTS] = {"register_events", {"nvmlDeviceRegisterEvents"}},
+    [R_EVENT_WAIT] = {"event_wait", {"nvmlEventSetWait_v2", "nvmlEventSetWait"}},
+    [R_EVENT_SET_FREE] = {"event_set_free", {"nvmlEventSetFree"}},
+};
+
+/* Per-backend state: the table (its role order is the enum above) and the event set. */
+struct nv_lib {
+    struct egs_role roles[R_COUNT_ROLES];
+    int temperature_v;              /* R_TEMPERATURE resolved to nvmlDeviceGetTemperatureV */
+    int memory_v2;
+    int pci_legacy;                 /* only the oldest nvmlDeviceGetPciInfo: bus id in the first 16 bytes */
+    nv_event_set event_set;
+};
+
+#define FN(lib, role, type) ((type)(lib)->roles[role].fn)
+
+typedef nv_return (*fn_void)(void);
+typedef const char *(*fn_error_string)(nv_return);
+typedef nv_return (*fn_text)(char *, unsigned int);
+typedef nv_return (*fn_count)(unsigned int *);
+typedef nv_return (*fn_handle)(unsigned int, nv_device *);
+typedef nv_return (*fn_dev_text)(nv_device, char *, unsigned int);
+typedef nv_return (*fn_dev_ptr)(nv_device, void *);
+typedef nv_return (*fn_dev_uint)(nv_device, unsigned int *);
+typedef nv_return (*fn_dev_ull)(nv_device, unsigned long long *);
+typedef nv_return (*fn_temperature)(nv_device, int, unsigned int *);
+typedef nv_return (*fn_clock)(nv_device, int, unsigned int *);
+typedef nv_return (*fn_field_values)(nv_device, int, struct nv_field_value *);
+typedef nv_return (*fn_set_create)(nv_event_set *);
+typedef nv_return (*fn_register)(nv_device, unsigned long long, nv_event_set);
+typedef nv_return (*fn_wait)(nv_event_set, struct nv_event_data *, unsigned int);
+typedef nv_return (*fn_set_free)(nv_event_set);
+
+static const char *nv_error(const struct nv_lib *lib, nv_return rc, char *buf, size_t cap)
+{
+    fn_error_string fn = FN(lib, R_ERROR_STRING, fn_error_string);
+    const char *text = fn != NULL ? fn(rc) : NULL;
+    snprintf(buf, cap, "%s (NVML code %d)", text != NULL ? text : "NVML error", rc);
+    return buf;
+}
+
+/* Classifies one return code for one field; a lost device also fills the tick's reason. */
+static unsigned char nv_classify(const struct nv_lib *lib, nv_return rc, const char *symbol,
+                                 struct egs_tick *t)
+{
+    char msg[EGS_TEXT - 64];
+    switch (rc) {
+    case NV_SUCCESS:
+        return EGS_R_OK;
+    case NV_NOT_SUPPORTED:
+    case NV_FUNCTION_NOT_FOUND:
+        return EGS_R_UNSUPPORTED;
+    case NV_GPU_IS_LOST:
+    case NV_RESET_REQUIRED:
+        if (!t->lost) {
+            t->lost = 1;
+            t->lost_code = rc;
+            snprintf(t->lost_reason, sizeof(t->lost_reason), "%s: %s", symbol,
+                     nv_error(lib, rc, msg, sizeof(msg)));
+        }
+        return EGS_R_SKIPPED;
+    default:
+        return EGS_R_ERROR;
+    }
+}
+
+static double nv_value_as_double(int type, const union nv_value *v)
+{
+    switch (type) {
+    case NV_VT_DOUBLE: return v->d;
+    case NV_VT_UINT: return (double)v->ui;
+    case NV_VT_ULONG: return (double)v->ul;
+    case NV_VT_ULONGLONG: return (double)v->ull;
+    case NV_VT_SLONGLONG: return (double)v->sll;
+    case NV_VT_SINT: return (double)v->si;
+    case NV_VT_USHORT: return (double)v->us;
+    default: return (double)v->ui;
+    }
+}
+
+#define WANT(f) (!t->lost && !(d->unsupported & (1u << (f))))
+
+static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t)
+{
+    const struct nv_lib *lib = b->impl;
+    nv_device h = d->handle;
+    nv_return rc;
+
+    if (WANT(EGS_F_UTILIZATION) || WANT(EGS_F_MEMORY_BUSY)) {
+        struct nv_utilization u;
+        rc = FN(lib, R_UTILIZATION, fn_dev_ptr)(h, &u);
+        unsigned char s = nv_classify(lib, rc, lib->roles[R_UTILIZATION].symbol, t);
+        t->status[EGS_F_UTILIZATION] = t->status[EGS_F_MEMORY_BUSY] = s;
+        t->values[EGS_F_UTILIZATION] = u.gpu;
+        t->values[EGS_F_MEMORY_BUSY] = u.memory;
+    }
+    if (WANT(EGS_F_MEMORY_USED) || WANT(EGS_F_MEMORY_TOTAL)) {
+        unsigned long long used = 0, total = 0;
+        if (lib->memory_v2) {
+            struct nv_memory_v2 m = {.version = NV_MEMORY_V2};
+            rc = FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
+            used = m.used;
+            total = m.total;
+        } else {
+            struct nv_memory m;
+            rc = FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
+            used = m.used;
+            total = m.total;
+        }
+        unsigned char s = nv_classify(lib, rc, lib->roles[R_MEMORY].symbol, t);
+        t->status[EGS_F_MEMORY_USED] = t->status[EGS_F_MEMORY_TOTAL] = s;
+        t->values[EGS_F_MEMORY_USED] = (double)used;
+        t->values[EGS_F_MEMORY_TOTAL] = (double)total;
+    }
+    if (WANT(EGS_F_TEMPERATURE)) {
+        if (lib->temperature_v) {
+            struct nv_temperature v = {.version = NV_TEMPERATURE_V1, .sensor_type = NV_TEMPERATURE_GPU};
+            rc = FN(lib, R_TEMPERATURE, fn_dev_ptr)(h, &v);
+            t->values[EGS_F_TEMPERATURE] = v.temperature;
+        } else {
+            unsigned int c = 0;
+            rc = FN(lib, R_TEMPERATURE, fn_temperature)(h, NV_TEMPERATURE_GPU, &c);
+            t->values[EGS_F_TEMPERATURE] = c;
+        }
+        t->status[EGS_F_TEMPERATURE] = nv_classify(lib, rc, lib->roles[R_TEMPERATURE].symbol, t);
+    }
+    if (WANT(EGS_F_POWER)) {
+        if (d->power_via_fields) {
+            struct nv_field_value fv = {.field_id = NV_FI_POWER_INSTANT};
+            rc = FN(lib, R_FIELD_VALUES, fn_field_values)(h, 1, &fv);
+            /* The call can succeed while the entry fails: the entry's own code decides. */
+            if (rc == NV_SUCCESS)
+                rc = fv.ret;
+            t->values[EGS_F_POWER] = nv_value_as_double(fv.value_type, &fv.value);
+            t->status[EGS_F_POWER] = nv_classify(lib, rc, lib->roles[R_FIELD_VALUES].symbol, t);
+        } else {
+            unsigned int mw = 0;
+            rc = FN(lib, R_POWER, fn_dev_uint)(h, &mw);
+            t->values[EGS_F_POWER] = mw;
+            t->status[EGS_F_POWER] = nv_classify(lib, rc, lib->roles[R_POWER].symbol, t);
+        }
+    }
+    if (WANT(EGS_F_SM_CLOCK)) {
+        unsigned int mhz = 0;
+        rc = FN(lib, R_CLOCK, fn_clock)(h, NV_CLOCK_SM, &mhz);
+        t->values[EGS_F_SM_CLOCK] = mhz;
+        t->status[EGS_F_SM_CLOCK] = nv_classify(lib, rc, lib->roles[R_CLOCK].symbol, t);
+    }
+    if (WANT(EGS_F_MEMORY_CLOCK)) {
+        unsigned int mhz = 0;
+        rc = FN(lib, R_CLOCK, fn_clock)(h, NV_CLOCK_MEM, &mhz);
+        t->values[EGS_F_MEMORY_CLOCK] = mhz;
+        t->status[EGS_F_MEMORY_CLOCK] = nv_classify(lib, rc, lib->roles[R_CLOCK].symbol, t);
+    }
+    if (WANT(EGS_F_ENERGY)) {
+        unsigned long long mj = 0;
+        rc = FN(lib, R_ENERGY, fn_dev_ull)(h, &mj);
+        t->values[EGS_F_ENERGY] = (double)mj;
+        t->status[EGS_F_ENERGY] = nv_classify(lib, rc, lib->roles[R_ENERGY].symbol, t);
+    }
+    if (WANT(EGS_F_FAN)) {
+        unsigned int pct = 0;
+        rc = FN(lib, R_FAN, fn_dev_uint)(h, &pct);
+        t->values[EGS_F_FAN] = pct;
+        t->status[EGS_F_FAN] = nv_classify(lib, rc, lib->roles[R_FAN].symbol, t);
+    }
+    if (t->lost) {
+        /* A read that failed because the device went away is not a value. */
+        for (int f = 0; f < EGS_NFIELDS; f++)
+            if (t->status[f] == EGS_R_OK)
+                t->status[f] = EGS_R_SKIPPED;
+    }
+}
+
+/* Fields whose serving symbol the library lacks are unsupported on every device. */
+static unsigned int nv_missing_fields(const struct nv_lib *lib)
+{
+    unsigned int mask = 0;
+    if (lib->roles[R_UTILIZATION].fn == NULL)
+        mask |= 1u << EGS_F_UTILIZATION | 1u << EGS_F_MEMORY_BUSY;
+    if (lib->roles[R_MEMORY].fn == NULL)
+        mask |= 1u << EGS_F_MEMORY_USED | 1u << EGS_F_MEMORY_TOTAL;
+    if (lib->roles[R_TEMPERATURE].fn == NULL)
+        mask |= 1u << EGS_F_TEMPERATURE;
+    if (lib->roles[R_FIELD_VALUES].fn == NULL && lib->roles[R_POWER].fn == NULL)
+        mask |= 1u << EGS_F_POWER;
+    if (lib->roles[R_CLOCK].fn == NULL)
+        mask |= 1u << EGS_F_SM_CLOCK | 1u << EGS_F_MEMORY_CLOCK;
+    if (lib->roles[R_ENERGY].fn == NULL)
+        mask |= 1u << EGS_F_ENERGY;
+    if (lib->roles[R_FAN].fn == NULL)
+        mask |= 1u << EGS_F_FAN;
+    return mask;
+}
+
+/* Decides, once per device, whether POWER_INSTANT answers through the batched call. */
+static int nv_power_via_fields(const struct nv_lib *lib, nv_device h)
+{
+    if (lib->roles[R_FIELD_VALUES].fn == NULL)
+        return 0;
+    struct nv_field_value fv = {.field_id = NV_FI_POWER_INSTANT};
+    nv_return rc = FN(lib, R_FIELD_VALUES, fn_field_values)(h, 1, &fv);
+    return rc == NV_SUCCESS && fv.ret == NV_SUCCESS;
+}
+
+static int nv_wait_event(struct egs_backend *b, struct egs_core *core, int timeout_ms)
+{
+    struct nv_lib *lib = b->impl;
+    struct nv_event_data ev;
+    memset(&ev, 0, sizeof(ev));
+    nv_return rc = FN(lib, R_EVENT_WAIT, fn_wait)(lib->event_set, &ev, (unsigned int)timeout_ms);
+    if (rc == NV_TIMEOUT)
+        return 0;
+    if (rc != NV_SUCCESS) {
+        /* Not a timeout, so the wait returned at once: pause instead of spinning on it. */
+        struct timespec pause = {0, (long)timeout_ms * 1000000L};
+        nanosleep(&pause, NULL);
+        return 0;
+    }
+    if (!(ev.event_type & NV_EVENT_XID_CRITICAL))
+        return 0;
+    for (unsigned int i = 0; i < core->ndevs; i++) {
+        struct egs_dev *d = &core->devs[i];
+        if (d->backend == b && d->handle == ev.device) {
+            char detail[EGS_TEXT];
+            snprintf(detail, sizeof(detail), "XID %llu on %s (%s)", ev.event_data, d->info.uuid,
+                     d->info.pci_bus_id);
+            egs_push_event(core, EGS_EVENT_XID, i, ev.event_data, detail);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Registers XID critical errors on every device that accepts them; none → no events. */
+static void nv_open_events(struct egs_core *core, struct egs_backend *b, struct nv_lib *lib)
+{
+    if (lib->roles[R_EVENT_SET_CREATE].fn == NULL || lib->roles[R_REGISTER_EVENTS].fn == NULL ||
+        lib->roles[R_EVENT_WAIT].fn == NULL || lib->roles[R_EVENT_SET_FREE].fn == NULL)
+        return;
+    nv_event_set set = NULL;
+    if (FN(lib, R_EVENT_SET_CREATE, fn_set_create)(&set) != NV_SUCCESS)
+        return;
+    int registered = 0;
+    for (unsigned int i = 0; i < core->ndevs; i++) {
+        struct egs_dev *d = &core->devs[i];
+        if (d->backend == b && !d->lost &&
+            FN(lib, R_REGISTER_EVENTS, fn_register)(d->handle, NV_EVENT_XID_CRITICAL, set) == NV_SUCCESS)
+            registered++;
+    }
+    if (registered == 0) {
+        FN(lib, R_EVENT_SET_FREE, fn_set_free)(set);
+        return;
+    }
+    lib->event_set = set;
+    b->events = set;
+    b->wait_event = nv_wait_event;
+}
+
+static void nv_close(struct egs_backend *b)
+{
+    struct nv_lib *lib = b->impl;
+    if (lib == NULL)
+        return;
+    if (lib->event_set != NULL)
+        FN(lib, R_EVENT_SET_FREE, fn_set_free)(lib->event_set);
+    if (b->initialised && lib->roles[R_SHUTDOWN].fn != NULL)
+        FN(lib, R_SHUTDOWN, fn_void)();
+    free(lib);
+    b->impl = NULL;
+    b->roles = NULL;
+    b->nroles = 0;
+}
+
+static void nv_enumerate_one(struct egs_core *core, struct egs_backend *b, struct nv_lib *lib,
+                             struct egs_dev *d, unsigned int i, nv_device h, unsigned int missing)
+{
+    d->handle = h;
+    d->info.vendor_index = i;
+    if (lib->roles[R_NAME].fn != NULL)
+        FN(lib, R_NAME, fn_dev_text)(h, d->info.name, sizeof(d->info.name));
+    if (lib->roles[R_UUID].fn != NULL)
+        FN(lib, R_UUID, fn_dev_text)(h, d->info.uuid, sizeof(d->info.uuid));
+    if (lib->roles[R_PCI].fn != NULL) {
+        struct nv_pci_info pci;
+        memset(&pci, 0, sizeof(pci));
+        if (FN(lib, R_PCI, fn_dev_ptr)(h, &pci) == NV_SUCCESS) {
+            const char *id = lib->pci_legacy ? pci.bus_id_legacy : pci.bus_id;
+            size_t cap = lib->pci_legacy ? sizeof(pci.bus_id_legacy) : sizeof(pci.bus_id);
+            snprintf(d->info.pci_bus_id, sizeof(d->info.pci_bus_id), "%.*s", (int)cap, id);
+        }
+    }
+    d->power_via_fields = nv_power_via_fields(lib, h);
+    d->unsupported = missing;
+    if (!d->power_via_fields && lib->roles[R_POWER].fn == NULL)
+        d->unsupported |= 1u << EGS_F_POWER;
+    d->info.unsupported = d->unsupported;
+    (void)core;
+    (void)b;
+}
+
+int egs_nvml_open(struct egs_core *core, struct egs_backend *b)
+{
+    char msg[EGS_TEXT - 64];
+    struct nv_lib *lib = calloc(1, sizeof(*lib));
+    if (lib == NULL)
+        return EGS_E_NOMEM;
+    memcpy(lib->roles, nv_roles_template, sizeof(lib->roles));
+    b->impl = lib;
+    b->roles = lib->roles;
+    b->nroles = R_COUNT_ROLES;
+    b->close = nv_close;
+
+    dlerror();
+    b->lib = dlopen(core->nvml_path, RTLD_NOW | RTLD_LOCAL);
+    if (b->lib == NULL) {
+        const char *why = dlerror();
+        b->info.state = EGS_BSTATE_UNAVAILABLE;
+        snprintf(b->info.detail, sizeof(b->info.detail), "cannot load NVML: %s", why ? why : core->nvml_path);
+        return EGS_OK;
+    }
+    egs_resolve(b);
+    lib->temperature_v = lib->roles[R_TEMPERATURE].symbol != NULL &&
+                         strcmp(lib->roles[R_TEMPERATURE].symbol, "nvmlDeviceGetTemperatureV") == 0;
+    lib->memory_v2 = lib->roles[R_MEMORY].symbol != NULL &&
+                     strcmp(lib->roles[R_MEMORY].symbol, "nvmlDeviceGetMemoryInfo_v2") == 0;
+    lib->pci_legacy = lib->roles[R_PCI].symbol != NULL &&
+                      strcmp(lib->roles[R_PCI].symbol, "nvmlDeviceGetPciInfo") == 0;
+
+    const char *needed[] = {"init", "device_count", "device_handle"};
+    int need_roles[] = {R_INIT, R_COUNT, R_HANDLE};
+    for (int k = 0; k < 3; k++) {
+        if (lib->roles[need_roles[k]].fn == NULL) {
+            b->info.state = EGS_BSTATE_ERROR;
+            snprintf(b->info.detail, sizeof(b->info.detail), "%s exports no %s entry point (%s)",
+                     core->nvml_path, needed[k], lib->roles[need_roles[k]].candidates[0]);
+            return EGS_OK;
+        }
+    }
+
+    nv_return rc = FN(lib, R_INIT, fn_void)();
+    if (rc != NV_SUCCESS) {
+        b->info.state = EGS_BSTATE_ERROR;
+        b->info.status = rc;
+        snprintf(b->info.detail, sizeof(b->info.detail), "%s failed: %s", lib->roles[R_INIT].symbol,
+                 nv_error(lib, rc, msg, sizeof(msg)));
+        return EGS_OK;
+    }
+    b->initialised = 1;
+    if (lib->roles[R_DRIVER_VERSION].fn != NULL)
+        FN(lib, R_DRIVER_VERSION, fn_text)(b->info.driver_version, sizeof(b->info.driver_version));
+
+    unsigned int count = 0;
+    rc = FN(lib, R_COUNT, fn_count)(&count);
+    if (rc != NV_SUCCESS) {
+        b->info.state = EGS_BSTATE_ERROR;
+        b->info.status = rc;
+        snprintf(b->info.detail, sizeof(b->info.detail), "%s failed: %s", lib->roles[R_COUNT].symbol,
+                 nv_error(lib, rc, msg, sizeof(msg)));
+        return EGS_OK;
+    }
+    unsigned int missing = nv_missing_fields(lib);
+    for (unsigned int i = 0; i < count; i++) {
+        nv_device h = NULL;
+        rc = FN(lib, R_HANDLE, fn_handle)(i, &h);
+        struct egs_dev *d = egs_add_device(core, b);
+        if (d == NULL)
+            return EGS_E_NOMEM;
+        if (rc != NV_SUCCESS) {
+            /* Keep the index visible: an operator needs to see the GPU the driver cannot reach. */
+            d->info.vendor_index = i;
+            d->lost = 1;
+            d->info.state = EGS_DSTATE_LOST;
+            d->unsupported = d->info.unsupported = (1u << EGS_NFIELDS) - 1;
+            snprintf(d->info.lost_reason, EGS_TEXT, "%s(%u): %s", lib->roles[R_HANDLE].symbol, i,
+                     nv_error(lib, rc, msg, sizeof(msg)));
+            continue;
+        }
+        nv_enumerate_one(core, b, lib, d, i, h, missing);
+    }
+    b->read = nv_read;
+    b->info.state = EGS_BSTATE_OK;
+    snprintf(b->info.detail, sizeof(b->info.detail), "NVML, %u device(s)", count);
+    if (core->cfg.events)
+        nv_open_events(core, b, lib);
+    return EGS_OK;
+}
