@@ -14,6 +14,7 @@ from agent.config import ConfigError
 
 # Modules with a `register(subparsers)` function; the order is the order in --help.
 COMMAND_MODULES: tuple[str, ...] = (
+    "agent.api.cli",
     "agent.nic.cli",
 )
 

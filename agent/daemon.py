@@ -204,6 +204,7 @@ class Daemon:
         self.env = dict(os.environ if env is None else env)
         self.clock = clock
         self.component_specs = COMPONENTS if components is None else components
+        self.socket_override: str | None = None  # --socket wins over the file, also on reload
         self.core_factory = core_factory
         self.simulated = simulated_env(self.env)
         self.started_at = clock()
@@ -267,11 +268,11 @@ class Daemon:
         for slot in self.slots:
             slot.call("start")
 
-        self.hub = WatchHub(self.windows, simulated=self.simulated)
+        self.hub = WatchHub(self.windows, simulated=self.simulated, queue_size=cfg.api.watch_queue)
         services = []
         for slot in self.slots:
             services += slot.call("grpc_services") or []
-        self.api = ApiServer(cfg.api, self, services)
+        self.api = ApiServer(cfg.api, self, services, locator=getattr(cfg, "locator", None))
         # Fill the windows once before serving so the first Status has figures in it.
         self.tick(self.clock())
         self.api.start()
@@ -466,6 +467,8 @@ class Daemon:
         except config_mod.ConfigError as e:
             log.error("reload rejected, keeping the running config: %s", e)
             return False
+        if self.socket_override:
+            new.api.socket = self.socket_override
         old = self.cfg
         restart_only = [f"{section}.{key}" for section, key in (
             ("agent", "state_dir"), ("agent", "host_id"), ("api", "socket"), ("gpu", "enabled"),
@@ -516,6 +519,7 @@ def run(config_path: str | None, socket_override: str | None = None) -> int:
         cfg.api.socket = socket_override
     setup_logging(cfg.agent.log_level)
     daemon = Daemon(cfg, config_path=config_path)
+    daemon.socket_override = socket_override
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGHUP, lambda *_: daemon.request_reload())

@@ -1,0 +1,165 @@
+"""The host source: CPU, load, memory and per-NIC traffic, read through psutil.
+
+psutil reads `/proc/stat`, `/proc/meminfo` and `/proc/net/dev` under `psutil.PROCFS_PATH`,
+so pointing `[host] procfs` at a fixture tree makes every figure here testable without
+this machine's own numbers. The load average is read from `<procfs>/loadavg` directly
+because psutil takes it from the `getloadavg(3)` syscall, which no fixture can change.
+
+CPU utilization and network rates are differences between two readings; the first
+reading after start therefore yields only the gauges (memory, load). A counter that went
+backwards (a NIC re-created, a counter reset) yields no rate for that interval rather
+than a huge or negative one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+
+from agent.metrics import Metric, register
+from agent.sources.base import Sample, Source
+
+for _m in (
+    Metric("load1", "", "Host load average over 1 minute (runnable + uninterruptible tasks).", scope="host"),
+    Metric("load5", "", "Host load average over 5 minutes.", scope="host"),
+    Metric("load15", "", "Host load average over 15 minutes.", scope="host"),
+    Metric("memory_used_bytes", "bytes", "Host memory in use: total minus available.", scope="host"),
+    Metric("memory_total_bytes", "bytes", "Host memory size (MemTotal).", scope="host"),
+    Metric("net_rx_errors_per_second", "errors/s", "Receive errors per second.", scope="nic"),
+    Metric("net_tx_errors_per_second", "errors/s", "Transmit errors per second.", scope="nic"),
+    Metric("net_rx_drops_per_second", "packets/s", "Received packets dropped per second.", scope="nic"),
+    Metric("net_tx_drops_per_second", "packets/s", "Transmitted packets dropped per second.", scope="nic"),
+):
+    register(_m)
+
+# psutil field -> metric, for the per-NIC rates.
+_NET_RATES = (
+    ("bytes_recv", "net_rx_bytes_per_second"),
+    ("bytes_sent", "net_tx_bytes_per_second"),
+    ("packets_recv", "net_rx_packets_per_second"),
+    ("packets_sent", "net_tx_packets_per_second"),
+    ("errin", "net_rx_errors_per_second"),
+    ("errout", "net_tx_errors_per_second"),
+    ("dropin", "net_rx_drops_per_second"),
+    ("dropout", "net_tx_drops_per_second"),
+)
+
+
+def cpu_busy_total(times) -> tuple[float, float]:
+    """(busy, total) seconds of a psutil cputimes reading.
+
+    guest and guest_nice are already counted inside user and nice by the kernel
+    (kernel/sched/cputime.c), so they are left out of the total; idle and iowait are the
+    not-busy part. This is the definition `top` and psutil's cpu_percent use.
+    """
+    total = sum(times)
+    total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return total - idle, total
+
+
+def utilization(before, after) -> float | None:
+    busy0, total0 = cpu_busy_total(before)
+    busy1, total1 = cpu_busy_total(after)
+    dt = total1 - total0
+    if dt <= 0:
+        return None
+    return min(100.0, max(0.0, 100.0 * (busy1 - busy0) / dt))
+
+
+class HostSource(Source):
+    name = "host"
+
+    def __init__(self, settings: SimpleNamespace):
+        super().__init__()
+        self.settings = settings
+        self._cpu = None
+        self._percpu = None
+        self._net = None
+        self._net_at: float | None = None
+        self._last_at: float | None = None
+
+    def start(self) -> None:
+        if not self.settings.enabled:
+            self.status.state = "disabled"
+            return
+        self._apply_procfs()
+
+    def reconfigure(self, settings: SimpleNamespace) -> None:
+        self.settings = settings
+        if settings.enabled and self.status.state == "disabled":
+            self.status.state = "starting"
+        if not settings.enabled:
+            self.status.state = "disabled"
+        self._apply_procfs()
+
+    def _apply_procfs(self) -> None:
+        # psutil keeps the root as a module global; the host source is its only user here.
+        psutil.PROCFS_PATH = str(self.settings.procfs)
+
+    def collect(self, now: float) -> list[Sample]:
+        if not self.settings.enabled:
+            return []
+        # The daemon ticks once a second; a longer interval skips ticks (with a little slack
+        # so a tick arriving a few ms early still counts).
+        if self._last_at is not None and now - self._last_at < self.settings.interval - 0.05:
+            return []
+        self._last_at = now
+        self._apply_procfs()
+        out: list[Sample] = []
+        out += self._cpu_samples(now)
+        out += self._memory_samples(now)
+        out += self._load_samples(now)
+        out += self._net_samples(now)
+        self.status.detail = {"procfs": self.settings.procfs}
+        return out
+
+    def _cpu_samples(self, now: float) -> list[Sample]:
+        total = psutil.cpu_times()
+        percpu = psutil.cpu_times(percpu=True)
+        out = []
+        if self._cpu is not None:
+            value = utilization(self._cpu, total)
+            if value is not None:
+                out.append(Sample.reading("cpu_utilization_percent", {}, value, now))
+            if self._percpu is not None and len(self._percpu) == len(percpu):
+                for i, (a, b) in enumerate(zip(self._percpu, percpu)):
+                    value = utilization(a, b)
+                    if value is not None:
+                        out.append(Sample.reading("cpu_utilization_percent", {"cpu": str(i)}, value, now))
+        self._cpu, self._percpu = total, percpu
+        return out
+
+    def _memory_samples(self, now: float) -> list[Sample]:
+        vm = psutil.virtual_memory()
+        used = vm.total - vm.available
+        return [Sample.reading("memory_used_percent", {}, 100.0 * used / vm.total if vm.total else 0.0, now),
+                Sample.reading("memory_used_bytes", {}, used, now),
+                Sample.reading("memory_total_bytes", {}, vm.total, now)]
+
+    def _load_samples(self, now: float) -> list[Sample]:
+        fields = (Path(self.settings.procfs) / "loadavg").read_text().split()
+        return [Sample.reading(name, {}, float(fields[i]), now)
+                for i, name in enumerate(("load1", "load5", "load15"))]
+
+    def _net_samples(self, now: float) -> list[Sample]:
+        counters = psutil.net_io_counters(pernic=True)
+        wanted = set(self.settings.nics)
+        if wanted:
+            counters = {nic: c for nic, c in counters.items() if nic in wanted}
+        else:
+            counters = {nic: c for nic, c in counters.items() if nic != "lo"}
+        out = []
+        if self._net is not None and self._net_at is not None and now > self._net_at:
+            dt = now - self._net_at
+            for nic, c in counters.items():
+                prev = self._net.get(nic)
+                if prev is None:
+                    continue
+                for field, metric in _NET_RATES:
+                    delta = getattr(c, field) - getattr(prev, field)
+                    if delta >= 0:
+                        out.append(Sample.reading(metric, {"nic": nic}, delta / dt, now))
+        self._net, self._net_at = counters, now
+        return out
