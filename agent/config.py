@@ -29,6 +29,7 @@ DEFAULT_PATH = "/etc/egs-agent/agent.toml"
 
 # Packages whose `settings` module declares further sections (a list `SECTIONS`).
 SECTION_MODULES: tuple[str, ...] = (
+    "agent.alarms.settings",
     "agent.nic.settings",
 )
 

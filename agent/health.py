@@ -1,0 +1,220 @@
+"""GPU health: ok, degraded, failed or lost, with the reasons and since when.
+
+The native core reports XID errors (NVML's event API on its own thread) and devices that
+stopped answering (GPU_IS_LOST) as `CoreEvent`s; this module turns them into a health state
+per GPU, an `Event(kind="health")` on every change, and gauges the built-in alarm rules watch
+(`gpu_lost`, `gpu_xid_critical`).
+
+Recovery (docs/alarms.md, "Health"): an XID is an event, not a state of the hardware, so its
+effect on health lasts `hold` seconds after the latest occurrence and then lapses; the
+gauge goes back to 0, the built-in rule resolves, and the XID stays in the GPU's history and
+in `gpu_xid_errors_total`. A lost GPU stays lost until the core reports the device answering
+again (after a reset or a driver reload).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from agent.events import Event
+from agent.metrics import Metric, register
+
+STATES = ("ok", "degraded", "failed", "lost")  # ascending gravity
+
+# Health effect of the XIDs NVIDIA's catalogue tells operators to act on, from "XID Errors"
+# (https://docs.nvidia.com/deploy/xid-errors/) and its resolution buckets: a reset or RMA
+# (failed), or a GPU that works on with its memory or links impaired (degraded). Every other
+# XID (13 graphics engine exception, 31 memory page fault, 43 stopped processing, ...) is
+# usually the application's fault: reported as an event, health unchanged.
+CRITICAL_XIDS: dict[int, tuple[str, str]] = {
+    48: ("failed", "double-bit ECC error"),
+    63: ("degraded", "ECC page retirement or row remapping recorded"),
+    64: ("failed", "ECC page retirement or row remapping failed"),
+    74: ("failed", "NVLink error"),
+    79: ("failed", "GPU has fallen off the bus"),
+    92: ("degraded", "high single-bit ECC error rate"),
+    94: ("degraded", "contained ECC error"),
+    95: ("failed", "uncontained ECC error"),
+}
+XID_NAMES: dict[int, str] = {
+    13: "graphics engine exception", 31: "GPU memory page fault", 43: "GPU stopped processing",
+    45: "preemptive cleanup", 61: "internal micro-controller breakpoint/warning",
+    62: "internal micro-controller halt", 68: "video processor exception",
+    119: "GSP RPC timeout", 120: "GSP error",
+    **{code: name for code, (_, name) in CRITICAL_XIDS.items()},
+}
+
+GPU_LOST = register(Metric("gpu_lost", "boolean", "1 while the GPU does not answer its driver (lost), else 0."))
+GPU_XID_CRITICAL = register(Metric(
+    "gpu_xid_critical", "boolean",
+    "1 from a critical XID until its hold period passes without another, else 0."))
+GPU_HEALTH_STATE = register(Metric(
+    "gpu_health_state", "state", "Health as a number: 0 ok, 1 degraded, 2 failed, 3 lost."))
+GPU_XID_TOTAL = register(Metric("gpu_xid_errors_total", "errors", "XID errors seen since the agent started.",
+                                kind="counter"))
+METRICS = (GPU_LOST.name, GPU_XID_CRITICAL.name, GPU_HEALTH_STATE.name, GPU_XID_TOTAL.name)
+
+
+def classify_xid(code: int) -> tuple[str, str]:
+    """(effect, name): effect is 'failed', 'degraded' or 'info'."""
+    effect, name = CRITICAL_XIDS.get(code, ("info", XID_NAMES.get(code, "unlisted XID")))
+    return effect, name
+
+
+@dataclass
+class Reason:
+    kind: str  # "xid" | "lost"
+    effect: str  # "degraded" | "failed" | "lost"
+    detail: str
+    since: float
+    last_seen: float
+    code: int | None = None
+    count: int = 1
+    until: float | None = None  # when it lapses; None: until the device answers again
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "effect": self.effect, "code": self.code, "detail": self.detail,
+                "since": self.since, "last_seen": self.last_seen, "count": self.count, "until": self.until}
+
+
+@dataclass
+class GpuHealth:
+    gpu: int
+    labels: dict[str, str]
+    state: str = "ok"
+    since: float = 0.0
+    reasons: dict[tuple, Reason] = field(default_factory=dict)  # active, keyed (kind, code)
+    xid_total: int = 0
+    last_xid: dict[str, Any] | None = None
+
+    def worst(self) -> str:
+        return max((r.effect for r in self.reasons.values()), key=STATES.index, default="ok")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"gpu": self.gpu, "labels": dict(self.labels), "state": self.state, "since": self.since,
+                "reasons": [r.to_dict() for r in self.reasons.values()], "xid_total": self.xid_total,
+                "last_xid": self.last_xid}
+
+
+class Health:
+    """Per-GPU health from core events. `observe(events, devices, now)` returns the Events to
+    emit; `stat`/`label_sets` let the alarm engine read the gauges like any metric."""
+
+    def __init__(self, hold_s: float = 900.0, labels_of: Callable[[int], dict[str, str]] | None = None):
+        self.hold_s = hold_s
+        self._labels_of = labels_of or (lambda gpu: {"gpu": str(gpu)})
+        self.gpus: dict[int, GpuHealth] = {}
+
+    def _gpu(self, index: int, now: float) -> GpuHealth:
+        g = self.gpus.get(index)
+        if g is None:
+            g = self.gpus[index] = GpuHealth(index, self._labels_of(index), since=now)
+        return g
+
+    def know(self, devices: Iterable[Any], now: float) -> None:
+        """Register devices (anything with .index, and ideally uuid, vendor, name) so every
+        GPU has a health state and gauges from the start, not only after its first fault."""
+        for d in devices:
+            g = self._gpu(d.index, now)
+            labels = {"gpu": str(d.index)}
+            for key, attr in (("uuid", "uuid"), ("vendor", "vendor"), ("model", "name")):
+                value = getattr(d, attr, None)
+                if value:
+                    labels[key] = str(value)
+            g.labels = labels
+
+    def observe(self, events: Iterable[Any], devices: Iterable[Any] | None, now: float) -> list[Event]:
+        """Fold core events (kind 'xid'/'lost', gpu, code, ts, detail) and the devices' current
+        states into health; lapse XIDs past their hold. Returns the events to emit."""
+        out: list[Event] = []
+        devices = list(devices or ())
+        self.know(devices, now)
+        for ev in events:
+            g = self._gpu(ev.gpu, now)
+            ts = float(getattr(ev, "ts", None) or now)
+            if ev.kind == "xid":
+                out += self._xid(g, int(ev.code), ts, getattr(ev, "detail", "") or "")
+            elif ev.kind == "lost":
+                out += self._lost(g, ts, getattr(ev, "detail", "") or "device stopped answering")
+        for d in devices:
+            g = self.gpus[d.index]
+            lost = getattr(d, "state", "ok") == "lost"
+            if lost and ("lost", None) not in g.reasons:
+                out += self._lost(g, now, getattr(d, "lost_reason", None) or "device reported lost")
+            elif not lost and ("lost", None) in g.reasons:
+                del g.reasons[("lost", None)]
+                out += self._settle(g, now, "device answers again")
+        for g in self.gpus.values():
+            lapsed = [k for k, r in g.reasons.items() if r.until is not None and r.until <= now]
+            for k in lapsed:
+                r = g.reasons.pop(k)
+                out += self._settle(g, now, f"XID {r.code} lapsed: none for {self.hold_s:g}s")
+        return out
+
+    def _xid(self, g: GpuHealth, code: int, ts: float, detail: str) -> list[Event]:
+        effect, name = classify_xid(code)
+        g.xid_total += 1
+        g.last_xid = {"code": code, "name": name, "effect": effect, "ts": ts, "detail": detail}
+        cause = {"kind": "xid", "code": code, "name": name, "effect": effect, "detail": detail}
+        if effect == "info":
+            # Not a health change, but an operator looking into a GPU wants to see it.
+            return [self._event(g, ts, g.state, cause)]
+        key = ("xid", code)
+        r = g.reasons.get(key)
+        if r is None:
+            g.reasons[key] = Reason("xid", effect, f"XID {code}: {name}", ts, ts, code, 1, ts + self.hold_s)
+        else:
+            r.last_seen, r.count, r.until = ts, r.count + 1, ts + self.hold_s
+        previous = g.state
+        g.state = g.worst()
+        if g.state != previous:
+            g.since = ts
+        return [self._event(g, ts, previous, cause)]
+
+    def _lost(self, g: GpuHealth, ts: float, detail: str) -> list[Event]:
+        g.reasons[("lost", None)] = Reason("lost", "lost", detail, ts, ts)
+        previous = g.state
+        g.state = g.worst()
+        if g.state == previous:
+            return []
+        g.since = ts
+        return [self._event(g, ts, previous, {"kind": "lost", "detail": detail})]
+
+    def _settle(self, g: GpuHealth, now: float, why: str) -> list[Event]:
+        previous = g.state
+        g.state = g.worst()
+        if g.state == previous:
+            return []
+        g.since = now
+        return [self._event(g, now, previous, {"kind": "recovered", "detail": why})]
+
+    def _event(self, g: GpuHealth, ts: float, previous: str, cause: dict[str, Any]) -> Event:
+        return Event("health", ts, dict(g.labels), {
+            "state": g.state, "previous": previous, "cause": cause,
+            "reasons": [r.to_dict() for r in g.reasons.values()]})
+
+    # --- the gauges, read by the alarm engine like windowed metrics -------------------------
+    def label_sets(self, metric: str) -> list[dict[str, str]]:
+        return [dict(g.labels) for g in self.gpus.values()] if metric in METRICS else []
+
+    def value(self, metric: str, g: GpuHealth) -> float:
+        if metric == GPU_LOST.name:
+            return 1.0 if ("lost", None) in g.reasons else 0.0
+        if metric == GPU_XID_CRITICAL.name:
+            return 1.0 if any(r.kind == "xid" for r in g.reasons.values()) else 0.0
+        if metric == GPU_HEALTH_STATE.name:
+            return float(STATES.index(g.state))
+        if metric == GPU_XID_TOTAL.name:
+            return float(g.xid_total)
+        raise KeyError(metric)
+
+    def stat(self, metric: str, labels: dict[str, str], window_s: float, stat: str,
+             now: float | None = None) -> float | None:
+        """The gauge's current value (health is a state, so every statistic of it is its value)."""
+        for g in self.gpus.values():
+            if g.labels == labels:
+                return self.value(metric, g)
+        return None
+
+    def status(self) -> list[dict[str, Any]]:
+        return [self.gpus[i].to_dict() for i in sorted(self.gpus)]
