@@ -1,0 +1,491 @@
+"""The one Python wrapper of the native telemetry core (`agent._native`, built from native/).
+
+The C core samples NVML and AMD SMI on its own thread and hands back raw values in fixed
+units per field (mW, mJ, bytes, degrees C, MHz, percent); this module names them with the
+catalogue's metric names (`agent.metrics`), converts them to catalogue units (W, J, ...),
+derives `gpu_memory_used_percent`, and turns C status codes into exceptions in one place
+(`_check`). Nothing here runs per sample: Python only sees drained aggregates, ring blocks
+and events.
+
+AMD hosts without the AMD SMI library fall back to `pyamdgpuinfo` (libdrm), polled from a
+Python thread at a low rate (`fallback_hz`), and the backend says so in its detail.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import metrics
+
+try:
+    from agent._native import ffi, lib
+except ImportError as e:  # pragma: no cover - only when the extension was never built
+    raise ImportError(f"agent._native is not built ({e}); run `make native`") from None
+
+# Field index (EGS_F_*) -> (catalogue metric, factor from the core's raw unit).
+FIELDS: tuple[tuple[str, float], ...] = (
+    ("gpu_utilization_percent", 1.0),
+    ("gpu_memory_busy_percent", 1.0),
+    ("gpu_memory_used_bytes", 1.0),
+    ("gpu_memory_total_bytes", 1.0),
+    ("gpu_temperature_celsius", 1.0),
+    ("gpu_power_watts", 1e-3),          # mW
+    ("gpu_sm_clock_mhz", 1.0),
+    ("gpu_memory_clock_mhz", 1.0),
+    ("gpu_energy_joules_total", 1e-3),  # mJ
+    ("gpu_fan_speed_percent", 1.0),
+)
+assert len(FIELDS) == lib.EGS_NFIELDS
+assert all(name in metrics.BY_NAME for name, _ in FIELDS)
+MEMORY_PERCENT = "gpu_memory_used_percent"
+_USED, _TOTAL = lib.EGS_F_MEMORY_USED, lib.EGS_F_MEMORY_TOTAL
+
+BACKENDS = {"nvidia": lib.EGS_BACKEND_NVIDIA, "amd": lib.EGS_BACKEND_AMD}
+_BACKEND_STATES = {lib.EGS_BSTATE_UNAVAILABLE: "unavailable", lib.EGS_BSTATE_OK: "ok",
+                   lib.EGS_BSTATE_ERROR: "error"}
+_EVENT_KINDS = {lib.EGS_EVENT_XID: "xid", lib.EGS_EVENT_LOST: "lost", lib.EGS_EVENT_AMD: "amd"}
+_VENDORS = {lib.EGS_BACKEND_NVIDIA: "nvidia", lib.EGS_BACKEND_AMD: "amd"}
+
+DEFAULT_NVML_LIBRARY = "libnvidia-ml.so.1"
+# Raw samples kept per GPU at most, whatever hz x ring_seconds asks: 88 bytes each, so the
+# ring of one GPU stays under 24 MiB (about 4.5 minutes at 1 kHz, an hour at 72 Hz).
+RING_MAX_SAMPLES = 1 << 18
+FALLBACK_HZ = 1.0
+
+
+def default_amdsmi_library(env: dict[str, str] | None = None) -> str:
+    """`libamd_smi.so` under $ROCM_PATH/lib, else /opt/rocm/lib (DESIGN.md)."""
+    env = os.environ if env is None else env
+    return os.path.join(env.get("ROCM_PATH") or "/opt/rocm", "lib", "libamd_smi.so")
+
+
+# --- errors ------------------------------------------------------------------------------
+
+class NativeError(Exception):
+    """A call into the native core failed."""
+
+
+class InvalidArgument(NativeError):
+    """An index or buffer the core rejected."""
+
+
+class OutOfMemory(NativeError):
+    pass
+
+
+class StateError(NativeError):
+    """The call does not fit the core's lifecycle (e.g. start while running)."""
+
+
+class ThreadError(NativeError):
+    """The sampler or event thread could not be created."""
+
+
+class BufferTooSmall(NativeError):
+    pass
+
+
+_ERRORS: dict[int, type[NativeError]] = {
+    lib.EGS_E_INVALID: InvalidArgument,
+    lib.EGS_E_NOMEM: OutOfMemory,
+    lib.EGS_E_STATE: StateError,
+    lib.EGS_E_THREAD: ThreadError,
+    lib.EGS_E_SIZE: BufferTooSmall,
+}
+
+
+def _check(rc: int, what: str) -> None:
+    """The one place a core status becomes an exception."""
+    if rc != lib.EGS_OK:
+        raise _ERRORS.get(rc, NativeError)(f"{what} failed with native status {rc}")
+
+
+def _text(chars: Any) -> str:
+    return ffi.string(chars).decode("utf-8", "replace")
+
+
+# --- values handed out ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Backend:
+    name: str                      # "nvidia" | "amd"
+    state: str                     # ok | unavailable | error
+    detail: str
+    library: str
+    driver_version: str = ""
+    symbols: dict[str, str | None] = field(default_factory=dict)  # role -> symbol used
+    devices: int = 0
+    status: int = 0                # the vendor's own code when state is error
+
+
+@dataclass(frozen=True)
+class Device:
+    index: int                     # global: NVIDIA first, then AMD
+    vendor: str
+    uuid: str
+    name: str
+    pci_bus_id: str
+    state: str                     # ok | lost
+    lost_reason: str = ""
+    unsupported: frozenset[str] = frozenset()
+    vendor_index: int = 0
+    source: str = "native"         # or "pyamdgpuinfo"
+
+
+@dataclass(frozen=True)
+class FieldStats:
+    gpu: int
+    metric: str
+    count: int
+    mean: float
+    min: float
+    max: float
+    last: float
+    first_ts: float
+    last_ts: float
+    errors: int = 0
+
+    @property
+    def sum(self) -> float:
+        return self.mean * self.count
+
+
+@dataclass(frozen=True)
+class RingBlock:
+    gpu: int
+    timestamps: list[float]
+    values: dict[str, list[float | None]]
+
+
+@dataclass(frozen=True)
+class CoreEvent:
+    kind: str                      # "xid" | "lost" | "amd"
+    gpu: int
+    code: int
+    ts: float
+    detail: str
+
+
+def _unsupported_names(mask: int) -> frozenset[str]:
+    names = {FIELDS[f][0] for f in range(len(FIELDS)) if mask & (1 << f)}
+    if mask & (1 << _USED | 1 << _TOTAL):
+        names.add(MEMORY_PERCENT)
+    return frozenset(names)
+
+
+def _nan_to_none(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+# --- the pyamdgpuinfo fallback --------------------------------------------------------------
+
+class _AmdgpuFallback:
+    """AMD GPUs read through libdrm (pyamdgpuinfo) when AMD SMI is not installed.
+
+    Slower and narrower than AMD SMI (no memory-busy, energy or fan figures), so it runs in
+    Python at a low rate; its accumulators have the same meaning as the core's.
+    """
+
+    FIELDS = ("gpu_utilization_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes",
+              "gpu_temperature_celsius", "gpu_power_watts", "gpu_sm_clock_mhz", "gpu_memory_clock_mhz")
+
+    def __init__(self, first_index: int, hz: float, ring_len: int):
+        self.first_index, self.hz, self.ring_len = first_index, hz, ring_len
+        self.gpus: list[Any] = []
+        self.devices: list[Device] = []
+        self.detail = ""
+        self._lock = threading.Lock()
+        self._acc: dict[tuple[int, str], list[float]] = {}
+        self._errors: dict[tuple[int, str], int] = {}
+        self._ring: dict[int, list[tuple[float, dict[str, float | None]]]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def open(self) -> bool:
+        try:
+            import pyamdgpuinfo
+        except ImportError as e:
+            self.detail = f"pyamdgpuinfo fallback unavailable ({e})"
+            return False
+        try:
+            count = pyamdgpuinfo.detect_gpus()
+            self.gpus = [pyamdgpuinfo.get_gpu(i) for i in range(count)]
+        except (OSError, RuntimeError) as e:  # no /dev/dri, no permission on the render node
+            self.detail = f"pyamdgpuinfo fallback (libdrm) found no AMD GPU ({e})"
+            return False
+        if not self.gpus:
+            self.detail = "pyamdgpuinfo fallback (libdrm) found no AMD GPU"
+            return False
+        unsupported = frozenset(set(metrics.GPU_METRICS) - set(self.FIELDS) - {MEMORY_PERCENT})
+        for i, gpu in enumerate(self.gpus):
+            self.devices.append(Device(
+                index=self.first_index + i, vendor="amd", uuid="", name=gpu.name or "AMD GPU",
+                pci_bus_id=gpu.pci_slot or "", state="ok", unsupported=unsupported,
+                vendor_index=i, source="pyamdgpuinfo"))
+        self.detail = f"pyamdgpuinfo fallback (libdrm), {self.hz:g} Hz, {len(self.gpus)} device(s)"
+        self._thread = threading.Thread(target=self._run, name="egs-amdgpu-fallback", daemon=True)
+        self._thread.start()
+        return True
+
+    def _read(self, gpu: Any) -> dict[str, float | None]:
+        readers = {
+            "gpu_utilization_percent": lambda: gpu.query_load() * 100.0,
+            "gpu_memory_used_bytes": gpu.query_vram_usage,
+            "gpu_memory_total_bytes": lambda: gpu.memory_info["vram_size"],
+            "gpu_temperature_celsius": gpu.query_temperature,
+            "gpu_power_watts": gpu.query_power,
+            "gpu_sm_clock_mhz": lambda: gpu.query_sclk() / 1e6,
+            "gpu_memory_clock_mhz": lambda: gpu.query_mclk() / 1e6,
+        }
+        out: dict[str, float | None] = {}
+        for name, read in readers.items():
+            try:
+                value = read()
+                out[name] = None if value is None else float(value)
+            except (RuntimeError, OSError, TypeError, KeyError):
+                out[name] = None
+        return out
+
+    def _run(self) -> None:
+        period = 1.0 / self.hz
+        deadline = time.monotonic()
+        while not self._stop.is_set():
+            now = time.time()
+            for i, gpu in enumerate(self.gpus):
+                values = self._read(gpu)
+                with self._lock:
+                    for name, v in values.items():
+                        key = (i, name)
+                        if v is None:
+                            self._errors[key] = self._errors.get(key, 0) + 1
+                            continue
+                        a = self._acc.get(key)
+                        if a is None:
+                            self._acc[key] = [1, v, v, v, v, now, now]
+                        else:
+                            a[0] += 1
+                            a[1] += v
+                            a[2] = min(a[2], v)
+                            a[3] = max(a[3], v)
+                            a[4], a[6] = v, now
+                    ring = self._ring.setdefault(i, [])
+                    ring.append((now, values))
+                    del ring[:-self.ring_len]
+            deadline += period
+            self._stop.wait(max(0.0, deadline - time.monotonic()))
+
+    def drain(self) -> list[FieldStats]:
+        with self._lock:
+            acc, errors = self._acc, self._errors
+            self._acc, self._errors = {}, {}
+        out = []
+        for (i, name), (count, total, lo, hi, last, first_ts, last_ts) in acc.items():
+            out.append(FieldStats(self.first_index + i, name, int(count), total / count, lo, hi,
+                                  last, first_ts, last_ts, errors.get((i, name), 0)))
+        return out
+
+    def ring(self, i: int, since: float | None) -> RingBlock:
+        with self._lock:
+            rows = [r for r in self._ring.get(i, []) if since is None or r[0] > since]
+        values: dict[str, list[float | None]] = {name: [] for name, _ in FIELDS}
+        values[MEMORY_PERCENT] = []
+        for _, row in rows:
+            for name in values:
+                values[name].append(row.get(name))
+            used, total = row.get("gpu_memory_used_bytes"), row.get("gpu_memory_total_bytes")
+            values[MEMORY_PERCENT][-1] = used / total * 100.0 if used is not None and total else None
+        return RingBlock(self.first_index + i, [r[0] for r in rows], values)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+            self._thread = None
+
+
+# --- the core --------------------------------------------------------------------------------
+
+class Core:
+    """Native GPU sampling: NVML and AMD SMI on a C thread, drained as aggregates."""
+
+    def __init__(self, nvml_library: str | None = None, amdsmi_library: str | None = None,
+                 hz: float = 100.0, ring_seconds: float = 60.0, nvidia: bool = True,
+                 amd: bool = True, events: bool = True, fallback_hz: float = FALLBACK_HZ):
+        if not hz > 0:
+            raise ValueError(f"hz must be positive, got {hz!r}")
+        if ring_seconds < 0:
+            raise ValueError(f"ring_seconds must not be negative, got {ring_seconds!r}")
+        self.nvml_library = nvml_library or os.environ.get("EGS_NVML_LIBRARY") or DEFAULT_NVML_LIBRARY
+        self.amdsmi_library = (amdsmi_library or os.environ.get("EGS_AMDSMI_LIBRARY")
+                               or default_amdsmi_library())
+        self.hz, self.ring_seconds = float(hz), float(ring_seconds)
+        self.ring_len = min(RING_MAX_SAMPLES, int(math.ceil(self.hz * self.ring_seconds)))
+        self.nvidia, self.amd, self.want_events = bool(nvidia), bool(amd), bool(events)
+        self.fallback_hz = min(float(fallback_hz), self.hz)
+        # cffi keeps these alive as long as the config struct refers to them.
+        self._paths = (ffi.new("char[]", self.nvml_library.encode()),
+                       ffi.new("char[]", self.amdsmi_library.encode()))
+        cfg = ffi.new("struct egs_config *", {
+            "nvml_library": self._paths[0], "amdsmi_library": self._paths[1],
+            "nvidia": int(self.nvidia), "amd": int(self.amd), "hz": self.hz,
+            "ring_len": self.ring_len, "events": int(self.want_events)})
+        out = ffi.new("struct egs_core **")
+        _check(lib.egs_core_new(cfg, out), "egs_core_new")
+        self._core = ffi.gc(out[0], lib.egs_core_free)
+        self._lock = threading.Lock()  # start/stop against each other and the fallback
+        self._fallback: _AmdgpuFallback | None = None
+        self._ndev = 0
+        self._fallback_detail = ""
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "Core":
+        """From the `[gpu]` section of agent.config (env overrides already applied by load())."""
+        g = cfg.gpu
+        return cls(nvml_library=g.nvml_library, amdsmi_library=g.amdsmi_library or None,
+                   hz=g.hz, ring_seconds=g.ring_seconds, nvidia=g.nvidia, amd=g.amd)
+
+    # -- lifecycle --
+    def start(self) -> "Core":
+        with self._lock:
+            _check(lib.egs_core_start(self._core), "egs_core_start")
+            n = ffi.new("unsigned int *")
+            _check(lib.egs_device_count(self._core, n), "egs_device_count")
+            self._ndev = n[0]
+            self._fallback, self._fallback_detail = None, ""
+            info = ffi.new("struct egs_backend_info *")
+            _check(lib.egs_backend_get(self._core, lib.EGS_BACKEND_AMD, info), "egs_backend_get")
+            if self.amd and info.state == lib.EGS_BSTATE_UNAVAILABLE:
+                fallback = _AmdgpuFallback(self._ndev, self.fallback_hz, self.ring_len)
+                if fallback.open():
+                    self._fallback = fallback
+                self._fallback_detail = fallback.detail
+        return self
+
+    def stop(self) -> None:
+        """Idempotent; device and backend descriptions stay readable afterwards."""
+        with self._lock:
+            _check(lib.egs_core_stop(self._core), "egs_core_stop")
+            if self._fallback is not None:
+                self._fallback.close()
+
+    def running(self) -> bool:
+        return bool(lib.egs_core_running(self._core))
+
+    def __enter__(self) -> "Core":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- descriptions --
+    @property
+    def backends(self) -> dict[str, Backend]:
+        out = {}
+        info = ffi.new("struct egs_backend_info *")
+        sym = ffi.new("struct egs_symbol_info *")
+        for name, bid in BACKENDS.items():
+            _check(lib.egs_backend_get(self._core, bid, info), "egs_backend_get")
+            symbols: dict[str, str | None] = {}
+            for i in range(info.nsymbols):
+                if lib.egs_backend_symbol(self._core, bid, i, sym) == lib.EGS_OK:
+                    symbols[_text(sym.role)] = _text(sym.symbol) or None
+            state, detail, ndev = _BACKEND_STATES[info.state], _text(info.detail), info.ndevices
+            if name == "amd" and self._fallback_detail:
+                detail = f"{detail}; {self._fallback_detail}"
+                if self._fallback is not None:
+                    state, ndev = "ok", len(self._fallback.devices)
+            out[name] = Backend(name=name, state=state, detail=detail, library=_text(info.library),
+                                driver_version=_text(info.driver_version), symbols=symbols,
+                                devices=ndev, status=info.status)
+        return out
+
+    def devices(self) -> list[Device]:
+        out = []
+        info = ffi.new("struct egs_device_info *")
+        for i in range(self._ndev):
+            _check(lib.egs_device_get(self._core, i, info), "egs_device_get")
+            out.append(Device(
+                index=info.index, vendor=_VENDORS[info.backend], uuid=_text(info.uuid),
+                name=_text(info.name), pci_bus_id=_text(info.pci_bus_id),
+                state="lost" if info.state == lib.EGS_DSTATE_LOST else "ok",
+                lost_reason=_text(info.lost_reason), unsupported=_unsupported_names(info.unsupported),
+                vendor_index=info.vendor_index))
+        if self._fallback is not None:
+            out.extend(self._fallback.devices)
+        return out
+
+    # -- data --
+    def drain(self) -> list[FieldStats]:
+        """Everything accumulated since the previous drain, per (gpu, metric) with count > 0."""
+        cap = max(1, self._ndev * lib.EGS_NFIELDS)
+        n = ffi.new("unsigned int *")
+        buf = ffi.new("struct egs_stats[]", cap)
+        _check(lib.egs_drain(self._core, buf, cap, n), "egs_drain")
+        out: list[FieldStats] = []
+        by_key: dict[tuple[int, int], Any] = {}
+        for k in range(n[0]):
+            s = buf[k]
+            if s.count == 0:
+                continue
+            name, factor = FIELDS[s.field]
+            by_key[(s.device, s.field)] = s
+            out.append(FieldStats(s.device, name, s.count, s.sum / s.count * factor, s.min * factor,
+                                  s.max * factor, s.last * factor, s.first_ts, s.last_ts, s.errors))
+        for (dev, f), used in list(by_key.items()):
+            total = by_key.get((dev, _TOTAL))
+            if f != _USED or total is None or total.last <= 0:
+                continue
+            scale = 100.0 / total.last
+            out.append(FieldStats(dev, MEMORY_PERCENT, used.count, used.sum / used.count * scale,
+                                  used.min * scale, used.max * scale, used.last * scale,
+                                  used.first_ts, used.last_ts, used.errors))
+        if self._fallback is not None:
+            out.extend(self._fallback.drain())
+        return out
+
+    def ring(self, gpu: int, since: float | None = None) -> RingBlock:
+        """Raw samples of one GPU newer than `since` (unix s), oldest first; None = not read."""
+        if self._fallback is not None and gpu >= self._ndev:
+            return self._fallback.ring(gpu - self._ndev, since)
+        cap = max(1, self.ring_len)
+        ts = ffi.new("double[]", cap)
+        vals = ffi.new("double[]", cap * lib.EGS_NFIELDS)
+        n = ffi.new("unsigned int *")
+        _check(lib.egs_ring_read(self._core, gpu, -math.inf if since is None else since,
+                                 ts, vals, cap, n), f"egs_ring_read(gpu {gpu})")
+        count = n[0]
+        flat = ffi.unpack(vals, count * lib.EGS_NFIELDS)
+        nf = lib.EGS_NFIELDS
+        values: dict[str, list[float | None]] = {}
+        for f, (name, factor) in enumerate(FIELDS):
+            values[name] = [_nan_to_none(v * factor) for v in flat[f::nf]]
+        used, total = values["gpu_memory_used_bytes"], values["gpu_memory_total_bytes"]
+        values[MEMORY_PERCENT] = [u / t * 100.0 if u is not None and t else None
+                                  for u, t in zip(used, total)]
+        return RingBlock(gpu, ffi.unpack(ts, count), values)
+
+    def events(self) -> list[CoreEvent]:
+        """Events queued since the previous call, oldest first."""
+        out: list[CoreEvent] = []
+        buf = ffi.new("struct egs_event[]", 64)
+        n = ffi.new("unsigned int *")
+        while True:
+            _check(lib.egs_events_read(self._core, buf, 64, n), "egs_events_read")
+            for k in range(n[0]):
+                e = buf[k]
+                out.append(CoreEvent(_EVENT_KINDS.get(e.kind, str(e.kind)), e.device, e.code, e.ts,
+                                     _text(e.detail)))
+            if n[0] < 64:
+                return out
+
+    def sampler_stats(self) -> dict[str, float | int]:
+        s = ffi.new("struct egs_sampler_stats *")
+        _check(lib.egs_sampler_get(self._core, s), "egs_sampler_get")
+        return {"ticks": s.ticks, "late_ticks": s.late_ticks, "reads": s.reads,
+                "tick_late_p99_us": s.tick_late_p99_us, "thread_cpu_s": s.thread_cpu_s,
+                "elapsed_s": s.elapsed_s, "achieved_hz": s.achieved_hz, "target_hz": self.hz,
+                "events_dropped": s.events_dropped}
