@@ -144,7 +144,9 @@ class HostSource(Source):
                 for i, name in enumerate(("load1", "load5", "load15"))]
 
     def _net_samples(self, now: float) -> list[Sample]:
-        counters = psutil.net_io_counters(pernic=True)
+        # nowrap=False: psutil's default papers over a counter going backwards by adding the
+        # old value, which would turn a re-created NIC into a huge phantom rate.
+        counters = psutil.net_io_counters(pernic=True, nowrap=False)
         wanted = set(self.settings.nics)
         if wanted:
             counters = {nic: c for nic, c in counters.items() if nic in wanted}

@@ -1,0 +1,139 @@
+"""Helpers for the daemon's tests (imported by conftest.py and the test modules): short socket paths, config files, a daemon subprocess.
+
+Unix socket paths are limited to 107 bytes, so sockets live in a short directory under /tmp
+rather than pytest's long tmp_path.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTS = ROOT / "tests"
+sys.path.insert(0, str(TESTS))
+import sim_paths  # noqa: E402
+
+PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+
+
+@pytest.fixture
+def short_dir():
+    path = Path(tempfile.mkdtemp(prefix="egsd-", dir="/tmp"))
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def write_config(directory: Path, extra: str = "", name: str = "agent.toml", socket: str | None = None) -> Path:
+    path = directory / name
+    path.write_text(
+        "[agent]\n"
+        f'state_dir = "{directory / "state"}"\n'
+        "[api]\n"
+        f'socket = "{socket or directory / "agent.sock"}"\n'
+        + extra)
+    return path
+
+
+def agent_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    env.pop("JOURNAL_STREAM", None)
+    env.pop("EGS_SIMULATED", None)
+    env.pop("EGS_SOCKET", None)
+    env["PYTHONPATH"] = str(ROOT)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def cli(*args, env=None, timeout=30, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "agent.cli", *args], cwd=ROOT, env=env or agent_env(),
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+class DaemonProcess:
+    """`egs-agent run` in a subprocess; waits for its socket; stops it with SIGTERM."""
+
+    def __init__(self, config: Path, socket: Path, env: dict | None = None, prefix: list[str] | None = None):
+        self.socket = socket
+        self.stderr_path = config.parent / "daemon.stderr"
+        self.stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen([*(prefix or []), PYTHON, "-m", "agent.cli", "run", "--config", str(config)],
+                                     cwd=ROOT, env=env or agent_env(), stdout=subprocess.DEVNULL, stderr=self.stderr)
+
+    def wait_ready(self, timeout: float = 30.0) -> "DaemonProcess":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            if self.socket.exists():
+                return self
+            time.sleep(0.05)
+        raise AssertionError(f"daemon did not bind {self.socket} within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self.stderr.flush()
+        return self.stderr_path.read_text()
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stderr.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_daemon():
+    started: list[DaemonProcess] = []
+
+    def start(config: Path, socket: Path, env=None, prefix=None, ready=True) -> DaemonProcess:
+        d = DaemonProcess(config, socket, env, prefix)
+        started.append(d)
+        return d.wait_ready() if ready else d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+def native_available() -> str | None:
+    """None when the native core imports, else why not (for skips)."""
+    try:
+        import agent.native  # noqa: F401
+    except ImportError as e:
+        return f"native core not built or not landed yet: {e}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def sim_out():
+    why = native_available()
+    if why:
+        pytest.skip(why)
+    return sim_paths.build_sim()  # a failing build is a failure, not a skip
+
+
+@pytest.fixture
+def restore_procfs():
+    import psutil
+
+    before = psutil.PROCFS_PATH
+    yield
+    psutil.PROCFS_PATH = before

@@ -1,0 +1,165 @@
+"""The host source's figures, checked against procfs read independently in the test:
+exactly on a fixture tree, and within what can change between two reads on the real /proc."""
+import os
+import socket
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import psutil
+import pytest
+
+from agent.sources.host import HostSource
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def settings(procfs, nics=(), interval=1.0):
+    return SimpleNamespace(enabled=True, interval=interval, procfs=str(procfs), sysfs="/sys", nics=list(nics))
+
+
+def write_tree(root: Path, cpu_rows, meminfo_kb, net_rows, loadavg="0.50 0.25 0.10 1/100 42"):
+    (root / "net").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for name, fields in cpu_rows:
+        lines.append(f"{name} " + " ".join(str(f) for f in fields))
+    lines += ["intr 0", "ctxt 0", "btime 1700000000", "processes 1", "procs_running 1", "procs_blocked 0"]
+    (root / "stat").write_text("\n".join(lines) + "\n")
+    (root / "meminfo").write_text("".join(f"{k}: {v} kB\n" for k, v in meminfo_kb.items()))
+    dev = ["Inter-|   Receive                                                |  Transmit",
+           " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed"]
+    for nic, (rxb, rxp, rxe, rxd, txb, txp, txe, txd) in net_rows.items():
+        dev.append(f"{nic:>6}: {rxb} {rxp} {rxe} {rxd} 0 0 0 0 {txb} {txp} {txe} {txd} 0 0 0 0")
+    (root / "net" / "dev").write_text("\n".join(dev) + "\n")
+    (root / "loadavg").write_text(loadavg + "\n")
+
+
+MEM = {"MemTotal": 16 * 1024 * 1024, "MemFree": 2 * 1024 * 1024, "MemAvailable": 12 * 1024 * 1024,
+       "Buffers": 100, "Cached": 1000, "Shmem": 10, "SReclaimable": 10, "Active": 1, "Inactive": 1,
+       "SwapTotal": 0, "SwapFree": 0}
+
+
+def by_key(samples):
+    return {(s.metric, tuple(sorted(s.labels.items()))): s.last for s in samples}
+
+
+def test_fixture_tree_cpu_memory_load_and_nic_rates_are_exact(tmp_path, restore_procfs):
+    # user nice system idle iowait irq softirq steal guest guest_nice, in clock ticks
+    cpu0 = [100, 0, 50, 800, 50, 0, 0, 0, 0, 0]
+    cpu1 = [300, 0, 100, 500, 100, 0, 0, 0, 0, 0]
+    total = [a + b for a, b in zip(cpu0, cpu1)]
+    eth0 = (1000, 10, 0, 0, 5000, 20, 0, 0)
+    write_tree(tmp_path, [("cpu", total), ("cpu0", cpu0), ("cpu1", cpu1)], MEM,
+               {"lo": (9, 9, 0, 0, 9, 9, 0, 0), "eth0": eth0})
+    src = HostSource(settings(tmp_path))
+    src.start()
+    first = by_key(src.collect(100.0))
+    # the first reading has only the gauges: no rates without a previous reading
+    assert ("cpu_utilization_percent", ()) not in first
+    assert first[("memory_used_percent", ())] == pytest.approx(100 * (16 - 12) / 16)
+    assert first[("memory_total_bytes", ())] == 16 * 1024 ** 3
+    assert first[("load1", ())] == 0.5 and first[("load15", ())] == 0.1
+
+    # two seconds later: cpu0 busy 60 of 200 ticks (iowait counts as idle), cpu1 busy 150 of 200,
+    # guest time is inside user already and must not be counted twice
+    cpu0b = [140, 0, 70, 920, 70, 0, 0, 0, 0, 0]
+    cpu1b = [420, 0, 130, 540, 110, 0, 0, 0, 30, 0]
+    totalb = [a + b for a, b in zip(cpu0b, cpu1b)]
+    eth0b = (3000, 14, 1, 2, 5500, 30, 0, 4)
+    write_tree(tmp_path, [("cpu", totalb), ("cpu0", cpu0b), ("cpu1", cpu1b)], MEM,
+               {"lo": (99, 99, 0, 0, 99, 99, 0, 0), "eth0": eth0b})
+    second = by_key(src.collect(102.0))
+    assert second[("cpu_utilization_percent", (("cpu", "0"),))] == pytest.approx(100 * 60 / 200)
+    assert second[("cpu_utilization_percent", (("cpu", "1"),))] == pytest.approx(100 * 150 / 200)
+    assert second[("cpu_utilization_percent", ())] == pytest.approx(100 * 210 / 400)
+    nic = (("nic", "eth0"),)
+    assert second[("net_rx_bytes_per_second", nic)] == pytest.approx(2000 / 2)
+    assert second[("net_tx_bytes_per_second", nic)] == pytest.approx(500 / 2)
+    assert second[("net_rx_packets_per_second", nic)] == pytest.approx(4 / 2)
+    assert second[("net_tx_packets_per_second", nic)] == pytest.approx(10 / 2)
+    assert second[("net_rx_errors_per_second", nic)] == pytest.approx(0.5)
+    assert second[("net_rx_drops_per_second", nic)] == pytest.approx(1.0)
+    assert second[("net_tx_drops_per_second", nic)] == pytest.approx(2.0)
+    # loopback is left out unless asked for
+    assert not any(dict(k[1]).get("nic") == "lo" for k in second)
+
+
+def test_a_counter_that_went_backwards_gives_no_rate(tmp_path, restore_procfs):
+    cpu = [("cpu", [1, 0, 1, 10, 0, 0, 0, 0, 0, 0]), ("cpu0", [1, 0, 1, 10, 0, 0, 0, 0, 0, 0])]
+    write_tree(tmp_path, cpu, MEM, {"eth0": (5000, 50, 0, 0, 5000, 50, 0, 0)})
+    src = HostSource(settings(tmp_path))
+    src.start()
+    src.collect(10.0)
+    write_tree(tmp_path, cpu, MEM, {"eth0": (100, 1, 0, 0, 6000, 60, 0, 0)})  # NIC re-created
+    second = by_key(src.collect(11.0))
+    assert ("net_rx_bytes_per_second", (("nic", "eth0"),)) not in second
+    assert second[("net_tx_bytes_per_second", (("nic", "eth0"),))] == pytest.approx(1000)
+
+
+def test_configured_nics_are_the_only_ones_reported(tmp_path, restore_procfs):
+    cpu = [("cpu", [1, 0, 1, 10, 0, 0, 0, 0, 0, 0]), ("cpu0", [1, 0, 1, 10, 0, 0, 0, 0, 0, 0])]
+    rows = {"lo": (1, 1, 0, 0, 1, 1, 0, 0), "eth0": (1, 1, 0, 0, 1, 1, 0, 0), "eth1": (1, 1, 0, 0, 1, 1, 0, 0)}
+    write_tree(tmp_path, cpu, MEM, rows)
+    src = HostSource(settings(tmp_path, nics=["lo", "eth1"]))
+    src.start()
+    src.collect(1.0)
+    nics = {dict(k[1])["nic"] for k in by_key(src.collect(2.0)) if k[0].startswith("net_")}
+    assert nics == {"lo", "eth1"}
+
+
+def _meminfo():
+    values = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        values[key] = int(rest.split()[0]) * 1024
+    return values
+
+
+def _lo_rx_bytes():
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name.strip() == "lo":
+            return int(rest.split()[0])
+    raise AssertionError("no lo in /proc/net/dev")
+
+
+def test_real_proc_figures_match_an_independent_read(restore_procfs):
+    src = HostSource(settings("/proc", nics=["lo"], interval=0.1))
+    src.start()
+    lo_before = _lo_rx_bytes()
+    t_first = time.time()
+    src.collect(t_first)
+    # traffic on loopback between the two readings
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    client.sendall(b"x" * 200_000)
+    received = 0
+    while received < 200_000:
+        received += len(peer.recv(65536))
+    for s in (client, peer, server):
+        s.close()
+    time.sleep(0.2)
+    now = time.time()
+    got = by_key(src.collect(now))
+    lo_after = _lo_rx_bytes()
+
+    mem = _meminfo()
+    expected_used = 100 * (mem["MemTotal"] - mem["MemAvailable"]) / mem["MemTotal"]
+    assert got[("memory_used_percent", ())] == pytest.approx(expected_used, abs=2.0)
+    assert got[("memory_total_bytes", ())] == mem["MemTotal"]
+
+    cpus = [l for l in Path("/proc/stat").read_text().splitlines() if l.startswith("cpu") and l[3].isdigit()]
+    per_cpu = {dict(k[1])["cpu"] for k in got if k[0] == "cpu_utilization_percent" and k[1]}
+    assert per_cpu == {str(i) for i in range(len(cpus))}
+    assert 0.0 <= got[("cpu_utilization_percent", ())] <= 100.0
+
+    load = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    assert got[("load1", ())] == pytest.approx(load[0], abs=0.5)
+
+    # the bytes lo received between the source's two reads: at least what we sent, at most
+    # what /proc/net/dev shows around both reads
+    seen = got[("net_rx_bytes_per_second", (("nic", "lo"),))] * (now - t_first)
+    assert 200_000 <= seen + 1 <= lo_after - lo_before + 1
