@@ -1,0 +1,37 @@
+"""Fixtures for the simulated vendor library tests: build once per session, run readers in
+subprocesses (pynvml and amdsmi pick their library at process start, from the environment)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sim_paths  # noqa: E402  (tests/ is not a package; see sim_paths' docstring)
+
+
+@pytest.fixture(scope="session")
+def sim_out():
+    return sim_paths.build_sim()
+
+
+def _run(code: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def run_reader(sim_out):
+    """run_reader(code, env) -> (result dict printed as JSON on the last stdout line, stderr).
+
+    The snippet must print one JSON document as its last line of stdout.
+    """
+    def run(code: str, env: dict, timeout: float = 30.0, expect_rc: int = 0):
+        result = _run(code, env, timeout)
+        assert result.returncode == expect_rc, (
+            f"reader exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        lines = result.stdout.strip().splitlines()
+        assert lines, f"reader printed nothing; stderr:\n{result.stderr}"
+        return json.loads(lines[-1]), result.stderr
+    return run
