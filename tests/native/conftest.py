@@ -1,0 +1,61 @@
+"""Fixtures for the native core tests: the simulated vendor libraries, a Core running on a
+scenario, and the official readers (pynvml, amdsmi) run in subprocesses on the same library.
+
+The readers pick their library at process start (LD_LIBRARY_PATH, ROCM_HOME), so they run in
+a child process; the core runs in this process with EGS_SIM_SCENARIO set before its start,
+which is when the simulated library reads it.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import sim_paths  # noqa: E402  (tests/ is not a package; see sim_paths' docstring)
+
+from agent.native import Core  # noqa: E402  (fails with "run make native" when not built)
+
+
+@pytest.fixture(scope="session")
+def sim_out():
+    return sim_paths.build_sim()
+
+
+@pytest.fixture
+def make_core(sim_out, monkeypatch):
+    """make_core(scenario, **Core kwargs) -> a started Core; stopped after the test."""
+    cores: list[Core] = []
+
+    def make(scenario: str | None, start: bool = True, **kw) -> Core:
+        if scenario is None:
+            monkeypatch.delenv("EGS_SIM_SCENARIO", raising=False)
+        else:
+            monkeypatch.setenv("EGS_SIM_SCENARIO", str(sim_paths.scenario(scenario)))
+        kw.setdefault("nvml_library", str(sim_paths.NVML_LIB))
+        kw.setdefault("amdsmi_library", str(sim_paths.AMDSMI_LIB))
+        core = Core(**kw)
+        cores.append(core)
+        return core.start() if start else core
+
+    yield make
+    for core in cores:
+        core.stop()
+
+
+def _run_json(code: str, env: dict, timeout: float = 60.0):
+    """Runs a Python snippet that prints one JSON document as its last stdout line."""
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=timeout, cwd=str(sim_paths.ROOT))
+    assert result.returncode == 0, f"reader failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+
+@pytest.fixture
+def run_json(sim_out):
+    """run_json(code, env) -> the JSON document a reader snippet printed last."""
+    return _run_json

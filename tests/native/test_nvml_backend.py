@@ -1,0 +1,207 @@
+"""The NVIDIA backend against the simulated NVML: values, faults, symbol fallback, events."""
+from __future__ import annotations
+
+import ctypes
+import math
+import time
+
+import pytest
+import sim_paths
+
+PYNVML_READER = r"""
+import json, pynvml
+pynvml.nvmlInit()
+out = []
+for i in range(pynvml.nvmlDeviceGetCount()):
+    h = pynvml.nvmlDeviceGetHandleByIndex(i)
+    u = pynvml.nvmlDeviceGetUtilizationRates(h)
+    m = pynvml.nvmlDeviceGetMemoryInfo(h)
+    fv = pynvml.nvmlDeviceGetFieldValues(h, [pynvml.NVML_FI_DEV_POWER_INSTANT])[0]
+    out.append({
+        "name": pynvml.nvmlDeviceGetName(h), "uuid": pynvml.nvmlDeviceGetUUID(h),
+        "pci_bus_id": pynvml.nvmlDeviceGetPciInfo(h).busId,
+        "gpu_utilization_percent": u.gpu, "gpu_memory_busy_percent": u.memory,
+        "gpu_memory_used_bytes": m.used, "gpu_memory_total_bytes": m.total,
+        "gpu_temperature_celsius": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+        "gpu_power_watts": fv.value.uiVal / 1000.0,
+        "power_usage_watts": pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0,
+        "gpu_sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+        "gpu_memory_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
+        "gpu_energy_joules_total": pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0,
+        "gpu_fan_speed_percent": pynvml.nvmlDeviceGetFanSpeed(h),
+    })
+print(json.dumps({"driver": pynvml.nvmlSystemGetDriverVersion(), "gpus": out}))
+"""
+
+FIELD_METRICS = ("gpu_utilization_percent", "gpu_memory_busy_percent", "gpu_memory_used_bytes",
+                 "gpu_memory_total_bytes", "gpu_temperature_celsius", "gpu_power_watts",
+                 "gpu_sm_clock_mhz", "gpu_memory_clock_mhz", "gpu_energy_joules_total",
+                 "gpu_fan_speed_percent")
+
+
+def _last(stats, gpu):
+    return {s.metric: s.last for s in stats if s.gpu == gpu}
+
+
+def test_values_equal_pynvml_on_the_same_library(make_core, run_json):
+    theirs = run_json(PYNVML_READER, sim_paths.nvml_env("constant"))
+    core = make_core("constant", hz=50, amd=False)
+    time.sleep(0.3)
+    stats = core.drain()
+    devices = [d for d in core.devices() if d.vendor == "nvidia"]
+    assert len(devices) == len(theirs["gpus"]) == 2
+    assert core.backends["nvidia"].driver_version == theirs["driver"]
+    for dev, ref in zip(devices, theirs["gpus"]):
+        assert (dev.name, dev.uuid, dev.pci_bus_id) == (ref["name"], ref["uuid"], ref["pci_bus_id"])
+        mine = _last(stats, dev.index)
+        for metric in FIELD_METRICS:
+            assert mine[metric] == pytest.approx(ref[metric], rel=1e-9), metric
+        assert mine["gpu_memory_used_percent"] == pytest.approx(
+            100.0 * ref["gpu_memory_used_bytes"] / ref["gpu_memory_total_bytes"])
+
+
+def test_power_comes_from_power_instant_field_when_supported(make_core):
+    core = make_core("constant", hz=20, amd=False)
+    assert core.backends["nvidia"].symbols["field_values"] == "nvmlDeviceGetFieldValues"
+    time.sleep(0.2)
+    power = {s.gpu: s for s in core.drain() if s.metric == "gpu_power_watts"}
+    assert power[0].last == pytest.approx(180.5)
+    assert power[1].last == pytest.approx(95.25)
+
+
+def test_unsupported_fields_are_null_not_zero(make_core):
+    core = make_core("nvidia-unsupported", hz=50, amd=False)
+    time.sleep(0.3)
+    stats = core.drain()
+    dev0 = core.devices()[0]
+    assert {"gpu_fan_speed_percent", "gpu_energy_joules_total"} <= dev0.unsupported
+    reported = {s.metric for s in stats if s.gpu == 0}
+    assert "gpu_fan_speed_percent" not in reported
+    assert "gpu_energy_joules_total" not in reported
+    assert "gpu_temperature_celsius" in reported
+    ring = core.ring(0)
+    assert ring.values["gpu_fan_speed_percent"] and all(v is None for v in ring.values["gpu_fan_speed_percent"])
+    assert all(v == 55 for v in ring.values["gpu_temperature_celsius"])
+
+
+def test_field_turning_unsupported_mid_run_stops_being_reported(make_core):
+    # GPU 1's power answers NOT_SUPPORTED from t = 2 s on.
+    core = make_core("nvidia-unsupported", hz=50, amd=False)
+    time.sleep(2.3)
+    core.drain()
+    time.sleep(0.2)
+    stats = core.drain()
+    assert "gpu_power_watts" in core.devices()[1].unsupported
+    assert not [s for s in stats if s.gpu == 1 and s.metric == "gpu_power_watts"]
+    assert [s for s in stats if s.gpu == 1 and s.metric == "gpu_temperature_celsius"]
+    assert all(s.errors == 0 for s in stats)
+
+
+def test_gpu_lost_mid_run_while_the_others_keep_sampling(make_core):
+    core = make_core("nvidia-lost", hz=100, amd=False)
+    time.sleep(1.3)  # GPU 1 is lost at t = 1.0 s
+    core.drain()
+    time.sleep(0.3)
+    stats = core.drain()
+    dev = core.devices()
+    assert dev[0].state == "ok"
+    assert dev[1].state == "lost"
+    assert "lost" in dev[1].lost_reason.lower()
+    assert {s.gpu for s in stats} == {0}
+    assert min(s.count for s in stats) >= 10
+    lost = [e for e in core.events() if e.kind == "lost"]
+    assert [(e.gpu, e.code) for e in lost] == [(1, 15)]
+
+
+def test_missing_library_is_reported_unavailable_not_raised(make_core):
+    core = make_core(None, nvml_library="/nonexistent/dir/libnvidia-ml.so.1",
+                     amdsmi_library="/nonexistent/dir/libamd_smi.so")
+    nv = core.backends["nvidia"]
+    assert nv.state == "unavailable"
+    assert "/nonexistent/dir/libnvidia-ml.so.1" in nv.detail
+    assert "No such file" in nv.detail
+    assert core.devices() == []
+    assert core.drain() == []
+
+
+def test_init_failure_is_an_error_carrying_nvml_message(make_core):
+    core = make_core("init-failure", amd=False)
+    nv = core.backends["nvidia"]
+    expected = ctypes.CDLL(str(sim_paths.NVML_LIB))
+    expected.nvmlErrorString.restype = ctypes.c_char_p
+    message = expected.nvmlErrorString(9).decode()
+    assert nv.state == "error"
+    assert nv.status == 9
+    assert message in nv.detail
+    assert "nvmlInit_v2" in nv.detail
+    assert core.devices() == []
+
+
+def test_legacy_library_falls_back_to_older_symbols_and_still_reads(make_core):
+    core = make_core("constant", hz=50, amd=False, nvml_library=str(sim_paths.NVML_LEGACY_LIB))
+    sym = core.backends["nvidia"].symbols
+    assert sym["init"] == "nvmlInit"
+    assert sym["device_count"] == "nvmlDeviceGetCount"
+    assert sym["device_handle"] == "nvmlDeviceGetHandleByIndex"
+    assert sym["temperature"] == "nvmlDeviceGetTemperature"
+    assert sym["memory"] == "nvmlDeviceGetMemoryInfo"
+    assert sym["field_values"] is None
+    assert sym["power_usage"] == "nvmlDeviceGetPowerUsage"
+    time.sleep(0.3)
+    last = {(s.gpu, s.metric): s.last for s in core.drain()}
+    assert last[(0, "gpu_temperature_celsius")] == 65
+    assert last[(1, "gpu_temperature_celsius")] == 58
+    assert last[(0, "gpu_power_watts")] == pytest.approx(180.5)
+    assert last[(0, "gpu_memory_used_bytes")] == 8192 * 2**20
+
+
+def test_newest_symbols_are_preferred_when_present(make_core):
+    sym = make_core("constant", amd=False).backends["nvidia"].symbols
+    assert sym["init"] == "nvmlInit_v2"
+    assert sym["temperature"] == "nvmlDeviceGetTemperatureV"
+    assert sym["memory"] == "nvmlDeviceGetMemoryInfo_v2"
+    assert sym["event_wait"] == "nvmlEventSetWait_v2"
+
+
+def test_xid_events_are_delivered_with_their_code(make_core):
+    core = make_core("nvidia-xid", hz=20, amd=False)
+    deadline = time.monotonic() + 5.0
+    got = []
+    while time.monotonic() < deadline and len(got) < 2:
+        got += [e for e in core.events() if e.kind == "xid"]
+        time.sleep(0.05)
+    assert [(e.gpu, e.code) for e in got] == [(0, 79), (0, 13)]
+    assert "XID 79" in got[0].detail
+    assert got[0].ts < got[1].ts
+    assert abs(got[0].ts - time.time()) < 60
+
+
+def test_ring_holds_the_newest_samples_in_time_order(make_core):
+    core = make_core("constant", hz=100, ring_seconds=0.5, amd=False)
+    time.sleep(1.0)
+    block = core.ring(0)
+    assert len(block.timestamps) == 50
+    assert block.timestamps == sorted(block.timestamps)
+    gaps = [b - a for a, b in zip(block.timestamps, block.timestamps[1:])]
+    assert sum(gaps) / len(gaps) == pytest.approx(0.01, rel=0.2)
+    assert set(block.values["gpu_temperature_celsius"]) == {65.0}
+    assert set(block.values["gpu_power_watts"]) == {180.5}
+    assert all(len(v) == 50 for v in block.values.values())
+    newer = core.ring(0, since=block.timestamps[-10])
+    assert newer.timestamps[0] > block.timestamps[-10]
+    assert len(newer.timestamps) >= 9
+    assert core.ring(0, since=math.inf).timestamps == []
+
+
+def test_drain_resets_the_accumulators(make_core):
+    core = make_core("constant", hz=100, amd=False)
+    time.sleep(0.5)
+    first = {(s.gpu, s.metric): s for s in core.drain()}
+    core.stop()
+    rest = core.drain()
+    assert core.drain() == []
+    ticks = core.sampler_stats()["ticks"]
+    total = first[(0, "gpu_temperature_celsius")].count + sum(
+        s.count for s in rest if (s.gpu, s.metric) == (0, "gpu_temperature_celsius"))
+    assert total == ticks
+    assert first[(0, "gpu_temperature_celsius")].first_ts <= first[(0, "gpu_temperature_celsius")].last_ts
