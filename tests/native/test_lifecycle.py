@@ -1,0 +1,128 @@
+"""Start/stop, rate accuracy, error mapping and the probe command."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import sim_paths
+
+from agent import metrics
+from agent.native import Core, InvalidArgument, NativeError, StateError
+
+
+def test_start_stop_repeated_many_times(make_core):
+    core = make_core("constant", start=False, hz=1000, amd=False)
+    for _ in range(60):
+        core.start()
+        assert core.running()
+        assert len(core.devices()) == 2
+        core.stop()
+        assert not core.running()
+    core.stop()  # idempotent
+    assert core.backends["nvidia"].state == "ok"  # descriptions stay readable after stop
+
+
+def test_concurrent_stops_are_safe_and_prompt_at_low_rate(make_core):
+    for _ in range(10):
+        core = make_core("constant", hz=1, amd=False)
+        threads = [threading.Thread(target=core.stop) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=10)
+        assert not any(t.is_alive() for t in threads)
+        assert not core.running()
+
+
+def test_rate_is_held_on_the_deadline_grid(make_core):
+    hz = 200.0
+    core = make_core("constant", hz=hz, amd=False)
+    time.sleep(1.0)
+    core.stop()
+    s = core.sampler_stats()
+    expected = s["elapsed_s"] * hz
+    # Every grid slot is either a tick or a counted skip: nothing drifts.
+    assert s["ticks"] + s["late_ticks"] == pytest.approx(expected, abs=3)
+    assert s["ticks"] >= 0.9 * expected
+    counts = {(x.gpu, x.metric): x.count for x in core.drain()}
+    assert counts[(0, "gpu_temperature_celsius")] == s["ticks"]
+    assert s["reads"] == s["ticks"] * 2 * 10
+    assert s["thread_cpu_s"] > 0
+
+
+def test_a_second_start_while_running_raises_state_error(make_core):
+    core = make_core("constant", amd=False)
+    with pytest.raises(StateError):
+        core.start()
+
+
+def test_ring_of_an_unknown_gpu_raises_invalid_argument(make_core):
+    core = make_core("constant", amd=False)
+    with pytest.raises(InvalidArgument) as e:
+        core.ring(99)
+    assert isinstance(e.value, NativeError)
+    assert "gpu 99" in str(e.value)
+
+
+def test_bad_arguments_are_refused_before_reaching_c():
+    with pytest.raises(ValueError):
+        Core(hz=0)
+
+
+def test_switched_off_backends_say_so(make_core):
+    core = make_core("constant", nvidia=False, amd=False)
+    assert core.backends["nvidia"].state == "unavailable"
+    assert "disabled" in core.backends["nvidia"].detail
+    assert core.devices() == []
+
+
+def test_amd_without_amd_smi_reports_the_pyamdgpuinfo_fallback(make_core):
+    core = make_core("constant", nvidia=False, amdsmi_library="/nonexistent/libamd_smi.so")
+    amd = core.backends["amd"]
+    assert "/nonexistent/libamd_smi.so" in amd.detail
+    assert "pyamdgpuinfo fallback" in amd.detail
+    if amd.state == "ok":  # a host with an AMD GPU and libdrm, no AMD SMI
+        assert any(d.source == "pyamdgpuinfo" for d in core.devices())
+    else:
+        assert amd.state == "unavailable"
+        assert core.devices() == []
+
+
+def test_probe_json_has_every_backend_gpu_and_metric(sim_out):
+    env = dict(os.environ, EGS_SIM_SCENARIO=str(sim_paths.scenario("nvidia-unsupported")))
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "probe", "--seconds", "0.3", "--hz", "50", "--json",
+         "--nvml-library", str(sim_paths.NVML_LIB), "--amdsmi-library", "/nonexistent/libamd_smi.so"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=str(sim_paths.ROOT))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["backends"]) == {"nvidia", "amd"}
+    assert report["backends"]["nvidia"]["state"] == "ok"
+    assert report["backends"]["amd"]["state"] == "unavailable"
+    assert [g["index"] for g in report["gpus"]] == [0, 1]
+    gpu0 = report["gpus"][0]
+    assert gpu0["uuid"] == "GPU-0e5e0000-0000-4000-8000-000000000000"
+    assert set(gpu0["metrics"]) == set(metrics.GPU_METRICS)
+    fan = gpu0["metrics"]["gpu_fan_speed_percent"]
+    assert fan == {"supported": False, "count": 0, "mean": None, "min": None, "max": None, "last": None}
+    temp = gpu0["metrics"]["gpu_temperature_celsius"]
+    assert temp["supported"] and temp["count"] > 0
+    assert temp["mean"] == temp["min"] == temp["max"] == temp["last"] == 55
+    assert report["sampler"]["ticks"] > 0
+
+
+def test_probe_text_names_unsupported_metrics(sim_out):
+    env = dict(os.environ, EGS_SIM_SCENARIO=str(sim_paths.scenario("nvidia-unsupported")))
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "probe", "--seconds", "0.2",
+         "--nvml-library", str(sim_paths.NVML_LIB), "--amdsmi-library", "/nonexistent/libamd_smi.so"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=str(sim_paths.ROOT))
+    assert result.returncode == 0, result.stderr
+    assert "nvidia: ok" in result.stdout
+    fan_line = next(l for l in result.stdout.splitlines() if "gpu_fan_speed_percent" in l)
+    assert "unsupported" in fan_line
