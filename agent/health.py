@@ -115,13 +115,10 @@ class Health:
         """Register devices (anything with .index, and ideally uuid, vendor, name) so every
         GPU has a health state and gauges from the start, not only after its first fault."""
         for d in devices:
-            g = self._gpu(d.index, now)
-            labels = {"gpu": str(d.index)}
-            for key, attr in (("uuid", "uuid"), ("vendor", "vendor"), ("model", "name")):
-                value = getattr(d, attr, None)
-                if value:
-                    labels[key] = str(value)
-            g.labels = labels
+            # The same labels the GPU source gives its samples, so events and alarms match.
+            self._gpu(d.index, now).labels = {
+                "gpu": str(d.index), "uuid": str(getattr(d, "uuid", "") or ""),
+                "vendor": str(getattr(d, "vendor", "") or ""), "model": str(getattr(d, "name", "") or "")}
 
     def observe(self, events: Iterable[Any], devices: Iterable[Any] | None, now: float) -> list[Event]:
         """Fold core events (kind 'xid'/'lost', gpu, code, ts, detail) and the devices' current

@@ -96,6 +96,13 @@ class Recorder:
         gpus = tuple(sorted(set(int(g) for g in gpus)))
         if not self.available or not gpus:
             return None
+        with self._lock:
+            # One incident, one recording: a rule firing on a GPU whose health event already
+            # scheduled one (the built-in rules do exactly that) shares it.
+            for p in self._pending:
+                if p.gpus == gpus and abs(p.event_ts - event_ts) <= self.after_s:
+                    p.reason.setdefault("also", []).append(dict(reason))
+                    return p.id
         rid = self._new_id(event_ts, tag or "gpu" + "-".join(map(str, gpus)))
         p = _Pending(rid, gpus, dict(reason), event_ts, event_ts - self.before_s, event_ts + self.after_s)
         with self._lock:

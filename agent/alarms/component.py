@@ -1,0 +1,242 @@
+"""How alarms, GPU health and the flight recorder plug into the daemon (a *component*).
+
+Each tick (about once a second, on the daemon's main loop) it reads the core's XID/lost
+events into `Health`, evaluates the rules that are due, saves the alarm state when it
+changed, and hands due recordings to the recorder's thread. What it has to say goes out
+through `ctx.emit`; notifications also go to the rule's hook, on the hook pool. Nothing here
+waits on a hook, a disk write of a recording, or a gRPC client.
+
+`build` makes the "alarms" component (its status: the label sets not ok); `build_health`
+makes a "health" view of the same runtime for `status --json` (per-GPU health).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any
+
+from agent.alarms.builtin import builtin_rules
+from agent.alarms.engine import Engine
+from agent.alarms.hooks import HookRunner
+from agent.alarms.rules import Rule
+from agent.alarms.store import StateStore
+from agent.config import parse_duration
+from agent.events import Event
+from agent.health import METRICS as HEALTH_METRICS, Health
+from agent.recorder import Recorder
+
+# The alarms component built for each daemon context, so build_health can find it.
+_BUILT: dict[int, "AlarmsComponent"] = {}
+
+
+def _seconds(value) -> float:
+    return parse_duration(value) if isinstance(value, str) else float(value)
+
+
+class AlarmsComponent:
+    name = "alarms"
+
+    def __init__(self, cfg, ctx):
+        self.ctx = ctx
+        self.log: logging.Logger = getattr(ctx, "log", None) or logging.getLogger("egs-agent.alarms")
+        self.enabled = cfg.alarms.enabled
+        self.health = Health(hold_s=_seconds(cfg.health.xid_hold))
+        self.recorder: Recorder | None = None
+        if cfg.recorder.enabled:
+            before, after = _seconds(cfg.recorder.before), _seconds(cfg.recorder.after)
+            ring = float(getattr(cfg.gpu, "ring_seconds", before + after))
+            if before + after > ring:
+                # The ring would already have overwritten the start by the time we copy it.
+                self.log.warning("recorder.before + recorder.after = %gs exceeds gpu.ring_seconds = %gs; "
+                                 "recordings will start later than asked", before + after, ring)
+            self.recorder = Recorder(ctx.state_dir / "recordings", ctx.core, ctx.clock, before, after,
+                                     int(cfg.recorder.max_bytes), labels_of=self._labels_of)
+        self.hooks = HookRunner(cfg.alarms.hook_workers, cfg.alarms.hook_queue)
+        self.store = StateStore(ctx.state_dir)
+        self.rule_errors: dict[str, str] = {}
+        self.engine = Engine(self._rules(cfg), self._source_for, ctx.clock)
+        saved, note = self.store.load()
+        if note:
+            self.log.error("%s", note)
+        for note in self.engine.restore(saved):
+            self.log.info("alarm state: %s", note)
+        self._view_lock = threading.Lock()
+        self._view: dict[str, Any] = {}
+        _BUILT[id(ctx)] = self
+
+    # --- rules -------------------------------------------------------------------------------
+    def _rules(self, cfg) -> list[Rule]:
+        configured = list(getattr(cfg, "alarm", ()) or ())
+        names = {r.name for r in configured}
+        rules = [r for r in builtin_rules(cfg.alarms) if r.name not in names] + configured
+        kept = self._window_limit()
+        self.rule_errors = {}
+        out = []
+        for r in rules:
+            if r.metric not in HEALTH_METRICS and kept is not None and r.window_s > kept:
+                self.rule_errors[r.name] = (f"window {r.window_s:g}s is longer than the {kept:g}s the daemon keeps "
+                                            f"(the longest of windows.sizes); the rule is not evaluated")
+                self.log.error("alarm rule %s: %s", r.name, self.rule_errors[r.name])
+                continue
+            out.append(r)
+        return out if self.enabled else []
+
+    def _window_limit(self) -> float | None:
+        retention = getattr(self.ctx.windows, "retention", None)
+        return None if retention is None else float(retention - 1)
+
+    def _source_for(self, rule: Rule):
+        return self.health if rule.metric in HEALTH_METRICS else self.ctx.windows
+
+    def _labels_of(self, gpu: int) -> dict[str, str]:
+        g = self.health.gpus.get(gpu)
+        return dict(g.labels) if g is not None else {"gpu": str(gpu)}
+
+    # --- the component contract --------------------------------------------------------------
+    def start(self) -> None:
+        self.log.info("alarms: %d rules (%s)%s", len(self.engine.rules), ", ".join(self.engine.rules) or "none",
+                      "" if self.enabled else "; rule evaluation switched off ([alarms] enabled = false)")
+        if self.ctx.core is not None:
+            self.health.know(self.ctx.core.devices(), self.ctx.clock())
+        self._publish()
+
+    def tick(self, now: float) -> None:
+        core = self.ctx.core
+        if core is not None:
+            for event in self.health.observe(core.events(), core.devices(), now):
+                self._health_event(event)
+            self._feed_health_gauges(now)
+        for event in self.engine.evaluate(now):
+            self._alarm_event(event)
+        for name, why in self.engine.errors.items():
+            if self.rule_errors.get(name) != why:
+                self.rule_errors[name] = why
+                self.log.error("alarm rule %s cannot be evaluated: %s", name, why)
+        if self.engine.dirty:
+            self._save()
+        if self.recorder is not None:
+            self.recorder.tick(now)
+        self._publish()
+
+    def _save(self) -> None:
+        try:
+            self.store.save(self.engine.snapshot())
+        except OSError as e:  # a full disk must not stop evaluation; the next change retries
+            self.engine.dirty = True
+            self.log.error("cannot save alarm state to %s: %s", self.store.path, e)
+
+    def _health_event(self, event: Event) -> None:
+        data = dict(event.data)
+        cause = data.get("cause", {})
+        if self.recorder is not None and cause.get("kind") != "recovered" and event.labels.get("gpu", "").isdigit():
+            gpu = int(event.labels["gpu"])
+            rid = self.recorder.trigger([gpu], {"kind": "health", "labels": dict(event.labels), "state": data["state"],
+                                                "cause": cause}, event.ts, tag=f"health-gpu{gpu}")
+            if rid:
+                data["recording"] = rid
+        self.ctx.emit(Event(event.kind, event.ts, dict(event.labels), data))
+
+    def _alarm_event(self, event: Event) -> None:
+        rule = self.engine.rules[event.data["rule"]]
+        data = dict(event.data)
+        notify = data.get("notify")
+        gpu = event.labels.get("gpu", "")
+        if notify in ("firing", "escalated") and rule.record and self.recorder is not None and gpu.isdigit():
+            rid = self.recorder.trigger([int(gpu)], {"kind": "alarm", "rule": rule.name, "labels": dict(event.labels),
+                                                     "severity": data.get("severity"), "value": data.get("value")},
+                                        event.ts, tag=f"{rule.name}-gpu{gpu}")
+            if rid:
+                data["recording"] = rid
+        out = Event(event.kind, event.ts, dict(event.labels), data)
+        self.ctx.emit(out)
+        if notify and rule.hook is not None:
+            self.hooks.submit(rule.hook, out, rule.name)
+
+    def _feed_health_gauges(self, now: float) -> None:
+        """Put the health gauges in the windows too, so `query`, `watch` and the collector see
+        them like any metric (the rules read them from Health directly)."""
+        add = getattr(self.ctx.windows, "add", None)
+        if add is None:
+            return
+        from agent.sources.base import Sample
+        for g in self.health.gpus.values():
+            for metric in HEALTH_METRICS:
+                add(Sample.reading(metric, g.labels, self.health.value(metric, g), now))
+
+    def _publish(self) -> None:
+        """A copy for the gRPC threads: they never touch the engine the main loop mutates."""
+        rules = [{"name": r.name, "description": r.description, "metric": r.metric, "builtin": r.builtin,
+                  "summary": r.describe(), "hook": r.hook is not None, "record": r.record,
+                  "effective_now": r.schedule.active(self.ctx.clock()), "error": self.rule_errors.get(r.name)}
+                 for r in self.engine.rules.values()]
+        rules += [{"name": n, "error": e} for n, e in self.rule_errors.items() if n not in self.engine.rules]
+        view = {"rules": rules, "states": self.engine.states(), "health": self.health.status(),
+                "hooks": self.hooks.status(),
+                "recorder": self.recorder.status() if self.recorder is not None else {"available": False}}
+        with self._view_lock:
+            self._view = json.loads(json.dumps(view, default=str))
+
+    def view(self) -> dict[str, Any]:
+        with self._view_lock:
+            return self._view
+
+    def status(self) -> list[dict[str, Any]]:
+        """For `status --json` under "alarms": every label set not in `ok`."""
+        return [s for s in self.view().get("states", []) if s.get("state") != "ok"]
+
+    def grpc_services(self):
+        from agent.alarms.service import add_to_server
+        return [lambda server: add_to_server(server, self)]
+
+    def reload(self, cfg) -> None:
+        """SIGHUP: take the new rules, keeping each surviving rule's state and notifications."""
+        self.enabled = cfg.alarms.enabled
+        snapshot = self.engine.snapshot()
+        engine = Engine(self._rules(cfg), self._source_for, self.ctx.clock)
+        for note in engine.restore(snapshot):
+            self.log.info("alarm state on reload: %s", note)
+        self.engine = engine
+        self._save()
+        self.log.info("alarms reloaded: %d rules; hook, health and recorder settings apply on restart",
+                      len(engine.rules))
+
+    def stop(self) -> None:
+        self.hooks.stop()
+        if self.recorder is not None:
+            self.recorder.stop()
+        if self.engine.dirty:
+            self._save()
+        _BUILT.pop(id(self.ctx), None)
+
+
+class HealthView:
+    """`status --json` "health": the per-GPU health the alarms component tracks."""
+
+    name = "health"
+
+    def __init__(self, alarms: AlarmsComponent):
+        self.alarms = alarms
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def tick(self, now: float) -> None:
+        pass
+
+    def status(self) -> list[dict[str, Any]]:
+        return self.alarms.view().get("health", [])
+
+
+def build(cfg, ctx) -> AlarmsComponent:
+    return AlarmsComponent(cfg, ctx)
+
+
+def build_health(cfg, ctx) -> HealthView | None:
+    """Listed after `build` in agent.daemon.COMPONENTS; None when alarms were not built."""
+    alarms = _BUILT.get(id(ctx))
+    return HealthView(alarms) if alarms is not None else None
+
