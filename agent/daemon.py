@@ -47,6 +47,8 @@ from agent.windows import Bucket, Windows
 # Feature components, "module:function"; each room adds its own line.
 COMPONENTS: tuple[str, ...] = (
     "agent.nic.component:build",
+    "agent.alarms.component:build",
+    "agent.alarms.component:build_health",
 )
 
 log = logging.getLogger("egs-agent")

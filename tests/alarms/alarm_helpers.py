@@ -103,3 +103,65 @@ class FakeCore:
         return SimpleNamespace(timestamps=ts, values={
             "gpu_temperature_celsius": [60.0 + (t % 10) for t in ts],
             "gpu_fan_speed_percent": [None for _ in ts]})
+
+
+# --- the alarms component in just enough of a daemon ---------------------------------------------
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from agent.alarms.component import build, build_health  # noqa: E402
+from agent.daemon import Context  # noqa: E402
+from agent.sources.base import Sample  # noqa: E402
+from agent.windows import Windows  # noqa: E402
+
+CONFIG = """
+[agent]
+state_dir = "{state}"
+
+[recorder]
+before = "5s"
+after = "2s"
+
+[[alarm]]
+name = "gpu-hot"
+metric = "gpu_temperature_celsius"
+window = "10s"
+stat = "avg"
+threshold = 70
+consecutive = 3
+interval = "1s"
+command = ["{python}", "-c", "import sys; open('{hook_out}', 'a').write(sys.stdin.read())"]
+"""
+
+
+class Daemonish:
+    """Just enough of the daemon: windows, a context, an emit that collects, a tick loop."""
+
+    def __init__(self, tmp_path, text=CONFIG, core=True):
+        self.clock = Clock(1_700_000_000.0)
+        self.hook_out = tmp_path / "hook.jsonl"
+        self.cfg = config.parse(text.format(state=tmp_path / "state", python=sys.executable,
+                                            hook_out=self.hook_out), "agent.toml")
+        self.windows = Windows([10, 60, 300], self.clock)
+        self.core = FakeCore(clock=self.clock) if core else None
+        self.events = []
+        self.ctx = Context(windows=self.windows, core=self.core, emit=self.events.append,
+                           state_dir=tmp_path / "state", clock=self.clock, host_id="h", labels={},
+                           log=logging.getLogger("test"))
+        self.alarms = build(self.cfg, self.ctx)
+        self.health = build_health(self.cfg, self.ctx)
+        self.alarms.start()
+
+    def labels(self, gpu):
+        return {"gpu": str(gpu), "uuid": f"GPU-{gpu:08d}", "vendor": "nvidia", "model": "Tesla P100-PCIE-16GB"}
+
+    def run(self, seconds, temps):
+        for _ in range(seconds):
+            now = self.clock.advance(1.0)
+            for gpu, t in temps.items():
+                self.windows.add(Sample.reading("gpu_temperature_celsius", self.labels(gpu), t, now))
+            self.alarms.tick(now)
+
+    def of(self, kind, **data):
+        return [e for e in self.events if e.kind == kind and all(e.data.get(k) == v for k, v in data.items())]
