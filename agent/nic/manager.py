@@ -131,7 +131,7 @@ class NicManager:
         apply = action == "apply"
         row: dict[str, Any] = {"interface": name, "driver": None, "required": req.required, "state": None,
                                "detail": "", "actions": [], "channels": None, "queues": None,
-                               "max_queues": None, "affinity": None, "drifts": mem.drifts, "ok": False}
+                               "max_queues": None, "affinity": None, "drifts": None, "ok": False}
         try:
             before = ethtool.get_channels(name)
             row["driver"] = ethtool.driver_name(name)
@@ -198,13 +198,22 @@ class NicManager:
             state = "mismatch"
             detail = (f"has {current.queues} queues, needs {required}: `egs-agent nic apply` or "
                       "nic.mode = \"apply\" sets it")
-        row["affinity"] = self._affinity(name, current.queues, cpus, cpu_problem, balancer, apply, mem,
-                                         channels_changed=changed)
-        row["actions"] += row["affinity"].pop("actions")
+        if needs_change and not apply:
+            # Queue files and interrupts for the new count exist only after the change.
+            parts = [p for p, on in (("irq", self.settings.irq_affinity), ("xps", self.settings.xps)) if on]
+            row["affinity"] = {p: {"state": "after-channels", "detail": f"planned once {target} queues exist"}
+                               for p in parts}
+            if parts and target > 1:
+                row["actions"].append(f"would then spread {' and '.join(parts)} over {target} queues")
+        else:
+            row["affinity"] = self._affinity(name, current.queues, cpus, cpu_problem, balancer, apply, mem,
+                                             channels_changed=changed)
+            row["actions"] += row["affinity"].pop("actions")
         return self._finish(row, mem, state, detail, held=at_target(current))
 
     def _finish(self, row: dict[str, Any], mem: _Memory, state: str, detail: str, held: bool = False) -> dict:
         row["state"], row["detail"] = state, detail
+        row["drifts"] = dict(mem.drifts)  # a copy: status readers must not see later passes' counts
         aff = row["affinity"] or {}
         row["ok"] = state in SATISFIED and all(
             aff.get(part, {}).get("state", "off") in AFFINITY_SATISFIED for part in ("irq", "xps"))

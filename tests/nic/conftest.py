@@ -113,6 +113,23 @@ class Netns:
         assert r.returncode == 0, r.stderr
         return r.stdout
 
+    def channels(self, dev: str, set_to: int | None = None, as_nobody: bool = False) -> dict:
+        """The agent's own ethtool module in the namespace: get (or set, then read back) channels.
+        Returns the channels as a dict, or {"error": class name, "errno": n, "message": text}."""
+        code = (
+            "import json, sys\n"
+            "from agent.nic import ethtool\n"
+            "try:\n"
+            f"    ch = ethtool.get_channels({dev!r})\n"
+            f"    if {set_to!r} is not None:\n"
+            f"        ch = ethtool.set_channels({dev!r}, ch.with_queues({set_to!r}))\n"
+            "    print(json.dumps(ch.to_dict()))\n"
+            "except ethtool.EthtoolError as e:\n"
+            "    print(json.dumps({'error': type(e).__name__, 'errno': e.errno, 'message': str(e)}))\n")
+        r = self.run([PYTHON, "-c", code], as_nobody=as_nobody)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
     def nic(self, *args: str, as_nobody: bool = False) -> tuple[int, dict]:
         """`egs-agent nic ARGS --json` inside the namespace: (exit code, report)."""
         config = ["--config", "/dev/null"] if "--config" not in args else []
