@@ -31,6 +31,7 @@ DEFAULT_PATH = "/etc/egs-agent/agent.toml"
 SECTION_MODULES: tuple[str, ...] = (
     "agent.alarms.settings",
     "agent.nic.settings",
+    "agent.stream.settings",
 )
 
 
@@ -229,15 +230,17 @@ def _check_value(key: Key, value: Any, path: tuple, where: Locator) -> Any:
     return value
 
 
-def parse(text: str, file: str = "<config>") -> SimpleNamespace:
-    """Validate TOML text; returns a namespace per section (`cfg.gpu.hz`)."""
+def parse(text: str, file: str = "<config>", known: dict[str, Section] | None = None) -> SimpleNamespace:
+    """Validate TOML text; returns a namespace per section (`cfg.gpu.hz`).
+
+    `known` replaces the agent's sections (the collector validates its own file this way)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"at line (\d+)", str(e))
         raise ConfigError(f"not valid TOML: {e}", file, int(m.group(1)) if m else None) from None
     where = Locator(text, file)
-    known = sections()
+    known = sections() if known is None else known
     for name in raw:
         if name not in known:
             raise where.error((name,), f"unknown section (known: {', '.join(sorted(known))})")

@@ -1,0 +1,398 @@
+"""The collector process: gRPC ingest and consumer services over one store.
+
+Threads: the gRPC servicers run on one asyncio loop; SQLite writes run on the committer
+thread, which takes every batch waiting, commits them in one transaction (group commit),
+then resolves each batch's future so its stream can send the ack — an ack always follows
+a commit. Stored batches then go to the subscription hub on the loop.
+
+Per-sender failures stay with the sender: a batch that fails validation ends *that* stream
+with INVALID_ARGUMENT (after acking everything before it, and naming it in the
+`egs-rejected-seq` trailer so the agent drops it instead of resending it forever); an
+oversized message gets RESOURCE_EXHAUSTED from gRPC itself; a host id that the client
+certificate does not name gets PERMISSION_DENIED; a missing certificate UNAUTHENTICATED.
+Other streams and the committer carry on.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from agent.collector.settings import retention_seconds
+from agent.collector.store import R10, R60, RAW, SQLiteStore, Store, finite_problem
+from agent.collector.subscriptions import Hub, make_update
+from agent.config import parse_duration
+from agent.proto import collector_pb2, collector_pb2_grpc
+
+log = logging.getLogger("egs-collector")
+REJECTED_TRAILER = "egs-rejected-seq"
+SNAPSHOT_CHUNK = 2000
+UPDATE_CHUNK = 5000
+
+
+class Committer:
+    """The one thread that writes the store: group commit, then resolve the acks."""
+
+    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, hub: Hub,
+                 cleanup_interval: float = 60.0):
+        self.store, self.loop, self.hub = store, loop, hub
+        self.cleanup_interval = cleanup_interval
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="egs-committer", daemon=True)
+        self.stats = {"commits": 0, "batches": 0, "duplicates": 0, "points": 0, "errors": 0,
+                      "last_group": 0, "largest_group": 0}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, batch, future: asyncio.Future) -> None:
+        self._queue.put((batch, future))
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        next_cleanup = time.monotonic() + self.cleanup_interval
+        while True:
+            try:
+                first = self._queue.get(timeout=1.0)
+            except queue.Empty:
+                first = ()
+            group = [first] if first else []
+            stop = first is None
+            while not stop:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    group.append(item)
+            group = [g for g in group if g]
+            if group:
+                self._commit(group)
+            if time.monotonic() >= next_cleanup:
+                next_cleanup = time.monotonic() + self.cleanup_interval
+                try:
+                    done = self.store.cleanup(time.time())
+                    if done["dropped_tables"]:
+                        log.info("retention: dropped %s", ", ".join(done["dropped_tables"]))
+                except Exception as e:
+                    log.error("retention cleanup failed: %s", e)
+            if stop:
+                return
+
+    def _commit(self, group: list) -> None:
+        received = time.time()
+        batches = [b for b, _ in group]
+        try:
+            results = self.store.write(batches, received)
+        except Exception as e:  # the disk or the database failed: nobody gets an ack
+            self.stats["errors"] += 1
+            log.error("store write failed for %d batches: %s", len(group), e)
+            for _, fut in group:
+                self.loop.call_soon_threadsafe(_fail, fut, e)
+            return
+        self.stats["commits"] += 1
+        self.stats["last_group"] = len(group)
+        self.stats["largest_group"] = max(self.stats["largest_group"], len(group))
+        stored = []
+        for (batch, fut), res in zip(group, results):
+            if res.duplicate:
+                self.stats["duplicates"] += 1
+            else:
+                self.stats["batches"] += 1
+                self.stats["points"] += res.points
+                stored.append(batch)
+            self.loop.call_soon_threadsafe(_resolve, fut, res.duplicate)
+        if stored:
+            self.loop.call_soon_threadsafe(self.hub.publish, stored, received)
+
+
+def _resolve(fut: asyncio.Future, value) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _fail(fut: asyncio.Future, error: Exception) -> None:
+    if not fut.done():
+        fut.set_exception(error)
+
+
+def peer_names(context) -> set[str] | None:
+    """Names the client certificate vouches for (CN and DNS SANs); None without TLS."""
+    auth = context.auth_context() or {}
+    if b"ssl" not in auth.get("transport_security_type", ()):
+        return None
+    names = set()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth.get(key, ()):
+            names.add(value.decode() if isinstance(value, bytes) else str(value))
+    return names
+
+
+class Ingest(collector_pb2_grpc.IngestServicer):
+    def __init__(self, committer: Committer, plaintext: bool, max_points: int):
+        self.committer = committer
+        self.plaintext = plaintext
+        self.max_points = max_points
+        self.connected: dict[str, str] = {}  # host -> peer
+        self.counts: dict[str, dict[str, int]] = {}
+        self.stats = {"rejected": 0, "refused_identity": 0, "unauthenticated": 0}
+
+    async def Publish(self, request_iterator, context):
+        names = peer_names(context)
+        if names is None and not self.plaintext:
+            self.stats["unauthenticated"] += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "publishing needs a client certificate (mutual TLS)")
+        if names is not None and not names:
+            self.stats["unauthenticated"] += 1
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the client certificate names no host (no CN, no DNS SAN)")
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Queue = asyncio.Queue(maxsize=4096)
+        host: str | None = None
+
+        async def read() -> None:
+            async for batch in request_iterator:
+                problem = self._problem(batch, names)
+                if problem is not None:
+                    await pending.put(("reject", batch, *problem))
+                    return
+                fut = loop.create_future()
+                self.committer.submit(batch, fut)
+                await pending.put(("ack", batch, fut))
+            await pending.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                getter = asyncio.ensure_future(pending.get())
+                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    if reader.exception() is not None:
+                        raise reader.exception()
+                    getter = asyncio.ensure_future(pending.get())
+                item = await getter
+                if item is None:
+                    return
+                if item[0] == "reject":
+                    _, batch, code, details = item
+                    if code == grpc.StatusCode.INVALID_ARGUMENT:
+                        self.stats["rejected"] += 1
+                        context.set_trailing_metadata(((REJECTED_TRAILER, f"{batch.epoch}/{batch.seq}"),))
+                    else:
+                        self.stats["refused_identity"] += 1
+                    log.warning("refused batch %s/%s from %s: %s", batch.epoch, batch.seq, context.peer(), details)
+                    await context.abort(code, details)
+                _, batch, fut = item
+                duplicate = await fut
+                if host is None:
+                    host = batch.host_id
+                    self.connected[host] = context.peer()
+                c = self.counts.setdefault(batch.host_id, {"batches": 0, "duplicates": 0})
+                c["duplicates" if duplicate else "batches"] += 1
+                yield collector_pb2.Ack(epoch=batch.epoch, seq=batch.seq, duplicate=duplicate)
+        finally:
+            reader.cancel()
+            if host is not None and self.connected.get(host) == context.peer():
+                del self.connected[host]
+
+    def _problem(self, batch, names: set[str] | None) -> tuple | None:
+        if names is not None and batch.host_id not in names:
+            return (grpc.StatusCode.PERMISSION_DENIED,
+                    f"host id {batch.host_id!r} is not a name of the client certificate ({', '.join(sorted(names))})")
+        if len(batch.points) > self.max_points:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"batch has {len(batch.points)} points, over ingest.max_points ({self.max_points})"
+        problem = finite_problem(batch)
+        if problem is not None:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.epoch}/{batch.seq}: {problem}"
+        return None
+
+
+class Consumers(collector_pb2_grpc.ConsumersServicer):
+    def __init__(self, store: Store, hub: Hub, ingest: Ingest, tokens: list[str],
+                 heartbeat: float, max_pending: int):
+        self.store, self.hub, self.ingest = store, hub, ingest
+        self.tokens = [t.encode() for t in tokens]
+        self.heartbeat, self.max_pending = heartbeat, max_pending
+
+    async def _authorize(self, context) -> None:
+        if not self.tokens:
+            return  # plaintext on loopback with no tokens configured (checked by settings)
+        given = dict(context.invocation_metadata() or ()).get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), t) for t in self.tokens):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid consumer token is needed (authorization: Bearer TOKEN)")
+
+    async def Subscribe(self, request, context):
+        await self._authorize(context)
+        heartbeat = request.heartbeat_seconds or self.heartbeat
+        sub = self.hub.add(request, request.max_pending or self.max_pending)
+        try:
+            if not request.no_snapshot:
+                snap = self.hub.snapshot(sub)
+                for i in range(0, len(snap), SNAPSHOT_CHUNK):
+                    yield make_update(snap[i:i + SNAPSHOT_CHUNK], [], sub, snapshot=True)
+            yield make_update([], [], sub, snapshot_done=True)
+            while True:
+                try:
+                    await asyncio.wait_for(sub.wake.wait(), heartbeat)
+                except asyncio.TimeoutError:
+                    yield make_update([], [], sub, heartbeat=True)
+                    continue
+                samples, events = sub.take(UPDATE_CHUNK)
+                if samples or events:
+                    yield make_update(samples, events, sub)
+        finally:
+            self.hub.remove(sub)
+
+    async def Query(self, request, context):
+        await self._authorize(context)
+        if not request.metric:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "metric is required")
+        loop = asyncio.get_running_loop()
+        try:
+            resolution, found = await loop.run_in_executor(None, lambda: self.store.query(
+                request.metric, request.host, dict(request.labels), request.start, request.end,
+                request.resolution, request.limit or 10000))
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        out = collector_pb2.QueryResponse(resolution=resolution)
+        for s in found:
+            series = out.series.add(host=s.host, metric=s.metric)
+            series.labels.update(s.labels)
+            for ts, count, total, lo, hi, last in s.points:
+                series.points.add(ts=ts, count=count, sum=total, min=lo, max=hi, last=last)
+        return out
+
+    async def Agents(self, request, context):
+        await self._authorize(context)
+        rows = await asyncio.get_running_loop().run_in_executor(None, self.store.agents)
+        out = collector_pb2.AgentsResponse(now=time.time())
+        for row in rows:
+            info = out.agents.add(host=row["host"], epoch=row["epoch"] or 0, last_seq=row["last_seq"] or 0,
+                                  last_seen=row["last_seen"] or 0, connected=row["host"] in self.ingest.connected,
+                                  peer=self.ingest.connected.get(row["host"], ""))
+            info.labels.update(row["labels"])
+            info.status.spool_backlog_records = row["backlog_records"] or 0
+            info.status.spool_backlog_bytes = row["backlog_bytes"] or 0
+            info.status.dropped_records = row["dropped"] or 0
+            info.status.health = row["health"] or ""
+            c = self.ingest.counts.get(row["host"], {})
+            info.batches, info.duplicates = c.get("batches", 0), c.get("duplicates", 0)
+        return out
+
+
+def server_options(cfg) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", cfg.ingest.max_message_bytes),
+        ("grpc.max_send_message_length", 64 << 20),
+        # Agents ping every stream.keepalive_time (>= 10 s); allow that, and ping back.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.max_ping_strikes", 0),
+        ("grpc.keepalive_time_ms", 60000),
+        ("grpc.keepalive_timeout_ms", 20000),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def _credentials(cfg, client_auth: bool) -> grpc.ServerCredentials:
+    pair = [(Path(cfg.tls.key).read_bytes(), Path(cfg.tls.cert).read_bytes())]
+    if client_auth:
+        return grpc.ssl_server_credentials(pair, root_certificates=Path(cfg.tls.client_ca).read_bytes(),
+                                           require_client_auth=True)
+    return grpc.ssl_server_credentials(pair)
+
+
+def sd_notify(message: str) -> None:
+    """One sd_notify(3) datagram when systemd asked for it (Type=notify); else nothing."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(path)
+            s.send(message.encode())
+        except OSError as e:
+            log.warning("sd_notify failed: %s", e)
+
+
+class Collector:
+    """The whole collector, started and stopped from one place (the CLI and the tests)."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.store: SQLiteStore | None = None
+        self.server: grpc.aio.Server | None = None
+        self.ports: dict[str, int] = {}
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        retention = {RAW: retention_seconds(cfg.store.raw_retention),
+                     R10: retention_seconds(cfg.store.rollup_10s_retention),
+                     R60: retention_seconds(cfg.store.rollup_1m_retention),
+                     "events": retention_seconds(cfg.store.events_retention)}
+        self.store = SQLiteStore(cfg.collector.data_dir, cfg.store.synchronous, retention)
+        self.hub = Hub()
+        self.committer = Committer(self.store, asyncio.get_running_loop(), self.hub,
+                                   parse_duration(cfg.store.cleanup_interval))
+        self.committer.start()
+        self.ingest = Ingest(self.committer, cfg.tls.plaintext, cfg.ingest.max_points)
+        self.consumers = Consumers(self.store, self.hub, self.ingest, cfg.consumers.all_tokens,
+                                   parse_duration(cfg.consumers.heartbeat), cfg.consumers.max_pending)
+        self.server = grpc.aio.server(options=server_options(cfg))
+        collector_pb2_grpc.add_IngestServicer_to_server(self.ingest, self.server)
+        collector_pb2_grpc.add_ConsumersServicer_to_server(self.consumers, self.server)
+        for name, client_auth in (("ingest", True), ("consumers", False)):
+            address = getattr(cfg, name).listen
+            try:
+                if cfg.tls.plaintext:
+                    port = self.server.add_insecure_port(address)
+                else:
+                    port = self.server.add_secure_port(address, _credentials(cfg, client_auth))
+            except RuntimeError:  # grpc reports a failed bind this way; the log line has the errno
+                port = 0
+            if not port:
+                raise OSError(f"cannot listen on {address} ({name}.listen)")
+            self.ports[name] = port
+        await self.server.start()
+        log.info("serving: ingest on %s (port %d), consumers on %s (port %d), store %s%s",
+                 cfg.ingest.listen, self.ports["ingest"], cfg.consumers.listen, self.ports["consumers"],
+                 self.store.path, ", PLAINTEXT" if cfg.tls.plaintext else ", mutual TLS")
+
+    async def stop(self, grace: float = 2.0) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.store is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.committer.stop)
+            self.store.close()
+
+
+async def serve(cfg) -> int:
+    collector = Collector(cfg)
+    await collector.start()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    sd_notify("READY=1")
+    await stopping.wait()
+    log.info("stopping")
+    sd_notify("STOPPING=1")
+    await collector.stop()
+    return 0

@@ -1,0 +1,159 @@
+"""Fan-out to consumers: filters, the latest-value snapshot, bounded coalescing queues.
+
+Runs on the collector's event loop. After each commit the committer hands the stored
+batches to `Hub.publish`, which keeps the latest value of every series (for the initial
+snapshot of new subscribers) and offers each matching point to every subscription.
+
+A subscription never blocks ingest or the other subscriptions: its queue is a dict keyed by
+series, so a consumer that falls behind holds at most one pending value per series — a newer
+value replaces the older one and `coalesced` counts each replacement. The number of distinct
+series pending is bounded too (`max_pending`); past it the oldest pending value is dropped
+and counted in `dropped`. Events are not coalesced (each transition matters) but are
+bounded the same way. Both counts travel with every update the consumer reads.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from typing import Iterable
+
+from agent.proto import collector_pb2
+
+Key = tuple  # (host, metric, labels tuple)
+
+
+def point_key(host: str, point) -> Key:
+    return (host, point.metric, tuple(sorted(point.labels.items())))
+
+
+class Subscription:
+    def __init__(self, request: collector_pb2.SubscribeRequest, max_pending: int):
+        self.hosts = frozenset(request.hosts)
+        self.labels = dict(request.labels)
+        self.metrics = frozenset(request.metrics)
+        kinds = list(request.event_kinds)
+        self.no_events = kinds == ["-"]
+        self.event_kinds = frozenset(k for k in kinds if k != "-")
+        self.max_pending = max_pending
+        self.pending: collections.OrderedDict[Key, tuple] = collections.OrderedDict()
+        self.events: collections.deque = collections.deque()
+        self.coalesced = 0
+        self.dropped = 0
+        self.delivered = 0
+        self.wake = asyncio.Event()
+
+    # --- filters -------------------------------------------------------------------------
+
+    def wants_host(self, host: str) -> bool:
+        return not self.hosts or host in self.hosts
+
+    def _labels_match(self, batch_labels, point_labels) -> bool:
+        for k, v in self.labels.items():
+            got = point_labels.get(k)
+            if got is None:
+                got = batch_labels.get(k)
+            if got != v:
+                return False
+        return True
+
+    def wants_event(self, event) -> bool:
+        return not self.no_events and (not self.event_kinds or event.kind in self.event_kinds)
+
+    # --- the queue -----------------------------------------------------------------------
+
+    def offer(self, host: str, batch, keyed: list[tuple[Key, object]], received: float) -> None:
+        if not self.wants_host(host):
+            return
+        check_labels = bool(self.labels)
+        pending = self.pending
+        added = False
+        for key, point in keyed:
+            if self.metrics and point.metric not in self.metrics:
+                continue
+            if check_labels and not self._labels_match(batch.labels, point.labels):
+                continue
+            if key in pending:
+                self.coalesced += 1
+                del pending[key]  # re-insert at the end: the queue stays in arrival order
+            elif len(pending) >= self.max_pending:
+                pending.popitem(last=False)
+                self.dropped += 1
+            pending[key] = (host, point, received)
+            added = True
+        for event in batch.events:
+            if self.wants_event(event) and (not check_labels or self._labels_match(batch.labels, event.labels)):
+                if len(self.events) >= self.max_pending:
+                    self.events.popleft()
+                    self.dropped += 1
+                self.events.append((host, event))
+                added = True
+        if added:
+            self.wake.set()
+
+    def take(self, limit: int) -> tuple[list[tuple], list[tuple]]:
+        samples = []
+        while self.pending and len(samples) < limit:
+            samples.append(self.pending.popitem(last=False)[1])
+        events = []
+        while self.events and len(events) < limit:
+            events.append(self.events.popleft())
+        if not self.pending and not self.events:
+            self.wake.clear()
+        self.delivered += len(samples) + len(events)
+        return samples, events
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.subscriptions: set[Subscription] = set()
+        self.latest: dict[Key, tuple] = {}  # key -> (host, point, received)
+        self.batch_labels: dict[str, dict] = {}
+
+    def add(self, request, max_pending: int) -> Subscription:
+        sub = Subscription(request, max_pending)
+        self.subscriptions.add(sub)
+        return sub
+
+    def remove(self, sub: Subscription) -> None:
+        self.subscriptions.discard(sub)
+
+    def publish(self, batches: Iterable, received: float) -> None:
+        """Stored (not duplicate) batches, in commit order."""
+        for batch in batches:
+            host = batch.host_id
+            keyed = [(point_key(host, p), p) for p in batch.points]
+            self.batch_labels[host] = dict(batch.labels)
+            latest = self.latest
+            for key, point in keyed:
+                old = latest.get(key)
+                if old is None or old[1].ts <= point.ts:
+                    latest[key] = (host, point, received)
+            for sub in self.subscriptions:
+                sub.offer(host, batch, keyed, received)
+
+    def snapshot(self, sub: Subscription) -> list[tuple]:
+        out = []
+        for key, (host, point, received) in self.latest.items():
+            if not sub.wants_host(host) or (sub.metrics and point.metric not in sub.metrics):
+                continue
+            if sub.labels and not sub._labels_match(self.batch_labels.get(host, {}), point.labels):
+                continue
+            out.append((host, point, received))
+        return out
+
+    def stats(self) -> dict:
+        return {"subscriptions": len(self.subscriptions), "series": len(self.latest),
+                "coalesced": sum(s.coalesced for s in self.subscriptions),
+                "dropped": sum(s.dropped for s in self.subscriptions)}
+
+
+def make_update(samples: list[tuple], events: list[tuple], sub: Subscription, **flags) -> collector_pb2.Update:
+    update = collector_pb2.Update(sent=time.time(), coalesced=sub.coalesced, dropped=sub.dropped, **flags)
+    for host, point, received in samples:
+        s = update.samples.add(host=host, received=received)
+        s.point.CopyFrom(point)
+    for host, event in events:
+        e = update.events.add(host=host)
+        e.event.CopyFrom(event)
+    return update

@@ -1,0 +1,278 @@
+"""The outbox: turns what the daemon produces into spooled, numbered batches.
+
+`put_*` never blocks the caller (the daemon's main loop): items go into a bounded in-memory
+queue, and when that is full the item is dropped and counted (`queue_dropped`). A writer
+thread drains the queue, builds `Batch`es (identity, labels, epoch, sequence, points,
+events, NIC state, recordings, the outbox's own counters), appends them to the spool with
+one fsync for everything drained together, and wakes the stream client.
+
+Epoch: a number that changes every time the outbox starts (microseconds since 1970, forced
+above the previous epoch of this state directory so a clock step back cannot reuse one).
+Sequence numbers restart at 1 in each epoch; batches still in the spool from an earlier run
+keep their own (epoch, seq), which is what lets the collector recognise replays.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from agent.metrics import Metric, register
+from agent.proto import collector_pb2
+from agent.stream.client import StreamClient
+from agent.stream.spool import Spool, SpoolError
+
+# The outbox's own figures, sent with every batch and shown in `status`.
+SPOOL_BACKLOG_RECORDS = register(Metric("stream_spool_backlog_records", "records", "Batches in the spool not yet acknowledged by the collector.", scope="agent"))
+SPOOL_BACKLOG_BYTES = register(Metric("stream_spool_backlog_bytes", "bytes", "Bytes in the spool not yet acknowledged by the collector.", scope="agent"))
+SPOOL_DROPPED = register(Metric("stream_spool_dropped_records_total", "records", "Batches deleted unsent because the spool reached its bound (oldest first).", kind="counter", scope="agent"))
+SPOOL_CORRUPT = register(Metric("stream_spool_corrupt_records_total", "records", "Spool records skipped because their checksum or framing was wrong.", kind="counter", scope="agent"))
+SPOOL_TORN = register(Metric("stream_spool_torn_tails_total", "events", "Times a record cut short by a crash was found at the spool's end and truncated.", kind="counter", scope="agent"))
+QUEUE_DROPPED = register(Metric("stream_queue_dropped_total", "items", "Bucket sets and events dropped because the in-memory queue in front of the spool was full.", kind="counter", scope="agent"))
+REJECTED = register(Metric("stream_rejected_batches_total", "batches", "Batches the collector refused as malformed, or too large to send; dropped.", kind="counter", scope="agent"))
+CONNECTED = register(Metric("stream_connected", "boolean", "1 while a stream to a collector is open.", scope="agent"))
+
+
+def next_epoch(state_dir: Path) -> int:
+    """A new epoch for this state directory, persisted atomically before it is used."""
+    path = state_dir / "stream-epoch"
+    try:
+        previous = int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        previous = 0
+    epoch = max(time.time_ns() // 1000, previous + 1)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(str(epoch))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return epoch
+
+
+def _to_point(item: Any, out) -> None:
+    """Fill a `Point` from a windows Bucket, a sources Sample or a dict with the same fields."""
+    get = item.get if isinstance(item, dict) else lambda k: getattr(item, k)
+    out.metric = get("metric")
+    for k, v in (get("labels") or {}).items():
+        out.labels[str(k)] = str(v)
+    out.ts = float(get("ts"))
+    out.count = int(get("count"))
+    out.sum, out.min, out.max, out.last = (float(get(k)) for k in ("sum", "min", "max", "last"))
+
+
+class Outbox:
+    name = "stream"
+
+    def __init__(self, settings, state_dir: str | os.PathLike, host_id: str,
+                 labels: dict[str, str] | None = None, clock: Callable[[], float] = time.time,
+                 log: logging.Logger | None = None):
+        self.settings = settings
+        self.state_dir = Path(state_dir)
+        self.host_id = host_id
+        self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
+        self.clock = clock
+        self.log = log or logging.getLogger("egs.stream")
+        self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
+        self._counts = {"queued": 0, "spooled": 0, "queue_dropped": 0, "batches": 0, "spool_errors": 0}
+        self._progress = threading.Condition()
+        self._stopping = threading.Event()
+        self._writer: threading.Thread | None = None
+        self.spool: Spool | None = None
+        self.client: StreamClient | None = None
+        self.epoch = 0
+        self._seq = 0
+        self._last_spool_error: str | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = Spool(self.state_dir / "spool", max_bytes=self.settings.spool_max_bytes,
+                           segment_bytes=self.settings.spool_segment_bytes, fsync=self.settings.fsync)
+        st = self.spool.status()
+        if st["torn_tails"] or st["corrupt_records"]:
+            self.log.warning("spool: truncated %d torn tail(s), skipped %d corrupt record(s)",
+                             st["torn_tails"], st["corrupt_records"])
+        self.epoch = next_epoch(self.state_dir)
+        self.client = StreamClient(self.settings, self.spool, self.log)
+        self._writer = threading.Thread(target=self._write_loop, name="egs-outbox", daemon=True)
+        self._writer.start()
+        self.client.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Spool what is queued, stop sending, close the spool. Idempotent."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._writer is not None:
+            self._writer.join(timeout)
+        if self.client is not None:
+            self.client.stop(timeout)
+        if self.spool is not None:
+            self.spool.close()
+
+    # --- the component contract ----------------------------------------------------------
+
+    def on_buckets(self, buckets: Iterable[Any]) -> None:
+        self.put_buckets(list(buckets))
+
+    def on_event(self, event) -> None:
+        self.put_event(event)
+
+    def tick(self, now: float) -> None:
+        pass  # the writer thread and the stream client run on their own
+
+    # --- producers -----------------------------------------------------------------------
+
+    def put_buckets(self, buckets: list) -> bool:
+        return self._put(("points", buckets)) if buckets else True
+
+    def put_event(self, event) -> bool:
+        return self._put(("event", event))
+
+    def put_nic(self, state: dict) -> bool:
+        return self._put(("nic", state))
+
+    def put_recording(self, recording: dict) -> bool:
+        return self._put(("recording", recording))
+
+    def _put(self, item) -> bool:
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            with self._progress:
+                self._counts["queue_dropped"] += 1
+            return False
+        with self._progress:
+            self._counts["queued"] += 1
+        return True
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything put so far is durable in the spool."""
+        deadline = time.monotonic() + timeout
+        with self._progress:
+            target = self._counts["queued"]
+            while self._counts["spooled"] < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._progress.wait(remaining)
+        return True
+
+    # --- the writer ----------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                items = [self._queue.get(timeout=0.2)]
+            except queue.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._spool_items(items)
+            except SpoolError as e:
+                # The disk refused (full, read-only). Those items are lost; say so, count
+                # them, keep going: the next append may succeed once space is back.
+                with self._progress:
+                    self._counts["spool_errors"] += len(items)
+                if str(e) != self._last_spool_error:
+                    self.log.error("%s (%d items lost)", e, len(items))
+                    self._last_spool_error = str(e)
+            with self._progress:
+                self._counts["spooled"] += len(items)
+                self._progress.notify_all()
+            self.client.notify()
+
+    def _spool_items(self, items: list) -> None:
+        batches = self._build(items)
+        records = []
+        for batch in batches:
+            self._seq += 1
+            batch.seq = self._seq
+            records.append((self.epoch, self._seq, batch.SerializeToString()))
+        self.spool.append(records)
+        with self._progress:
+            self._counts["batches"] += len(records)
+
+    def _new_batch(self) -> collector_pb2.Batch:
+        batch = collector_pb2.Batch(host_id=self.host_id, epoch=self.epoch, created=self.clock())
+        batch.labels.update(self.labels)
+        return batch
+
+    def _build(self, items: list) -> list[collector_pb2.Batch]:
+        limit = self.settings.max_batch_points
+        batches = [self._new_batch()]
+        for kind, value in items:
+            batch = batches[-1]
+            if kind == "points":
+                for bucket in value:
+                    if len(batches[-1].points) >= limit:
+                        batches.append(self._new_batch())
+                    _to_point(bucket, batches[-1].points.add())
+            elif kind == "event":
+                ev = batch.events.add(kind=value.kind, ts=float(value.ts),
+                                      data_json=json.dumps(value.data, sort_keys=True, default=str))
+                ev.labels.update({str(k): str(v) for k, v in value.labels.items()})
+            elif kind == "nic":
+                batch.nic_json = json.dumps(value, sort_keys=True, default=str)
+            elif kind == "recording":
+                if batch.recording_json:
+                    batches.append(self._new_batch())
+                batches[-1].recording_json = json.dumps(value, sort_keys=True, default=str)
+        self._add_own_figures(batches[-1])
+        return batches
+
+    def _add_own_figures(self, batch) -> None:
+        st = self.spool.status()
+        cs = self.client.status() if self.client else {}
+        dropped = st["dropped_records"] + st["corrupt_records"] + self._counts["queue_dropped"]
+        batch.status.spool_backlog_records = st["backlog_records"]
+        batch.status.spool_backlog_bytes = st["backlog_bytes"]
+        batch.status.dropped_records = dropped
+        batch.status.health = "ok" if cs.get("connected") or not cs.get("last_error") else "reconnecting"
+        now = self.clock()
+        for metric, value in ((SPOOL_BACKLOG_RECORDS, st["backlog_records"]),
+                              (SPOOL_BACKLOG_BYTES, st["backlog_bytes"]),
+                              (SPOOL_DROPPED, st["dropped_records"]),
+                              (SPOOL_CORRUPT, st["corrupt_records"]),
+                              (SPOOL_TORN, st["torn_tails"]),
+                              (QUEUE_DROPPED, self._counts["queue_dropped"]),
+                              (REJECTED, cs.get("rejected_batches", 0) + cs.get("oversized_batches", 0))):
+            v = float(value)
+            batch.points.add(metric=metric.name, ts=float(int(now)), count=1, sum=v, min=v, max=v, last=v)
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self) -> dict:
+        spool = self.spool.status() if self.spool else {}
+        client = self.client.status() if self.client else {}
+        with self._progress:
+            counts = dict(self._counts)
+        dropped = (spool.get("dropped_records", 0) + spool.get("corrupt_records", 0)
+                   + counts["queue_dropped"] + client.get("rejected_batches", 0)
+                   + client.get("oversized_batches", 0))
+        return {"endpoint": client.get("endpoint"), "connected": client.get("connected", False),
+                "backlog": spool.get("backlog_records", 0), "backlog_bytes": spool.get("backlog_bytes", 0),
+                "dropped": dropped, "epoch": self.epoch, "last_seq": self._seq,
+                "queue": {"size": self._queue.qsize(), "max": self.settings.queue_size, **counts},
+                "spool": spool, "client": client,
+                "metrics": {SPOOL_BACKLOG_RECORDS.name: spool.get("backlog_records", 0),
+                            SPOOL_BACKLOG_BYTES.name: spool.get("backlog_bytes", 0),
+                            SPOOL_DROPPED.name: spool.get("dropped_records", 0),
+                            SPOOL_CORRUPT.name: spool.get("corrupt_records", 0),
+                            SPOOL_TORN.name: spool.get("torn_tails", 0),
+                            QUEUE_DROPPED.name: counts["queue_dropped"],
+                            REJECTED.name: client.get("rejected_batches", 0) + client.get("oversized_batches", 0),
+                            CONNECTED.name: 1 if client.get("connected") else 0}}

@@ -1,0 +1,63 @@
+"""The `[stream]` configuration section: where the agent sends its data and how.
+
+Declared beside the outbox that reads it; `agent.config` collects it through
+SECTION_MODULES, so `docs/config.md` lists it with the core sections.
+
+Default spool bound (`spool_max_bytes`, 1 GiB): a large host sends about 100 series a
+second (8 GPUs x 11 GPU metrics, CPU and memory, 4 figures for each of 2 NICs). One
+one-second batch of 100 points is about 14 KB of protobuf, and 3.5 KB once zlib (level 1)
+has squeezed the repeated label strings (bench/collector.py prints the figure it measured),
+so a day is about 86,400 x 3.5 KB = 300 MB; 1 GiB holds about three days at that rate, and
+still a full day if a host has three times as many series.
+"""
+from __future__ import annotations
+
+import re
+
+from agent.config import Key, Section
+
+_ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
+
+
+def check_endpoints(value: list[str]) -> str | None:
+    for item in value:
+        m = _ENDPOINT.match(item)
+        if not m or not 0 < int(m.group(2)) < 65536:
+            return f"{item!r} is not host:port (IPv6 as [addr]:port)"
+    return None
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+SECTIONS = [
+    Section("stream", "The outbound stream to the collector (durable spool, gRPC with mutual TLS).", {
+        "endpoints": Key([], list, "Collector addresses, host:port, tried in order with failover; empty turns streaming off.",
+                         item_type=str, check=check_endpoints),
+        "plaintext": Key(False, bool, "Send without TLS. Allowed only when every endpoint is a loopback address."),
+        "ca": Key("/etc/egs-agent/tls/ca.crt", str, "CA certificate (PEM) the collector's certificate must chain to."),
+        "cert": Key("/etc/egs-agent/tls/agent.crt", str, "This agent's client certificate (PEM); its CN or a DNS SAN must equal agent.host_id."),
+        "key": Key("/etc/egs-agent/tls/agent.key", str, "The client certificate's private key (PEM)."),
+        "server_name": Key("", str, "Name to verify the collector's certificate against; empty means the endpoint's host."),
+        "spool_max_bytes": Key(1 << 30, int, "Bound of the on-disk spool; when full the oldest unsent batches are dropped and counted.",
+                               min=1 << 20),
+        "spool_segment_bytes": Key(8 << 20, int, "Size of one spool segment file (at most half of spool_max_bytes).",
+                                   min=64 << 10, max=256 << 20),
+        "fsync": Key(True, bool, "fsync the spool before sending (turn off only for tests on tmpfs)."),
+        "queue_size": Key(1000, int, "Bucket sets and events held in memory in front of the spool; overflow is dropped and counted.",
+                          min=1, max=1_000_000),
+        "max_batch_points": Key(5000, int, "Most points in one batch; a larger bucket set is split.", min=1, max=100_000),
+        "max_message_bytes": Key(4 << 20, int, "Largest batch sent; larger ones are dropped and counted (the collector's limit must be at least this).",
+                                 min=64 << 10, max=64 << 20),
+        "max_in_flight": Key(256, int, "Batches sent and not yet acknowledged.", min=1, max=100_000),
+        "keepalive_time": Key(30.0, (int, float), "Seconds between HTTP/2 keepalive pings on an idle connection.", min=10, max=3600),
+        "keepalive_timeout": Key(10.0, (int, float), "Seconds to wait for a ping's answer before the connection counts as dead.", min=1, max=600),
+        "connect_timeout": Key(20.0, (int, float), "Seconds one connection attempt may take (gRPC's MIN_CONNECT_TIMEOUT).", min=0.1, max=600),
+        "backoff_base": Key(1.0, (int, float), "First reconnect delay, seconds (gRPC connection backoff: 1 s).", min=0.01, max=600),
+        "backoff_multiplier": Key(1.6, (int, float), "Growth of the delay per failed round (gRPC: 1.6).", min=1, max=10),
+        "backoff_jitter": Key(0.2, (int, float), "Random spread of each delay, as a fraction (gRPC: 0.2).", min=0, max=1),
+        "backoff_max": Key(120.0, (int, float), "Largest reconnect delay, seconds (gRPC: 120 s).", min=0.01, max=3600),
+    }),
+]

@@ -1,0 +1,278 @@
+"""Fixtures for the stream and collector tests: a throwaway PKI, real collector processes on
+loopback, and agents (an outbox driven by `drive_agent.py`) as real processes.
+
+Everything listens on 127.0.0.1 only, on ports picked free at the time of the test.
+"""
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agent.proto import collector_pb2, collector_pb2_grpc
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+DRIVER = Path(__file__).with_name("drive_agent.py")
+TOKEN = "test-consumer-token-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- PKI -----------------------------------------------------------------------------------
+
+class PKI:
+    """A CA, the collector's certificate (localhost / 127.0.0.1) and client certificates."""
+
+    def __init__(self, root: Path):
+        from cryptography.hazmat.primitives.asymmetric import ec
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self._ec = ec
+        self.ca_key, self.ca_cert = self._ca("egs test CA")
+        self.write("ca", self.ca_key, self.ca_cert)
+        self.issue("collector", "localhost", dns=["localhost"], ips=["127.0.0.1"], server=True)
+
+    def _ca(self, name):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import NameOID
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                             content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                             key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+                .sign(key, hashes.SHA256()))
+        return key, cert
+
+    def write(self, name, key, cert) -> tuple[Path, Path]:
+        from cryptography.hazmat.primitives import serialization
+        key_path, cert_path = self.root / f"{name}.key", self.root / f"{name}.crt"
+        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cert_path, key_path
+
+    def issue(self, name: str, cn: str, dns=(), ips=(), server=False, ca=None) -> tuple[Path, Path]:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        ca_key, ca_cert = ca or (self.ca_key, self.ca_cert)
+        key = self._ec.generate_private_key(self._ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                   .issuer_name(ca_cert.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server
+                                                         else ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        names = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        if names:
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        return self.write(name, key, builder.sign(ca_key, hashes.SHA256()))
+
+    def rogue(self, name: str, cn: str) -> tuple[Path, Path]:
+        """A client certificate for `cn` from a CA the collector does not trust."""
+        return self.issue(name, cn, ca=self._ca("rogue CA"))
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory) -> PKI:
+    pytest.importorskip("cryptography", reason="the test extras (cryptography) are not installed")
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+# --- the collector as a process -----------------------------------------------------------
+
+class CollectorProc:
+    def __init__(self, root: Path, pki: PKI | None, plaintext: bool = False, extra: str = ""):
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.data = root / "collector-data"
+        self.ingest_port, self.consumer_port = free_port(), free_port()
+        self.pki, self.plaintext = pki, plaintext
+        self.config = root / "collector.toml"
+        tls = "[tls]\nplaintext = true\n" if plaintext else (
+            f'[tls]\ncert = "{pki.root}/collector.crt"\nkey = "{pki.root}/collector.key"\nclient_ca = "{pki.root}/ca.crt"\n')
+        self.config.write_text(
+            f'[collector]\ndata_dir = "{self.data}"\nlog_level = "info"\n'
+            f'[ingest]\nlisten = "127.0.0.1:{self.ingest_port}"\nmax_message_bytes = 262144\n'
+            f'[consumers]\nlisten = "127.0.0.1:{self.consumer_port}"\ntokens = ["{TOKEN}"]\nheartbeat = "1s"\n'
+            f"{tls}{extra}")
+        self.proc: subprocess.Popen | None = None
+        self.log = root / "collector.log"
+
+    def start(self, timeout: float = 20.0) -> "CollectorProc":
+        self.proc = subprocess.Popen([PYTHON, "-m", "agent.collector.cli", "run", "--config", str(self.config)],
+                                     cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"collector exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                self.agents(timeout=1)
+                return self
+            except grpc.RpcError:
+                time.sleep(0.1)
+        raise AssertionError(f"collector did not come up: {self.log.read_text()[-2000:]}")
+
+    def consumer_channel(self) -> grpc.Channel:
+        target = f"127.0.0.1:{self.consumer_port}"
+        if self.plaintext:
+            return grpc.insecure_channel(target)
+        creds = grpc.ssl_channel_credentials((self.pki.root / "ca.crt").read_bytes())
+        return grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+
+    def stub(self, channel) -> collector_pb2_grpc.ConsumersStub:
+        return collector_pb2_grpc.ConsumersStub(channel)
+
+    def agents(self, timeout: float = 5.0) -> collector_pb2.AgentsResponse:
+        with self.consumer_channel() as ch:
+            return self.stub(ch).Agents(collector_pb2.AgentsRequest(), metadata=[("authorization", f"Bearer {TOKEN}")],
+                                        timeout=timeout)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def stored_markers(self, host: str = "") -> list[int]:
+        """The `marker` values of every per-second point stored (one per spooled batch)."""
+        import sqlite3
+        db = sqlite3.connect(self.data / "collector.db")
+        try:
+            tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name GLOB 'raw_*'")]
+            sql = " UNION ALL ".join(f"SELECT r.last FROM {t} r JOIN series s ON s.id = r.series "
+                                     "WHERE s.metric = 'test_marker' AND (? = '' OR s.host = ?)" for t in tables)
+            return sorted(int(v) for (v,) in db.execute(sql, [host, host] * len(tables))) if tables else []
+        finally:
+            db.close()
+
+
+@pytest.fixture
+def collector_factory(tmp_path, pki):
+    made: list[CollectorProc] = []
+
+    def make(name: str = "c", plaintext: bool = False, extra: str = "") -> CollectorProc:
+        c = CollectorProc(tmp_path / name, pki, plaintext, extra)
+        c.root.mkdir(parents=True, exist_ok=True)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+# --- agents as processes ----------------------------------------------------------------
+
+class AgentProc:
+    """`drive_agent.py`: an Outbox that spools one batch per marker and logs what is durable."""
+
+    def __init__(self, root: Path, host: str, endpoints: list[str], pki: PKI | None, plaintext: bool = False,
+                 cert_name: str | None = None, extra: str = ""):
+        self.root, self.host = root, host
+        root.mkdir(parents=True, exist_ok=True)
+        self.state = root / "state"
+        self.spooled_log = root / "spooled.log"
+        self.log = root / "agent.log"
+        self.config = root / "agent.toml"
+        eps = ", ".join(f'"{e}"' for e in endpoints)
+        tls = "plaintext = true\n" if plaintext else (
+            f'ca = "{pki.root}/ca.crt"\ncert = "{pki.root}/{cert_name or host}.crt"\n'
+            f'key = "{pki.root}/{cert_name or host}.key"\nserver_name = "localhost"\n')
+        self.config.write_text(f"[stream]\nendpoints = [{eps}]\n{tls}backoff_base = 0.1\nbackoff_max = 0.5\n"
+                               f"connect_timeout = 2.0\n{extra}")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, first: int, count: int, rate: float = 50.0, linger: float = 600.0) -> "AgentProc":
+        self.proc = subprocess.Popen([PYTHON, str(DRIVER), "--config", str(self.config), "--state", str(self.state),
+                                      "--host", self.host, "--first", str(first), "--count", str(count),
+                                      "--rate", str(rate), "--linger", str(linger), "--log", str(self.spooled_log)],
+                                     cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        return self
+
+    def spooled(self) -> list[int]:
+        if not self.spooled_log.exists():
+            return []
+        return [int(line) for line in self.spooled_log.read_text().split() if line.strip()]
+
+    def status(self) -> dict:
+        import json
+        path = self.root / "state" / "status.json"
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def agent_factory(tmp_path, pki):
+    made: list[AgentProc] = []
+
+    def make(host: str, endpoints: list[str], name: str | None = None, **kw) -> AgentProc:
+        root = tmp_path / (name or f"agent-{host}")
+        root.mkdir(parents=True, exist_ok=True)
+        a = AgentProc(root, host, endpoints, pki, **kw)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        a.stop()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+@pytest.fixture
+def wait():
+    return wait_for
