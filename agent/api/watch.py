@@ -99,6 +99,8 @@ class WatchHub:
         self.max_subscribers = max_subscribers
         self._subs: list[Subscriber] = []
         self._lock = threading.Lock()
+        self._last_published: float | None = None
+        self._last_status = ""
 
     def subscribe(self, interval: float = 1.0, metrics=(), labels=None, history_seconds: int = 0,
                   include_status: bool = False) -> Subscriber | None:
@@ -108,6 +110,10 @@ class WatchHub:
             if len(self._subs) >= self.max_subscribers:
                 return None
             self._subs.append(sub)
+        # The first update goes out at once, from the last published state, so a new watcher
+        # sees figures immediately instead of after the next tick.
+        if self._last_published is not None:
+            self._offer(sub, self._last_published, self.windows.latest_all(), self._last_status)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
@@ -123,6 +129,7 @@ class WatchHub:
     def publish(self, now: float, events, status_json: str) -> None:
         with self._lock:
             subs = list(self._subs)
+            self._last_published, self._last_status = now, status_json
         if not subs:
             return
         latest = self.windows.latest_all()
@@ -134,14 +141,17 @@ class WatchHub:
                 sub.pending_events = sub.pending_events[-MAX_EVENTS:]
             if sub.last_sent is not None and now - sub.last_sent < sub.interval - 0.05:
                 continue
-            points = [(m, labels, v) for m, labels, v, _ in latest if sub.wants(m, labels)]
-            update = Update(now, points, sub.pending_events, status_json if sub.include_status else "")
-            sub.pending_events = []
-            if sub.last_sent is None and sub.history_seconds:
-                update.history = {(m, tuple(sorted(labels.items()))): self.windows.history(m, labels, sub.history_seconds, now)
-                                  for m, labels, _ in points}
-            sub.last_sent = now
-            sub.offer(update)
+            self._offer(sub, now, latest, status_json)
+
+    def _offer(self, sub: Subscriber, now: float, latest, status_json: str) -> None:
+        points = [(m, labels, v) for m, labels, v, _ in latest if sub.wants(m, labels)]
+        update = Update(now, points, sub.pending_events, status_json if sub.include_status else "")
+        sub.pending_events = []
+        if sub.last_sent is None and sub.history_seconds:
+            update.history = {(m, tuple(sorted(labels.items()))): self.windows.history(m, labels, sub.history_seconds, now)
+                              for m, labels, _ in points}
+        sub.last_sent = now
+        sub.offer(update)
 
     def close(self) -> None:
         with self._lock:

@@ -32,14 +32,16 @@ def short_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def write_config(directory: Path, extra: str = "", name: str = "agent.toml", socket: str | None = None) -> Path:
+def write_config(directory: Path, extra: str = "", name: str = "agent.toml", socket: str | None = None,
+                 api: str = "") -> Path:
+    """A config with state and socket in `directory`; `api` lines go into [api], `extra` after it."""
     path = directory / name
     path.write_text(
         "[agent]\n"
         f'state_dir = "{directory / "state"}"\n'
         "[api]\n"
         f'socket = "{socket or directory / "agent.sock"}"\n'
-        + extra)
+        + api + extra)
     return path
 
 
@@ -137,3 +139,64 @@ def restore_procfs():
     before = psutil.PROCFS_PATH
     yield
     psutil.PROCFS_PATH = before
+
+
+# --- components used by the component-contract tests ("daemon_helpers:build_...") ---------
+
+class RecordingComponent:
+    """Remembers every call the daemon makes, so tests can check the contract."""
+
+    name = "recording"
+
+    def __init__(self, cfg, ctx, fail_tick_after=None):
+        self.cfg, self.ctx = cfg, ctx
+        self.ticks, self.buckets, self.events, self.reloads = [], [], [], []
+        self.started = self.stopped = False
+        self.fail_tick_after = fail_tick_after
+
+    def start(self):
+        self.started = True
+
+    def stop(self):
+        self.stopped = True
+
+    def tick(self, now):
+        if self.fail_tick_after is not None and len(self.ticks) >= self.fail_tick_after:
+            raise RuntimeError("tick exploded on purpose")
+        self.ticks.append(now)
+
+    def status(self):
+        return {"ticks": len(self.ticks), "buckets": len(self.buckets), "events": len(self.events)}
+
+    def on_buckets(self, buckets):
+        self.buckets.extend(buckets)
+
+    def on_event(self, event):
+        self.events.append(event)
+
+    def reload(self, cfg):
+        self.reloads.append(cfg)
+
+
+BUILT: list = []
+
+
+def build_recording(cfg, ctx):
+    c = RecordingComponent(cfg, ctx)
+    BUILT.append(c)
+    return c
+
+
+def build_failing_tick(cfg, ctx):
+    c = RecordingComponent(cfg, ctx, fail_tick_after=1)
+    c.name = "fragile"
+    BUILT.append(c)
+    return c
+
+
+def build_raises(cfg, ctx):
+    raise ValueError("cannot build on purpose")
+
+
+def build_off(cfg, ctx):
+    return None
