@@ -59,8 +59,11 @@ class _Pending:
 class Recorder:
     def __init__(self, directory: Path, core: Any, clock: Callable[[], float] = time.time,
                  before_s: float = 30.0, after_s: float = 10.0, max_bytes: int = 64 << 20,
-                 labels_of: Callable[[int], dict[str, str]] | None = None):
+                 labels_of: Callable[[int], dict[str, str]] | None = None,
+                 on_written: Callable[[dict[str, Any]], None] | None = None):
+        """`on_written(header)` is called (on the recorder's thread) after each file is written."""
         self.dir = Path(directory)
+        self._on_written = on_written
         self.core = core
         self.clock = clock
         self.before_s, self.after_s, self.max_bytes = before_s, after_s, max_bytes
@@ -162,6 +165,12 @@ class Recorder:
         log.info("recording %s: %d samples of GPU %s, %.1f s (%d bytes)", p.id, samples,
                  ",".join(map(str, p.gpus)), p.end - p.start, header["size_bytes"])
         self._enforce_bound()
+        header["path"] = str(path)
+        if self._on_written is not None:
+            try:
+                self._on_written(dict(header))
+            except Exception:  # the file is written; a listener's bug must not undo that
+                log.exception("recording %s: on_written listener failed", p.id)
         return header
 
     def _enforce_bound(self) -> None:
@@ -198,9 +207,7 @@ class Recorder:
     def read(self, rid: str) -> dict[str, Any]:
         """The header's fields plus `data`: one entry per GPU with its samples."""
         path = self.path(rid)
-        with gzip.open(path, "rt") as f:
-            lines = [json.loads(line) for line in f if line.strip()]
-        return {**lines[0], "size_bytes": path.stat().st_size, "data": lines[1:]}
+        return {**read_file(path), "size_bytes": path.stat().st_size}
 
     def list(self) -> list[dict[str, Any]]:
         out = []
@@ -229,6 +236,18 @@ class Recorder:
             p.end = min(p.end, now)
             self._worker.submit(self._capture, p)
         self._worker.shutdown(wait=True)
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """A recording file -> its header's fields plus `data` (one entry per GPU).
+
+    For readers that have the path but no Recorder, such as the outbox shipping a
+    recording to the collector when it sees the `recording` event."""
+    with gzip.open(path, "rt") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    if not lines or lines[0].get("format") != FORMAT:
+        raise RecordingError(f"{path}: not a {FORMAT} file")
+    return {**lines[0], "data": lines[1:]}
 
 
 def _clean(value: Any) -> float | None:

@@ -51,7 +51,8 @@ class AlarmsComponent:
                 self.log.warning("recorder.before + recorder.after = %gs exceeds gpu.ring_seconds = %gs; "
                                  "recordings will start later than asked", before + after, ring)
             self.recorder = Recorder(ctx.state_dir / "recordings", ctx.core, ctx.clock, before, after,
-                                     int(cfg.recorder.max_bytes), labels_of=self._labels_of)
+                                     int(cfg.recorder.max_bytes), labels_of=self._labels_of,
+                                     on_written=self._recording_written)
         self.hooks = HookRunner(cfg.alarms.hook_workers, cfg.alarms.hook_queue)
         self.store = StateStore(ctx.state_dir)
         self.rule_errors: dict[str, str] = {}
@@ -152,6 +153,16 @@ class AlarmsComponent:
         self.ctx.emit(out)
         if notify and rule.hook is not None:
             self.hooks.submit(rule.hook, out, rule.name)
+
+    def _recording_written(self, header: dict[str, Any]) -> None:
+        """Tell everyone a recording is ready: an `Event(kind="recording")` with its header and
+        file path (the outbox ships the file to the collector: `agent.recorder.read_file`).
+        Runs on the recorder's thread; `emit` is safe from any thread."""
+        gpus = header.get("gpus", [])
+        labels = self._labels_of(gpus[0]) if len(gpus) == 1 else {}
+        data = {k: header.get(k) for k in ("id", "reason", "gpus", "event_ts", "from", "to", "samples",
+                                           "size_bytes", "path")}
+        self.ctx.emit(Event("recording", float(header.get("created") or self.ctx.clock()), labels, data))
 
     def _feed_health_gauges(self, now: float) -> None:
         """Put the health gauges in the windows too, so `query`, `watch` and the collector see

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from agent import config
+from agent.recorder import read_file
 from alarm_helpers import CONFIG, Daemonish, FakeCoreEvent
 
 @pytest.fixture
@@ -35,6 +36,9 @@ def test_hot_gpu_fires_once_with_a_recording_and_the_hook(d):
     rec = d.alarms.recorder.read(rid)
     assert rec["gpus"] == [0] and rec["reason"]["rule"] == "gpu-hot"
     assert rec["from"] == fired[0].ts - 5 and rec["to"] == fired[0].ts + 2 and rec["samples"] == 700
+    (ready,) = d.of("recording")  # what the outbox ships to the collector
+    assert ready.data["id"] == rid and ready.labels["gpu"] == "0"
+    assert read_file(ready.data["path"])["data"][0]["timestamps"] == rec["data"][0]["timestamps"]
     assert wait_for(lambda: d.hook_out.exists() and d.hook_out.read_text().strip())
     hooked = json.loads(d.hook_out.read_text().splitlines()[0])
     assert hooked["data"]["recording"] == rid and hooked["labels"]["gpu"] == "0"
