@@ -120,6 +120,7 @@ class CollectorProc:
             f"{tls}{extra}")
         self.proc: subprocess.Popen | None = None
         self.log = root / "collector.log"
+        self.token = TOKEN
 
     def start(self, timeout: float = 20.0) -> "CollectorProc":
         self.proc = subprocess.Popen([PYTHON, "-m", "agent.collector.cli", "run", "--config", str(self.config)],
@@ -212,10 +213,11 @@ class AgentProc:
                                f"connect_timeout = 2.0\n{extra}")
         self.proc: subprocess.Popen | None = None
 
-    def start(self, first: int, count: int, rate: float = 50.0, linger: float = 600.0) -> "AgentProc":
+    def start(self, first: int, count: int, rate: float = 50.0, linger: float = 600.0, points: int = 0) -> "AgentProc":
         self.proc = subprocess.Popen([PYTHON, str(DRIVER), "--config", str(self.config), "--state", str(self.state),
                                       "--host", self.host, "--first", str(first), "--count", str(count),
-                                      "--rate", str(rate), "--linger", str(linger), "--log", str(self.spooled_log)],
+                                      "--rate", str(rate), "--linger", str(linger), "--log", str(self.spooled_log),
+                                      "--points", str(points)],
                                      cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         return self

@@ -30,6 +30,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=50.0)
     p.add_argument("--linger", type=float, default=600.0)
     p.add_argument("--log", required=True)
+    p.add_argument("--points", type=int, default=0, help="extra points per batch (series gpu=0..N-1)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     cfg = load(args.config)
@@ -52,8 +53,11 @@ def main() -> int:
             if stop:
                 break
             now = time.time()
-            outbox.put_buckets([{"metric": "test_marker", "labels": {}, "ts": now, "count": 1,
-                                 "sum": marker, "min": marker, "max": marker, "last": marker}])
+            extra = [{"metric": "test_load", "labels": {"gpu": str(i)}, "ts": now, "count": 1,
+                      "sum": marker * 1.001 + i, "min": marker, "max": marker + i, "last": marker + i * 0.5}
+                     for i in range(args.points)]
+            outbox.put_buckets(extra + [{"metric": "test_marker", "labels": {}, "ts": now, "count": 1,
+                                         "sum": marker, "min": marker, "max": marker, "last": marker}])
             if not outbox.flush(30):
                 print("flush timed out", file=sys.stderr)
                 return 1
