@@ -664,6 +664,11 @@ static int check_fault(struct parser *p, struct state *st)
         return fail(p, "the \"unsupported\" fault above needs field = \"...\"");
     if (fl->kind == SIM_FAULT_XID && !(seen & (1u << 3)))
         return fail(p, "the \"xid\" fault above needs code = N");
+    /* AMD SMI has no XIDs: on an AMD GPU the code is the event notification type. */
+    if (fl->kind == SIM_FAULT_XID && st->gpu->vendor == SIM_VENDOR_AMD &&
+        (fl->code < 1 || fl->code > 13))
+        return fail(p, "on an AMD GPU an \"xid\" fault's code is an AMD SMI event type, 1 (VMFAULT)"
+                       " to 13 (PROCESS_END); got %llu", fl->code);
     if (fl->kind == SIM_FAULT_SLOW && !(seen & (1u << 4)))
         return fail(p, "the \"slow\" fault above needs latency_us = N");
     return 0;
