@@ -83,7 +83,8 @@ class DaemonProcess:
         raise AssertionError(f"daemon did not bind {self.socket} within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
-        self.stderr.flush()
+        if not self.stderr.closed:
+            self.stderr.flush()
         return self.stderr_path.read_text()
 
     def signal(self, sig) -> None:
