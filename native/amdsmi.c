@@ -87,6 +87,14 @@ struct am_event {
 };
 #pragma pack(pop)
 
+/* Sizes as amdsmi's own ctypes wrapper (7.0.2) lays the structs out. */
+_Static_assert(sizeof(struct am_asic_info) == 896, "amdsmi_asic_info_t layout");
+_Static_assert(sizeof(struct am_power_info) == 192, "amdsmi_power_info_t layout");
+_Static_assert(sizeof(struct am_clk_info) == 32, "amdsmi_clk_info_t layout");
+_Static_assert(sizeof(struct am_engine_usage) == 64, "amdsmi_engine_usage_t layout");
+_Static_assert(sizeof(struct am_vram_usage) == 16, "amdsmi_vram_usage_t layout");
+_Static_assert(sizeof(struct am_event) == 272, "amdsmi_evt_notification_data_t layout");
+
 /* --- the symbol table --------------------------------------------------------------------- */
 
 enum {
