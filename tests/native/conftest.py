@@ -20,6 +20,14 @@ import sim_paths  # noqa: E402  (tests/ is not a package; see sim_paths' docstri
 from agent.native import Core  # noqa: E402  (fails with "run make native" when not built)
 
 
+HERE = Path(__file__).resolve().parent
+
+
+def own_scenario(name: str) -> Path:
+    """A scenario kept beside these tests (tests/native/scenarios/)."""
+    return HERE / "scenarios" / f"{name}.toml"
+
+
 @pytest.fixture(scope="session")
 def sim_out():
     return sim_paths.build_sim()
@@ -30,11 +38,12 @@ def make_core(sim_out, monkeypatch):
     """make_core(scenario, **Core kwargs) -> a started Core; stopped after the test."""
     cores: list[Core] = []
 
-    def make(scenario: str | None, start: bool = True, **kw) -> Core:
+    def make(scenario: str | Path | None, start: bool = True, **kw) -> Core:
         if scenario is None:
             monkeypatch.delenv("EGS_SIM_SCENARIO", raising=False)
         else:
-            monkeypatch.setenv("EGS_SIM_SCENARIO", str(sim_paths.scenario(scenario)))
+            path = scenario if isinstance(scenario, Path) else sim_paths.scenario(scenario)
+            monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
         kw.setdefault("nvml_library", str(sim_paths.NVML_LIB))
         kw.setdefault("amdsmi_library", str(sim_paths.AMDSMI_LIB))
         core = Core(**kw)
@@ -59,3 +68,8 @@ def _run_json(code: str, env: dict, timeout: float = 60.0):
 def run_json(sim_out):
     """run_json(code, env) -> the JSON document a reader snippet printed last."""
     return _run_json
+
+
+@pytest.fixture
+def scenario_here():
+    return own_scenario

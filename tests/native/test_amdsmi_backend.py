@@ -1,0 +1,91 @@
+"""The AMD backend against the simulated AMD SMI, checked against AMD's own `amdsmi` package."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import sim_paths
+
+AMDSMI_READER = r"""
+import json
+import amdsmi as A
+A.amdsmi_init()
+out = []
+for h in A.amdsmi_get_processor_handles():
+    energy = A.amdsmi_get_energy_count(h)
+    vram = A.amdsmi_get_gpu_vram_usage(h)
+    activity = A.amdsmi_get_gpu_activity(h)
+    out.append({
+        "uuid": A.amdsmi_get_gpu_device_uuid(h),
+        "pci_bus_id": A.amdsmi_get_gpu_device_bdf(h),
+        "name": A.amdsmi_get_gpu_asic_info(h)["market_name"],
+        "gpu_utilization_percent": activity["gfx_activity"],
+        "gpu_memory_busy_percent": activity["umc_activity"],
+        "gpu_memory_used_bytes": vram["vram_used"] * 2**20,
+        "gpu_memory_total_bytes": vram["vram_total"] * 2**20,
+        "gpu_temperature_celsius": A.amdsmi_get_temp_metric(
+            h, A.AmdSmiTemperatureType.EDGE, A.AmdSmiTemperatureMetric.CURRENT),
+        "gpu_power_watts": A.amdsmi_get_power_info(h)["socket_power"],
+        "gpu_sm_clock_mhz": A.amdsmi_get_clock_info(h, A.AmdSmiClkType.GFX)["clk"],
+        "gpu_memory_clock_mhz": A.amdsmi_get_clock_info(h, A.AmdSmiClkType.MEM)["clk"],
+        "gpu_energy_joules_total": energy["energy_accumulator"] * energy["counter_resolution"] / 1e6,
+    })
+A.amdsmi_shut_down()
+print(json.dumps(out))
+"""
+
+METRICS = ("gpu_utilization_percent", "gpu_memory_busy_percent", "gpu_memory_used_bytes",
+           "gpu_memory_total_bytes", "gpu_temperature_celsius", "gpu_power_watts",
+           "gpu_sm_clock_mhz", "gpu_memory_clock_mhz", "gpu_energy_joules_total")
+
+
+def test_values_equal_amdsmi_on_the_same_library(make_core, run_json):
+    theirs = run_json(AMDSMI_READER, sim_paths.amdsmi_env("constant"))
+    core = make_core("constant", hz=50)
+    time.sleep(0.3)
+    stats = core.drain()
+    amd = [d for d in core.devices() if d.vendor == "amd"]
+    assert core.backends["amd"].state == "ok"
+    assert len(amd) == len(theirs) == 1
+    dev, ref = amd[0], theirs[0]
+    assert dev.index == 2  # after the two NVIDIA GPUs of the same scenario
+    assert (dev.uuid, dev.pci_bus_id, dev.name) == (ref["uuid"], ref["pci_bus_id"], ref["name"])
+    mine = {s.metric: s.last for s in stats if s.gpu == dev.index}
+    for metric in METRICS:
+        assert mine[metric] == pytest.approx(ref[metric], rel=1e-6), metric
+    assert "gpu_fan_speed_percent" in dev.unsupported
+    assert "gpu_fan_speed_percent" not in mine
+
+
+def test_amd_gpu_lost_mid_run_while_the_other_keeps_sampling(make_core):
+    core = make_core("amd-two", hz=100, nvidia=False)
+    time.sleep(1.8)  # the second GPU is lost at t = 1.5 s
+    core.drain()
+    time.sleep(0.2)
+    stats = core.drain()
+    devs = core.devices()
+    assert [d.state for d in devs] == ["ok", "lost"]
+    assert "amdsmi_" in devs[1].lost_reason
+    assert {s.gpu for s in stats} == {0}
+    assert [(e.kind, e.gpu, e.code) for e in core.events() if e.kind == "lost"] == [("lost", 1, 31)]
+
+
+def test_amd_event_notification_is_delivered(make_core, scenario_here):
+    core = make_core(scenario_here("amd-event"), hz=20, nvidia=False)
+    assert core.backends["amd"].symbols["event_get"] == "amdsmi_get_gpu_event_notification"
+    deadline = time.monotonic() + 5.0
+    got = []
+    while time.monotonic() < deadline and not got:
+        got = [e for e in core.events() if e.kind == "amd"]
+        time.sleep(0.05)
+    assert [(e.gpu, e.code) for e in got] == [(0, 3)]
+    assert "GPU_PRE_RESET" in got[0].detail or "event 3" in got[0].detail
+
+
+def test_amd_init_failure_is_an_error_with_the_library_message(make_core):
+    core = make_core("init-failure", nvidia=False)
+    amd = core.backends["amd"]
+    assert amd.state == "error"
+    assert amd.status == 34  # AMDSMI_STATUS_DRIVER_NOT_LOADED
+    assert "amdsmi_init failed" in amd.detail
+    assert core.devices() == []
