@@ -16,6 +16,7 @@ from agent.nic import metrics
 from agent.nic.instance_types import InstanceTable
 from agent.nic.manager import NicManager
 from agent.nic.metadata import MetadataLookup
+from agent.sources.base import Sample
 
 
 def build(cfg: SimpleNamespace, ctx: Any) -> "NicComponent | None":
@@ -115,7 +116,6 @@ class NicComponent:
 
     # --- daemon hooks -------------------------------------------------------------------
     def tick(self, now: float) -> None:
-        from agent.sources.base import Sample
         # Every tick, not every pass: the windows then hold the gauges continuously.
         with self._lock:
             report = self._last
