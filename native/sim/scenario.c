@@ -125,6 +125,38 @@ static const char *parse_key(struct parser *p, const char *s, char *key, size_t 
     return s + n;
 }
 
+static const char *digits(const char *s)
+{
+    const char *start = s;
+    while (isdigit((unsigned char)*s))
+        s++;
+    return s > start ? s : NULL;
+}
+
+/*
+ * TOML's decimal integer and float forms (without underscores, inf and nan), so whatever this
+ * parser accepts other TOML readers accept too: [+-] (0 | [1-9][0-9]*) [. [0-9]+] [eE [+-] [0-9]+].
+ */
+static int toml_decimal(const char *s)
+{
+    if (*s == '+' || *s == '-')
+        s++;
+    if (*s == '0' && isdigit((unsigned char)s[1]))
+        return 0;
+    if (!(s = digits(s)))
+        return 0;
+    if (*s == '.' && !(s = digits(s + 1)))
+        return 0;
+    if (*s == 'e' || *s == 'E') {
+        s++;
+        if (*s == '+' || *s == '-')
+            s++;
+        if (!(s = digits(s)))
+            return 0;
+    }
+    return *s == '\0';
+}
+
 static const char *parse_number(struct parser *p, const char *s, double *out)
 {
     char buf[64];
@@ -150,6 +182,11 @@ static const char *parse_number(struct parser *p, const char *s, double *out)
     }
     memcpy(buf, s, n);
     buf[n] = '\0';
+    if (!toml_decimal(buf)) {
+        fail(p, "malformed number '%s' (TOML decimal: [+-]digits[.digits][e[+-]digits], "
+                "no leading zeros)", buf);
+        return NULL;
+    }
     char *end = NULL;
     errno = 0;
     double v = strtod(buf, &end);
@@ -819,6 +856,52 @@ static int handle_line(struct parser *p, struct sim_scenario *s, struct state *s
     }
 }
 
+/*
+ * TOML files are UTF-8 without control characters other than tab and line ends; checking this
+ * up front keeps "accepted here" a subset of "valid TOML". Returns the 1-based line of the
+ * first offence, or 0.
+ */
+static int check_text(const unsigned char *b, size_t n, const char **why)
+{
+    int line = 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = b[i];
+        if (c == '\n') {
+            line++;
+            continue;
+        }
+        if (c == '\r' && i + 1 < n && b[i + 1] == '\n')
+            continue;
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            *why = "control character (only tab and line ends are allowed)";
+            return line;
+        }
+        if (c < 0x80)
+            continue;
+        /* A UTF-8 sequence: lead byte, then 1-3 continuation bytes; no overlongs or surrogates. */
+        int extra = c >= 0xf0 && c <= 0xf4 ? 3 : c >= 0xe0 && c <= 0xef ? 2 : c >= 0xc2 && c <= 0xdf ? 1 : -1;
+        if (extra < 0 || i + (size_t)extra >= n) {
+            *why = "invalid UTF-8";
+            return line;
+        }
+        unsigned int cp = c & (0x3f >> extra);
+        for (int k = 1; k <= extra; k++) {
+            if ((b[i + k] & 0xc0) != 0x80) {
+                *why = "invalid UTF-8";
+                return line;
+            }
+            cp = (cp << 6) | (b[i + k] & 0x3f);
+        }
+        if ((extra == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (extra == 3 && (cp < 0x10000 || cp > 0x10ffff))) {
+            *why = "invalid UTF-8";
+            return line;
+        }
+        i += (size_t)extra;
+    }
+    return 0;
+}
+
 static void scenario_init(struct sim_scenario *s, const char *path)
 {
     memset(s, 0, sizeof *s);
@@ -854,8 +937,10 @@ int sim_scenario_load(const char *path, struct sim_scenario *out, char *err, siz
         goto out;
     }
     buf[n] = '\0';
-    if (memchr(buf, '\0', n)) {
-        snprintf(err, errlen, "%s:0: scenario contains a NUL byte (not a text file?)", path);
+    const char *why = NULL;
+    int bad_line = check_text((const unsigned char *)buf, n, &why);
+    if (bad_line) {
+        snprintf(err, errlen, "%s:%d: %s", path, bad_line, why);
         goto out;
     }
 

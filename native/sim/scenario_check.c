@@ -1,0 +1,131 @@
+/*
+ * egs-sim-scenario: check scenario files the way the simulated libraries will read them.
+ *
+ * A scenario with a typo otherwise surfaces only as an init failure inside whatever test or
+ * demo loads it. This tool runs the libraries' own parser (scenario.c) on files and reports
+ * the first problem as "file:line: what", or with --json prints the scenario as the
+ * simulators understood it, defaults filled in (tests compare that with Python's tomllib).
+ *
+ *   egs-sim-scenario FILE...          exit 0 when all are valid, 1 otherwise
+ *   egs-sim-scenario --json FILE      the parsed scenario as JSON on stdout
+ */
+#include "scenario.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static const char *const wave_names[] = {"constant", "sine", "ramp", "step", "sequence",
+                                         "unsupported", "integral"};
+static const char *const fault_names[] = {"lost", "unsupported", "xid", "slow"};
+
+static void json_string(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
+    }
+    putchar('"');
+}
+
+static void json_wave(const struct sim_wave *w)
+{
+    static const char *const keys[][3] = {
+        [SIM_WAVE_CONSTANT] = {"value", NULL, NULL},
+        [SIM_WAVE_SINE] = {"mean", "amplitude", "period"},
+        [SIM_WAVE_RAMP] = {"from", "to", "duration"},
+        [SIM_WAVE_STEP] = {"before", "after", "at"},
+        [SIM_WAVE_SEQUENCE] = {"interval", NULL, NULL},
+    };
+    printf("{\"wave\": \"%s\"", wave_names[w->kind]);
+    if (w->kind <= SIM_WAVE_SEQUENCE)
+        for (int i = 0; i < 3 && keys[w->kind][i]; i++)
+            printf(", \"%s\": %.17g", keys[w->kind][i], w->p[i]);
+    if (w->kind == SIM_WAVE_SEQUENCE) {
+        printf(", \"values\": [");
+        for (int i = 0; i < w->nvalues; i++)
+            printf("%s%.17g", i ? ", " : "", w->values[i]);
+        putchar(']');
+    }
+    putchar('}');
+}
+
+static void json_scenario(const struct sim_scenario *s)
+{
+    printf("{\"init_error\": %d, \"amd_init_error\": ", s->init_error);
+    if (s->amd_init_error_set)
+        printf("%d", s->amd_init_error);
+    else
+        printf("null");
+    printf(", \"call_latency_us\": %ld, \"driver_version\": ", s->call_latency_us);
+    json_string(s->driver_version);
+    printf(", \"gpus\": [");
+    for (int i = 0; i < s->ngpus; i++) {
+        const struct sim_gpu *g = &s->gpus[i];
+        printf("%s{\"vendor\": \"%s\", \"name\": ", i ? ", " : "",
+               g->vendor == SIM_VENDOR_AMD ? "amd" : "nvidia");
+        json_string(g->name);
+        printf(", \"uuid\": ");
+        json_string(g->uuid);
+        printf(", \"pci_bus_id\": ");
+        json_string(g->pci_bus_id);
+        printf(", \"memory_total_mib\": %llu, \"fields\": {", g->memory_total_mib);
+        for (int f = 0; f < SIM_F_COUNT; f++) {
+            printf("%s\"%s\": ", f ? ", " : "", sim_field_name(f));
+            json_wave(&g->fields[f]);
+        }
+        printf("}, \"faults\": [");
+        for (int k = 0; k < g->nfaults; k++) {
+            const struct sim_fault *fl = &g->faults[k];
+            printf("%s{\"at\": %.17g, \"kind\": \"%s\"", k ? ", " : "", fl->at,
+                   fault_names[fl->kind]);
+            if (fl->kind == SIM_FAULT_UNSUPPORTED)
+                printf(", \"field\": \"%s\"", sim_field_name(fl->field));
+            if (fl->kind == SIM_FAULT_XID)
+                printf(", \"code\": %llu", fl->code);
+            if (fl->kind == SIM_FAULT_SLOW)
+                printf(", \"latency_us\": %ld", fl->latency_us);
+            putchar('}');
+        }
+        printf("]}");
+    }
+    printf("]}\n");
+}
+
+int main(int argc, char **argv)
+{
+    static struct sim_scenario scn; /* large: keep it off the stack */
+    char err[SIM_ERR_LEN];
+    int json = 0, first = 1, bad = 0;
+
+    if (argc > 1 && strcmp(argv[1], "--json") == 0) {
+        json = 1;
+        first = 2;
+    }
+    if (first >= argc || (json && argc != 3)) {
+        fprintf(stderr, "usage: %s FILE...\n       %s --json FILE\n", argv[0], argv[0]);
+        return 2;
+    }
+    for (int i = first; i < argc; i++) {
+        if (sim_scenario_load(argv[i], &scn, err, sizeof err) != 0) {
+            fprintf(stderr, "%s\n", err);
+            bad = 1;
+            continue;
+        }
+        if (json) {
+            json_scenario(&scn);
+        } else {
+            int nv = 0;
+            for (int g = 0; g < scn.ngpus; g++)
+                nv += scn.gpus[g].vendor == SIM_VENDOR_NVIDIA;
+            printf("%s: ok (%d NVIDIA, %d AMD GPU%s)\n", argv[i], nv, scn.ngpus - nv,
+                   scn.ngpus - nv == 1 ? "" : "s");
+        }
+    }
+    return bad;
+}
