@@ -166,7 +166,7 @@ class _Table:
             raise self.error(key, f"must be a finite number, got {value!r}")
         return value
 
-    def duration(self, key: str, default: str, *, allow_zero: bool = False) -> float:
+    def duration(self, key: str, default: str, *, allow_zero: bool = False, minimum: float = 0.0) -> float:
         value = self.get(key, (str, float), default)
         if allow_zero and value in (0, 0.0, "0"):
             return 0.0
@@ -176,6 +176,9 @@ class _Table:
             raise self.error(key, str(e)) from None
         if seconds is None or seconds <= 0:
             raise self.error(key, f"must be a positive duration, got {value!r}")
+        if seconds < minimum:
+            # The windows hold 1-second buckets and the daemon ticks once a second.
+            raise self.error(key, f"must be at least {minimum:g}s (figures are kept per second), got {value!r}")
         return seconds
 
     def count(self, key: str, default: int | None) -> int | None:
@@ -262,9 +265,9 @@ def parse_rule(raw: Any, path: tuple, where: Locator) -> Rule | None:
         metric=metric,
         levels=levels,
         operator=op,
-        window_s=t.duration("window", "5m"),
+        window_s=t.duration("window", "5m", minimum=1.0),
         stat=t.choice("stat", STATS, "avg"),
-        interval_s=t.duration("interval", "1m"),
+        interval_s=t.duration("interval", "1m", minimum=1.0),
         trigger_m=m,
         trigger_n=n,
         recover_after=t.count("recover_after", 1),

@@ -28,6 +28,8 @@ def error_of(text: str) -> config.ConfigError:
 
 @pytest.mark.parametrize("line, want_key, want_text", [
     ('window = "5 minutes"', "alarm[1].window", "not a duration"),
+    ('window = "500ms"', "alarm[1].window", "at least 1s"),
+    ('interval = "0.5s"', "alarm[1].interval", "at least 1s"),
     ('stat = "median"', "alarm[1].stat", "must be one of"),
     ('operator = "=>"', "alarm[1].operator", "must be one of"),
     ("threshold = \"70\"", "alarm[1].threshold", "must be a number"),
