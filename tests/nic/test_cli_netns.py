@@ -2,6 +2,8 @@
 `ethtool -l` and the veth's real sysfs queue files as the independent readers."""
 import pytest
 
+pytestmark = pytest.mark.root  # network namespaces, ethtool -L
+
 TABLE = {2: "ecs.ga1.4xlarge", 3: "gn5-c8g1.8xlarge", 4: "ecs.gn4.14xlarge"}
 
 

@@ -4,6 +4,10 @@ interface deleted mid-run, and the instance type learnt from a metadata server."
 import sys
 import time
 
+import pytest
+
+pytestmark = pytest.mark.root  # network namespaces, ethtool -L
+
 
 def _config(mode: str, instance_type: str = "ecs.ga1.14xlarge", extra: str = "") -> str:
     return (f'[nic]\nmode = "{mode}"\ninstance_type = "{instance_type}"\ninterfaces = ["va"]\n'

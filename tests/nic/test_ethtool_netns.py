@@ -4,6 +4,8 @@ import errno
 
 import pytest
 
+pytestmark = pytest.mark.root  # network namespaces, ethtool -L
+
 
 def test_get_channels_matches_ethtool(netns):
     netns.veth("va", 4, current=3)

@@ -3,6 +3,8 @@ namespace), the interrupt and queue files a fixture tree the config points the r
 a veth has no interrupts of its own."""
 import pytest
 
+pytestmark = pytest.mark.root  # network namespaces, ethtool -L
+
 ROUTE = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
 
 
