@@ -148,7 +148,7 @@ class Spool:
         self._fd: int | None = None  # the newest segment, open for appending
         self._cursor = Position(0, 0)
         self._cursor_saved = Position(0, 0)
-        self._cursor_saved_at = 0.0
+        self._cursor_saved_at = float("-inf")  # the first acknowledgement is saved at once
         self.counters = {"appended_records": 0, "acked_records": 0, "dropped_records": 0,
                          "dropped_bytes": 0, "corrupt_records": 0, "torn_tails": 0,
                          "torn_bytes": 0}

@@ -1,0 +1,105 @@
+"""The SQLite store: exactly-once by (host, epoch, seq), rollups, retention, queries."""
+from __future__ import annotations
+
+from agent.collector.store import SQLiteStore, finite_problem
+from agent.proto import collector_pb2
+
+T0 = 1_699_999_980.0  # a round 10 s and 60 s boundary
+
+
+def _batch(host="h1", epoch=1, seq=1, ts=T0, value=1.0, gpu="0", metric="gpu_power_watts"):
+    b = collector_pb2.Batch(host_id=host, epoch=epoch, seq=seq)
+    b.labels["zone"] = "z1"
+    p = b.points.add(metric=metric, ts=ts, count=2, sum=2 * value, min=value - 1, max=value + 1, last=value)
+    p.labels["gpu"] = gpu
+    return b
+
+
+def test_a_replayed_batch_is_acknowledged_as_duplicate_and_not_stored_again(tmp_path):
+    store = SQLiteStore(tmp_path)
+    assert [r.duplicate for r in store.write([_batch(seq=1), _batch(seq=2, ts=T0 + 1)], T0)] == [False, False]
+    assert [r.duplicate for r in store.write([_batch(seq=2, ts=T0 + 1), _batch(seq=3, ts=T0 + 2)], T0)] == [True, False]
+    assert store.count_raw() == 3
+
+
+def test_duplicates_within_one_commit_group_are_caught(tmp_path):
+    store = SQLiteStore(tmp_path)
+    results = store.write([_batch(seq=5), _batch(seq=5)], T0)
+    assert [r.duplicate for r in results] == [False, True]
+    assert store.count_raw() == 1
+
+
+def test_dedup_survives_a_restart_and_is_per_host_and_epoch(tmp_path):
+    store = SQLiteStore(tmp_path)
+    store.write([_batch(seq=1)], T0)
+    store.close()
+    store = SQLiteStore(tmp_path)
+    results = store.write([_batch(seq=1), _batch(seq=1, epoch=2), _batch(seq=1, host="h2")], T0)
+    assert [r.duplicate for r in results] == [True, False, False]
+
+
+def test_rollups_keep_min_avg_max_per_10s_and_1m_also_for_late_points(tmp_path):
+    store = SQLiteStore(tmp_path)
+    store.write([_batch(seq=1, ts=T0 + 1, value=10), _batch(seq=2, ts=T0 + 2, value=20)], T0)
+    store.write([_batch(seq=3, ts=T0 + 15, value=30)], T0)
+    store.write([_batch(epoch=2, seq=1, ts=T0, value=40)], T0)  # a replay, late, older ts
+    res, series = store.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="10s")
+    assert res == "10s"
+    (s,) = series
+    assert s.labels == {"gpu": "0"}
+    by_ts = {p[0]: p for p in s.points}
+    ts, count, total, lo, hi, last = by_ts[T0]
+    assert (count, total / count, lo, hi, last) == (6, (10 + 20 + 40) / 3, 9, 41, 20)  # last = newest ts
+    assert by_ts[T0 + 10][1] == 2
+    (m,) = store.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="1m")[1]
+    assert [(p[1], p[3], p[4]) for p in m.points] == [(8, 9, 41)]
+
+
+def test_query_filters_by_host_and_labels(tmp_path):
+    store = SQLiteStore(tmp_path)
+    store.write([_batch(seq=1, gpu="0"), _batch(seq=2, gpu="1", ts=T0 + 1), _batch(host="h2", seq=1)], T0)
+    _, series = store.query("gpu_power_watts", host="h1", labels={"gpu": "1"}, start=T0 - 1, end=T0 + 5,
+                            resolution="raw")
+    assert [(s.host, s.labels["gpu"], len(s.points)) for s in series] == [("h1", "1", 1)]
+
+
+def test_retention_drops_whole_partitions(tmp_path):
+    store = SQLiteStore(tmp_path, retention={"raw": 3600})
+    store.write([_batch(seq=1, ts=T0), _batch(seq=2, ts=T0 + 3 * 3600)], T0)
+    done = store.cleanup(T0 + 3 * 3600 + 10)
+    assert [t for t in done["dropped_tables"] if t.startswith("raw_")] == [f"raw_{int(T0 // 3600)}"]
+    assert store.count_raw() == 1
+    # The rollups of the same hour stay (their retention is longer).
+    assert store.query("gpu_power_watts", start=T0, end=T0 + 10, resolution="10s")[1][0].points
+
+
+def test_agents_keep_the_latest_status(tmp_path):
+    store = SQLiteStore(tmp_path)
+    b = _batch(seq=1)
+    b.status.spool_backlog_records, b.status.dropped_records, b.status.health = 7, 3, "reconnecting"
+    b.nic_json = '{"eth0": {"queues": 4}}'
+    store.write([b], T0)
+    store.write([_batch(seq=2)], T0 + 1)
+    (a,) = store.agents()
+    assert (a["host"], a["last_seq"], a["labels"], a["nic"]) == ("h1", 2, {"zone": "z1"}, {"eth0": {"queues": 4}})
+
+
+def test_events_are_stored_and_found(tmp_path):
+    store = SQLiteStore(tmp_path)
+    b = _batch(seq=1)
+    b.events.add(kind="alarm", ts=T0, data_json='{"state": "firing"}').labels["gpu"] = "0"
+    store.write([b], T0)
+    assert store.events(T0 - 1, kinds=["alarm"]) == [
+        {"host": "h1", "ts": T0, "kind": "alarm", "labels": {"gpu": "0"}, "data": {"state": "firing"}}]
+
+
+def test_malformed_batches_are_named():
+    assert finite_problem(_batch()) is None
+    assert "host_id" in finite_problem(collector_pb2.Batch(epoch=1, seq=1))
+    assert "seq" in finite_problem(collector_pb2.Batch(host_id="h", epoch=1))
+    bad = _batch()
+    bad.points[0].max = float("inf")
+    assert "non-finite" in finite_problem(bad)
+    ev = _batch()
+    ev.events.add(kind="alarm", data_json="[1]")
+    assert "JSON object" in finite_problem(ev)
