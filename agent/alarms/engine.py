@@ -236,6 +236,8 @@ class Engine:
             known = self.series.setdefault(name, {})
             for item in data.get("series") or []:
                 labels = {str(k): str(v) for k, v in (item.get("labels") or {}).items()}
+                if not rule.scope.matches(labels):
+                    continue  # the rule's scope no longer covers this label set
                 s = Series(labels, rule.trigger_n)
                 s.state = item.get("state") if item.get("state") in ("ok", "pending", "alarm", "insufficient-data") else "insufficient-data"
                 s.severity = item.get("severity") if _level_index(rule, item.get("severity")) >= 0 else None

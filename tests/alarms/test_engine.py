@@ -1,7 +1,7 @@
 """The rule state machine on a virtual clock: one test per rule feature of issue 4."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from alarm_helpers import parse_rules, rule
 

@@ -89,3 +89,10 @@ def test_unreadable_state_is_moved_aside_and_reported(tmp_path):
     saved, note = store.load()
     assert saved == {} and "unreadable" in note
     assert store.path.with_suffix(".corrupt").exists() and not store.path.exists()
+
+
+def test_label_sets_outside_a_narrowed_scope_are_not_restored(clock, source, tmp_path):
+    fire(clock, source, tmp_path, rule("threshold = 70"))
+    engine = Engine([rule("threshold = 70\ngpus = [1]")], source, clock)
+    engine.restore(StateStore(tmp_path).load()[0])
+    assert [s["labels"] for s in engine.states()] == [{"gpu": "1"}]
