@@ -49,6 +49,7 @@ COMPONENTS: tuple[str, ...] = (
     "agent.nic.component:build",
     "agent.alarms.component:build",
     "agent.alarms.component:build_health",
+    "agent.stream.component:build",
 )
 
 log = logging.getLogger("egs-agent")
@@ -376,7 +377,11 @@ class Daemon:
 
     def _publish(self, now: float, events: list[Event]) -> None:
         snapshot = self.build_status(now)
-        text = json.dumps(snapshot, sort_keys=False, default=str, allow_nan=False)
+        try:
+            text = json.dumps(snapshot, default=str, allow_nan=False)
+        except ValueError:  # a NaN/inf somewhere (a component's figure): null it, as JSON has none
+            snapshot = _json_ready(snapshot)
+            text = json.dumps(snapshot, default=str, allow_nan=False)
         self._snapshot, self._snapshot_json = snapshot, text
         if self.hub is not None:
             self.hub.publish(now, events, text)
@@ -415,7 +420,7 @@ class Daemon:
                     status[slot.name] = value
             else:
                 status.setdefault(slot.name, {"state": slot.state, "error": slot.error})
-        return _json_ready(status)
+        return status
 
     def _host_status(self) -> dict:
         w = self.windows
