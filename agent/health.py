@@ -1,7 +1,7 @@
 """GPU health: ok, degraded, failed or lost, with the reasons and since when.
 
-The native core reports XID errors (NVML's event API on its own thread) and devices that
-stopped answering (GPU_IS_LOST) as `CoreEvent`s; this module turns them into a health state
+The native core reports XID errors (NVML's event API on its own thread), AMD SMI event
+notifications and devices that stopped answering (GPU_IS_LOST) as `CoreEvent`s; this module turns them into a health state
 per GPU, an `Event(kind="health")` on every change, and gauges the built-in alarm rules watch
 (`gpu_lost`, `gpu_xid_critical`).
 
@@ -44,6 +44,16 @@ XID_NAMES: dict[int, str] = {
     **{code: name for code, (_, name) in CRITICAL_XIDS.items()},
 }
 
+# AMD SMI event notifications (amdsmi_evt_notification_type_t) that say something about the
+# GPU's health; the others (process start/end, queue eviction, migration) are routine.
+AMD_EVENTS: dict[int, tuple[str, str]] = {
+    1: ("info", "VM fault"),
+    2: ("degraded", "thermal throttling"),
+    3: ("degraded", "GPU reset in progress"),
+    4: ("recovered", "GPU reset completed"),
+}
+AMD_PRE_RESET, AMD_POST_RESET = 3, 4
+
 GPU_LOST = register(Metric("gpu_lost", "boolean", "1 while the GPU does not answer its driver (lost), else 0."))
 GPU_XID_CRITICAL = register(Metric(
     "gpu_xid_critical", "boolean",
@@ -63,7 +73,7 @@ def classify_xid(code: int) -> tuple[str, str]:
 
 @dataclass
 class Reason:
-    kind: str  # "xid" | "lost"
+    kind: str  # "xid" | "amd" | "lost"
     effect: str  # "degraded" | "failed" | "lost"
     detail: str
     since: float
@@ -133,6 +143,8 @@ class Health:
                 out += self._xid(g, int(ev.code), ts, getattr(ev, "detail", "") or "")
             elif ev.kind == "lost":
                 out += self._lost(g, ts, getattr(ev, "detail", "") or "device stopped answering")
+            elif ev.kind == "amd" and int(ev.code) in AMD_EVENTS:
+                out += self._amd(g, int(ev.code), ts, getattr(ev, "detail", "") or "")
         for d in devices:
             g = self.gpus[d.index]
             lost = getattr(d, "state", "ok") == "lost"
@@ -145,7 +157,7 @@ class Health:
             lapsed = [k for k, r in g.reasons.items() if r.until is not None and r.until <= now]
             for k in lapsed:
                 r = g.reasons.pop(k)
-                out += self._settle(g, now, f"XID {r.code} lapsed: none for {self.hold_s:g}s")
+                out += self._settle(g, now, f"{r.detail} lapsed: none for {self.hold_s:g}s")
         return out
 
     def _xid(self, g: GpuHealth, code: int, ts: float, detail: str) -> list[Event]:
@@ -162,6 +174,25 @@ class Health:
             g.reasons[key] = Reason("xid", effect, f"XID {code}: {name}", ts, ts, code, 1, ts + self.hold_s)
         else:
             r.last_seen, r.count, r.until = ts, r.count + 1, ts + self.hold_s
+        previous = g.state
+        g.state = g.worst()
+        if g.state != previous:
+            g.since = ts
+        return [self._event(g, ts, previous, cause)]
+
+    def _amd(self, g: GpuHealth, code: int, ts: float, detail: str) -> list[Event]:
+        effect, name = AMD_EVENTS[code]
+        cause = {"kind": "amd", "code": code, "name": name, "effect": effect, "detail": detail}
+        if effect == "recovered":
+            g.reasons.pop(("amd", AMD_PRE_RESET), None)
+        elif effect != "info":
+            # Like an XID, it lapses after the hold unless repeated (or, for a reset, completed).
+            key = ("amd", code)
+            r = g.reasons.get(key)
+            if r is None:
+                g.reasons[key] = Reason("amd", effect, f"AMD event: {name}", ts, ts, code, 1, ts + self.hold_s)
+            else:
+                r.last_seen, r.count, r.until = ts, r.count + 1, ts + self.hold_s
         previous = g.state
         g.state = g.worst()
         if g.state != previous:

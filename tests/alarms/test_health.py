@@ -68,3 +68,14 @@ def test_lost_outranks_failed():
     h.observe([FakeCoreEvent("xid", 0, 79, T0)], [FakeDevice(0)], T0)
     events = h.observe([FakeCoreEvent("lost", 0, 15, T0 + 1)], [FakeDevice(0, state="lost")], T0 + 1)
     assert [(e.data["previous"], e.data["state"]) for e in events] == [("failed", "lost")]
+
+
+def test_amd_reset_degrades_until_completed_and_routine_events_are_ignored():
+    h = Health(hold_s=600)
+    devices = [FakeDevice(0, vendor="amd", name="AMD FirePro S7150")]
+    assert h.observe([FakeCoreEvent("amd", 0, 12, T0)], devices, T0) == []  # process start: routine
+    events = h.observe([FakeCoreEvent("amd", 0, 3, T0 + 1)], devices, T0 + 1)
+    assert [(e.data["state"], e.data["cause"]["name"]) for e in events] == [("degraded", "GPU reset in progress")]
+    events = h.observe([FakeCoreEvent("amd", 0, 4, T0 + 5)], devices, T0 + 5)
+    assert [(e.data["previous"], e.data["state"]) for e in events] == [("degraded", "ok")]
+    assert h.value("gpu_xid_critical", h.gpus[0]) == 0.0  # not an XID
