@@ -164,8 +164,10 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
     return EGS_OK;
 }
 
+/* Called with no thread of ours running; the lock keeps concurrent symbol queries out. */
 static void close_backends(struct egs_core *core)
 {
+    pthread_mutex_lock(&core->lock);
     for (int i = 0; i < EGS_NBACKENDS; i++) {
         struct egs_backend *b = &core->backends[i];
         if (b->close != NULL)
@@ -179,6 +181,7 @@ static void close_backends(struct egs_core *core)
         b->events = NULL;
         b->initialised = 0;
     }
+    pthread_mutex_unlock(&core->lock);
 }
 
 static void free_buffers(struct egs_core *core)
@@ -209,7 +212,9 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
         rc = EGS_E_STATE;
         goto out;
     }
-    /* The previous run's table stays readable after stop; a new run starts from scratch. */
+    /* The previous run's table stays readable after stop; a new run starts from scratch.
+     * The lock is held while the new table is built, so a concurrent query sees either the
+     * old run's description or the new one, never half of each. */
     pthread_mutex_lock(&core->lock);
     free_buffers(core);
     core->ev_head = core->ev_count = 0;
@@ -217,7 +222,6 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->ticks = core->late_ticks = core->reads = 0;
     core->thread_cpu_s = 0.0;
     core->have_sampler_clock = 0;
-    pthread_mutex_unlock(&core->lock);
 
     struct timespec real, mono;
     clock_gettime(CLOCK_REALTIME, &real);
@@ -229,8 +233,6 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
         memset(&b->info, 0, sizeof(b->info));
         b->info.state = EGS_BSTATE_UNAVAILABLE;
     }
-    /* Held while the table is built, so a concurrent query never sees it half made. */
-    pthread_mutex_lock(&core->lock);
     struct egs_backend *nv = &core->backends[EGS_BACKEND_NVIDIA];
     struct egs_backend *amd = &core->backends[EGS_BACKEND_AMD];
     egs_copy(nv->info.library, EGS_TEXT, core->nvml_path);
@@ -261,11 +263,11 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
         goto fail_locked;
     }
     acc_reset(core->acc, nacc);
+    core->start_mono = egs_now_mono();
+    core->stop_mono = 0.0;
     pthread_mutex_unlock(&core->lock);
 
     atomic_store(&core->stop, 0);
-    core->start_mono = egs_now_mono();
-    core->stop_mono = 0.0;
     if (pthread_create(&core->sampler, NULL, sampler_main, core) != 0) {
         rc = EGS_E_THREAD;
         goto fail;
@@ -540,14 +542,17 @@ EGS_EXPORT int egs_backend_symbol(struct egs_core *core, int backend, unsigned i
 {
     if (core == NULL || out == NULL || backend < 0 || backend >= EGS_NBACKENDS)
         return EGS_E_INVALID;
+    int rc = EGS_OK;
     struct egs_backend *b = &core->backends[backend];
-    if (b->roles == NULL || i >= b->nroles)
-        return EGS_E_INVALID;
     pthread_mutex_lock(&core->lock);
-    egs_copy(out->role, sizeof(out->role), b->roles[i].role);
-    egs_copy(out->symbol, sizeof(out->symbol), b->roles[i].symbol);
+    if (b->roles == NULL || i >= b->nroles) {
+        rc = EGS_E_INVALID;
+    } else {
+        egs_copy(out->role, sizeof(out->role), b->roles[i].role);
+        egs_copy(out->symbol, sizeof(out->symbol), b->roles[i].symbol);
+    }
     pthread_mutex_unlock(&core->lock);
-    return EGS_OK;
+    return rc;
 }
 
 EGS_EXPORT int egs_device_count(struct egs_core *core, unsigned int *n)
