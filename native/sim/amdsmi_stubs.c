@@ -667,12 +667,6 @@ SIM_EXPORT uint32_t amdsmi_set_gpu_accelerator_partition_profile(void *a0, uint3
     return AMDSMI_STATUS_NOT_SUPPORTED;
 }
 
-SIM_EXPORT uint32_t amdsmi_get_gpu_driver_info(void *a0, void *a1)
-{
-    (void)a0; (void)a1;
-    return AMDSMI_STATUS_NOT_SUPPORTED;
-}
-
 SIM_EXPORT uint32_t amdsmi_get_gpu_kfd_info(void *a0, void *a1)
 {
     (void)a0; (void)a1;

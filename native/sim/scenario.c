@@ -549,12 +549,12 @@ static int sim_key(struct parser *p, struct sim_scenario *s, struct state *st, c
                    const struct value *v)
 {
     static const char *const keys[] = {"init_error", "call_latency_us", "driver_version",
-                                       "amd_init_error", NULL};
+                                       "amd_init_error", "amd_driver_version", NULL};
     int idx = key_index(keys, key);
     long long n;
     if (idx < 0)
         return fail(p, "unknown key '%s' in [sim] (init_error, amd_init_error, call_latency_us, "
-                       "driver_version)", key);
+                       "driver_version, amd_driver_version)", key);
     if (mark_seen(p, &st->seen, idx, key))
         return -1;
     switch (idx) {
@@ -570,6 +570,8 @@ static int sim_key(struct parser *p, struct sim_scenario *s, struct state *st, c
         return 0;
     case 2:
         return want_str(p, key, v, s->driver_version, sizeof s->driver_version);
+    case 4:
+        return want_str(p, key, v, s->amd_driver_version, sizeof s->amd_driver_version);
     default:
         if (want_int(p, key, v, 0, 1e6, &n))
             return -1;
@@ -907,6 +909,7 @@ static void scenario_init(struct sim_scenario *s, const char *path)
     memset(s, 0, sizeof *s);
     snprintf(s->path, sizeof s->path, "%s", path);
     snprintf(s->driver_version, sizeof s->driver_version, "%s", "535.154.05");
+    snprintf(s->amd_driver_version, sizeof s->amd_driver_version, "%s", "6.10.5");
 }
 
 int sim_scenario_load(const char *path, struct sim_scenario *out, char *err, size_t errlen)

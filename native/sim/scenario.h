@@ -90,7 +90,8 @@ struct sim_scenario {
     int amd_init_error;     /* code amdsmi_init returns, when amd_init_error_set */
     int amd_init_error_set;
     long call_latency_us;   /* every device query sleeps this long */
-    char driver_version[80];
+    char driver_version[80];     /* NVIDIA driver (nvmlSystemGetDriverVersion) */
+    char amd_driver_version[80]; /* amdgpu module (amdsmi_get_gpu_driver_info) */
     int ngpus;
     struct sim_gpu gpus[SIM_MAX_GPUS];
 };

@@ -64,6 +64,8 @@ static void json_scenario(const struct sim_scenario *s)
         printf("null");
     printf(", \"call_latency_us\": %ld, \"driver_version\": ", s->call_latency_us);
     json_string(s->driver_version);
+    printf(", \"amd_driver_version\": ");
+    json_string(s->amd_driver_version);
     printf(", \"gpus\": [");
     for (int i = 0; i < s->ngpus; i++) {
         const struct sim_gpu *g = &s->gpus[i];

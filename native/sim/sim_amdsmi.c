@@ -122,6 +122,12 @@ typedef struct {
 } amdsmi_clk_info_t;
 
 typedef struct {
+    char driver_version[256];
+    char driver_date[256];
+    char driver_name[256];
+} amdsmi_driver_info_t;
+
+typedef struct {
     void *processor_handle;
     uint32_t event;
     char message[256];
@@ -442,6 +448,21 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_vendor_name(void *h, char *name, size_
     if (len == 0)
         return end_query(AMDSMI_STATUS_INVAL);
     snprintf(name, len, "%s", "Advanced Micro Devices, Inc. [AMD/ATI]");
+    return end_query(AMDSMI_STATUS_SUCCESS);
+}
+
+SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_driver_info(void *h, amdsmi_driver_info_t *info)
+{
+    struct amd_dev *d;
+    double t;
+    amdsmi_status_t rc = begin_query(h, info, &d, &t);
+    if (rc != AMDSMI_STATUS_SUCCESS)
+        return rc;
+    memset(info, 0, sizeof *info);
+    /* The amdgpu kernel module's version and date, as the real call reports them. */
+    snprintf(info->driver_version, sizeof info->driver_version, "%s", g_scn.amd_driver_version);
+    snprintf(info->driver_date, sizeof info->driver_date, "%s", "2015/01/01 00:00");
+    snprintf(info->driver_name, sizeof info->driver_name, "%s", "amdgpu");
     return end_query(AMDSMI_STATUS_SUCCESS);
 }
 

@@ -48,6 +48,7 @@ def test_amdsmi_imports_and_reads_the_constant_scenario(run_reader):
                 "gfx": A.amdsmi_get_clock_info(h, A.AmdSmiClkType.GFX)["clk"],
                 "mem": A.amdsmi_get_clock_info(h, A.AmdSmiClkType.MEM)["clk"],
                 "energy": A.amdsmi_get_energy_count(h),
+                "driver": A.amdsmi_get_gpu_driver_info(h),
             })
         A.amdsmi_shut_down()
         print(json.dumps(res))
@@ -68,6 +69,9 @@ def test_amdsmi_imports_and_reads_the_constant_scenario(run_reader):
     assert got["power"]["socket_power"] == f["power"]
     assert got["power"]["current_socket_power"] == f["power"]
     assert (got["gfx"], got["mem"]) == (f["sm_clock"], f["memory_clock"])
+    assert got["driver"]["driver_name"] == "amdgpu"
+    with open(sim_paths.scenario("constant"), "rb") as fh:
+        assert got["driver"]["driver_version"] == tomllib.load(fh)["sim"]["amd_driver_version"]
     energy_j = got["energy"]["energy_accumulator"] * got["energy"]["counter_resolution"] / 1e6
     assert energy_j == pytest.approx(f["energy"], rel=1e-6)
 

@@ -60,7 +60,8 @@ def reference(doc: dict) -> dict:
         })
     return {"init_error": sim.get("init_error", 0), "amd_init_error": sim.get("amd_init_error"),
             "call_latency_us": sim.get("call_latency_us", 0),
-            "driver_version": sim.get("driver_version", "535.154.05"), "gpus": gpus}
+            "driver_version": sim.get("driver_version", "535.154.05"),
+            "amd_driver_version": sim.get("amd_driver_version", "6.10.5"), "gpus": gpus}
 
 
 def parsed(checker, path) -> dict:
