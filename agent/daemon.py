@@ -400,7 +400,7 @@ class Daemon:
             "simulated": self.simulated,
             "agent": {"version": __version__, "host_id": self.host_id, "pid": os.getpid(),
                       "config": self.config_path, "uptime_s": round(now - self.started_at, 1),
-                      "ticks": self._ticks, "tick_cpu_avg_ms": round(1000 * self._tick_seconds / self._ticks, 3)
+                      "ticks": self._ticks, "tick_avg_ms": round(1000 * self._tick_seconds / self._ticks, 3)
                       if self._ticks else None, "windows": self.windows.stats(),
                       "labels": dict(self.cfg.agent.labels)},
             "host": self._host_status(),

@@ -32,7 +32,9 @@ STATS = ("avg", "min", "max", "last", "count")
 
 
 def labels_key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+    # Label keys and values are strings by contract (Sample.labels), so no conversion here:
+    # this runs for every sample of every tick.
+    return tuple(sorted(labels.items()))
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,7 @@ class Windows:
 
     # --- writing --------------------------------------------------------------------------
     def add(self, sample: Sample) -> None:
-        if sample.count <= 0:
+        if sample.count <= 0 or sample.sum != sample.sum:  # no samples, or NaN: no data
             return
         sec = int(math.floor(sample.ts))
         key = (sample.metric, labels_key(sample.labels))
