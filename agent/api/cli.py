@@ -267,7 +267,19 @@ def _alarm_summary(alarms) -> str:
     firing = [a for a in alarms if isinstance(a, dict) and a.get("state") in ("alarm", "firing")]
     if not firing:
         return f"none firing ({len(alarms)} rule states)"
-    return "; ".join(f"{a.get('rule') or a.get('name', '?')} {a.get('labels', '')}".strip() for a in firing)
+    def where(labels) -> str:
+        if not isinstance(labels, dict):
+            return str(labels or "")
+        if "gpu" in labels:
+            return f"GPU {labels['gpu']}"
+        return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+    parts = []
+    for a in firing:
+        text = f"{a.get('rule') or a.get('name', '?')} {where(a.get('labels'))}".strip()
+        extra = " ".join(str(x) for x in (a.get("severity"), _num(a.get("value")) if a.get("value") is not None else None) if x)
+        parts.append(f"{text} ({extra})" if extra else text)
+    return "FIRING " + "; ".join(parts)
 
 
 def _nic_summary(nic) -> str:
