@@ -326,10 +326,12 @@ class Daemon:
         self._stopped = True
         sd_notify("STOPPING=1", self.env)
         log.info("stopping")
-        if self.api is not None:
-            self.api.stop(grace=1.0)
+        # Watch streams end first (their subscriptions close), so the server's grace period
+        # is not spent waiting on them.
         if self.hub is not None:
             self.hub.close()
+        if self.api is not None:
+            self.api.stop(grace=1.0)
         for slot in reversed(self.slots):
             if slot.state == "ok":
                 slot.call("stop")
