@@ -126,6 +126,8 @@ static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
     [R_EVENT_STOP] = {"event_stop", {"amdsmi_stop_gpu_event_notification"}},
 };
 
+_Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
+
 struct am_lib {
     struct egs_role roles[R_COUNT_ROLES];
     int events_on;                  /* devices with notification initialised */

@@ -63,7 +63,7 @@ int egs_stopping(struct egs_core *core)
  * symbol is reported (empty symbol name) and its fields become unsupported, never a crash. */
 void egs_resolve(struct egs_backend *b)
 {
-    for (unsigned int i = 0; i < b->nroles; i++) {
+    for (unsigned int i = 0; i < b->nroles && i < EGS_MAX_ROLES; i++) {
         struct egs_role *r = &b->roles[i];
         r->fn = NULL;
         r->symbol = NULL;
@@ -75,8 +75,10 @@ void egs_resolve(struct egs_backend *b)
                 break;
             }
         }
+        egs_copy(b->resolved[i].role, sizeof(b->resolved[i].role), r->role);
+        egs_copy(b->resolved[i].symbol, sizeof(b->resolved[i].symbol), r->symbol);
+        b->info.nsymbols = i + 1;
     }
-    b->info.nsymbols = b->nroles;
 }
 
 struct egs_dev *egs_add_device(struct egs_core *core, struct egs_backend *b)
@@ -545,12 +547,10 @@ EGS_EXPORT int egs_backend_symbol(struct egs_core *core, int backend, unsigned i
     int rc = EGS_OK;
     struct egs_backend *b = &core->backends[backend];
     pthread_mutex_lock(&core->lock);
-    if (b->roles == NULL || i >= b->nroles) {
+    if (i >= b->info.nsymbols)
         rc = EGS_E_INVALID;
-    } else {
-        egs_copy(out->role, sizeof(out->role), b->roles[i].role);
-        egs_copy(out->symbol, sizeof(out->symbol), b->roles[i].symbol);
-    }
+    else
+        *out = b->resolved[i];
     pthread_mutex_unlock(&core->lock);
     return rc;
 }

@@ -69,6 +69,8 @@ struct egs_backend {
     void *impl;                     /* the vendor file's own state */
     struct egs_role *roles;         /* the vendor file's symbol table */
     unsigned int nroles;
+    /* What egs_resolve found, kept after stop so it can still be reported. */
+    struct egs_symbol_info resolved[EGS_MAX_ROLES];
     int initialised;                /* the vendor init succeeded: shut down on close */
     void *events;                   /* vendor event state, NULL when events are not available */
     /* Vendor operations. */

@@ -131,6 +131,8 @@ static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
     [R_EVENT_SET_FREE] = {"event_set_free", {"nvmlEventSetFree"}},
 };
 
+_Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
+
 /* Per-backend state: the table (its role order is the enum above) and the event set. */
 struct nv_lib {
     struct egs_role roles[R_COUNT_ROLES];

@@ -24,7 +24,11 @@ def test_start_stop_repeated_many_times(make_core):
         core.stop()
         assert not core.running()
     core.stop()  # idempotent
-    assert core.backends["nvidia"].state == "ok"  # descriptions stay readable after stop
+    # Descriptions stay readable after stop.
+    assert core.backends["nvidia"].state == "ok"
+    assert core.backends["nvidia"].symbols["temperature"] == "nvmlDeviceGetTemperatureV"
+    assert [d.uuid for d in core.devices()] == [
+        "GPU-8f1c2d3e-0000-4000-8000-000000000001", "GPU-8f1c2d3e-0000-4000-8000-000000000002"]
 
 
 def test_concurrent_stops_are_safe_and_prompt_at_low_rate(make_core):
