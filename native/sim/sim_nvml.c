@@ -77,10 +77,16 @@ enum {
     NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION = 83,
     NVML_FI_DEV_POWER_AVERAGE = 185,
     NVML_FI_DEV_POWER_INSTANT = 186,
+    NVML_FI_MAX = 308, /* one past the largest field id of nvml.h API 13 */
 };
 
 #define NVML_EVENT_TYPE_XID_CRITICAL_ERROR 0x8ULL
-#define SUPPORTED_EVENT_TYPES NVML_EVENT_TYPE_XID_CRITICAL_ERROR
+/*
+ * Every event type nvml.h (API 13) defines (nvmlEventTypeAll, 0xff9f). Sets may register for
+ * any of them, as on a real H100 (driver 580.159.04); other bits get NOT_SUPPORTED. Only XID
+ * events are ever raised by the simulator.
+ */
+#define SUPPORTED_EVENT_TYPES 0xff9fULL
 #define NVML_NO_INSTANCE 0xFFFFFFFFu
 
 /* PCI ids of a Tesla P100-PCIE-16GB, as NVML packs them: device << 16 | vendor. */
@@ -454,7 +460,27 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDe
 }
 #endif
 
-/* Finds a device whose identity string (picked by `which`) equals `key`. */
+/*
+ * Reads a PCI address the way the driver accepts it: "domain:bus:device.function" with any
+ * number of domain digits, or "bus:device.function" for domain 0, hex in either case.
+ */
+static int parse_bus_id(const char *s, unsigned int v[4])
+{
+    char tail;
+    if (sscanf(s, "%x:%x:%x.%x%c", &v[0], &v[1], &v[2], &v[3], &tail) == 4)
+        return 0;
+    v[0] = 0;
+    return sscanf(s, "%x:%x.%x%c", &v[1], &v[2], &v[3], &tail) == 3 ? 0 : -1;
+}
+
+static int same_bus_id(const struct sim_gpu *g, const char *key)
+{
+    unsigned int v[4];
+    return parse_bus_id(key, v) == 0 && v[0] == g->pci_domain && v[1] == g->pci_bus &&
+           v[2] == g->pci_device && v[3] == g->pci_function;
+}
+
+/* Finds a device by UUID (which == 0) or PCI address (which == 1). */
 static nvmlReturn_t handle_by(const char *key, int which, nvmlDevice_t *device)
 {
     nvmlReturn_t rc = lock_initialized();
@@ -464,7 +490,7 @@ static nvmlReturn_t handle_by(const char *key, int which, nvmlDevice_t *device)
         return end_query(NVML_ERROR_INVALID_ARGUMENT);
     for (unsigned int i = 0; i < g_ndevs; i++) {
         const struct sim_gpu *g = g_devs[i].gpu;
-        int match = which == 0 ? strcmp(g->uuid, key) == 0 : strcasecmp(g->pci_bus_id, key) == 0;
+        int match = which == 0 ? strcmp(g->uuid, key) == 0 : same_bus_id(g, key);
         if (!match)
             continue;
         if (sim_gpu_lost(g, scenario_time()))
@@ -633,8 +659,10 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2
     nvmlReturn_t rc;
     if (!mem)
         return NVML_ERROR_INVALID_ARGUMENT;
+    /* Driver 580.159.04 (H100) answers any other version word here with FUNCTION_NOT_FOUND,
+     * where nvmlDeviceGetTemperatureV says ARGUMENT_VERSION_MISMATCH; imitated as observed. */
     if (mem->version != NVML_MEMORY_V2)
-        return NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
+        return NVML_ERROR_FUNCTION_NOT_FOUND;
     rc = memory_bytes(d, mem, &total, &used);
     if (rc != NVML_SUCCESS)
         return rc;
@@ -661,15 +689,15 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigne
         return read_uint(d, SIM_F_SM_CLOCK, 1.0, mhz);
     case NVML_CLOCK_MEM:
         return read_uint(d, SIM_F_MEMORY_CLOCK, 1.0, mhz);
-    case NVML_CLOCK_VIDEO: {
-        /* The scenario has no video clock; validate the handle before saying so. */
+    case NVML_CLOCK_VIDEO:
+    default: {
+        /* The scenario has no video clock, and a real driver answers NOT_SUPPORTED (not
+         * INVALID_ARGUMENT) to clock types it does not know; validate the handle first. */
         const struct sim_gpu *g;
         double t;
         nvmlReturn_t rc = begin_query(d, mhz, &g, &t);
         return rc != NVML_SUCCESS ? rc : end_query(NVML_ERROR_NOT_SUPPORTED);
     }
-    default:
-        return NVML_ERROR_INVALID_ARGUMENT;
     }
 }
 
@@ -783,8 +811,12 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvml
             fv->nvmlReturn = NVML_SUCCESS;
             break;
         default:
+            /* A real driver (580.159.04, H100) calls id 0 and ids past the last defined one
+             * invalid, and a defined field the device lacks not supported. */
             fv->valueType = NVML_VALUE_TYPE_DOUBLE;
-            fv->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+            fv->nvmlReturn = fv->fieldId == 0 || fv->fieldId >= NVML_FI_MAX
+                                 ? NVML_ERROR_INVALID_ARGUMENT
+                                 : NVML_ERROR_NOT_SUPPORTED;
             break;
         }
     }

@@ -94,7 +94,7 @@ static void *sampler(void *arg)
             unsigned int u;
             unsigned long long e;
             char name[96];
-            fv_t fv[2] = {{.field = 186}, {.field = 999}};
+            fv_t fv[2] = {{.field = 186}, {.field = 184}}; /* 184: defined, not simulated */
             int rc;
             if ((rc = nvmlDeviceGetTemperature(nv[i], 0, &u)) && rc != 15)
                 bad("nvmlDeviceGetTemperature", rc);
