@@ -114,7 +114,7 @@ class Committer:
             else:
                 self.stats["batches"] += 1
                 self.stats["points"] += res.points
-                stored.append(batch)
+                stored.append((batch, res.series))
             self.loop.call_soon_threadsafe(_resolve, fut, res.duplicate)
         if stored:
             self.loop.call_soon_threadsafe(self.hub.publish, stored, received)

@@ -20,11 +20,7 @@ from typing import Iterable
 
 from agent.proto import collector_pb2
 
-Key = tuple  # (host, metric, labels tuple)
-
-
-def point_key(host: str, point) -> Key:
-    return (host, point.metric, tuple(sorted(point.labels.items())))
+Key = int  # a series id: one per (host, metric, labels)
 
 
 class Subscription:
@@ -118,13 +114,14 @@ class Hub:
     def remove(self, sub: Subscription) -> None:
         self.subscriptions.discard(sub)
 
-    def publish(self, batches: Iterable, received: float) -> None:
-        """Stored (not duplicate) batches, in commit order."""
-        for batch in batches:
+    def publish(self, stored: Iterable[tuple], received: float) -> None:
+        """Stored (not duplicate) batches in commit order, each with its points' series ids
+        (the store's; any key naming a series once will do)."""
+        latest = self.latest
+        for batch, series in stored:
             host = batch.host_id
-            keyed = [(point_key(host, p), p) for p in batch.points]
-            self.batch_labels[host] = dict(batch.labels)
-            latest = self.latest
+            keyed = list(zip(series, batch.points))
+            self.batch_labels[host] = batch.labels
             for key, point in keyed:
                 old = latest.get(key)
                 if old is None or old[1].ts <= point.ts:

@@ -165,16 +165,12 @@ class CollectorProc:
                 self.proc.wait(5)
 
     def stored_markers(self, host: str = "") -> list[int]:
-        """The `marker` values of every per-second point stored (one per spooled batch)."""
-        import sqlite3
-        db = sqlite3.connect(self.data / "collector.db")
-        try:
-            tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name GLOB 'raw_*'")]
-            sql = " UNION ALL ".join(f"SELECT r.last FROM {t} r JOIN series s ON s.id = r.series "
-                                     "WHERE s.metric = 'test_marker' AND (? = '' OR s.host = ?)" for t in tables)
-            return sorted(int(v) for (v,) in db.execute(sql, [host, host] * len(tables))) if tables else []
-        finally:
-            db.close()
+        """The `test_marker` values of every per-second point stored (one per spooled batch)."""
+        from agent.collector.store import raw_points
+        db = self.data / "collector.db"
+        if not db.exists():
+            return []
+        return sorted(int(p.last) for _, p in raw_points(db, "test_marker", host))
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -19,10 +18,8 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def _stored_metrics(db: Path, host: str) -> set[str]:
-    if not db.exists():
-        return set()
-    with sqlite3.connect(db) as c:
-        return {m for (m,) in c.execute("SELECT DISTINCT metric FROM series WHERE host = ?", (host,))}
+    from agent.collector.store import raw_points
+    return {p.metric for _, p in raw_points(db, None, host)} if db.exists() else set()
 
 
 def test_daemon_buckets_reach_the_collector(collector_factory, wait):

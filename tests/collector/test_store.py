@@ -39,7 +39,7 @@ def test_dedup_survives_a_restart_and_is_per_host_and_epoch(tmp_path):
 
 
 def test_rollups_keep_min_avg_max_per_10s_and_1m_also_for_late_points(tmp_path):
-    store = SQLiteStore(tmp_path)
+    store = SQLiteStore(tmp_path, flush_interval=0)
     store.write([_batch(seq=1, ts=T0 + 1, value=10), _batch(seq=2, ts=T0 + 2, value=20)], T0)
     store.write([_batch(seq=3, ts=T0 + 15, value=30)], T0)
     store.write([_batch(epoch=2, seq=1, ts=T0, value=40)], T0)  # a replay, late, older ts
@@ -55,6 +55,28 @@ def test_rollups_keep_min_avg_max_per_10s_and_1m_also_for_late_points(tmp_path):
     assert [(p[1], p[3], p[4]) for p in m.points] == [(8, 9, 41)]
 
 
+def test_rollups_lost_in_a_crash_are_rebuilt_once_from_the_stored_batches(tmp_path):
+    store = SQLiteStore(tmp_path, flush_interval=3600)
+    store.write([_batch(seq=1, ts=T0 + 1, value=10)], T0)
+    store.flush()
+    store.write([_batch(seq=2, ts=T0 + 2, value=20), _batch(seq=3, ts=T0 + 3, value=30)], T0)
+    # The process dies here: seq 2 and 3 are committed, their rollups only in memory.
+    after = SQLiteStore(tmp_path, flush_interval=0)
+    assert after.recovered == 2
+    (s,) = after.query("gpu_power_watts", start=T0, end=T0 + 9, resolution="10s")[1]
+    assert [(p[1], p[2] / p[1], p[5]) for p in s.points] == [(6, 20.0, 30)]
+    again = SQLiteStore(tmp_path, flush_interval=0)  # a second restart folds nothing twice
+    assert again.recovered == 0
+    assert again.query("gpu_power_watts", start=T0, end=T0 + 9, resolution="10s")[1][0].points[0][1] == 6
+
+
+def test_raw_resolution_gives_every_point(tmp_path):
+    store = SQLiteStore(tmp_path)
+    store.write([_batch(seq=i, ts=T0 + i, value=i) for i in range(1, 6)], T0)
+    (s,) = store.query("gpu_power_watts", start=T0, end=T0 + 60, resolution="raw")[1]
+    assert [(p[0], p[5]) for p in s.points] == [(T0 + i, i) for i in range(1, 6)]
+
+
 def test_query_filters_by_host_and_labels(tmp_path):
     store = SQLiteStore(tmp_path)
     store.write([_batch(seq=1, gpu="0"), _batch(seq=2, gpu="1", ts=T0 + 1), _batch(host="h2", seq=1)], T0)
@@ -64,7 +86,7 @@ def test_query_filters_by_host_and_labels(tmp_path):
 
 
 def test_retention_drops_whole_partitions(tmp_path):
-    store = SQLiteStore(tmp_path, retention={"raw": 3600})
+    store = SQLiteStore(tmp_path, retention={"raw": 3600}, flush_interval=0)
     store.write([_batch(seq=1, ts=T0), _batch(seq=2, ts=T0 + 3 * 3600)], T0)
     done = store.cleanup(T0 + 3 * 3600 + 10)
     assert [t for t in done["dropped_tables"] if t.startswith("raw_")] == [f"raw_{int(T0 // 3600)}"]
