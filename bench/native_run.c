@@ -96,7 +96,7 @@ int main(int argc, char **argv)
             const struct egs_stats *s = &stats[k];
             if (s->device != d || s->count == 0)
                 continue;
-            printf("%s\"%s\": {\"count\": %llu, \"mean\": %.6g, \"min\": %.6g, \"max\": %.6g, \"last\": %.6g, "
+            printf("%s\"%s\": {\"count\": %llu, \"mean\": %.10g, \"min\": %.10g, \"max\": %.10g, \"last\": %.10g, "
                    "\"errors\": %llu}", first ? "" : ", ", FIELD[s->field], s->count, s->sum / (double)s->count,
                    s->min, s->max, s->last, s->errors);
             first = 0;
