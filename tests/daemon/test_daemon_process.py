@@ -11,7 +11,11 @@ import time
 import pytest
 
 import sim_paths
-from daemon_helpers import ROOT, agent_env, cli, write_config
+from daemon_helpers import PYTHON, ROOT, agent_env, cli, write_config
+
+
+def cli_argv(*args):
+    return [PYTHON, "-m", "agent.cli", *args]
 
 
 def sim_env(scenario: str, **extra):
@@ -37,6 +41,11 @@ def test_cli_says_in_one_line_that_the_daemon_is_not_running_and_exits_1(short_d
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, result.stderr
         assert "not running" in lines[0] and sock in lines[0] and "egs-agent run" in lines[0]
+    # --socket after the verb, and $EGS_SOCKET, name the same socket
+    after = cli("status", "--socket", sock)
+    assert after.returncode == 1 and sock in after.stderr
+    via_env = cli("status", env=agent_env(EGS_SOCKET=sock))
+    assert via_env.returncode == 1 and sock in via_env.stderr
 
 
 def test_cli_against_a_daemon_on_the_simulated_demo_scenario(short_dir, start_daemon, sim_out):
@@ -180,3 +189,17 @@ def test_runs_as_a_non_root_user(short_dir, start_daemon):
     assert doc["host"]["memory_used_percent"] is not None
     assert (short_dir / "state").stat().st_uid == 65534
     assert d.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the CLI as another user")
+def test_a_user_outside_the_socket_group_is_told_permission_denied(short_dir, start_daemon):
+    config = write_config(short_dir, "[gpu]\nenabled = false\n")
+    sock = short_dir / "agent.sock"
+    start_daemon(config, sock)  # root:root, mode 0660
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                             "--inh-caps=-all", "--bounding-set=-all",
+                             *cli_argv("--socket", str(sock), "status")],
+                            cwd=ROOT, env=agent_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "permission denied" in result.stderr and str(sock) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
