@@ -408,12 +408,12 @@ static void fold_tick(struct egs_core *core, const struct egs_tick *ticks, doubl
     }
 }
 
-static void add_seconds(struct timespec *t, double s)
+/* Whole nanoseconds, so a deadline grid never drifts by rounding. */
+static void add_ns(struct timespec *t, long long ns)
 {
-    double whole = floor(s);
-    t->tv_sec += (time_t)whole;
-    t->tv_nsec += (long)((s - whole) * 1e9);
-    while (t->tv_nsec >= 1000000000L) {
+    t->tv_sec += (time_t)(ns / 1000000000LL);
+    t->tv_nsec += (long)(ns % 1000000000LL);
+    if (t->tv_nsec >= 1000000000L) {
         t->tv_sec++;
         t->tv_nsec -= 1000000000L;
     }
@@ -427,8 +427,8 @@ static double ts_diff(const struct timespec *a, const struct timespec *b)
 static void *sampler_main(void *arg)
 {
     struct egs_core *core = arg;
-    const double period = 1.0 / core->cfg.hz;
-    const long long period_ns = (long long)(1e9 / core->cfg.hz);
+    const long long period_ns = (long long)llround(1e9 / core->cfg.hz);
+    const long long max_sleep_ns = (long long)(EGS_MAX_SLEEP_S * 1e9);
     struct egs_tick *ticks = calloc(core->ndevs ? core->ndevs : 1, sizeof(*ticks));
     struct timespec deadline, now;
 
@@ -472,7 +472,7 @@ static void *sampler_main(void *arg)
 
         /* Next deadline on the fixed grid; ticks we are already past are skipped and counted,
          * rather than run back to back, so a stall does not turn into a burst of reads. */
-        add_seconds(&deadline, period);
+        add_ns(&deadline, period_ns);
         clock_gettime(CLOCK_MONOTONIC, &now);
         double behind = ts_diff(&now, &deadline);
         if (behind > 0) {
@@ -480,7 +480,7 @@ static void *sampler_main(void *arg)
             pthread_mutex_lock(&core->lock);
             core->late_ticks += (unsigned long long)skip;
             pthread_mutex_unlock(&core->lock);
-            add_seconds(&deadline, (double)skip * period);
+            add_ns(&deadline, skip * period_ns);
         }
         /* Sleep to the deadline in slices of at most EGS_MAX_SLEEP_S so stop stays prompt. */
         for (;;) {
@@ -488,7 +488,7 @@ static void *sampler_main(void *arg)
             clock_gettime(CLOCK_MONOTONIC, &now);
             if (ts_diff(&deadline, &now) > EGS_MAX_SLEEP_S) {
                 wake = now;
-                add_seconds(&wake, EGS_MAX_SLEEP_S);
+                add_ns(&wake, max_sleep_ns);
             }
             while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &wake, NULL) == EINTR)
                 ;

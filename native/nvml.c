@@ -402,8 +402,8 @@ static void nv_close(struct egs_backend *b)
     b->nroles = 0;
 }
 
-static void nv_enumerate_one(struct egs_core *core, struct egs_backend *b, struct nv_lib *lib,
-                             struct egs_dev *d, unsigned int i, nv_device h, unsigned int missing)
+static void nv_describe(const struct nv_lib *lib, struct egs_dev *d, unsigned int i, nv_device h,
+                        unsigned int missing)
 {
     d->handle = h;
     d->info.vendor_index = i;
@@ -425,8 +425,6 @@ static void nv_enumerate_one(struct egs_core *core, struct egs_backend *b, struc
     if (!d->power_via_fields && lib->roles[R_POWER].fn == NULL)
         d->unsupported |= 1u << EGS_F_POWER;
     d->info.unsupported = d->unsupported;
-    (void)core;
-    (void)b;
 }
 
 int egs_nvml_open(struct egs_core *core, struct egs_backend *b)
@@ -506,7 +504,7 @@ int egs_nvml_open(struct egs_core *core, struct egs_backend *b)
                      nv_error(lib, rc, msg, sizeof(msg)));
             continue;
         }
-        nv_enumerate_one(core, b, lib, d, i, h, missing);
+        nv_describe(lib, d, i, h, missing);
     }
     b->read = nv_read;
     b->info.state = EGS_BSTATE_OK;
