@@ -458,6 +458,9 @@ class Daemon:
 
     def _log_gpu_backends(self, gpu) -> None:
         backends = gpu.backend_status()
+        if gpu.status.state == "disabled":
+            log.info("GPU sampling switched off (gpu.enabled = false); running on host metrics alone")
+            return
         if not backends or all(b.get("state") != "ok" for b in backends.values()):
             reasons = "; ".join(f"{k}: {v.get('detail')}" for k, v in backends.items()) or "GPUs disabled"
             log.warning("no GPU library found (%s); running on host metrics alone", reasons)
