@@ -297,6 +297,22 @@ SIM_EXPORT const char *nvmlErrorString(nvmlReturn_t result)
     }
 }
 
+/*
+ * Not part of the vendor API: marks this library as the simulator, so a tool or test can
+ * tell it from a real driver with dlsym (once loaded by path, it also answers a later
+ * dlopen of the plain soname in the same process). Returns the scenario in use, "(built-in)",
+ * or NULL before a successful init.
+ */
+SIM_EXPORT const char *egs_sim_nvml_scenario(void)
+{
+    const char *path = NULL;
+    pthread_rwlock_rdlock(&g_lock);
+    if (g_refcount > 0)
+        path = g_scn.path;
+    pthread_rwlock_unlock(&g_lock);
+    return path;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Common query prologue                                                                      */
 

@@ -230,3 +230,15 @@ def test_generated_stubs_are_up_to_date():
     result = subprocess.run([sys.executable, str(sim_paths.SIM_SRC / "gen_amdsmi_stubs.py"), "--check"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_marker_symbol_names_the_scenario(run_reader):
+    out, _ = run_reader(amd("""
+        from amdsmi import amdsmi_wrapper as W
+        import ctypes
+        lib = W._libraries["libamd_smi.so"]
+        lib.egs_sim_amdsmi_scenario.restype = ctypes.c_char_p
+        A.amdsmi_init()
+        print(json.dumps(lib.egs_sim_amdsmi_scenario().decode()))
+    """), sim_paths.amdsmi_env(None))
+    assert out == "(built-in)"

@@ -453,3 +453,15 @@ def test_concurrent_queries_and_event_waits_are_safe(run_reader):
         print(json.dumps({"errors": errors, "events": events}))
     """), sim_paths.nvml_env("nvidia-xid"), timeout=60)
     assert out == {"errors": [], "events": [79, 13]}
+
+
+def test_marker_symbol_tells_the_simulator_from_a_real_driver(run_reader):
+    out, _ = run_reader(nvml("""
+        import ctypes
+        lib = ctypes.CDLL("libnvidia-ml.so.1")
+        lib.egs_sim_nvml_scenario.restype = ctypes.c_char_p
+        before = lib.egs_sim_nvml_scenario()
+        N.nvmlInit()
+        print(json.dumps([before, lib.egs_sim_nvml_scenario().decode()]))
+    """), sim_paths.nvml_env("constant"))
+    assert out == [None, str(sim_paths.scenario("constant"))]
