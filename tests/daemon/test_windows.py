@@ -157,3 +157,30 @@ def test_every_default_window_answers(clock):
         values = [float(sec % 7) for sec in range(size)]
         assert w.stat("load1", {}, size, "avg") == pytest.approx(sum(values) / size)
         assert w.stat("load1", {}, size, "count") == size
+
+
+def test_every_statistic_matches_a_naive_fold_with_gaps_and_ring_wraparound():
+    import random
+
+    rng = random.Random(7)
+    clock = Clock(0.0)
+    w = Windows([10, 60, 300], clock)
+    kept: dict[int, list[float]] = {}
+    for sec in range(5000, 5000 + 1300):  # more than four times round the ring
+        if rng.random() < 0.3:
+            continue  # a gap: no data that second
+        values = [rng.uniform(-50, 150) for _ in range(rng.randint(1, 5))]
+        kept[sec] = values
+        w.add(agg("gpu_power_watts", GPU0, values, sec + rng.random() * 0.99))
+        clock.t = sec + 0.999
+        if sec % 97 == 0:
+            for size in (10, 60, 300):
+                window = [v for s in range(sec - size + 1, sec + 1) for v in kept.get(s, [])]
+                last_sec = max((s for s in range(sec - size + 1, sec + 1) if s in kept), default=None)
+                expect = {"avg": sum(window) / len(window) if window else None,
+                          "min": min(window, default=None), "max": max(window, default=None),
+                          "count": float(len(window)) if window else None,
+                          "last": kept[last_sec][-1] if last_sec is not None else None}
+                for stat, value in expect.items():
+                    got = w.stat("gpu_power_watts", GPU0, size, stat)
+                    assert got == pytest.approx(value), (sec, size, stat)
