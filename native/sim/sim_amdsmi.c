@@ -140,6 +140,8 @@ _Static_assert(sizeof(amdsmi_engine_usage_t) == 64, "amdsmi_engine_usage_t layou
 _Static_assert(sizeof(amdsmi_power_info_t) == 192, "amdsmi_power_info_t layout");
 _Static_assert(sizeof(amdsmi_clk_info_t) == 32, "amdsmi_clk_info_t layout");
 _Static_assert(sizeof(amdsmi_evt_notification_data_t) == 272, "evt_notification layout");
+_Static_assert(sizeof(amdsmi_vram_usage_t) == 16, "amdsmi_vram_usage_t layout");
+_Static_assert(sizeof(amdsmi_driver_info_t) == 768, "amdsmi_driver_info_t layout");
 
 struct amd_dev {
     const struct sim_gpu *gpu;
