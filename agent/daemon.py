@@ -159,6 +159,8 @@ class _Slot:
     component: Any = None
     state: str = "ok"  # ok | failed | off
     error: str | None = None
+    busy_s: float = 0.0  # time spent in its calls from the main loop, for status and bench/
+    calls: int = 0
 
     @property
     def name(self) -> str:
@@ -169,12 +171,16 @@ class _Slot:
         method = getattr(self.component, what, None)
         if method is None or self.state != "ok":
             return None
+        started = time.perf_counter()
         try:
             return method(*args)
         except Exception as e:
             self.state, self.error = "failed", f"{what}: {type(e).__name__}: {e}"
             log.exception("component %s failed in %s; the daemon carries on without it", self.name, what)
             return None
+        finally:
+            self.busy_s += time.perf_counter() - started
+            self.calls += what == "tick"
 
 
 def build_components(specs: tuple[str, ...], cfg: SimpleNamespace, ctx: Context) -> list[_Slot]:
@@ -409,7 +415,8 @@ class Daemon:
             "gpus": gpus,
             "backends": backends,
             "sources": {s.name: s.status.to_dict() for s in self.sources},
-            "components": {slot.name: {"state": slot.state, "error": slot.error, "spec": slot.spec}
+            "components": {slot.name: {"state": slot.state, "error": slot.error, "spec": slot.spec,
+                                       "busy_ms_per_tick": round(1000 * slot.busy_s / slot.calls, 3) if slot.calls else None}
                            for slot in self.slots},
             "events": list(self._recent_events),
             "alarms": [],

@@ -84,7 +84,10 @@ def run_once(hz: float, seconds: float, settle: float, calls: int) -> dict:
         s0, c0, t0 = sampler(client), process_cpu_s(proc.pid), time.monotonic()
         time.sleep(seconds)
         s1, c1, t1 = sampler(client), process_cpu_s(proc.pid), time.monotonic()
-        tick_ms = client.status()["agent"]["tick_avg_ms"]
+        doc = client.status()
+        tick_ms = doc["agent"]["tick_avg_ms"]
+        components = {name: c.get("busy_ms_per_tick") for name, c in doc["components"].items()}
+        sources = {name: round(1000 * (st.get("last_duration_s") or 0), 3) for name, st in doc["sources"].items()}
         rss = rss_mib(proc.pid)
         # round trips after the CPU window, so the bench's own calls do not count in it
         rtts = []
@@ -101,6 +104,7 @@ def run_once(hz: float, seconds: float, settle: float, calls: int) -> dict:
                 "native_thread_cpu_percent": round(100 * native / wall, 3),
                 "python_cpu_percent": round(100 * (total - native) / wall, 3),
                 "main_loop_tick_avg_ms": tick_ms,
+                "component_ms_per_tick": components, "source_collect_ms": sources,
                 "rss_mib": round(rss, 1),
                 "status_rtt_p50_ms": round(percentile(rtts, 50), 3),
                 "status_rtt_p99_ms": round(percentile(rtts, 99), 3)}
@@ -144,6 +148,7 @@ def main() -> int:
               f"daemon CPU {r['daemon_cpu_percent']:.2f} % of a core = native thread {r['native_thread_cpu_percent']:.2f} % "
               f"+ Python side {r['python_cpu_percent']:.2f} % (main loop tick {r['main_loop_tick_avg_ms']:.2f} ms); RSS {r['rss_mib']:.1f} MiB; "
               f"status round trip p50 {r['status_rtt_p50_ms']:.2f} ms, p99 {r['status_rtt_p99_ms']:.2f} ms")
+        print(f"    main loop per tick: sources {r['source_collect_ms']} ms, components {r['component_ms_per_tick']} ms")
     print(f"Python-side CPU at 1 kHz / at 100 Hz: {ratio:.2f}")
     for name, ok in result["targets"].items():
         print(f"  {'met   ' if ok else 'MISSED'} {name}")
