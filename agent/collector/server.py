@@ -54,8 +54,8 @@ class Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, batch, future: asyncio.Future) -> None:
-        self._queue.put((batch, future))
+    def submit(self, batch, wire: bytes, future: asyncio.Future) -> None:
+        self._queue.put((batch, wire, future))
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -95,20 +95,20 @@ class Committer:
 
     def _commit(self, group: list) -> None:
         received = time.time()
-        batches = [b for b, _ in group]
+        batches = [b for b, _, _ in group]
         try:
-            results = self.store.write(batches, received)
+            results = self.store.write(batches, received, [w for _, w, _ in group])
         except Exception as e:  # the disk or the database failed: nobody gets an ack
             self.stats["errors"] += 1
             log.error("store write failed for %d batches: %s", len(group), e)
-            for _, fut in group:
+            for _, _, fut in group:
                 self.loop.call_soon_threadsafe(_fail, fut, e)
             return
         self.stats["commits"] += 1
         self.stats["last_group"] = len(group)
         self.stats["largest_group"] = max(self.stats["largest_group"], len(group))
         stored = []
-        for (batch, fut), res in zip(group, results):
+        for (batch, _, fut), res in zip(group, results):
             if res.duplicate:
                 self.stats["duplicates"] += 1
             else:
@@ -164,13 +164,13 @@ class Ingest(collector_pb2_grpc.IngestServicer):
         host: str | None = None
 
         async def read() -> None:
-            async for batch in request_iterator:
+            async for wire, batch in request_iterator:
                 problem = self._problem(batch, names)
                 if problem is not None:
                     await pending.put(("reject", batch, *problem))
                     return
                 fut = loop.create_future()
-                self.committer.submit(batch, fut)
+                self.committer.submit(batch, wire, fut)
                 await pending.put(("ack", batch, fut))
             await pending.put(None)
 
@@ -295,6 +295,19 @@ class Consumers(collector_pb2_grpc.ConsumersServicer):
         return out
 
 
+def _parse_batch(wire: bytes) -> tuple[bytes, collector_pb2.Batch]:
+    # The store keeps the bytes as they came (no re-encoding), the rest uses the message.
+    return wire, collector_pb2.Batch.FromString(wire)
+
+
+def ingest_handler(ingest: Ingest) -> grpc.GenericRpcHandler:
+    """Ingest.Publish as generated, except that requests arrive as (bytes, Batch)."""
+    return grpc.method_handlers_generic_handler("egs.collector.v1.Ingest", {
+        "Publish": grpc.stream_stream_rpc_method_handler(
+            ingest.Publish, request_deserializer=_parse_batch,
+            response_serializer=collector_pb2.Ack.SerializeToString)})
+
+
 def server_options(cfg) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", cfg.ingest.max_message_bytes),
@@ -347,7 +360,9 @@ class Collector:
                      R10: retention_seconds(cfg.store.rollup_10s_retention),
                      R60: retention_seconds(cfg.store.rollup_1m_retention),
                      "events": retention_seconds(cfg.store.events_retention)}
-        self.store = SQLiteStore(cfg.collector.data_dir, cfg.store.synchronous, retention)
+        self.store = SQLiteStore(cfg.collector.data_dir, cfg.store.synchronous, retention,
+                                 cache_mib=cfg.store.cache_mib, flush_interval=parse_duration(cfg.store.rollup_flush),
+                                 compress_raw=cfg.store.compress_raw)
         self.hub = Hub()
         self.committer = Committer(self.store, asyncio.get_running_loop(), self.hub,
                                    parse_duration(cfg.store.cleanup_interval))
@@ -356,7 +371,7 @@ class Collector:
         self.consumers = Consumers(self.store, self.hub, self.ingest, cfg.consumers.all_tokens,
                                    parse_duration(cfg.consumers.heartbeat), cfg.consumers.max_pending)
         self.server = grpc.aio.server(options=server_options(cfg))
-        collector_pb2_grpc.add_IngestServicer_to_server(self.ingest, self.server)
+        self.server.add_generic_rpc_handlers((ingest_handler(self.ingest),))
         collector_pb2_grpc.add_ConsumersServicer_to_server(self.consumers, self.server)
         for name, client_auth in (("ingest", True), ("consumers", False)):
             address = getattr(cfg, name).listen

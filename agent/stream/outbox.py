@@ -55,12 +55,18 @@ def next_epoch(state_dir: Path) -> int:
     return epoch
 
 
+def series_key(labels: dict[str, str]) -> str:
+    """The canonical one-string form of a label set (`Point.series`)."""
+    return "\x1f".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
 def _to_point(item: Any, out) -> None:
     """Fill a `Point` from a windows Bucket, a sources Sample or a dict with the same fields."""
     get = item.get if isinstance(item, dict) else lambda k: getattr(item, k)
     out.metric = get("metric")
-    for k, v in (get("labels") or {}).items():
-        out.labels[str(k)] = str(v)
+    labels = {str(k): str(v) for k, v in (get("labels") or {}).items()}
+    out.labels.update(labels)
+    out.series = series_key(labels)
     out.ts = float(get("ts"))
     out.count = int(get("count"))
     out.sum, out.min, out.max, out.last = (float(get(k)) for k in ("sum", "min", "max", "last"))

@@ -43,6 +43,7 @@ def test_rollups_keep_min_avg_max_per_10s_and_1m_also_for_late_points(tmp_path):
     store.write([_batch(seq=1, ts=T0 + 1, value=10), _batch(seq=2, ts=T0 + 2, value=20)], T0)
     store.write([_batch(seq=3, ts=T0 + 15, value=30)], T0)
     store.write([_batch(epoch=2, seq=1, ts=T0, value=40)], T0)  # a replay, late, older ts
+    store.flush()
     res, series = store.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="10s")
     assert res == "10s"
     (s,) = series
@@ -63,11 +64,32 @@ def test_rollups_lost_in_a_crash_are_rebuilt_once_from_the_stored_batches(tmp_pa
     # The process dies here: seq 2 and 3 are committed, their rollups only in memory.
     after = SQLiteStore(tmp_path, flush_interval=0)
     assert after.recovered == 2
+    after.flush()
     (s,) = after.query("gpu_power_watts", start=T0, end=T0 + 9, resolution="10s")[1]
     assert [(p[1], p[2] / p[1], p[5]) for p in s.points] == [(6, 20.0, 30)]
     again = SQLiteStore(tmp_path, flush_interval=0)  # a second restart folds nothing twice
     assert again.recovered == 0
+    again.flush()
     assert again.query("gpu_power_watts", start=T0, end=T0 + 9, resolution="10s")[1][0].points[0][1] == 6
+
+
+def test_a_flush_cut_short_by_a_crash_is_finished_once_on_restart(tmp_path):
+    # 20 series x 1 bucket -> 20 r10 + 20 r60 rows, written 7 rows per commit.
+    store = SQLiteStore(tmp_path, flush_interval=0, chunk_rows=7)
+    store.write([_batch(seq=1, ts=T0 + 1, value=1, gpu=str(g)) for g in range(20)][:1], T0)
+    many = [_batch(seq=s, ts=T0 + 2, value=2, gpu=str(s)) for s in range(2, 21)]
+    store.write(many, T0)  # freezes the first accumulators, later writes carry chunks
+    store.write([_batch(seq=21, ts=T0 + 3, value=3, gpu="0")], T0)  # freeze the rest
+    store.write([_batch(seq=22, ts=T0 + 12, value=4, gpu="0")], T0)  # chunk 1 of the second flush
+    assert store._pending and 0 < store._pending_done < len(store._pending), "mid-flush"
+    after = SQLiteStore(tmp_path, flush_interval=3600)  # the crash: restart from the file
+    after.flush()
+    _, series = after.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="10s")
+    counts = {(s.labels["gpu"], p[0]): p[1] for s in series for p in s.points}
+    assert counts[("0", T0)] == 2 * 2 and counts[("0", T0 + 10)] == 2
+    assert all(counts[(str(g), T0)] == 2 for g in range(2, 21))
+    (m,) = after.query("gpu_power_watts", labels={"gpu": "0"}, start=T0, end=T0 + 59, resolution="1m")[1]
+    assert m.points[0][1] == 6
 
 
 def test_raw_resolution_gives_every_point(tmp_path):
@@ -88,6 +110,7 @@ def test_query_filters_by_host_and_labels(tmp_path):
 def test_retention_drops_whole_partitions(tmp_path):
     store = SQLiteStore(tmp_path, retention={"raw": 3600}, flush_interval=0)
     store.write([_batch(seq=1, ts=T0), _batch(seq=2, ts=T0 + 3 * 3600)], T0)
+    store.flush()
     done = store.cleanup(T0 + 3 * 3600 + 10)
     assert [t for t in done["dropped_tables"] if t.startswith("raw_")] == [f"raw_{int(T0 // 3600)}"]
     assert store.count_raw() == 1

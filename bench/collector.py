@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Collector benchmark: many simulated agents from one process against a real collector.
+
+Phase 1 (ingest): `--agents` streams (one gRPC channel each, like real agents), each sending
+one batch of `--points` points per second for `--duration` seconds, staggered over the
+second. Prints sustained ingest (acknowledged points/s), batch ack latency p50/p99/max (send
+to ack, which follows the SQLite commit), and the delivery latency p50/p99 seen by a
+subscriber (send to arrival at the consumer) that follows one marker point per batch.
+The first `--warmup` seconds are not counted.
+
+Phase 2 (replay): a spool holding `--replay-batches` batches of `--points` points (the
+state after an outage) is drained by the real stream client; prints batches/s and points/s.
+
+The collector runs as its own process (plaintext on loopback unless --tls), so its CPU is
+reported apart from this process's. Usage:
+    .venv/bin/python bench/collector.py                      # the issue's target: 1000 x 100 for 60 s
+    .venv/bin/python bench/collector.py --agents 200 --duration 10 --replay-batches 2000
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+import psutil  # noqa: E402
+
+from agent.proto import collector_pb2, collector_pb2_grpc  # noqa: E402
+from agent.stream.client import StreamClient  # noqa: E402
+from agent.stream.outbox import series_key  # noqa: E402
+from agent.stream.spool import Spool, encode_record  # noqa: E402
+
+TOKEN = "bench-consumer-token-0123456789"
+METRICS = ["gpu_utilization_percent", "gpu_memory_busy_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes",
+           "gpu_memory_used_percent", "gpu_temperature_celsius", "gpu_power_watts", "gpu_sm_clock_mhz",
+           "gpu_memory_clock_mhz", "gpu_energy_joules_total", "gpu_fan_speed_percent"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q / 100 * len(values)))]
+
+
+def make_batch(host: str, epoch: int, seq: int, points: int, now: float) -> collector_pb2.Batch:
+    """A host's second: GPU metrics for 8 GPUs, then host figures, then one marker."""
+    batch = collector_pb2.Batch(host_id=host, epoch=epoch, seq=seq, created=now)
+    batch.labels["cluster"] = "bench"
+    for i in range(points - 1):
+        gpu, metric = divmod(i, len(METRICS))
+        p = batch.points.add(metric=METRICS[metric] if gpu < 8 else f"host_figure_{i}", ts=float(int(now)), count=100)
+        v = random.random() * 100
+        p.sum, p.min, p.max, p.last = v * 100, v - 1, v + 1, v
+        if gpu < 8:
+            labels = {"gpu": str(gpu), "uuid": f"GPU-{host}-{gpu:04d}", "vendor": "nvidia",
+                      "model": "Tesla P100-PCIE-16GB"}
+            p.labels.update(labels)
+            p.series = series_key(labels)  # as the agent's outbox fills it
+    batch.points.add(metric="bench_marker", ts=now, count=1, sum=seq, min=seq, max=seq, last=seq)
+    return batch
+
+
+def start_collector(root: Path, tls: bool) -> tuple[subprocess.Popen, int, int, dict]:
+    ingest, consumers = free_port(), free_port()
+    config = root / "collector.toml"
+    text = (f'[collector]\ndata_dir = "{root / "data"}"\nlog_level = "warning"\n'
+            f'[ingest]\nlisten = "127.0.0.1:{ingest}"\n'
+            f'[consumers]\nlisten = "127.0.0.1:{consumers}"\ntokens = ["{TOKEN}"]\n'
+            '[tls]\nplaintext = true\n')
+    extra = {}
+    if tls:
+        raise SystemExit("--tls: not wired in this script yet; the tests cover TLS")
+    config.write_text(text)
+    proc = subprocess.Popen([sys.executable, "-m", "agent.collector.cli", "run", "--config", str(config)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=open(root / "collector.log", "wb"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{consumers}") as ch:
+                collector_pb2_grpc.ConsumersStub(ch).Agents(collector_pb2.AgentsRequest(), timeout=1,
+                                                            metadata=[("authorization", f"Bearer {TOKEN}")])
+            return proc, ingest, consumers, extra
+        except grpc.RpcError:
+            time.sleep(0.2)
+    raise SystemExit("collector did not start: " + (root / "collector.log").read_text()[-2000:])
+
+
+async def agent(i: int, target: str, args, t_start: float, t_end: float, acks: list, counters: dict) -> None:
+    host = f"bench-{i:05d}"
+    channel = grpc.aio.insecure_channel(target)
+    stub = collector_pb2_grpc.IngestStub(channel)
+    call = stub.Publish()
+    sent: dict[int, float] = {}
+
+    async def reader():
+        async for ack in call:
+            t = time.time()
+            t0 = sent.pop(ack.seq, None)
+            if t0 is not None and t0 >= t_start + args.warmup:
+                acks.append(t - t0)
+                counters["points"] += args.points
+                counters["batches"] += 1
+
+    task = asyncio.create_task(reader())
+    seq = 0
+    next_send = t_start + (i / args.agents)  # staggered over the first second
+    try:
+        while True:
+            now = time.time()
+            if next_send > t_end:
+                break
+            if next_send > now:
+                await asyncio.sleep(next_send - now)
+            seq += 1
+            now = time.time()
+            batch = make_batch(host, 1, seq, args.points, now)
+            sent[seq] = now
+            await call.write(batch)
+            counters["sent"] += 1
+            next_send += 1.0
+        await call.done_writing()
+        await asyncio.wait_for(task, 30)
+    except (grpc.aio.AioRpcError, asyncio.TimeoutError) as e:
+        counters["errors"] += 1
+        if counters["errors"] <= 3:
+            print(f"agent {host}: {e}", file=sys.stderr)
+    finally:
+        await channel.close()
+
+
+async def subscriber(target: str, delivery: list, t_measure: float, stop: asyncio.Event) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = collector_pb2_grpc.ConsumersStub(channel)
+        call = stub.Subscribe(collector_pb2.SubscribeRequest(metrics=["bench_marker"], no_snapshot=True),
+                              metadata=[("authorization", f"Bearer {TOKEN}")])
+        reader = asyncio.ensure_future(stop.wait())
+        async for update in call:
+            now = time.time()
+            for s in update.samples:
+                if s.point.ts >= t_measure:
+                    delivery.append(now - s.point.ts)
+            if stop.is_set():
+                break
+        reader.cancel()
+
+
+async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen) -> dict:
+    acks: list[float] = []
+    delivery: list[float] = []
+    counters = {"points": 0, "batches": 0, "sent": 0, "errors": 0}
+    t_start = time.time() + 2.0  # time to open every channel first
+    t_end = t_start + args.warmup + args.duration
+    stop = asyncio.Event()
+    sub = asyncio.create_task(subscriber(f"127.0.0.1:{consumers}", delivery, t_start + args.warmup, stop))
+    cproc, me = psutil.Process(proc.pid), psutil.Process()
+    tasks = [asyncio.create_task(agent(i, f"127.0.0.1:{ingest}", args, t_start, t_end, acks, counters))
+             for i in range(args.agents)]
+    await asyncio.sleep(max(0.0, t_start + args.warmup - time.time()))
+    c0, m0, w0 = cproc.cpu_times(), me.cpu_times(), time.time()
+    await asyncio.sleep(max(0.0, t_end - time.time()))
+    c1, m1, w1 = cproc.cpu_times(), me.cpu_times(), time.time()
+    await asyncio.gather(*tasks)
+    stop.set()
+    await asyncio.sleep(1.5)
+    sub.cancel()
+    wall = w1 - w0
+    return {"points_per_s": counters["points"] / args.duration, "batches_per_s": counters["batches"] / args.duration,
+            "ack_p50_ms": pct(acks, 50) * 1000, "ack_p99_ms": pct(acks, 99) * 1000, "ack_max_ms": max(acks or [0]) * 1000,
+            "delivery_p50_ms": pct(delivery, 50) * 1000, "delivery_p99_ms": pct(delivery, 99) * 1000,
+            "delivered": len(delivery), "errors": counters["errors"],
+            "collector_cpu_pct": 100 * ((c1.user + c1.system) - (c0.user + c0.system)) / wall,
+            "bench_cpu_pct": 100 * ((m1.user + m1.system) - (m0.user + m0.system)) / wall,
+            "collector_rss_mib": cproc.memory_info().rss / 2**20}
+
+
+def replay_phase(args, root: Path, ingest: int) -> dict:
+    spool = Spool(root / "spool", max_bytes=4 << 30, segment_bytes=8 << 20, fsync=True)
+    now = time.time()
+    record_sizes = []
+    chunk = []
+    for seq in range(1, args.replay_batches + 1):
+        payload = make_batch("bench-replay", 7, seq, args.points, now - args.replay_batches + seq).SerializeToString()
+        if seq == 1:
+            record_sizes = [len(payload), len(encode_record(7, 1, payload))]
+        chunk.append((7, seq, payload))
+        if len(chunk) == 500:
+            spool.append(chunk)
+            chunk = []
+    spool.append(chunk)
+    settings = SimpleNamespace(endpoints=[f"127.0.0.1:{ingest}"], plaintext=True, ca="", cert="", key="",
+                               server_name="", max_message_bytes=4 << 20, max_in_flight=256, keepalive_time=30.0,
+                               keepalive_timeout=10.0, connect_timeout=5.0, backoff_base=0.2,
+                               backoff_multiplier=1.6, backoff_jitter=0.2, backoff_max=2.0)
+    client = StreamClient(settings, spool)
+    t0 = time.perf_counter()
+    client.start()
+    while spool.backlog()[0] > 0:
+        time.sleep(0.05)
+        if time.perf_counter() - t0 > 300:
+            break
+    elapsed = time.perf_counter() - t0
+    client.stop()
+    spool.close()
+    return {"replay_batches": args.replay_batches, "replay_s": elapsed,
+            "replay_batches_per_s": args.replay_batches / elapsed,
+            "replay_points_per_s": args.replay_batches * args.points / elapsed,
+            "batch_bytes_protobuf": record_sizes[0], "batch_bytes_spooled_zlib": record_sizes[1]}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--agents", type=int, default=1000)
+    p.add_argument("--points", type=int, default=100)
+    p.add_argument("--duration", type=float, default=60.0, help="measured seconds")
+    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--replay-batches", type=int, default=10_000)
+    p.add_argument("--tls", action="store_true")
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="egs-bench-collector-"))
+    proc, ingest, consumers, _ = start_collector(root, args.tls)
+    try:
+        print(f"# collector bench: {args.agents} agents x 1 batch/s x {args.points} points, {args.duration:g} s "
+              f"measured after {args.warmup:g} s warm-up; {os.cpu_count()} CPUs; data in {root}")
+        r = asyncio.run(ingest_phase(args, ingest, consumers, proc))
+        print(f"ingest: {r['points_per_s']:,.0f} points/s sustained ({r['batches_per_s']:,.0f} batches/s), "
+              f"errors {r['errors']}")
+        print(f"ack latency: p50 {r['ack_p50_ms']:.1f} ms, p99 {r['ack_p99_ms']:.1f} ms, max {r['ack_max_ms']:.1f} ms")
+        print(f"subscriber delivery (send -> consumer): p50 {r['delivery_p50_ms']:.1f} ms, "
+              f"p99 {r['delivery_p99_ms']:.1f} ms over {r['delivered']} updates")
+        print(f"CPU: collector {r['collector_cpu_pct']:.0f} %, bench (simulated agents) {r['bench_cpu_pct']:.0f} % "
+              f"(100 % = one core); collector RSS {r['collector_rss_mib']:.0f} MiB")
+        if args.replay_batches:
+            rr = replay_phase(args, root, ingest)
+            print(f"spool replay: {rr['replay_batches']} batches in {rr['replay_s']:.1f} s = "
+                  f"{rr['replay_batches_per_s']:,.0f} batches/s, {rr['replay_points_per_s']:,.0f} points/s")
+            print(f"batch of {args.points} points: {rr['batch_bytes_protobuf']} bytes protobuf, "
+                  f"{rr['batch_bytes_spooled_zlib']} bytes spooled (zlib level 1 + header)")
+        db = root / "data" / "collector.db"
+        size = sum(f.stat().st_size for f in db.parent.iterdir())
+        print(f"store: {size / 2**20:.0f} MiB on disk (db + WAL)")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        import shutil
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
