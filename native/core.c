@@ -470,13 +470,15 @@ static void *sampler_main(void *arg)
         core->late_hist[bucket < EGS_LATE_BUCKETS ? bucket : EGS_LATE_BUCKETS - 1]++;
         pthread_mutex_unlock(&core->lock);
 
-        /* Next deadline on the fixed grid; ticks we are already past are skipped and counted,
-         * rather than run back to back, so a stall does not turn into a burst of reads. */
+        /* Next deadline on the fixed grid. If the thread was held up past it, the latest slot
+         * that is already due runs at once (late, and measured as such); slots older than that
+         * are skipped and counted rather than run back to back, so a stall never turns into a
+         * burst of reads and ticks + skipped always equals elapsed x hz. */
         add_ns(&deadline, period_ns);
         clock_gettime(CLOCK_MONOTONIC, &now);
         double behind = ts_diff(&now, &deadline);
-        if (behind > 0) {
-            long long skip = (long long)(behind * 1e9) / period_ns + 1;
+        if (behind * 1e9 >= (double)period_ns) {
+            long long skip = (long long)(behind * 1e9) / period_ns;
             pthread_mutex_lock(&core->lock);
             core->late_ticks += (unsigned long long)skip;
             pthread_mutex_unlock(&core->lock);

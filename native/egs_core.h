@@ -111,7 +111,7 @@ struct egs_event {
 
 struct egs_sampler_stats {
     unsigned long long ticks;
-    unsigned long long late_ticks;    /* ticks that started more than a period late (one skipped) */
+    unsigned long long late_ticks;    /* grid slots skipped because the thread was held up past them */
     unsigned long long reads;         /* field values attempted */
     double tick_late_p99_us;          /* 99th percentile of wake-up lateness */
     double thread_cpu_s;              /* CPU time of the sampler thread (CLOCK_THREAD_CPUTIME_ID) */
