@@ -32,7 +32,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -40,7 +40,6 @@ from typing import Any, Callable
 from agent import __version__
 from agent import config as config_mod
 from agent.events import Event
-from agent.metrics import BY_NAME, GPU_METRICS
 from agent.sources.base import Source, collect_safely
 from agent.windows import Bucket, Windows
 
@@ -547,6 +546,11 @@ def run(config_path: str | None, socket_override: str | None = None) -> int:
     except config_mod.ConfigError:
         daemon.stop()
         raise
+    except PermissionError as e:
+        log.error("cannot start: %s (run as root or as the egs-agent user, or use a config whose "
+                  "agent.state_dir and api.socket you can write, e.g. dev/agent.toml)", e)
+        daemon.stop()
+        return 1
     except Exception as e:
         log.error("cannot start: %s", e)
         daemon.stop()

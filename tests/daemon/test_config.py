@@ -2,7 +2,6 @@
 generated reference docs/config.md matches the declarations."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

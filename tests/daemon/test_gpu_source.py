@@ -1,7 +1,6 @@
 """The GPU source on the real native core and the simulated libraries: samples and labels as
 the scenario defines them, unsupported fields null, a lost GPU marked while the other keeps
 reporting, and both backends' status."""
-import os
 import time
 from types import SimpleNamespace
 

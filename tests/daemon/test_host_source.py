@@ -1,17 +1,14 @@
 """The host source's figures, checked against procfs read independently in the test:
 exactly on a fixture tree, and within what can change between two reads on the real /proc."""
-import os
 import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import psutil
 import pytest
 
 from agent.sources.host import HostSource
 
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def settings(procfs, nics=(), interval=1.0):

@@ -1,6 +1,4 @@
 """Window arithmetic on a virtual clock: 1-second buckets folded into the configured windows."""
-import math
-
 import pytest
 
 from agent.sources.base import Sample
