@@ -496,4 +496,5 @@ class Core:
         return {"ticks": s.ticks, "late_ticks": s.late_ticks, "reads": s.reads,
                 "tick_late_p99_us": s.tick_late_p99_us, "thread_cpu_s": s.thread_cpu_s,
                 "elapsed_s": s.elapsed_s, "achieved_hz": s.achieved_hz, "target_hz": self.hz,
+                "read_s": s.read_s, "fold_s": s.fold_s, "fold_p50_us": s.fold_p50_us,
                 "events_dropped": s.events_dropped}

@@ -155,8 +155,15 @@ def main() -> int:
     # Not part of the key set: where the native overhead goes on this machine.
     print(f"{'paced_floor_ns_per_read':>24}: {paced:.2f}  (bare C loop sleeping on the same "
           f"{TARGET_HZ:g} Hz grid: reads + wake-ups, no agent)")
-    print(f"{'agent_own_ns_per_read':>24}: {native - paced:.2f}  (core minus the paced floor: "
-          "fold, accumulators, ring, lock)")
+    per_tick = run["reads"] / run["ticks"]
+    # The core's own work, timed inside it: a difference of two noisy CPU figures (core minus
+    # paced floor) swings by more than the quantity on a shared machine.
+    print(f"{'fold_ns_per_read':>24}: {run['fold_p50_us'] * 1e3 / per_tick:.2f} median, "
+          f"{run['fold_s'] * 1e9 / run['reads']:.2f} mean  (the core's own work per read, timed "
+          "inside it: folding a tick into accumulators and ring, lock included; the mean carries "
+          "preemptions)")
+    print(f"{'library_share':>24}: {run['read_s'] / run['elapsed_s'] * 100:.1f} % of the time "
+          "in vendor calls")
     checks = [
         ("achieved >= 99 % of target", report["achieved_hz"] >= 0.99 * TARGET_HZ),
         ("native overhead <= 10 ns per read", native_over <= 10.0),

@@ -193,6 +193,8 @@ static void free_buffers(struct egs_core *core)
     free(core->ring);
     free(core->ring_head);
     free(core->late_hist);
+    free(core->fold_hist);
+    core->fold_hist = NULL;
     core->devs = NULL;
     core->acc = NULL;
     core->ring = NULL;
@@ -222,6 +224,7 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->ev_head = core->ev_count = 0;
     core->ev_dropped = 0;
     core->ticks = core->late_ticks = core->reads = 0;
+    core->read_s = core->fold_s = 0.0;
     core->thread_cpu_s = 0.0;
     core->have_sampler_clock = 0;
 
@@ -257,13 +260,18 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->acc = malloc((nacc ? nacc : 1) * sizeof(*core->acc));
     core->ring_head = calloc(core->ndevs ? core->ndevs : 1, sizeof(*core->ring_head));
     core->late_hist = calloc(EGS_LATE_BUCKETS, sizeof(*core->late_hist));
+    core->fold_hist = calloc(EGS_FOLD_BUCKETS, sizeof(*core->fold_hist));
     if (core->ring_len > 0 && core->ndevs > 0)
         core->ring = malloc((size_t)core->ndevs * core->ring_len * (1 + EGS_NFIELDS) * sizeof(double));
-    if (core->acc == NULL || core->ring_head == NULL || core->late_hist == NULL ||
+    if (core->acc == NULL || core->ring_head == NULL || core->late_hist == NULL || core->fold_hist == NULL ||
         (core->ring_len > 0 && core->ndevs > 0 && core->ring == NULL)) {
         rc = EGS_E_NOMEM;
         goto fail_locked;
     }
+    /* Touch the whole ring now: otherwise the sampler takes a page fault every few dozen
+     * ticks per device as the ring first fills, in the middle of its timed loop. */
+    if (core->ring != NULL)
+        memset(core->ring, 0, (size_t)core->ndevs * core->ring_len * (1 + EGS_NFIELDS) * sizeof(double));
     acc_reset(core->acc, nacc);
     core->start_mono = egs_now_mono();
     core->stop_mono = 0.0;
@@ -424,6 +432,25 @@ static double ts_diff(const struct timespec *a, const struct timespec *b)
     return (double)(a->tv_sec - b->tv_sec) + (double)(a->tv_nsec - b->tv_nsec) * 1e-9;
 }
 
+/* Asks for the cache lines this tick's fold will write (every accumulator and each device's
+ * next ring slot) before the vendor reads start, so their misses overlap with the library's
+ * work instead of adding to ours: after a sleep other processes have usually evicted them. */
+static void prefetch_fold_state(const struct egs_core *core)
+{
+    const char *acc = (const char *)core->acc;
+    size_t bytes = (size_t)core->ndevs * EGS_NFIELDS * sizeof(*core->acc);
+    for (size_t off = 0; off < bytes; off += 64)
+        __builtin_prefetch(acc + off, 1, 3);
+    if (core->ring == NULL)
+        return;
+    for (unsigned int i = 0; i < core->ndevs; i++) {
+        size_t pos = core->ring_head[i] % core->ring_len;
+        const char *slot = (const char *)&core->ring[((size_t)i * core->ring_len + pos) * (1 + EGS_NFIELDS)];
+        __builtin_prefetch(slot, 1, 3);
+        __builtin_prefetch(slot + (1 + EGS_NFIELDS) * sizeof(double) - 1, 1, 3);
+    }
+}
+
 static void *sampler_main(void *arg)
 {
     struct egs_core *core = arg;
@@ -431,6 +458,7 @@ static void *sampler_main(void *arg)
     const long long max_sleep_ns = (long long)(EGS_MAX_SLEEP_S * 1e9);
     struct egs_tick *ticks = calloc(core->ndevs ? core->ndevs : 1, sizeof(*ticks));
     struct timespec deadline, now;
+    double fold_s = 0.0;      /* not yet published to core->fold_s */
 
     if (ticks == NULL)
         goto out;
@@ -442,6 +470,8 @@ static void *sampler_main(void *arg)
         clock_gettime(CLOCK_MONOTONIC, &now);
         double late = ts_diff(&now, &deadline);
         unsigned int reads = 0;
+
+        prefetch_fold_state(core);
 
         for (unsigned int i = 0; i < core->ndevs; i++) {
             struct egs_dev *d = &core->devs[i];
@@ -461,6 +491,8 @@ static void *sampler_main(void *arg)
                 d->lost = 1;
         }
 
+        struct timespec read_end, fold_end;
+        clock_gettime(CLOCK_MONOTONIC, &read_end);
         double now_unix = ts_seconds(&now) + core->realtime_offset;
         pthread_mutex_lock(&core->lock);
         fold_tick(core, ticks, now_unix);
@@ -468,15 +500,23 @@ static void *sampler_main(void *arg)
         core->reads += reads;
         long bucket = late > 0 ? (long)(late * 1e6) : 0;
         core->late_hist[bucket < EGS_LATE_BUCKETS ? bucket : EGS_LATE_BUCKETS - 1]++;
+        core->read_s += ts_diff(&read_end, &now);
+        if (core->ticks > 1) {
+            /* The previous tick's fold: this one ends after the unlock. */
+            long fb = (long)(fold_s * 1e9) / EGS_FOLD_BUCKET_NS;
+            core->fold_hist[fb < EGS_FOLD_BUCKETS ? fb : EGS_FOLD_BUCKETS - 1]++;
+            core->fold_s += fold_s;
+        }
         pthread_mutex_unlock(&core->lock);
+        clock_gettime(CLOCK_MONOTONIC, &fold_end);
+        fold_s = ts_diff(&fold_end, &read_end);
 
         /* Next deadline on the fixed grid. If the thread was held up past it, the latest slot
          * that is already due runs at once (late, and measured as such); slots older than that
          * are skipped and counted rather than run back to back, so a stall never turns into a
          * burst of reads and ticks + skipped always equals elapsed x hz. */
         add_ns(&deadline, period_ns);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        double behind = ts_diff(&now, &deadline);
+        double behind = ts_diff(&fold_end, &deadline);
         if (behind * 1e9 >= (double)period_ns) {
             long long skip = (long long)(behind * 1e9) / period_ns;
             pthread_mutex_lock(&core->lock);
@@ -505,6 +545,7 @@ out:
         clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
         pthread_mutex_lock(&core->lock);
         core->thread_cpu_s = ts_seconds(&cpu);
+        core->fold_s += fold_s;
         pthread_mutex_unlock(&core->lock);
     }
     return NULL;
@@ -678,6 +719,8 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     out->reads = core->reads;
     out->events_dropped = core->ev_dropped;
     out->thread_cpu_s = core->thread_cpu_s;
+    out->read_s = core->read_s;
+    out->fold_s = core->fold_s;
     if (core->have_sampler_clock) {
         /* Still running: the thread's own CPU clock, read from here. */
         struct timespec cpu;
@@ -687,6 +730,18 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     double end = core->stop_mono > 0 ? core->stop_mono : egs_now_mono();
     out->elapsed_s = core->start_mono > 0 ? end - core->start_mono : 0.0;
     out->achieved_hz = out->elapsed_s > 0 ? (double)core->ticks / out->elapsed_s : 0.0;
+    if (core->fold_hist != NULL) {
+        unsigned long long folds = 0, seen = 0;
+        for (long b = 0; b < EGS_FOLD_BUCKETS; b++)
+            folds += core->fold_hist[b];
+        for (long b = 0; b < EGS_FOLD_BUCKETS && folds > 0; b++) {
+            seen += core->fold_hist[b];
+            if (seen * 2 >= folds) {
+                out->fold_p50_us = (b + 0.5) * EGS_FOLD_BUCKET_NS / 1000.0;
+                break;
+            }
+        }
+    }
     if (core->late_hist != NULL && core->ticks > 0) {
         unsigned long long seen = 0, want = (core->ticks * 99 + 99) / 100;
         for (long b = 0; b < EGS_LATE_BUCKETS; b++) {

@@ -117,6 +117,11 @@ struct egs_sampler_stats {
     double thread_cpu_s;              /* CPU time of the sampler thread (CLOCK_THREAD_CPUTIME_ID) */
     double elapsed_s;                 /* since the sampler started (or until it stopped) */
     double achieved_hz;               /* ticks / elapsed_s */
+    double read_s;                    /* wall time inside the vendor libraries' calls */
+    double fold_s;                    /* wall time folding ticks into accumulators and rings
+                                       * (the core's own per-tick work, lock included) */
+    double fold_p50_us;               /* median of one tick's fold: unlike the sum, untouched by
+                                       * the odd preemption in the middle of a fold */
     unsigned long long events_dropped;
 };
 

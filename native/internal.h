@@ -23,6 +23,8 @@
 #define EGS_MAX_CANDIDATES 4
 #define EGS_EVENT_QUEUE    256
 #define EGS_LATE_BUCKETS   10000   /* 1 us buckets of wake-up lateness; the last collects the rest */
+#define EGS_FOLD_BUCKETS   1000    /* 50 ns buckets of fold duration; the last collects the rest */
+#define EGS_FOLD_BUCKET_NS 50
 
 /* One role of a vendor library (e.g. "temperature") and the symbols that can serve it,
  * newest first. `fn` and `symbol` say which one was found. */
@@ -111,7 +113,9 @@ struct egs_core {
     double realtime_offset;         /* unix time = monotonic + offset, fixed at start */
     double start_mono, stop_mono;
     unsigned long long ticks, late_ticks, reads;
+    double read_s, fold_s;
     unsigned int *late_hist;        /* EGS_LATE_BUCKETS */
+    unsigned int *fold_hist;        /* EGS_FOLD_BUCKETS */
     double thread_cpu_s;            /* written by the sampler when it exits */
     clockid_t sampler_clock;
     int have_sampler_clock;
