@@ -232,6 +232,7 @@ class Daemon:
         self._stopped = False
         self._last_tick_at = -math.inf
         self.gpu_source = None
+        self.host_source = None
         self._snapshot_json = "{}"
         self._snapshot: dict = {}
         self._ticks = 0
@@ -258,7 +259,7 @@ class Daemon:
 
         gpu = GpuSource(cfg.gpu, core_factory=self.core_factory)
         host = HostSource(cfg.host)
-        self.gpu_source = gpu
+        self.gpu_source, self.host_source = gpu, host
         self.sources = [gpu, host]
         for source in self.sources:
             try:
@@ -438,12 +439,16 @@ class Daemon:
         host["memory_used_percent"] = w.latest("memory_used_percent", {})
         for name in ("memory_used_bytes", "memory_total_bytes", "load1", "load5", "load15"):
             host[name] = w.latest(name, {})
+        # Only the NICs of the latest reading: a NIC that went away keeps its series in the
+        # windows (its last minutes still answer queries) but is no longer shown as current.
+        present = self.host_source.nics if self.host_source is not None else None
         nics: dict[str, dict] = {}
         for metric in w.metrics():
             if metric.startswith("net_"):
                 for labels in w.label_sets(metric):
-                    if "nic" in labels:
-                        nics.setdefault(labels["nic"], {})[metric] = w.latest(metric, labels)
+                    nic = labels.get("nic")
+                    if nic is not None and (present is None or nic in present):
+                        nics.setdefault(nic, {})[metric] = w.latest(metric, labels)
         host["nics"] = dict(sorted(nics.items()))
         return host
 

@@ -165,3 +165,8 @@ class HostSource(Source):
                         out.append(Sample.reading(metric, {"nic": nic}, delta / dt, now))
         self._net, self._net_at = counters, now
         return out
+
+    @property
+    def nics(self) -> set[str] | None:
+        """The NICs of the latest reading (None before the first)."""
+        return None if self._net is None else set(self._net)

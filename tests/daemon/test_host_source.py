@@ -102,6 +102,20 @@ def test_configured_nics_are_the_only_ones_reported(tmp_path, restore_procfs):
     src.collect(1.0)
     nics = {dict(k[1])["nic"] for k in by_key(src.collect(2.0)) if k[0].startswith("net_")}
     assert nics == {"lo", "eth1"}
+    assert src.nics == {"lo", "eth1"}
+
+
+def test_a_nic_that_goes_away_is_no_longer_current(tmp_path, restore_procfs):
+    cpu = [("cpu", [1, 0, 1, 10, 0, 0, 0, 0, 0, 0]), ("cpu0", [1, 0, 1, 10, 0, 0, 0, 0, 0, 0])]
+    write_tree(tmp_path, cpu, MEM, {"eth0": (1, 1, 0, 0, 1, 1, 0, 0), "veth9": (1, 1, 0, 0, 1, 1, 0, 0)})
+    src = HostSource(settings(tmp_path))
+    src.start()
+    src.collect(1.0)
+    assert src.nics == {"eth0", "veth9"}
+    write_tree(tmp_path, cpu, MEM, {"eth0": (5, 2, 0, 0, 5, 2, 0, 0)})
+    samples = src.collect(2.0)
+    assert src.nics == {"eth0"}
+    assert {s.labels["nic"] for s in samples if s.metric.startswith("net_")} == {"eth0"}
 
 
 def _meminfo():
