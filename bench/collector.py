@@ -264,7 +264,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         import shutil
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True) if not os.environ.get("KEEP") else print(root)
     return 0
 
 

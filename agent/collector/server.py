@@ -81,7 +81,12 @@ class Committer:
                     group.append(item)
             group = [g for g in group if g]
             if group:
-                self._commit(group)
+                try:
+                    self._commit(group)
+                except Exception as e:  # a bug here must not leave every stream waiting forever
+                    log.exception("commit failed")
+                    for _, _, fut in group:
+                        self.loop.call_soon_threadsafe(_fail, fut, e)
             if time.monotonic() >= next_cleanup:
                 next_cleanup = time.monotonic() + self.cleanup_interval
                 try:

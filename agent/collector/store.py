@@ -31,6 +31,7 @@ one transaction per group, so SQLite's per-commit cost is shared by every batch 
 """
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import sqlite3
@@ -130,7 +131,9 @@ class SQLiteStore:
         self._reader = self._connect()
         self._acc: dict[tuple[int, int], list] = {}  # (series, 10 s bucket) -> [count, sum, min, max, last, last_ts]
         self.chunk_rows = chunk_rows
-        self._pending: list[tuple[str, tuple]] = []
+        self._frozen: list | None = None  # a flush being written: [((series, bucket), values)]
+        self._frozen60: dict = {}
+        self._frozen60_list: list | None = None
         self._pending_upto = self._pending_done = 0
         self._finished: int | None = None
         self._arrival = max([0] + [self._db.execute(f"SELECT coalesce(max(arrival), 0) FROM {t}").fetchone()[0]
@@ -139,6 +142,24 @@ class SQLiteStore:
         self._rolled_through = row[0] if row else 0
         self._last_flush = time.monotonic()
         self.recovered = self._recover()
+        # Checkpoints copy the WAL into the database and fsync it; done by the writer they
+        # would stall the acks waiting on the next commit, so a thread of its own does them
+        # (PASSIVE: never blocks the writer).
+        self._db.execute("PRAGMA wal_autocheckpoint=0")
+        self._stop_checkpoints = threading.Event()
+        self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="egs-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        db = self._connect()
+        try:
+            while not self._stop_checkpoints.wait(1.0):
+                try:
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                except sqlite3.Error:
+                    pass  # busy or locked: the next round catches up
+        finally:
+            db.close()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -280,40 +301,51 @@ class SQLiteStore:
         self._series = {k: v for k, v in self._series.items() if v <= self._max_series_committed}
         self._series_cache.clear()
         self._max_series = self._max_series_committed
-        self._acc, self._pending, self._finished = {}, [], None
+        self._acc, self._frozen, self._finished = {}, None, None
         self._recover()
 
     # --- rollups ---------------------------------------------------------------------------
     #
     # Writing 100k rollup rows at once would stall the acks behind it for about a second, so
-    # a flush is spread over the following commits: every `flush_interval` the accumulators
-    # are frozen into a sorted list of rows ("pending", covering arrivals up to A) and each
-    # later write transaction carries the next `chunk_rows` of them, with the progress
-    # (A, rows done) in `meta` in the same transaction. After a crash the pending rows are
-    # rebuilt from the stored batches (same arrivals, same sorted order), the chunks already
-    # written are skipped and the rest written: every point lands in the rollups once.
+    # a flush is spread over the following commits. Every `flush_interval` the 10 s
+    # accumulators are frozen (a list, in the order their keys first appeared: the order the
+    # points arrived) and each later write transaction carries the next `chunk_rows` rows:
+    # first the 10 s rows, each also merged into its minute, then the 1 min rows. The
+    # progress (A = the last arrival covered, rows done) is kept in `meta` in the same
+    # transaction. After a crash the frozen list is rebuilt by folding the stored batches of
+    # arrivals (through, A] in arrival order, which gives the same rows in the same order;
+    # the rows already written are skipped and the rest written: every point lands in the
+    # rollups exactly once.
 
-    def _freeze(self, acc: dict) -> list[tuple[str, tuple]]:
-        """Accumulators -> sorted (table, row) upserts for the 10 s and 1 min rollups."""
-        r60: dict[tuple[int, int], list] = {}
-        for (sid, bucket), (c, s, lo, hi, last, last_ts) in acc.items():
-            k = (sid, bucket // 60 * 60)
-            a = r60.get(k)
-            if a is None:
-                r60[k] = [c, s, lo, hi, last, last_ts]
-            else:
-                a[0] += c
-                a[1] += s
-                a[2] = min(a[2], lo)
-                a[3] = max(a[3], hi)
-                if last_ts >= a[5]:
-                    a[4], a[5] = last, last_ts
+    @staticmethod
+    def _merge_minute(r60: dict, sid: int, bucket: int, v: list) -> None:
+        k = (sid, bucket // 60 * 60)
+        a = r60.get(k)
+        if a is None:
+            r60[k] = list(v)
+        else:
+            a[0] += v[0]
+            a[1] += v[1]
+            if v[2] < a[2]:
+                a[2] = v[2]
+            if v[3] > a[3]:
+                a[3] = v[3]
+            if v[5] >= a[5]:
+                a[4], a[5] = v[4], v[5]
+
+    def _pending_rows(self, start: int, count: int) -> list[tuple[str, tuple]]:
+        """Rows [start, start + count) of the frozen flush: 10 s rows, then 1 min rows."""
+        frozen, r60 = self._frozen, self._frozen60
         rows = []
-        for kind, table_acc in ((R10, acc), (R60, r60)):
-            width = PARTITION_SECONDS[kind]
-            for (sid, bucket), v in table_acc.items():
-                rows.append((f"{kind}_{bucket // width}", (sid, bucket, *v)))
-        rows.sort()
+        for (sid, bucket), v in frozen[start:start + count]:
+            self._merge_minute(r60, sid, bucket, v)
+            rows.append((f"{R10}_{bucket // PARTITION_SECONDS[R10]}", (sid, bucket, *v)))
+        if start + count > len(frozen):
+            if self._frozen60_list is None:
+                self._frozen60_list = list(r60.items())
+            first = max(0, start - len(frozen))
+            for (sid, bucket), v in self._frozen60_list[first:first + count - len(rows)]:
+                rows.append((f"{R60}_{bucket // PARTITION_SECONDS[R60]}", (sid, bucket, *v)))
         return rows
 
     def _upsert(self, rows: list[tuple[str, tuple]]) -> None:
@@ -334,56 +366,68 @@ class SQLiteStore:
         self._db.executemany("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                              list(values.items()))
 
+    def _freeze(self, upto: int) -> None:
+        self._frozen, self._frozen60, self._frozen60_list = list(self._acc.items()), {}, None
+        self._acc = {}
+        self._pending_upto, self._pending_done = upto, 0
+
     def _flush_step(self) -> None:
         """Inside a write transaction: the next chunk of a pending flush, or start one."""
-        if not self._pending and self._acc and time.monotonic() - self._last_flush >= self.flush_interval:
-            self._pending = self._freeze(self._acc)
-            self._pending_upto, self._pending_done = self._arrival_in_tx, 0
-            self._acc = {}
-            self._last_flush = time.monotonic()
-            self._set_meta(pending_upto=self._pending_upto, pending_done=0)
+        if self._frozen is None:
+            if self._acc and time.monotonic() - self._last_flush >= self.flush_interval:
+                self._freeze(self._arrival_in_tx)
+                self._last_flush = time.monotonic()
+                self._set_meta(pending_upto=self._pending_upto, pending_done=0)
             return
-        if self._pending:
-            start = self._pending_done
-            self._upsert(self._pending[start:start + self.chunk_rows])
-            self._pending_done = min(len(self._pending), start + self.chunk_rows)
-            if self._pending_done >= len(self._pending):
-                self._set_meta(rollups_through=self._pending_upto, pending_upto=0, pending_done=0)
-                self._finished = self._pending_upto
-            else:
-                self._set_meta(pending_done=self._pending_done)
+        rows = self._pending_rows(self._pending_done, self.chunk_rows)
+        self._upsert(rows)
+        self._pending_done += len(rows)
+        if len(rows) < self.chunk_rows and self._frozen60_list is not None:
+            self._set_meta(rollups_through=self._pending_upto, pending_upto=0, pending_done=0)
+            self._finished = self._pending_upto
+        else:
+            self._set_meta(pending_done=self._pending_done)
 
     def _after_commit(self) -> None:
         if self._finished is not None:
-            self._pending, self._rolled_through, self._finished = [], self._finished, None
+            self._frozen, self._rolled_through, self._finished = None, self._finished, None
+
+    def _write_rest(self) -> int:
+        """Every remaining row of a frozen flush, in the current transaction."""
+        rows = self._pending_rows(self._pending_done, 1 << 62)
+        self._upsert(rows)
+        self._frozen = None
+        return len(rows)
 
     def flush(self) -> int:
         """Write every rollup now, in one transaction (tests, shutdown)."""
-        rows = self._pending[self._pending_done:] + self._freeze(self._acc)
         db = self._db
         db.execute("BEGIN")
         try:
-            self._upsert(rows)
+            written = self._write_rest() if self._frozen is not None else 0
+            self._freeze(self._arrival)
+            written += self._write_rest()
             self._set_meta(rollups_through=self._arrival, pending_upto=0, pending_done=0)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._pending, self._acc = [], {}
         self._rolled_through = self._arrival
         self._last_flush = time.monotonic()
-        return len(rows)
+        return written
 
     def _fold_stored(self, after: int, upto: int | None) -> int:
-        """Fold the stored batches with arrival in (after, upto] into the accumulators."""
-        folded = 0
-        for table in sorted(t for t in self._tables if t.startswith("raw_")):
-            sql, args = f"SELECT host, points FROM {table} WHERE arrival > ?", [after]
+        """Fold the stored batches with arrival in (after, upto], in arrival order."""
+        def rows(table):
+            sql, args = f"SELECT arrival, host, points FROM {table} WHERE arrival > ?", [after]
             if upto is not None:
                 sql, args = sql + " AND arrival <= ?", args + [upto]
-            for host, blob in self._db.execute(sql + " ORDER BY arrival", args).fetchall():
-                self._fold(host, _decode(blob).points)
-                folded += 1
+            yield from self._db.execute(sql + " ORDER BY arrival", args).fetchall()
+        folded = 0
+        tables = sorted(t for t in self._tables if t.startswith("raw_"))
+        for _, host, blob in heapq.merge(*(rows(t) for t in tables)):
+            self._fold(host, _decode(blob).points)
+            folded += 1
         return folded
 
     def _recover(self) -> int:
@@ -395,9 +439,12 @@ class SQLiteStore:
         folded = 0
         if upto:
             folded += self._fold_stored(through, upto)
-            rows = self._freeze(self._acc)
-            self._upsert(rows[done:])
-            self._acc, through = {}, upto
+            self._freeze(upto)
+            # The minute rows need every 10 s row merged, also those written before the crash.
+            self._pending_rows(0, done)
+            self._pending_done = done
+            self._write_rest()
+            through = upto
             self._set_meta(rollups_through=upto, pending_upto=0, pending_done=0)
         folded += self._fold_stored(through, None)
         self._db.execute("COMMIT")  # also keeps the series created while folding
@@ -527,6 +574,8 @@ class SQLiteStore:
         return {"dropped_tables": dropped, "deleted_events": events}
 
     def close(self) -> None:
+        self._stop_checkpoints.set()
+        self._checkpointer.join(10)
         try:
             self.flush()
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,8 +1,8 @@
 """Fan-out to consumers: filters, the latest-value snapshot, bounded coalescing queues.
 
 Runs on the collector's event loop. After each commit the committer hands the stored
-batches to `Hub.publish`, which keeps the latest value of every series (for the initial
-snapshot of new subscribers) and offers each matching point to every subscription.
+batches to `Hub.publish`, which keeps each host's recent batches (for the initial snapshot
+of new subscribers) and offers each matching point to every subscription.
 
 A subscription never blocks ingest or the other subscriptions: its queue is a dict keyed by
 series, so a consumer that falls behind holds at most one pending value per series — a newer
@@ -101,10 +101,19 @@ class Subscription:
 
 
 class Hub:
+    """Subscriptions, and the recent batches of every host for the initial snapshot.
+
+    The snapshot is built from each host's last `RECENT` batches with points rather than
+    from a per-series map updated on every point: an agent sends all its series every
+    second (split over a few batches when large), so those batches hold the latest value
+    of each, and keeping them costs O(1) per batch instead of O(points) on the ingest path.
+    """
+
+    RECENT = 4
+
     def __init__(self) -> None:
         self.subscriptions: set[Subscription] = set()
-        self.latest: dict[Key, tuple] = {}  # key -> (host, point, received)
-        self.batch_labels: dict[str, dict] = {}
+        self.recent: dict[str, collections.deque] = {}  # host -> deque of (batch, series ids, received)
 
     def add(self, request, max_pending: int) -> Subscription:
         sub = Subscription(request, max_pending)
@@ -117,30 +126,40 @@ class Hub:
     def publish(self, stored: Iterable[tuple], received: float) -> None:
         """Stored (not duplicate) batches in commit order, each with its points' series ids
         (the store's; any key naming a series once will do)."""
-        latest = self.latest
         for batch, series in stored:
             host = batch.host_id
-            keyed = list(zip(series, batch.points))
-            self.batch_labels[host] = batch.labels
-            for key, point in keyed:
-                old = latest.get(key)
-                if old is None or old[1].ts <= point.ts:
-                    latest[key] = (host, point, received)
-            for sub in self.subscriptions:
-                sub.offer(host, batch, keyed, received)
+            if batch.points:
+                recent = self.recent.get(host)
+                if recent is None:
+                    recent = self.recent[host] = collections.deque(maxlen=self.RECENT)
+                recent.append((batch, series, received))
+            if self.subscriptions:
+                keyed = list(zip(series, batch.points))
+                for sub in self.subscriptions:
+                    sub.offer(host, batch, keyed, received)
 
     def snapshot(self, sub: Subscription) -> list[tuple]:
         out = []
-        for key, (host, point, received) in self.latest.items():
-            if not sub.wants_host(host) or (sub.metrics and point.metric not in sub.metrics):
+        for host, recent in self.recent.items():
+            if not sub.wants_host(host):
                 continue
-            if sub.labels and not sub._labels_match(self.batch_labels.get(host, {}), point.labels):
-                continue
-            out.append((host, point, received))
+            latest: dict[Key, tuple] = {}
+            for batch, series, received in recent:
+                for key, point in zip(series, batch.points):
+                    old = latest.get(key)
+                    if old is None or old[1].ts <= point.ts:
+                        latest[key] = (host, point, received)
+            labels = recent[-1][0].labels
+            for host_, point, received in latest.values():
+                if sub.metrics and point.metric not in sub.metrics:
+                    continue
+                if sub.labels and not sub._labels_match(labels, point.labels):
+                    continue
+                out.append((host_, point, received))
         return out
 
     def stats(self) -> dict:
-        return {"subscriptions": len(self.subscriptions), "series": len(self.latest),
+        return {"subscriptions": len(self.subscriptions), "hosts": len(self.recent),
                 "coalesced": sum(s.coalesced for s in self.subscriptions),
                 "dropped": sum(s.dropped for s in self.subscriptions)}
 

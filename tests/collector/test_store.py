@@ -81,7 +81,7 @@ def test_a_flush_cut_short_by_a_crash_is_finished_once_on_restart(tmp_path):
     store.write(many, T0)  # freezes the first accumulators, later writes carry chunks
     store.write([_batch(seq=21, ts=T0 + 3, value=3, gpu="0")], T0)  # freeze the rest
     store.write([_batch(seq=22, ts=T0 + 12, value=4, gpu="0")], T0)  # chunk 1 of the second flush
-    assert store._pending and 0 < store._pending_done < len(store._pending), "mid-flush"
+    assert store._frozen and 0 < store._pending_done < 40, "mid-flush"
     after = SQLiteStore(tmp_path, flush_interval=3600)  # the crash: restart from the file
     after.flush()
     _, series = after.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="10s")
