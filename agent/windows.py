@@ -163,23 +163,24 @@ class Windows:
 
     # --- writing --------------------------------------------------------------------------
     def add(self, sample: Sample) -> None:
-        if sample.count <= 0 or sample.sum != sample.sum:  # no samples, or NaN: no data
-            return
-        sec = int(math.floor(sample.ts))
-        key = (sample.metric, labels_key(sample.labels))
-        with self._lock:
-            series = self._series.get(key)
-            if series is None:
-                series = self._series[key] = _Series(sample.metric, sample.labels, self.retention)
-                series.closed_through = sec - 1  # nothing before its first second to hand out
-                self._by_metric.setdefault(sample.metric, []).append(series)
-            if sec <= series.closed_through:
-                self.late_samples += 1
-            series.add(sec, sample)
+        self.add_all((sample,))
 
     def add_all(self, samples: Iterable[Sample]) -> None:
-        for s in samples:
-            self.add(s)
+        """Fold samples into their seconds' buckets (one lock hold for the whole batch)."""
+        with self._lock:
+            for sample in samples:
+                if sample.count <= 0 or sample.sum != sample.sum:  # no samples, or NaN: no data
+                    continue
+                sec = int(math.floor(sample.ts))
+                key = (sample.metric, labels_key(sample.labels))
+                series = self._series.get(key)
+                if series is None:
+                    series = self._series[key] = _Series(sample.metric, sample.labels, self.retention)
+                    series.closed_through = sec - 1  # nothing before its first second to hand out
+                    self._by_metric.setdefault(sample.metric, []).append(series)
+                if sec <= series.closed_through:
+                    self.late_samples += 1
+                series.add(sec, sample)
 
     def close(self, now: float | None = None) -> list[Bucket]:
         """Every bucket of a second before floor(now) not handed out yet, oldest first."""
@@ -191,6 +192,13 @@ class Windows:
                 if series.closed_through >= through:
                     continue
                 first = max(series.closed_through + 1, through - series.size + 1)
+                if first == through:  # the usual case, one second since the last tick
+                    i = through % series.size
+                    if series.stamp[i] == through:
+                        out.append(Bucket(series.metric, series.labels, through, series.count[i],
+                                          series.sum[i], series.min[i], series.max[i], series.last[i]))
+                    series.closed_through = through
+                    continue
                 for i in series.slots(first, through):
                     out.append(Bucket(series.metric, series.labels, series.stamp[i], series.count[i],
                                       series.sum[i], series.min[i], series.max[i], series.last[i]))
