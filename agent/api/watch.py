@@ -109,11 +109,16 @@ class WatchHub:
         with self._lock:
             if len(self._subs) >= self.max_subscribers:
                 return None
-            self._subs.append(sub)
+            last_published, last_status = self._last_published, self._last_status
         # The first update goes out at once, from the last published state, so a new watcher
-        # sees figures immediately instead of after the next tick.
-        if self._last_published is not None:
-            self._offer(sub, self._last_published, self.windows.latest_all(), self._last_status)
+        # sees figures immediately instead of after the next tick. It is queued before the
+        # subscriber is listed, so the publisher never touches it at the same time.
+        if last_published is not None:
+            self._offer(sub, last_published, self.windows.latest_all(), last_status)
+        with self._lock:
+            if len(self._subs) >= self.max_subscribers:
+                return None
+            self._subs.append(sub)
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
