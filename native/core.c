@@ -192,6 +192,8 @@ static void free_buffers(struct egs_core *core)
     free(core->acc);
     free(core->ring);
     free(core->ring_head);
+    free(core->ring_pos);
+    core->ring_pos = NULL;
     free(core->late_hist);
     free(core->fold_hist);
     core->fold_hist = NULL;
@@ -259,11 +261,13 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->ring_len = core->cfg.ring_len;
     core->acc = malloc((nacc ? nacc : 1) * sizeof(*core->acc));
     core->ring_head = calloc(core->ndevs ? core->ndevs : 1, sizeof(*core->ring_head));
+    core->ring_pos = calloc(core->ndevs ? core->ndevs : 1, sizeof(*core->ring_pos));
     core->late_hist = calloc(EGS_LATE_BUCKETS, sizeof(*core->late_hist));
     core->fold_hist = calloc(EGS_FOLD_BUCKETS, sizeof(*core->fold_hist));
     if (core->ring_len > 0 && core->ndevs > 0)
         core->ring = malloc((size_t)core->ndevs * core->ring_len * (1 + EGS_NFIELDS) * sizeof(double));
-    if (core->acc == NULL || core->ring_head == NULL || core->late_hist == NULL || core->fold_hist == NULL ||
+    if (core->acc == NULL || core->ring_head == NULL || core->ring_pos == NULL ||
+        core->late_hist == NULL || core->fold_hist == NULL ||
         (core->ring_len > 0 && core->ndevs > 0 && core->ring == NULL)) {
         rc = EGS_E_NOMEM;
         goto fail_locked;
@@ -370,11 +374,12 @@ static void fold_tick(struct egs_core *core, const struct egs_tick *ticks, doubl
         const struct egs_tick *t = &ticks[i];
         if (d->info.state == EGS_DSTATE_LOST)
             continue;
-        struct egs_acc *acc = &core->acc[(size_t)i * EGS_NFIELDS];
-        double *slot = NULL;
+        /* restrict: ring and accumulators never overlap, so the compiler may keep the
+         * accumulator in registers across the ring stores. */
+        struct egs_acc *restrict acc = &core->acc[(size_t)i * EGS_NFIELDS];
+        double *restrict slot = NULL;
         if (core->ring != NULL) {
-            size_t pos = core->ring_head[i] % core->ring_len;
-            slot = &core->ring[((size_t)i * core->ring_len + pos) * (1 + EGS_NFIELDS)];
+            slot = &core->ring[((size_t)i * core->ring_len + core->ring_pos[i]) * (1 + EGS_NFIELDS)];
             slot[0] = now_unix;
         }
         for (int f = 0; f < EGS_NFIELDS; f++) {
@@ -405,8 +410,10 @@ static void fold_tick(struct egs_core *core, const struct egs_tick *ticks, doubl
             if (slot != NULL)
                 slot[1 + f] = v;
         }
-        if (slot != NULL)
+        if (slot != NULL) {
             core->ring_head[i]++;
+            core->ring_pos[i] = core->ring_pos[i] + 1 == core->ring_len ? 0 : core->ring_pos[i] + 1;
+        }
         if (t->lost) {
             d->info.state = EGS_DSTATE_LOST;
             egs_copy(d->info.lost_reason, sizeof(d->info.lost_reason), t->lost_reason);
@@ -443,11 +450,13 @@ static void prefetch_fold_state(const struct egs_core *core)
         __builtin_prefetch(acc + off, 1, 3);
     if (core->ring == NULL)
         return;
+    const size_t slot_bytes = (1 + EGS_NFIELDS) * sizeof(double);
     for (unsigned int i = 0; i < core->ndevs; i++) {
-        size_t pos = core->ring_head[i] % core->ring_len;
-        const char *slot = (const char *)&core->ring[((size_t)i * core->ring_len + pos) * (1 + EGS_NFIELDS)];
-        __builtin_prefetch(slot, 1, 3);
-        __builtin_prefetch(slot + (1 + EGS_NFIELDS) * sizeof(double) - 1, 1, 3);
+        const char *slot = (const char *)&core->ring[((size_t)i * core->ring_len + core->ring_pos[i]) * (1 + EGS_NFIELDS)];
+        /* A slot spans two or three lines depending on where it starts. */
+        for (size_t off = 0; off < slot_bytes; off += 64)
+            __builtin_prefetch(slot + off, 1, 3);
+        __builtin_prefetch(slot + slot_bytes - 1, 1, 3);
     }
 }
 

@@ -105,6 +105,8 @@ struct egs_core {
     double *ring;                   /* ndevs x ring_len x (1 + EGS_NFIELDS) */
     unsigned int ring_len;
     unsigned long long *ring_head;  /* per device: samples ever written */
+    unsigned int *ring_pos;         /* per device: next slot (ring_head % ring_len, kept without
+                                     * a 64-bit division per device per tick) */
 
     struct egs_event events[EGS_EVENT_QUEUE];
     unsigned int ev_head, ev_count;
