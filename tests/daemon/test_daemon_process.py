@@ -203,3 +203,28 @@ def test_a_user_outside_the_socket_group_is_told_permission_denied(short_dir, st
     assert result.returncode == 1
     assert "permission denied" in result.stderr and str(sock) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_watch_on_a_terminal_redraws_in_place(short_dir, start_daemon):
+    import pty
+
+    config = write_config(short_dir, "[gpu]\nenabled = false\n")
+    sock = short_dir / "agent.sock"
+    start_daemon(config, sock)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(cli_argv("--socket", str(sock), "watch", "--count", "2"), cwd=ROOT, env=agent_env(),
+                            stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    assert proc.wait(30) == 0, proc.stderr.read()
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO once the terminal's other end is closed and drained
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert output.count(b"\x1b[H\x1b[2J") == 2, output[:500]
+    assert b"Host: cpu" in output
