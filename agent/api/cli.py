@@ -206,18 +206,41 @@ def _gpu_rows(doc: dict) -> list[str]:
     head = f"| {'GPU':>3} | {'Name':<26} | {'State':<11} | {'Temp':>6} | {'Util':>5} | {'Memory used / total':>23} | {'Power':>8} |"
     rule = "+" + "-" * (len(head) - 2) + "+"
     rows = [rule, head, rule]
+    health = _health_by_gpu(doc)
     for g in gpus:
         m = g.get("metrics", {})
+        # The device's own state (ok/lost) unless the health view says more (degraded, failed).
+        state = g.get("state", "?")
+        if state == "ok" and health.get(g.get("index"), {}).get("state") not in (None, "ok"):
+            state = health[g.get("index")]["state"]
         temp = _num(m.get("gpu_temperature_celsius"), "{:.0f}C")
         util = _num(m.get("gpu_utilization_percent"), "{:.0f}%")
         mem = f"{_bytes(m.get('gpu_memory_used_bytes'))} / {_bytes(m.get('gpu_memory_total_bytes'))}"
         power = _num(m.get("gpu_power_watts"), "{:.0f}W")
-        rows.append(f"| {g.get('index', '?'):>3} | {str(g.get('name', ''))[:26]:<26} | {g.get('state', '?'):<11} | "
+        rows.append(f"| {g.get('index', '?'):>3} | {str(g.get('name', ''))[:26]:<26} | {state:<11} | "
                     f"{temp:>6} | {util:>5} | {mem:>23} | {power:>8} |")
     if not gpus:
         rows.append(f"| {'no GPUs':<{len(head) - 4}} |")
     rows.append(rule)
     return rows
+
+
+def _health_by_gpu(doc: dict) -> dict:
+    entries = doc.get("health")
+    if not isinstance(entries, list):
+        return {}
+    return {h.get("gpu"): h for h in entries if isinstance(h, dict)}
+
+
+def _health_lines(doc: dict) -> list[str]:
+    """One line per GPU whose health is not ok, with its reasons."""
+    lines = []
+    for gpu, h in sorted(_health_by_gpu(doc).items(), key=lambda kv: str(kv[0])):
+        if h.get("state") in (None, "ok"):
+            continue
+        reasons = "; ".join(str(r.get("detail")) for r in h.get("reasons", []) if isinstance(r, dict))
+        lines.append(f"GPU {gpu} {h.get('state')}: {reasons or 'no reason given'}")
+    return lines
 
 
 def render_status(doc: dict) -> str:
@@ -228,6 +251,7 @@ def render_status(doc: dict) -> str:
     lines.append(f"egs-agent {agent.get('version', '?')} on {agent.get('host_id', '?')}   "
                  f"up {_duration(agent.get('uptime_s'))}   {time.strftime('%Y-%m-%d %H:%M:%S')}")
     lines += _gpu_rows(doc)
+    lines += _health_lines(doc)
     backends = doc.get("backends", {})
     parts = []
     for name, b in backends.items():

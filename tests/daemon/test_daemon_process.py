@@ -228,3 +228,18 @@ def test_watch_on_a_terminal_redraws_in_place(short_dir, start_daemon):
     os.close(leader)
     assert output.count(b"\x1b[H\x1b[2J") == 2, output[:500]
     assert b"Host: cpu" in output
+
+
+def test_status_table_shows_a_lost_gpu_and_its_health_reason(short_dir, start_daemon, sim_out):
+    config = write_config(short_dir, "[gpu]\namd = false\n")
+    sock = short_dir / "agent.sock"
+    start_daemon(config, sock, env=sim_env("nvidia-lost"))
+
+    def lost_row():
+        out = cli("--socket", str(sock), "status").stdout
+        return out if re.search(r"\|\s+1 \| Tesla P100-PCIE-16GB\s+\| lost\s+\|\s+n/a \|", out) else None
+
+    table = wait_for(lost_row, what="GPU 1 shown lost")
+    assert re.search(r"\|\s+0 \| Tesla P100-PCIE-16GB\s+\| ok\s+\|\s+60C \|", table), table
+    # the health component (agent.alarms.component:build_health) gives the reason
+    assert re.search(r"^GPU 1 lost: ", table, re.M), table
