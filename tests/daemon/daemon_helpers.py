@@ -121,7 +121,7 @@ def native_available() -> str | None:
     try:
         import agent.native  # noqa: F401
     except ImportError as e:
-        return f"native core not built or not landed yet: {e}"
+        return f"native core not built (run `make native`): {e}"
     return None
 
 
