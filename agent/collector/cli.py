@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -98,6 +99,10 @@ def cmd_run(args) -> int:
     fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
     logging.basicConfig(level=cfg.collector.log_level.upper(), format=fmt, stream=sys.stderr)
     from agent.collector.server import serve
+    # The store's rollup accumulators are ~100k small lists alive at any time; with the
+    # default thresholds the collector's full GC passes over them every few seconds and
+    # each pass stalls every ack for a few hundred ms. They hold no cycles, so collect rarely.
+    gc.set_threshold(100_000, 50, 100)
     try:
         return asyncio.run(serve(cfg))
     except OSError as e:

@@ -124,6 +124,19 @@ def parse_text(text: str, file: str = "<config>") -> SimpleNamespace:
     return cfg
 
 
+def markdown() -> str:
+    """The config reference table of docs/collector.md (`python -m agent.collector.settings`)."""
+    from agent.config import _type_name
+    out = []
+    for sec in SECTIONS.values():
+        out += [f"### `[{sec.name}]`", "", sec.doc, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        for k, spec in sec.keys.items():
+            rng = f" (one of {', '.join(spec.choices)})" if spec.choices else ""
+            out.append(f"| `{k}` | {_type_name(spec.type)}{rng} | `{spec.default!r}` | {spec.doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def load(path: str | os.PathLike | None = None) -> SimpleNamespace:
     explicit = path is not None
     path = Path(path or DEFAULT_PATH)
@@ -136,3 +149,7 @@ def load(path: str | os.PathLike | None = None) -> SimpleNamespace:
     except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read: {e}", str(path)) from None
     return parse_text(text, str(path))
+
+
+if __name__ == "__main__":
+    print(markdown())

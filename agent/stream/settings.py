@@ -5,9 +5,9 @@ SECTION_MODULES, so `docs/config.md` lists it with the core sections.
 
 Default spool bound (`spool_max_bytes`, 1 GiB): a large host sends about 100 series a
 second (8 GPUs x 11 GPU metrics, CPU and memory, 4 figures for each of 2 NICs). One
-one-second batch of 100 points is about 14 KB of protobuf, and 3.5 KB once zlib (level 1)
-has squeezed the repeated label strings (bench/collector.py prints the figure it measured),
-so a day is about 86,400 x 3.5 KB = 300 MB; 1 GiB holds about three days at that rate, and
+one-second batch of 100 points is about 22 KB of protobuf, and 3.9 KB spooled once zlib
+(level 1) has squeezed the repeated label strings (bench/collector.py prints both figures),
+so a day is about 86,400 x 3.9 KB = 337 MB; 1 GiB holds about three days at that rate, and
 still a full day if a host has three times as many series.
 """
 from __future__ import annotations

@@ -81,3 +81,8 @@ def test_agent_stream_plaintext_is_refused_for_a_remote_endpoint():
 def test_agent_stream_endpoints_must_be_host_port():
     with pytest.raises(ConfigError, match=r"a\.toml:2: stream\.endpoints: 'collector' is not host:port"):
         parse('[stream]\nendpoints = ["collector"]\n', "a.toml")
+
+
+def test_docs_collector_md_has_the_current_config_reference():
+    text = (REPO / "docs" / "collector.md").read_text()
+    assert settings.markdown() in text, "docs/collector.md is stale: paste `python -m agent.collector.settings`"
