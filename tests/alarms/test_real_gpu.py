@@ -16,22 +16,30 @@ import time
 
 import pytest
 
-native = pytest.importorskip("agent.native", reason="native core not built: run `make native`")
+pytest.importorskip("agent.native", reason="native core not built: run `make native`")
 
 pytestmark = pytest.mark.gpu
 
 
+def _real_env() -> dict[str, str]:
+    """The environment with every simulated-GPU override removed."""
+    return {k: v for k, v in os.environ.items()
+            if k not in ("EGS_SIM_SCENARIO", "EGS_NVML_LIBRARY", "EGS_AMDSMI_LIBRARY", "LD_LIBRARY_PATH")}
+
+
 @pytest.fixture(scope="module")
 def gpus():
-    core = native.Core(amd=False, hz=10.0, ring_seconds=1.0, events=False)
-    core.start()
-    try:
-        backend = core.backends["nvidia"]
-        devices = [d for d in core.devices() if d.vendor == "nvidia"]
-    finally:
-        core.stop()
-    if backend.state != "ok" or not devices:
-        pytest.skip(f"no NVIDIA GPU here: NVML backend {backend.state} ({backend.detail})")
+    # Probe in a fresh process: once a test in this process has dlopen'ed the simulated
+    # libnvidia-ml.so.1 by path, a later dlopen of the soname returns that same copy, and
+    # the simulator would pass for a real GPU.
+    probe = subprocess.run([sys.executable, "-m", "agent.cli", "probe", "--seconds", "0.2", "--json"],
+                           env=_real_env(), capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    report = json.loads(probe.stdout)
+    backend = report["backends"]["nvidia"]
+    devices = [g for g in report["gpus"] if g["vendor"] == "nvidia"]
+    if backend["state"] != "ok" or not devices:
+        pytest.skip(f"no NVIDIA GPU here: NVML backend {backend['state']} ({backend['detail']})")
     return devices
 
 
@@ -67,12 +75,12 @@ def test_daemon_on_real_gpus_fires_once_per_gpu_with_full_rate_recordings(gpus, 
     socket = str(tmp_path / "agent.sock")
     config = tmp_path / "agent.toml"
     config.write_text(AGENT_TOML.format(state=tmp_path / "state", socket=socket))
-    env = {k: v for k, v in os.environ.items() if k not in ("EGS_SIM_SCENARIO", "EGS_NVML_LIBRARY")}
+    env = _real_env()
     log = tmp_path / "daemon.log"
     with open(log, "w") as err:
         daemon = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)],
                                   env=env, stderr=err, stdout=subprocess.DEVNULL)
-    want = {str(d.index) for d in gpus}
+    want = {str(g["index"]) for g in gpus}
     try:
         headers = []
         deadline = time.monotonic() + 60
