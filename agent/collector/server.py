@@ -112,7 +112,7 @@ class Committer:
         self.stats["commits"] += 1
         self.stats["last_group"] = len(group)
         self.stats["largest_group"] = max(self.stats["largest_group"], len(group))
-        stored = []
+        stored, done = [], []
         for (batch, _, fut), res in zip(group, results):
             if res.duplicate:
                 self.stats["duplicates"] += 1
@@ -120,9 +120,15 @@ class Committer:
                 self.stats["batches"] += 1
                 self.stats["points"] += res.points
                 stored.append((batch, res.series))
-            self.loop.call_soon_threadsafe(_resolve, fut, res.duplicate)
+            done.append((fut, res.duplicate))
+        # One wake-up of the event loop per commit, not one per batch.
+        self.loop.call_soon_threadsafe(self._deliver, done, stored, received)
+
+    def _deliver(self, done: list, stored: list, received: float) -> None:
+        for fut, duplicate in done:
+            _resolve(fut, duplicate)
         if stored:
-            self.loop.call_soon_threadsafe(self.hub.publish, stored, received)
+            self.hub.publish(stored, received)
 
 
 def _resolve(fut: asyncio.Future, value) -> None:
@@ -169,29 +175,30 @@ class Ingest(collector_pb2_grpc.IngestServicer):
         host: str | None = None
 
         async def read() -> None:
-            async for wire, batch in request_iterator:
-                problem = self._problem(batch, names)
-                if problem is not None:
-                    await pending.put(("reject", batch, *problem))
-                    return
-                fut = loop.create_future()
-                self.committer.submit(batch, wire, fut)
-                await pending.put(("ack", batch, fut))
-            await pending.put(None)
+            # Hands each batch on in order; however reading ends, the writer side hears of it.
+            try:
+                async for wire, batch in request_iterator:
+                    problem = self._problem(batch, names)
+                    if problem is not None:
+                        await pending.put(("reject", batch, *problem))
+                        return
+                    fut = loop.create_future()
+                    self.committer.submit(batch, wire, fut)
+                    await pending.put(("ack", batch, fut))
+                await pending.put(None)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # the client went away, or a request did not decode
+                await pending.put(("error", e))
 
         reader = asyncio.create_task(read())
         try:
             while True:
-                getter = asyncio.ensure_future(pending.get())
-                done, _ = await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    if reader.exception() is not None:
-                        raise reader.exception()
-                    getter = asyncio.ensure_future(pending.get())
-                item = await getter
+                item = await pending.get()
                 if item is None:
                     return
+                if item[0] == "error":
+                    raise item[1]
                 if item[0] == "reject":
                     _, batch, code, details = item
                     if code == grpc.StatusCode.INVALID_ARGUMENT:
