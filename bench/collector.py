@@ -120,6 +120,7 @@ async def agent(i: int, target: str, args, t_start: float, t_end: float, acks: l
             t0 = sent.pop(ack.seq, None)
             if t0 is not None and t0 >= t_start + args.warmup:
                 acks.append(t - t0)
+            if t_start + args.warmup <= t <= t_end:  # throughput: acks that came in the window
                 counters["points"] += args.points
                 counters["batches"] += 1
 
@@ -133,6 +134,10 @@ async def agent(i: int, target: str, args, t_start: float, t_end: float, acks: l
                 break
             if next_send > now:
                 await asyncio.sleep(next_send - now)
+            while len(sent) >= args.max_in_flight:  # like a real agent (stream.max_in_flight)
+                await asyncio.sleep(0.05)
+            if time.time() > t_end:
+                break
             seq += 1
             now = time.time()
             second = float(int(now))
@@ -191,7 +196,7 @@ async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen
     await asyncio.sleep(1.5)
     sub.cancel()
     wall = w1 - w0
-    return {"points_per_s": counters["points"] / args.duration, "batches_per_s": counters["batches"] / args.duration,
+    return {"offered_batches_per_s": args.agents, "points_per_s": counters["points"] / args.duration, "batches_per_s": counters["batches"] / args.duration,
             "ack_p50_ms": pct(acks, 50) * 1000, "ack_p99_ms": pct(acks, 99) * 1000, "ack_max_ms": max(acks or [0]) * 1000,
             "delivery_p50_ms": pct(delivery, 50) * 1000, "delivery_p99_ms": pct(delivery, 99) * 1000,
             "delivered": len(delivery), "errors": counters["errors"],
@@ -241,6 +246,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=60.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--replay-batches", type=int, default=10_000)
+    p.add_argument("--max-in-flight", type=int, default=256, help="unacknowledged batches per agent")
     p.add_argument("--tls", action="store_true")
     args = p.parse_args()
     # As in the collector: 1,000 streams' worth of objects make the default GC stall for
@@ -253,8 +259,8 @@ def main() -> int:
         print(f"# collector bench: {args.agents} agents x 1 batch/s x {args.points} points, {args.duration:g} s "
               f"measured after {args.warmup:g} s warm-up; {os.cpu_count()} CPUs; data in {root}")
         r = asyncio.run(ingest_phase(args, ingest, consumers, proc))
-        print(f"ingest: {r['points_per_s']:,.0f} points/s sustained ({r['batches_per_s']:,.0f} batches/s), "
-              f"errors {r['errors']}")
+        print(f"ingest: {r['points_per_s']:,.0f} points/s sustained ({r['batches_per_s']:,.0f} batches/s acked "
+              f"of {r['offered_batches_per_s']:,} offered), errors {r['errors']}")
         print(f"ack latency: p50 {r['ack_p50_ms']:.1f} ms, p99 {r['ack_p99_ms']:.1f} ms, max {r['ack_max_ms']:.1f} ms")
         print(f"subscriber delivery (send -> consumer): p50 {r['delivery_p50_ms']:.1f} ms, "
               f"p99 {r['delivery_p99_ms']:.1f} ms over {r['delivered']} updates")

@@ -154,13 +154,17 @@ def peer_names(context) -> set[str] | None:
 
 
 class Ingest(collector_pb2_grpc.IngestServicer):
-    def __init__(self, committer: Committer, plaintext: bool, max_points: int):
+    def __init__(self, committer: Committer, plaintext: bool, max_points: int, max_uncommitted: int = 4096):
         self.committer = committer
         self.plaintext = plaintext
         self.max_points = max_points
         self.connected: dict[str, str] = {}  # host -> peer
         self.counts: dict[str, dict[str, int]] = {}
         self.stats = {"rejected": 0, "refused_identity": 0, "unauthenticated": 0}
+        # Batches received and not yet acked, all streams together. When the store falls
+        # behind, readers wait here, gRPC flow control holds the agents back (their spools
+        # absorb it) and the collector's memory stays bounded.
+        self._room = asyncio.Semaphore(max_uncommitted)
 
     async def Publish(self, request_iterator, context):
         names = peer_names(context)
@@ -171,7 +175,7 @@ class Ingest(collector_pb2_grpc.IngestServicer):
             self.stats["unauthenticated"] += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "the client certificate names no host (no CN, no DNS SAN)")
         loop = asyncio.get_running_loop()
-        pending: asyncio.Queue = asyncio.Queue(maxsize=4096)
+        pending: asyncio.Queue = asyncio.Queue(maxsize=256)
         host: str | None = None
 
         async def read() -> None:
@@ -182,7 +186,9 @@ class Ingest(collector_pb2_grpc.IngestServicer):
                     if problem is not None:
                         await pending.put(("reject", batch, *problem))
                         return
+                    await self._room.acquire()
                     fut = loop.create_future()
+                    fut.add_done_callback(lambda _: self._room.release())
                     self.committer.submit(batch, wire, fut)
                     await pending.put(("ack", batch, fut))
                 await pending.put(None)
@@ -379,7 +385,8 @@ class Collector:
         self.committer = Committer(self.store, asyncio.get_running_loop(), self.hub,
                                    parse_duration(cfg.store.cleanup_interval))
         self.committer.start()
-        self.ingest = Ingest(self.committer, cfg.tls.plaintext, cfg.ingest.max_points)
+        self.ingest = Ingest(self.committer, cfg.tls.plaintext, cfg.ingest.max_points,
+                             cfg.ingest.max_uncommitted)
         self.consumers = Consumers(self.store, self.hub, self.ingest, cfg.consumers.all_tokens,
                                    parse_duration(cfg.consumers.heartbeat), cfg.consumers.max_pending)
         self.server = grpc.aio.server(options=server_options(cfg))

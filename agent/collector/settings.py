@@ -50,6 +50,8 @@ SECTIONS = {s.name: s for s in [
         "max_message_bytes": Key(8 << 20, int, "Largest batch accepted; larger ones get RESOURCE_EXHAUSTED (keep >= the agents' stream.max_message_bytes).",
                                  min=64 << 10, max=256 << 20),
         "max_points": Key(100_000, int, "Most points one batch may carry.", min=1),
+        "max_uncommitted": Key(4096, int, "Batches received but not yet stored, all agents together; past it the collector stops reading (agents' spools absorb the backlog).",
+                               min=16, max=1_000_000),
     }),
     Section("consumers", "The port consumers (subscribe, query, agents) connect to: TLS and read-only bearer tokens.", {
         "listen": Key("[::]:7444", str, "Address consumers connect to.", check=_listen),
