@@ -7,6 +7,11 @@ derives `gpu_memory_used_percent`, and turns C status codes into exceptions in o
 (`_check`). Nothing here runs per sample: Python only sees drained aggregates, ring blocks
 and events.
 
+Fields come in two tiers (native/egs_core.h): utilisation, memory, temperature and power at
+`hz`; clocks, energy and fan at `slow_hz` (`SLOW_METRICS`). A drain may hold no record of a
+slow metric when no slow tick fell in its interval, and a ring sample holds None for a slow
+metric on the ticks that did not read it: "not sampled", never an older value repeated.
+
 AMD hosts without the AMD SMI library fall back to `pyamdgpuinfo` (libdrm), polled from a
 Python thread at a low rate (`fallback_hz`), and the backend says so in its detail.
 """
@@ -43,7 +48,10 @@ FIELDS: tuple[tuple[str, float], ...] = (
 assert len(FIELDS) == lib.EGS_NFIELDS
 assert all(name in metrics.BY_NAME for name, _ in FIELDS)
 MEMORY_PERCENT = "gpu_memory_used_percent"
+# Read at slow_hz rather than hz (the core's EGS_SLOW_FIELDS).
+SLOW_METRICS = frozenset(name for f, (name, _) in enumerate(FIELDS) if lib.EGS_SLOW_FIELDS & (1 << f))
 _USED, _TOTAL = lib.EGS_F_MEMORY_USED, lib.EGS_F_MEMORY_TOTAL
+assert not lib.EGS_SLOW_FIELDS & (1 << _USED | 1 << _TOTAL)  # memory percent is fast
 assert _TOTAL == _USED + 1  # drain() pairs them by offset
 # struct egs_stats as laid out by the C compiler (native alignment).
 _STATS_LAYOUT = struct.Struct("@IiQddddddQ")
@@ -60,6 +68,7 @@ DEFAULT_NVML_LIBRARY = "libnvidia-ml.so.1"
 # ring of one GPU stays under 24 MiB (about 4.5 minutes at 1 kHz, an hour at 72 Hz).
 RING_MAX_SAMPLES = 1 << 18
 FALLBACK_HZ = 1.0
+SLOW_HZ = 1.0  # the slow tier's default rate (config key gpu.slow_hz)
 
 
 def default_amdsmi_library(env: dict[str, str] | None = None) -> str:
@@ -320,16 +329,23 @@ class Core:
     """Native GPU sampling: NVML and AMD SMI on a C thread, drained as aggregates."""
 
     def __init__(self, nvml_library: str | None = None, amdsmi_library: str | None = None,
-                 hz: float = 100.0, ring_seconds: float = 60.0, nvidia: bool = True,
-                 amd: bool = True, events: bool = True, fallback_hz: float = FALLBACK_HZ):
+                 hz: float = 10.0, ring_seconds: float = 60.0, nvidia: bool = True,
+                 amd: bool = True, events: bool = True, fallback_hz: float = FALLBACK_HZ,
+                 slow_hz: float | None = None):
+        """`slow_hz` is the slow tier's rate (None: SLOW_HZ, or hz when hz is lower); the
+        core reads it every round(hz / slow_hz) ticks of the `hz` grid."""
         if not hz > 0:
             raise ValueError(f"hz must be positive, got {hz!r}")
+        if slow_hz is None:
+            slow_hz = min(SLOW_HZ, float(hz))
+        if not 0 < slow_hz <= hz:
+            raise ValueError(f"slow_hz must be > 0 and <= hz ({hz!r}), got {slow_hz!r}")
         if ring_seconds < 0:
             raise ValueError(f"ring_seconds must not be negative, got {ring_seconds!r}")
         self.nvml_library = nvml_library or os.environ.get("EGS_NVML_LIBRARY") or DEFAULT_NVML_LIBRARY
         self.amdsmi_library = (amdsmi_library or os.environ.get("EGS_AMDSMI_LIBRARY")
                                or default_amdsmi_library())
-        self.hz, self.ring_seconds = float(hz), float(ring_seconds)
+        self.hz, self.slow_hz, self.ring_seconds = float(hz), float(slow_hz), float(ring_seconds)
         self.ring_len = min(RING_MAX_SAMPLES, int(math.ceil(self.hz * self.ring_seconds)))
         self.nvidia, self.amd, self.want_events = bool(nvidia), bool(amd), bool(events)
         self.fallback_hz = min(float(fallback_hz), self.hz)
@@ -339,7 +355,7 @@ class Core:
         cfg = ffi.new("struct egs_config *", {
             "nvml_library": self._paths[0], "amdsmi_library": self._paths[1],
             "nvidia": int(self.nvidia), "amd": int(self.amd), "hz": self.hz,
-            "ring_len": self.ring_len, "events": int(self.want_events)})
+            "slow_hz": self.slow_hz, "ring_len": self.ring_len, "events": int(self.want_events)})
         out = ffi.new("struct egs_core **")
         _check(lib.egs_core_new(cfg, out), "egs_core_new")
         self._core = ffi.gc(out[0], lib.egs_core_free)
@@ -353,7 +369,8 @@ class Core:
         """From the `[gpu]` section of agent.config (env overrides already applied by load())."""
         g = cfg.gpu
         return cls(nvml_library=g.nvml_library, amdsmi_library=g.amdsmi_library or None,
-                   hz=g.hz, ring_seconds=g.ring_seconds, nvidia=g.nvidia, amd=g.amd)
+                   hz=g.hz, slow_hz=g.slow_hz, ring_seconds=g.ring_seconds, nvidia=g.nvidia,
+                   amd=g.amd)
 
     # -- lifecycle --
     def start(self) -> "Core":
@@ -491,9 +508,13 @@ class Core:
                 return out
 
     def sampler_stats(self) -> dict[str, float | int]:
+        """The sampler's counters. `reads` (field values read) = `reads_fast` + `reads_slow`;
+        `slow_ticks` of the `ticks` read the slow tier, one grid slot in `slow_every`."""
         s = ffi.new("struct egs_sampler_stats *")
         _check(lib.egs_sampler_get(self._core, s), "egs_sampler_get")
         return {"ticks": s.ticks, "late_ticks": s.late_ticks, "reads": s.reads,
+                "reads_fast": s.reads_fast, "reads_slow": s.reads_slow, "slow_ticks": s.slow_ticks,
+                "slow_every": s.slow_every, "target_slow_hz": self.hz / s.slow_every,
                 "tick_late_p99_us": s.tick_late_p99_us, "thread_cpu_s": s.thread_cpu_s,
                 "elapsed_s": s.elapsed_s, "achieved_hz": s.achieved_hz, "target_hz": self.hz,
                 "read_s": s.read_s, "fold_s": s.fold_s, "fold_p50_us": s.fold_p50_us,

@@ -3,7 +3,8 @@
 A one-shot `dmon` for operators and the base of later checks: per backend its state (and
 why, when it is not ok), per GPU its identity and state, and per catalogue metric the
 count, mean, min, max and last reading over the run. A metric the device does not support
-is null, never 0. It needs no daemon and no config file.
+is null, never 0. Slow-tier metrics (clocks, energy, fan) are read at `--slow-hz`, so their
+counts are lower than the others'. It needs no daemon and no config file.
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ STATS = ("count", "mean", "min", "max", "last")
 
 
 def run_probe(seconds: float, hz: float, nvml_library: str | None = None,
-              amdsmi_library: str | None = None) -> dict[str, Any]:
+              amdsmi_library: str | None = None, slow_hz: float | None = None) -> dict[str, Any]:
     """Samples for `seconds` and returns the report as a JSON-ready dict."""
     from agent.native import Core  # the extension may be missing; the caller reports it
 
     core = Core(nvml_library=nvml_library, amdsmi_library=amdsmi_library, hz=hz,
-                ring_seconds=0.0)
+                slow_hz=slow_hz, ring_seconds=0.0)
     core.start()
     try:
         core.drain()  # start the window at a tick boundary, not at library init
@@ -54,9 +55,10 @@ def run_probe(seconds: float, hz: float, nvml_library: str | None = None,
                        "driver_version": b.driver_version, "devices": b.devices,
                        "symbols": b.symbols}
                 for name, b in core.backends.items()}
-    return {"seconds": seconds, "hz": hz, "backends": backends, "gpus": gpus,
+    return {"seconds": seconds, "hz": hz, "slow_hz": core.slow_hz, "backends": backends, "gpus": gpus,
             "sampler": {k: sampler[k] for k in ("ticks", "achieved_hz", "late_ticks",
-                                                 "tick_late_p99_us", "thread_cpu_s")},
+                                                 "tick_late_p99_us", "thread_cpu_s", "slow_ticks",
+                                                 "reads_fast", "reads_slow")},
             "events": [{"kind": e.kind, "gpu": e.gpu, "code": e.code, "ts": e.ts,
                         "detail": e.detail} for e in events]}
 
@@ -76,7 +78,8 @@ def render_text(report: dict[str, Any]) -> str:
         out.append(f"{name}: {b['state']}{extra}: {b['detail']}")
     s = report["sampler"]
     out.append(f"sampler: {s['ticks']} ticks in {report['seconds']:g} s, "
-               f"{s['achieved_hz']:.1f} Hz of {report['hz']:g}, late p99 {s['tick_late_p99_us']:.0f} us")
+               f"{s['achieved_hz']:.1f} Hz of {report['hz']:g}, late p99 {s['tick_late_p99_us']:.0f} us; "
+               f"slow tier (clocks, energy, fan) on {s['slow_ticks']} ticks at {report['slow_hz']:g} Hz")
     for g in report["gpus"]:
         out.append("")
         out.append(f"gpu {g['index']} {g['vendor']} {g['name']} {g['uuid']} {g['pci_bus_id']}: {g['state']}"
@@ -99,8 +102,12 @@ def _cmd(args: argparse.Namespace) -> int:
     if not 1 <= args.hz <= 5000:
         print("egs-agent probe: --hz must be between 1 and 5000", file=sys.stderr)
         return 2
+    slow_hz = min(1.0, args.hz) if args.slow_hz is None else args.slow_hz
+    if not 0.1 <= slow_hz <= args.hz:
+        print(f"egs-agent probe: --slow-hz must be between 0.1 and --hz ({args.hz:g})", file=sys.stderr)
+        return 2
     try:
-        report = run_probe(args.seconds, args.hz, args.nvml_library, args.amdsmi_library)
+        report = run_probe(args.seconds, args.hz, args.nvml_library, args.amdsmi_library, slow_hz)
     except ImportError as e:
         print(f"egs-agent probe: {e}", file=sys.stderr)
         return 1
@@ -115,7 +122,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("probe", help="sample the GPUs for a few seconds and print what was read",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=2.0, help="how long to sample (default 2)")
-    p.add_argument("--hz", type=float, default=100.0, help="sampling rate (default 100)")
+    p.add_argument("--hz", type=float, default=10.0,
+                   help="rate of the fast fields: utilization, memory, temperature, power (default 10)")
+    p.add_argument("--slow-hz", type=float,
+                   help="rate of the slow fields: clocks, energy, fan (default 1, at most --hz)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.add_argument("--nvml-library", help="NVML path (default $EGS_NVML_LIBRARY or libnvidia-ml.so.1)")
     p.add_argument("--amdsmi-library",

@@ -8,8 +8,11 @@ field, three loops make the same NVML calls on the same simulated library:
 Each cost minus the floor is that reader's own overhead. Draining is timed at 10 Hz and at
 1 kHz with the same number of devices, to show its cost does not follow the rate.
 
-A "read" is one field value (10 per GPU per tick, from 8 library calls). Run it on a quiet
-machine; on a shared 2-core box the figures move with the neighbours' load.
+A "read" is one field value (10 per GPU per tick, from 8 library calls). The core's two
+tiers are folded into one here (slow_hz = hz), so every field is read on every tick as in the
+other two loops. A last short run at the agent's default tiers (gpu.hz 10, gpu.slow_hz 1)
+counts the reads and library calls per GPU per second it makes (text output only). Run it on
+a quiet machine; on a shared 2-core box the figures move with the neighbours' load.
 
 usage: python bench/sampler.py [--json] [--seconds S]
 """
@@ -30,7 +33,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import sim_paths  # noqa: E402
 
-from agent.native import Core  # noqa: E402
+from agent import config  # noqa: E402
+from agent.native import SLOW_METRICS, Core  # noqa: E402
 
 GPUS, FIELDS, TARGET_HZ = 8, 10, 1000.0
 
@@ -82,7 +86,8 @@ def pynvml_ns(rounds: int) -> float:
 
 def native_run(seconds: float) -> dict:
     os.environ["EGS_SIM_SCENARIO"] = str(sim_paths.scenario("eight-nvidia"))
-    core = Core(nvml_library=str(sim_paths.NVML_LIB), amd=False, hz=TARGET_HZ, ring_seconds=60.0)
+    core = Core(nvml_library=str(sim_paths.NVML_LIB), amd=False, hz=TARGET_HZ, slow_hz=TARGET_HZ,
+                ring_seconds=60.0)
     core.start()
     assert len(core.devices()) == GPUS
     time.sleep(seconds)
@@ -93,7 +98,7 @@ def native_run(seconds: float) -> dict:
 def drain_cpu_us(hz: float, drains: int = 30, interval: float = 0.1) -> float:
     """Median thread CPU time of one Core.drain() (C copy + Python conversion)."""
     os.environ["EGS_SIM_SCENARIO"] = str(sim_paths.scenario("eight-nvidia"))
-    core = Core(nvml_library=str(sim_paths.NVML_LIB), amd=False, hz=hz, ring_seconds=1.0)
+    core = Core(nvml_library=str(sim_paths.NVML_LIB), amd=False, hz=hz, slow_hz=hz, ring_seconds=1.0)
     core.start()
     costs = []
     try:
@@ -108,6 +113,26 @@ def drain_cpu_us(hz: float, drains: int = 30, interval: float = 0.1) -> float:
     finally:
         core.stop()
     return statistics.median(costs)
+
+
+def default_tiers_run(seconds: float = 3.0) -> dict:
+    """Reads per GPU per second at the config defaults; counted, so the machine's load does not
+    move them (beyond a held-up tick)."""
+    g = config.parse("").gpu
+    os.environ["EGS_SIM_SCENARIO"] = str(sim_paths.scenario("eight-nvidia"))
+    core = Core(nvml_library=str(sim_paths.NVML_LIB), amd=False, hz=g.hz, slow_hz=g.slow_hz,
+                ring_seconds=1.0)
+    core.start()
+    time.sleep(seconds)
+    core.stop()
+    s = core.sampler_stats()
+    per_gpu_s = GPUS * s["elapsed_s"]
+    fast, slow = s["reads_fast"] / per_gpu_s, s["reads_slow"] / per_gpu_s
+    # The fast tier's 6 values come from 4 calls (utilisation and memory give two each); each
+    # slow value is one call.
+    return {"hz": g.hz, "slow_hz": g.slow_hz, "slow_every": s["slow_every"], "fast_reads": fast,
+            "slow_reads": slow, "calls": fast * 4 / 6 + slow, "ticks": s["ticks"],
+            "slow_ticks": s["slow_ticks"]}
 
 
 def main() -> int:
@@ -131,6 +156,7 @@ def main() -> int:
     native = run["thread_cpu_s"] * 1e9 / run["reads"]
     d10 = drain_cpu_us(10.0)
     d1k = drain_cpu_us(1000.0)
+    tiers = None if args.json else default_tiers_run()
     native_over, py_over = native - library, py - library
     report = {
         "gpus": GPUS,
@@ -170,6 +196,11 @@ def main() -> int:
         ("overhead ratio >= 50", report["overhead_ratio"] >= 50),
         ("drain at 1 kHz within 20 % of 10 Hz", abs(d1k - d10) <= 0.2 * d10),
     ]
+    assert tiers is not None
+    print(f"{'default tiers':>24}: gpu.hz {tiers['hz']:g} / gpu.slow_hz {tiers['slow_hz']:g} (slow tier "
+          f"every {tiers['slow_every']} ticks: {', '.join(sorted(SLOW_METRICS))}): per GPU per second "
+          f"{tiers['fast_reads']:.1f} fast + {tiers['slow_reads']:.2f} slow field reads, "
+          f"{tiers['calls']:.1f} library calls ({tiers['ticks']} ticks, {tiers['slow_ticks']} slow)")
     print(f"{'load average':>24}: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'':>24}  ({run['ticks']} ticks, {run['late_ticks']} skipped, "
           f"{run['thread_cpu_s'] * 1e3:.1f} ms sampler CPU in {run['elapsed_s']:.2f} s)")

@@ -6,6 +6,8 @@
  * units whatever the vendor. Only the narrow per-metric calls are used: reading the full
  * gpu_metrics blob wakes a runtime-suspended GPU on some parts and shows false activity.
  * AMD exposes no fan figure in the catalogue, so fan is unsupported here by design.
+ * AMD SMI reports an activity it cannot measure as 0xFFFF (or 0xFFFFFFFF) inside a call that
+ * succeeds; that field is unsupported on the device, never a 65535 % reading.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -187,8 +189,18 @@ static unsigned char am_classify(const struct am_lib *lib, am_status rc, const c
     return EGS_R_ERROR;
 }
 
-#define WANT(f) (!t->lost && !(d->unsupported & (1u << (f))))
+/* Due this tick (the core's tier schedule and the unsupported mask, in t->want) and the
+ * device not found lost by an earlier call of this tick. */
+#define WANT(f) (!t->lost && (t->want & (1u << (f))))
 #define MIB 1048576.0
+
+/* An activity figure from a call that succeeded: N/A sentinels make the field unsupported. */
+static unsigned char am_activity(unsigned char status, uint32_t percent)
+{
+    if (status == EGS_R_OK && (percent == 0xFFFFu || percent == 0xFFFFFFFFu))
+        return EGS_R_UNSUPPORTED;
+    return status;
+}
 
 static void am_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t)
 {
@@ -196,23 +208,38 @@ static void am_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
     am_handle h = d->handle;
     am_status rc;
 
-    if (WANT(EGS_F_UTILIZATION) || WANT(EGS_F_MEMORY_BUSY)) {
+    /* One call serves two fields; only the ones asked for get a status (see nvml.c). The
+     * catalogue has no multimedia-engine figure, so mm_activity is not read. */
+    int want_a = WANT(EGS_F_UTILIZATION), want_b = WANT(EGS_F_MEMORY_BUSY);
+    if (want_a || want_b) {
         struct am_engine_usage u;
         memset(&u, 0, sizeof(u));
         rc = FN(lib, R_ACTIVITY, fn_ptr)(h, &u);
         unsigned char s = am_classify(lib, rc, lib->roles[R_ACTIVITY].symbol, t);
-        t->status[EGS_F_UTILIZATION] = t->status[EGS_F_MEMORY_BUSY] = s;
-        t->values[EGS_F_UTILIZATION] = u.gfx_activity;
-        t->values[EGS_F_MEMORY_BUSY] = u.umc_activity;
+        if (want_a) {
+            t->status[EGS_F_UTILIZATION] = am_activity(s, u.gfx_activity);
+            t->values[EGS_F_UTILIZATION] = u.gfx_activity;
+        }
+        if (want_b) {
+            t->status[EGS_F_MEMORY_BUSY] = am_activity(s, u.umc_activity);
+            t->values[EGS_F_MEMORY_BUSY] = u.umc_activity;
+        }
     }
-    if (WANT(EGS_F_MEMORY_USED) || WANT(EGS_F_MEMORY_TOTAL)) {
+    want_a = WANT(EGS_F_MEMORY_USED);
+    want_b = WANT(EGS_F_MEMORY_TOTAL);
+    if (want_a || want_b) {
         struct am_vram_usage v;
         memset(&v, 0, sizeof(v));
         rc = FN(lib, R_VRAM, fn_ptr)(h, &v);
         unsigned char s = am_classify(lib, rc, lib->roles[R_VRAM].symbol, t);
-        t->status[EGS_F_MEMORY_USED] = t->status[EGS_F_MEMORY_TOTAL] = s;
-        t->values[EGS_F_MEMORY_USED] = v.vram_used * MIB;
-        t->values[EGS_F_MEMORY_TOTAL] = v.vram_total * MIB;
+        if (want_a) {
+            t->status[EGS_F_MEMORY_USED] = s;
+            t->values[EGS_F_MEMORY_USED] = v.vram_used * MIB;
+        }
+        if (want_b) {
+            t->status[EGS_F_MEMORY_TOTAL] = s;
+            t->values[EGS_F_MEMORY_TOTAL] = v.vram_total * MIB;
+        }
     }
     if (WANT(EGS_F_TEMPERATURE)) {
         int64_t c = 0;

@@ -3,9 +3,10 @@
  *
  * The sampler runs an absolute-deadline loop on CLOCK_MONOTONIC (clock_nanosleep with
  * TIMER_ABSTIME), so a slow tick does not shift the phase of the ones after it. Each tick
- * reads every field of every live device into a private buffer with no lock held (the vendor
- * calls are the slow part), then takes the lock once to fold that buffer into the
- * accumulators and the ring. Python drains all accumulators in one short critical section of
+ * reads the fields that are due (the fast tier always, the slow tier on every slow_every-th
+ * grid slot: see egs_core.h) of every live device into a private buffer with no lock held
+ * (the vendor calls are the slow part), then takes the lock once to fold that buffer into
+ * the accumulators and the ring. Python drains all accumulators in one short critical section of
  * fixed size, so draining costs the same at 10 Hz and at 1 kHz. The threads never call into
  * Python: cffi lets C threads run without the GIL.
  */
@@ -143,6 +144,9 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
 {
     if (cfg == NULL || out == NULL || !(cfg->hz > 0.0))
         return EGS_E_INVALID;
+    /* NaN fails both comparisons, so it is refused too. */
+    if (!(cfg->slow_hz >= 0.0 && cfg->slow_hz <= cfg->hz))
+        return EGS_E_INVALID;
     struct egs_core *core = calloc(1, sizeof(*core));
     if (core == NULL)
         return EGS_E_NOMEM;
@@ -154,6 +158,11 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
              cfg->amdsmi_library && cfg->amdsmi_library[0] ? cfg->amdsmi_library : "libamd_smi.so");
     core->cfg.nvml_library = core->nvml_path;
     core->cfg.amdsmi_library = core->amdsmi_path;
+    core->slow_every = 1;
+    if (cfg->slow_hz > 0.0) {
+        long long every = llround(cfg->hz / cfg->slow_hz);
+        core->slow_every = every < 1 ? 1u : every > 0x7fffffff ? 0x7fffffffu : (unsigned int)every;
+    }
     pthread_mutex_init(&core->life, NULL);
     pthread_mutex_init(&core->lock, NULL);
     for (int i = 0; i < EGS_NBACKENDS; i++) {
@@ -226,6 +235,7 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->ev_head = core->ev_count = 0;
     core->ev_dropped = 0;
     core->ticks = core->late_ticks = core->reads = 0;
+    core->reads_fast = core->reads_slow = core->slow_ticks = 0;
     core->read_s = core->fold_s = 0.0;
     core->thread_cpu_s = 0.0;
     core->have_sampler_clock = 0;
@@ -468,6 +478,10 @@ static void *sampler_main(void *arg)
     struct egs_tick *ticks = calloc(core->ndevs ? core->ndevs : 1, sizeof(*ticks));
     struct timespec deadline, now;
     double fold_s = 0.0;      /* not yet published to core->fold_s */
+    const unsigned int all_fields = (1u << EGS_NFIELDS) - 1;
+    const unsigned long long slow_every = core->slow_every;
+    unsigned long long slot = 0;        /* grid index of this tick (skipped slots counted) */
+    unsigned long long next_slow = 0;   /* first grid slot at which the slow tier is due */
 
     if (ticks == NULL)
         goto out;
@@ -478,7 +492,14 @@ static void *sampler_main(void *arg)
     while (!egs_stopping(core)) {
         clock_gettime(CLOCK_MONOTONIC, &now);
         double late = ts_diff(&now, &deadline);
-        unsigned int reads = 0;
+        unsigned int reads_fast = 0, reads_slow = 0;
+
+        /* The slow tier is due on multiples of slow_every; a tick that runs after a skipped
+         * multiple catches it up at once, as the fast tier does with its latest due slot. */
+        int slow_due = slot >= next_slow;
+        if (slow_due)
+            next_slow = (slot / slow_every + 1) * slow_every;
+        const unsigned int due = slow_due ? all_fields : all_fields & ~(unsigned int)EGS_SLOW_FIELDS;
 
         prefetch_fold_state(core);
 
@@ -489,10 +510,17 @@ static void *sampler_main(void *arg)
             t->lost = 0;
             if (d->lost)
                 continue;
+            t->want = due & ~d->unsupported;
+            if (t->want == 0)
+                continue;
             d->backend->read(d->backend, d, t);
             for (int f = 0; f < EGS_NFIELDS; f++) {
-                if (t->status[f] != EGS_R_SKIPPED)
-                    reads++;
+                if (t->status[f] != EGS_R_SKIPPED) {
+                    if (EGS_SLOW_FIELDS & (1u << f))
+                        reads_slow++;
+                    else
+                        reads_fast++;
+                }
                 if (t->status[f] == EGS_R_UNSUPPORTED)
                     d->unsupported |= 1u << f;
             }
@@ -506,7 +534,10 @@ static void *sampler_main(void *arg)
         pthread_mutex_lock(&core->lock);
         fold_tick(core, ticks, now_unix);
         core->ticks++;
-        core->reads += reads;
+        core->reads += reads_fast + reads_slow;
+        core->reads_fast += reads_fast;
+        core->reads_slow += reads_slow;
+        core->slow_ticks += (unsigned long long)slow_due;
         long bucket = late > 0 ? (long)(late * 1e6) : 0;
         core->late_hist[bucket < EGS_LATE_BUCKETS ? bucket : EGS_LATE_BUCKETS - 1]++;
         core->read_s += ts_diff(&read_end, &now);
@@ -525,6 +556,7 @@ static void *sampler_main(void *arg)
          * are skipped and counted rather than run back to back, so a stall never turns into a
          * burst of reads and ticks + skipped always equals elapsed x hz. */
         add_ns(&deadline, period_ns);
+        slot++;
         double behind = ts_diff(&fold_end, &deadline);
         if (behind * 1e9 >= (double)period_ns) {
             long long skip = (long long)(behind * 1e9) / period_ns;
@@ -532,6 +564,7 @@ static void *sampler_main(void *arg)
             core->late_ticks += (unsigned long long)skip;
             pthread_mutex_unlock(&core->lock);
             add_ns(&deadline, skip * period_ns);
+            slot += (unsigned long long)skip;
         }
         /* Sleep to the deadline in slices of at most EGS_MAX_SLEEP_S so stop stays prompt. */
         for (;;) {
@@ -726,6 +759,10 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     out->ticks = core->ticks;
     out->late_ticks = core->late_ticks;
     out->reads = core->reads;
+    out->reads_fast = core->reads_fast;
+    out->reads_slow = core->reads_slow;
+    out->slow_ticks = core->slow_ticks;
+    out->slow_every = core->slow_every;
     out->events_dropped = core->ev_dropped;
     out->thread_cpu_s = core->thread_cpu_s;
     out->read_s = core->read_s;

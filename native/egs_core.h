@@ -31,18 +31,34 @@
 #define EGS_DSTATE_OK    0
 #define EGS_DSTATE_LOST  1        /* GPU_IS_LOST / RESET_REQUIRED (or AMD equivalent): no longer read */
 
-/* Fields and their raw units. Bit i of egs_device_info.unsupported is field i. */
-#define EGS_F_UTILIZATION   0     /* percent, graphics/compute engine busy */
-#define EGS_F_MEMORY_BUSY   1     /* percent, memory controller busy */
-#define EGS_F_MEMORY_USED   2     /* bytes */
-#define EGS_F_MEMORY_TOTAL  3     /* bytes */
-#define EGS_F_TEMPERATURE   4     /* degrees Celsius */
-#define EGS_F_POWER         5     /* milliwatts */
-#define EGS_F_SM_CLOCK      6     /* MHz */
-#define EGS_F_MEMORY_CLOCK  7     /* MHz */
-#define EGS_F_ENERGY        8     /* millijoules, counter since driver load */
-#define EGS_F_FAN           9     /* percent */
+/* Fields and their raw units. Bit i of egs_device_info.unsupported is field i.
+ *
+ * Two tiers, on one deadline grid. The fast tier is read every tick (egs_config.hz): the
+ * figures that move within a second and matter at full resolution. The slow tier is read on
+ * the ticks whose grid index is a multiple of round(hz / slow_hz), so at hz / that rate:
+ * clocks only change with load or power state, the energy counter is a running total whose
+ * rate is known from its endpoints, and fans turn slowly. A real driver spends hundreds of
+ * microseconds of CPU per call (NVML 580 on an H100: ~400 us), so every call saved counts.
+ *   fast: UTILIZATION + MEMORY_BUSY (one call), MEMORY_USED + MEMORY_TOTAL (one call),
+ *         TEMPERATURE, POWER
+ *   slow: SM_CLOCK, MEMORY_CLOCK, ENERGY, FAN          (EGS_SLOW_FIELDS)
+ * Slot 0 reads both tiers, so an unsupported field is found at start. When the sampler is
+ * held up past a slow slot, the next tick that runs reads the slow tier (late, as the fast
+ * tier does). On a tick that does not read a field, its ring value is NaN ("not sampled")
+ * and its accumulator is untouched: nothing repeats an older reading as if it were new. */
+#define EGS_F_UTILIZATION   0     /* fast; percent, graphics/compute engine busy */
+#define EGS_F_MEMORY_BUSY   1     /* fast; percent, memory controller busy */
+#define EGS_F_MEMORY_USED   2     /* fast; bytes */
+#define EGS_F_MEMORY_TOTAL  3     /* fast; bytes */
+#define EGS_F_TEMPERATURE   4     /* fast; degrees Celsius */
+#define EGS_F_POWER         5     /* fast; milliwatts */
+#define EGS_F_SM_CLOCK      6     /* slow; MHz */
+#define EGS_F_MEMORY_CLOCK  7     /* slow; MHz */
+#define EGS_F_ENERGY        8     /* slow; millijoules, counter since driver load */
+#define EGS_F_FAN           9     /* slow; percent */
 #define EGS_NFIELDS        10
+#define EGS_SLOW_FIELDS    0x3C0  /* bits of SM_CLOCK, MEMORY_CLOCK, ENERGY, FAN (a literal:
+                                   * cffi's parser takes no expressions here) */
 
 /* Core events. */
 #define EGS_EVENT_XID    1        /* NVML XID critical error; code = the XID */
@@ -59,9 +75,11 @@ struct egs_config {
     const char *amdsmi_library;   /* path; NULL or "" = "libamd_smi.so" (loader path) */
     int nvidia;                   /* 0 switches the backend off */
     int amd;
-    double hz;                    /* ticks per second, each tick reads every field of every device */
+    double hz;                    /* ticks per second; each tick reads the fast tier of every device */
     unsigned int ring_len;        /* raw samples kept per device; 0 = no ring */
     int events;                   /* 0 = no event thread */
+    double slow_hz;               /* slow tier rate, 0 < slow_hz <= hz: read every round(hz/slow_hz)
+                                   * ticks; 0 = no slow tier (every field every tick) */
 };
 
 struct egs_backend_info {
@@ -112,7 +130,11 @@ struct egs_event {
 struct egs_sampler_stats {
     unsigned long long ticks;
     unsigned long long late_ticks;    /* grid slots skipped because the thread was held up past them */
-    unsigned long long reads;         /* field values attempted */
+    unsigned long long reads;         /* field values attempted, both tiers */
+    unsigned long long reads_fast;    /* of which fast-tier fields */
+    unsigned long long reads_slow;    /* of which slow-tier fields (EGS_SLOW_FIELDS) */
+    unsigned long long slow_ticks;    /* ticks that read the slow tier */
+    unsigned int slow_every;          /* the slow tier runs on grid slots that are multiples of this */
     double tick_late_p99_us;          /* 99th percentile of wake-up lateness */
     double thread_cpu_s;              /* CPU time of the sampler thread (CLOCK_THREAD_CPUTIME_ID) */
     double elapsed_s;                 /* since the sampler started (or until it stopped) */

@@ -44,6 +44,8 @@ enum egs_read_status {
 };
 
 struct egs_tick {
+    unsigned int want;              /* set by the sampler: bit f = read field f this tick (due in
+                                     * its tier and not known unsupported) */
     double values[EGS_NFIELDS];
     unsigned char status[EGS_NFIELDS];
     int lost;                       /* nonzero: the device went away during this read */
@@ -115,6 +117,8 @@ struct egs_core {
     double realtime_offset;         /* unix time = monotonic + offset, fixed at start */
     double start_mono, stop_mono;
     unsigned long long ticks, late_ticks, reads;
+    unsigned long long reads_fast, reads_slow, slow_ticks;
+    unsigned int slow_every;        /* from cfg.hz / cfg.slow_hz, fixed at egs_core_new */
     double read_s, fold_s;
     unsigned int *late_hist;        /* EGS_LATE_BUCKETS */
     unsigned int *fold_hist;        /* EGS_FOLD_BUCKETS */

@@ -208,7 +208,9 @@ static double nv_value_as_double(int type, const union nv_value *v)
     }
 }
 
-#define WANT(f) (!t->lost && !(d->unsupported & (1u << (f))))
+/* Due this tick (the core's tier schedule and the unsupported mask, in t->want) and the
+ * device not found lost by an earlier call of this tick. */
+#define WANT(f) (!t->lost && (t->want & (1u << (f))))
 
 static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t)
 {
@@ -216,15 +218,25 @@ static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
     nv_device h = d->handle;
     nv_return rc;
 
-    if (WANT(EGS_F_UTILIZATION) || WANT(EGS_F_MEMORY_BUSY)) {
-        struct nv_utilization u;
+    /* One call serves two fields; only the ones asked for get a status, so a field already
+     * known unsupported is never counted again because its partner is still read. */
+    int want_a = WANT(EGS_F_UTILIZATION), want_b = WANT(EGS_F_MEMORY_BUSY);
+    if (want_a || want_b) {
+        struct nv_utilization u = {0, 0};
         rc = FN(lib, R_UTILIZATION, fn_dev_ptr)(h, &u);
         unsigned char s = nv_classify(lib, rc, lib->roles[R_UTILIZATION].symbol, t);
-        t->status[EGS_F_UTILIZATION] = t->status[EGS_F_MEMORY_BUSY] = s;
-        t->values[EGS_F_UTILIZATION] = u.gpu;
-        t->values[EGS_F_MEMORY_BUSY] = u.memory;
+        if (want_a) {
+            t->status[EGS_F_UTILIZATION] = s;
+            t->values[EGS_F_UTILIZATION] = u.gpu;
+        }
+        if (want_b) {
+            t->status[EGS_F_MEMORY_BUSY] = s;
+            t->values[EGS_F_MEMORY_BUSY] = u.memory;
+        }
     }
-    if (WANT(EGS_F_MEMORY_USED) || WANT(EGS_F_MEMORY_TOTAL)) {
+    want_a = WANT(EGS_F_MEMORY_USED);
+    want_b = WANT(EGS_F_MEMORY_TOTAL);
+    if (want_a || want_b) {
         unsigned long long used = 0, total = 0;
         if (lib->memory_v2) {
             struct nv_memory_v2 m = {.version = NV_MEMORY_V2};
@@ -238,9 +250,14 @@ static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
             total = m.total;
         }
         unsigned char s = nv_classify(lib, rc, lib->roles[R_MEMORY].symbol, t);
-        t->status[EGS_F_MEMORY_USED] = t->status[EGS_F_MEMORY_TOTAL] = s;
-        t->values[EGS_F_MEMORY_USED] = (double)used;
-        t->values[EGS_F_MEMORY_TOTAL] = (double)total;
+        if (want_a) {
+            t->status[EGS_F_MEMORY_USED] = s;
+            t->values[EGS_F_MEMORY_USED] = (double)used;
+        }
+        if (want_b) {
+            t->status[EGS_F_MEMORY_TOTAL] = s;
+            t->values[EGS_F_MEMORY_TOTAL] = (double)total;
+        }
     }
     if (WANT(EGS_F_TEMPERATURE)) {
         if (lib->temperature_v) {

@@ -46,7 +46,7 @@ def fake_pyamdgpuinfo(monkeypatch):
 
 
 def test_fallback_samples_amd_gpus_and_says_so(fake_pyamdgpuinfo):
-    core = Core(nvidia=False, amdsmi_library="/nonexistent/libamd_smi.so", fallback_hz=50)
+    core = Core(nvidia=False, amdsmi_library="/nonexistent/libamd_smi.so", hz=100, fallback_hz=50)
     core.start()
     try:
         time.sleep(0.3)

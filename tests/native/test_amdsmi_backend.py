@@ -89,3 +89,44 @@ def test_amd_init_failure_is_an_error_with_the_library_message(make_core):
     assert amd.status == 34  # AMDSMI_STATUS_DRIVER_NOT_LOADED
     assert "amdsmi_init failed" in amd.detail
     assert core.devices() == []
+
+
+ACTIVITY_READER = r"""
+import json
+import amdsmi as A
+A.amdsmi_init()
+print(json.dumps([A.amdsmi_get_gpu_activity(h) for h in A.amdsmi_get_processor_handles()]))
+"""
+
+
+def test_activity_reported_as_na_is_unsupported_not_65535_percent(make_core, run_json, scenario_here):
+    scenario = scenario_here("amd-activity-na")
+    # AMD's own reader on the same library sees the N/A sentinel in a call that succeeded.
+    theirs = run_json(ACTIVITY_READER, sim_paths.amdsmi_env(scenario))
+    assert theirs[0]["gfx_activity"] == 45
+    assert theirs[0]["umc_activity"] in (0xFFFF, "N/A")
+
+    core = make_core(scenario, hz=50, nvidia=False)
+    time.sleep(0.3)  # GPU 1 loses its figure at t = 0.6 s
+    early = {(s.gpu, s.metric): s for s in core.drain()}
+    time.sleep(0.6)
+    core.drain()
+    time.sleep(0.2)
+    late = {(s.gpu, s.metric): s for s in core.drain()}
+    devs = core.devices()
+
+    assert "gpu_memory_busy_percent" in devs[0].unsupported
+    assert (0, "gpu_memory_busy_percent") not in early and (0, "gpu_memory_busy_percent") not in late
+    # The other figure of the same call is still read, and nothing counts as an error.
+    assert early[(0, "gpu_utilization_percent")].last == 45
+    assert late[(0, "gpu_utilization_percent")].count > 0
+    ring = core.ring(0)
+    assert ring.values["gpu_memory_busy_percent"] and set(ring.values["gpu_memory_busy_percent"]) == {None}
+    assert all(v == 45 for v in ring.values["gpu_utilization_percent"])
+
+    assert early[(1, "gpu_memory_busy_percent")].max == 20
+    assert "gpu_memory_busy_percent" in devs[1].unsupported
+    assert (1, "gpu_memory_busy_percent") not in late
+    assert late[(1, "gpu_utilization_percent")].last == 30
+    assert all(s.errors == 0 for s in (*early.values(), *late.values()))
+    assert all(s.max <= 100 for s in (*early.values(), *late.values()) if s.metric.endswith("_percent"))

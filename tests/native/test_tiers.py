@@ -1,0 +1,132 @@
+"""The two sampling tiers: fast fields every tick, slow fields (clocks, energy, fan) on every
+slow_every-th grid slot, counted per tier, and never presented as new samples in between."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from agent import config
+from agent._native import ffi, lib
+from agent.native import SLOW_METRICS, Core
+
+SLOW = {"gpu_sm_clock_mhz", "gpu_memory_clock_mhz", "gpu_energy_joules_total", "gpu_fan_speed_percent"}
+FAST = {"gpu_utilization_percent", "gpu_memory_busy_percent", "gpu_memory_used_bytes",
+        "gpu_memory_total_bytes", "gpu_temperature_celsius", "gpu_power_watts"}
+
+
+def test_tier_membership_is_the_documented_one():
+    assert SLOW_METRICS == SLOW
+    assert lib.EGS_SLOW_FIELDS == sum(1 << f for f in (lib.EGS_F_SM_CLOCK, lib.EGS_F_MEMORY_CLOCK,
+                                                        lib.EGS_F_ENERGY, lib.EGS_F_FAN))
+
+
+def test_slow_fields_are_read_on_every_nth_grid_slot_and_counted_per_tier(make_core):
+    core = make_core("constant", hz=100, slow_hz=20, ring_seconds=5, amd=False)
+    time.sleep(1.0)
+    core.stop()
+    s = core.sampler_stats()
+    every = s["slow_every"]
+    assert every == 5 and s["target_slow_hz"] == pytest.approx(20.0)
+    slots = s["ticks"] + s["late_ticks"]
+    # Slot 0 reads both tiers; then one slow tick per multiple of 5 (a stall that skips a
+    # multiple catches it up on the next tick, so there are never more).
+    assert 1 <= s["slow_ticks"] <= (slots - 1) // every + 1
+    if s["late_ticks"] == 0:
+        assert s["slow_ticks"] == (s["ticks"] - 1) // every + 1
+    assert s["slow_ticks"] >= 0.9 * s["ticks"] / every
+    assert s["reads_fast"] == s["ticks"] * 2 * len(FAST)
+    assert s["reads_slow"] == s["slow_ticks"] * 2 * len(SLOW)
+    assert s["reads"] == s["reads_fast"] + s["reads_slow"]
+
+    counts = {(x.gpu, x.metric): x.count for x in core.drain()}
+    for gpu in (0, 1):
+        for metric in FAST:
+            assert counts[(gpu, metric)] == s["ticks"], metric
+        for metric in SLOW:
+            assert counts[(gpu, metric)] == s["slow_ticks"], metric
+
+    ring = core.ring(0)
+    assert len(ring.timestamps) == s["ticks"]
+    assert all(v == 65.0 for v in ring.values["gpu_temperature_celsius"])
+    # A slot whose tick did not read a slow field says "not sampled", not the last value.
+    for metric in SLOW:
+        read = [i for i, v in enumerate(ring.values[metric]) if v is not None]
+        assert len(read) == s["slow_ticks"], metric
+        assert read[0] == 0
+        if s["late_ticks"] == 0:
+            assert read == list(range(0, s["ticks"], every)), metric
+    assert set(v for v in ring.values["gpu_sm_clock_mhz"] if v is not None) == {1328.0}
+
+
+def test_slow_hz_equal_to_hz_reads_every_field_every_tick(make_core):
+    core = make_core("constant", hz=50, slow_hz=50, amd=False)
+    time.sleep(0.3)
+    core.stop()
+    s = core.sampler_stats()
+    assert s["slow_every"] == 1 and s["slow_ticks"] == s["ticks"]
+    assert s["reads"] == s["ticks"] * 2 * 10
+    ring = core.ring(1)
+    assert None not in ring.values["gpu_energy_joules_total"]
+
+
+def test_unsupported_slow_field_is_found_on_the_first_tick(make_core):
+    core = make_core("nvidia-unsupported", hz=20, slow_hz=0.1, amd=False)
+    time.sleep(0.3)
+    assert {"gpu_fan_speed_percent", "gpu_energy_joules_total"} <= core.devices()[0].unsupported
+    core.stop()
+    s = core.sampler_stats()
+    assert s["slow_every"] == 200 and s["slow_ticks"] == 1
+
+
+def test_defaults_are_10_hz_and_1_hz_slow():
+    g = config.parse("").gpu
+    assert (g.hz, g.slow_hz) == (10.0, 1.0)
+    core = Core(nvidia=False, amd=False)
+    assert (core.hz, core.slow_hz) == (10.0, 1.0)
+    assert core.sampler_stats()["slow_every"] == 10
+    # Below 1 Hz the slow tier defaults to the fast rate rather than exceeding it.
+    assert Core(hz=0.5, nvidia=False, amd=False).slow_hz == 0.5
+
+
+def test_from_config_passes_both_rates():
+    cfg = config.parse("[gpu]\nhz = 40\nslow_hz = 4\n")
+    core = Core.from_config(cfg)
+    assert (core.hz, core.slow_hz) == (40.0, 4.0)
+    assert core.sampler_stats()["slow_every"] == 10
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("[gpu]\nslow_hz = 20\n", 2, "gpu.slow_hz: must be <= gpu.hz (10.0), got 20.0"),
+    ("[gpu]\nhz = 5\n\nslow_hz = 6\n", 4, "gpu.slow_hz: must be <= gpu.hz (5.0), got 6.0"),
+    ("[gpu]\nslow_hz = 0.05\n", 2, "gpu.slow_hz: must be >= 0.1"),
+])
+def test_slow_hz_is_bounded_by_0_1_and_gpu_hz(text, line, message):
+    with pytest.raises(config.ConfigError) as e:
+        config.parse(text, "agent.toml")
+    assert f"agent.toml:{line}: {message}" in str(e.value)
+
+
+def test_slow_hz_at_the_bounds_is_accepted():
+    assert config.parse("[gpu]\nhz = 5\nslow_hz = 5\n").gpu.slow_hz == 5.0
+    assert config.parse("[gpu]\nslow_hz = 0.1\n").gpu.slow_hz == 0.1
+
+
+@pytest.mark.parametrize("slow_hz", [0, -1.0, 10.5, float("nan")])
+def test_core_refuses_a_slow_rate_outside_0_and_hz(slow_hz):
+    with pytest.raises(ValueError, match="slow_hz"):
+        Core(hz=10, slow_hz=slow_hz, nvidia=False, amd=False)
+
+
+@pytest.mark.parametrize("slow_hz, rc", [(20.0, lib.EGS_E_INVALID), (-1.0, lib.EGS_E_INVALID),
+                                         (float("nan"), lib.EGS_E_INVALID), (0.0, lib.EGS_OK),
+                                         (10.0, lib.EGS_OK)])
+def test_c_core_checks_the_slow_rate_itself(slow_hz, rc):
+    cfg = ffi.new("struct egs_config *", {"nvidia": 0, "amd": 0, "hz": 10.0, "slow_hz": slow_hz})
+    out = ffi.new("struct egs_core **")
+    assert lib.egs_core_new(cfg, out) == rc
+    if rc == lib.EGS_OK:
+        stats = ffi.new("struct egs_sampler_stats *")
+        assert lib.egs_sampler_get(out[0], stats) == lib.EGS_OK
+        assert stats.slow_every == 1  # 0 = no slow tier: every field every tick
+        lib.egs_core_free(out[0])
