@@ -158,6 +158,8 @@ class StreamClient:
             text = f"{e.code().name}: {e.details()}"
         elif isinstance(e, asyncio.TimeoutError):
             text = f"no connection within {self.settings.connect_timeout:g} s"
+        elif isinstance(e, _SessionEnded):
+            text = str(e)
         else:
             text = f"{type(e).__name__}: {e}"
         self.state["failures"] += 1
@@ -191,7 +193,10 @@ class StreamClient:
                         call.cancel()
                         break
                     if sender in done and sender.exception() is not None:
+                        # A write fails when the collector has just ended the call; its
+                        # status (e.g. PERMISSION_DENIED) says why, the write error does not.
                         reader.cancel()
+                        await self._raise_status(call)
                         raise sender.exception()
                     try:
                         ack = await reader
@@ -240,6 +245,15 @@ class StreamClient:
                 inflight.append(entry)
                 await call.write(entry.payload)
                 self.state["sent_batches"] += 1
+
+    @staticmethod
+    async def _raise_status(call) -> None:
+        try:
+            code = await asyncio.wait_for(call.code(), 2.0)
+        except (asyncio.TimeoutError, grpc.RpcError):
+            return
+        if code is not None and code != grpc.StatusCode.OK:
+            raise _SessionEnded(f"{code.name}: {await call.details()}")
 
     def _apply_ack(self, ack, inflight: collections.deque) -> None:
         # Acks come in the order batches were sent; anything before the acked one was
