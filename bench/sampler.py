@@ -126,13 +126,16 @@ def default_tiers_run(seconds: float = 3.0) -> dict:
     time.sleep(seconds)
     core.stop()
     s = core.sampler_stats()
-    per_gpu_s = GPUS * s["elapsed_s"]
-    fast, slow = s["reads_fast"] / per_gpu_s, s["reads_slow"] / per_gpu_s
+    # Per second in steady state: what one tick of each tier read (counted), times its grid
+    # rate. A run of a few seconds holds one slow tick more than its length (slot 0), so
+    # counts over elapsed time would overstate the slow tier.
+    fast = s["reads_fast"] / s["ticks"] / GPUS * g.hz
+    slow = s["reads_slow"] / s["slow_ticks"] / GPUS * g.hz / s["slow_every"]
     # The fast tier's 6 values come from 4 calls (utilisation and memory give two each); each
     # slow value is one call.
     return {"hz": g.hz, "slow_hz": g.slow_hz, "slow_every": s["slow_every"], "fast_reads": fast,
             "slow_reads": slow, "calls": fast * 4 / 6 + slow, "ticks": s["ticks"],
-            "slow_ticks": s["slow_ticks"]}
+            "slow_ticks": s["slow_ticks"], "reads_fast": s["reads_fast"], "reads_slow": s["reads_slow"]}
 
 
 def main() -> int:
@@ -200,7 +203,8 @@ def main() -> int:
     print(f"{'default tiers':>24}: gpu.hz {tiers['hz']:g} / gpu.slow_hz {tiers['slow_hz']:g} (slow tier "
           f"every {tiers['slow_every']} ticks: {', '.join(sorted(SLOW_METRICS))}): per GPU per second "
           f"{tiers['fast_reads']:.1f} fast + {tiers['slow_reads']:.2f} slow field reads, "
-          f"{tiers['calls']:.1f} library calls ({tiers['ticks']} ticks, {tiers['slow_ticks']} slow)")
+          f"{tiers['calls']:.1f} library calls (counted: {tiers['ticks']} ticks with {tiers['reads_fast']} "
+          f"fast reads, {tiers['slow_ticks']} slow ticks with {tiers['reads_slow']} slow reads, {GPUS} GPUs)")
     print(f"{'load average':>24}: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'':>24}  ({run['ticks']} ticks, {run['late_ticks']} skipped, "
           f"{run['thread_cpu_s'] * 1e3:.1f} ms sampler CPU in {run['elapsed_s']:.2f} s)")
