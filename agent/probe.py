@@ -102,7 +102,8 @@ def _cmd(args: argparse.Namespace) -> int:
     if not 1 <= args.hz <= 5000:
         print("egs-agent probe: --hz must be between 1 and 5000", file=sys.stderr)
         return 2
-    slow_hz = min(1.0, args.hz) if args.slow_hz is None else args.slow_hz
+    # By default as the agent (1 Hz), but fast enough that a short probe reads them at least once.
+    slow_hz = min(args.hz, max(1.0, 1.0 / args.seconds)) if args.slow_hz is None else args.slow_hz
     if not 0.1 <= slow_hz <= args.hz:
         print(f"egs-agent probe: --slow-hz must be between 0.1 and --hz ({args.hz:g})", file=sys.stderr)
         return 2
@@ -125,7 +126,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--hz", type=float, default=10.0,
                    help="rate of the fast fields: utilization, memory, temperature, power (default 10)")
     p.add_argument("--slow-hz", type=float,
-                   help="rate of the slow fields: clocks, energy, fan (default 1, at most --hz)")
+                   help="rate of the slow fields: clocks, energy, fan (default 1, or 1/--seconds "
+                        "when that is more; at most --hz)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.add_argument("--nvml-library", help="NVML path (default $EGS_NVML_LIBRARY or libnvidia-ml.so.1)")
     p.add_argument("--amdsmi-library",

@@ -2,9 +2,14 @@
 slow_every-th grid slot, counted per tier, and never presented as new samples in between."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
+import sim_paths
 
 from agent import config
 from agent._native import ffi, lib
@@ -130,3 +135,26 @@ def test_c_core_checks_the_slow_rate_itself(slow_hz, rc):
         assert lib.egs_sampler_get(out[0], stats) == lib.EGS_OK
         assert stats.slow_every == 1  # 0 = no slow tier: every field every tick
         lib.egs_core_free(out[0])
+
+
+def test_probe_reads_slow_fields_at_least_once_in_a_short_run(sim_out):
+    env = dict(os.environ, EGS_SIM_SCENARIO=str(sim_paths.scenario("constant")))
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "probe", "--seconds", "0.3", "--hz", "20", "--json",
+         "--nvml-library", str(sim_paths.NVML_LIB), "--amdsmi-library", "/nonexistent/libamd_smi.so"],
+        env=env, capture_output=True, text=True, timeout=60, cwd=str(sim_paths.ROOT))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["slow_hz"] == pytest.approx(1 / 0.3)
+    sampler = report["sampler"]
+    assert sampler["reads_slow"] > 0 and sampler["reads_fast"] > sampler["reads_slow"]
+    m = report["gpus"][0]["metrics"]
+    assert m["gpu_sm_clock_mhz"]["count"] >= 1 and m["gpu_sm_clock_mhz"]["last"] == 1328
+    assert m["gpu_temperature_celsius"]["count"] > m["gpu_sm_clock_mhz"]["count"]
+
+
+def test_probe_refuses_a_slow_rate_above_the_fast_one(sim_out):
+    result = subprocess.run([sys.executable, "-m", "agent.cli", "probe", "--hz", "5", "--slow-hz", "6"],
+                            capture_output=True, text=True, timeout=60, cwd=str(sim_paths.ROOT))
+    assert result.returncode == 2
+    assert "--slow-hz must be between 0.1 and --hz (5)" in result.stderr
