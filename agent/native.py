@@ -366,8 +366,12 @@ class Core:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Core":
-        """From the `[gpu]` section of agent.config (env overrides already applied by load())."""
-        g = cfg.gpu
+        """From a loaded agent.config (env overrides already applied by load())."""
+        return cls.from_settings(cfg.gpu)
+
+    @classmethod
+    def from_settings(cls, g: Any) -> "Core":
+        """From the `[gpu]` section alone."""
         return cls(nvml_library=g.nvml_library, amdsmi_library=g.amdsmi_library or None,
                    hz=g.hz, slow_hz=g.slow_hz, ring_seconds=g.ring_seconds, nvidia=g.nvidia,
                    amd=g.amd)

@@ -26,9 +26,7 @@ VENDORS = ("nvidia", "amd")
 def default_core_factory(settings: SimpleNamespace):
     from agent.native import Core  # the native extension may be missing on a bare checkout
 
-    return Core(nvml_library=settings.nvml_library, amdsmi_library=settings.amdsmi_library or None,
-                hz=float(settings.hz), ring_seconds=float(settings.ring_seconds),
-                nvidia=settings.nvidia, amd=settings.amd)
+    return Core.from_settings(settings)
 
 
 class GpuSource(Source):

@@ -71,7 +71,7 @@ def test_missing_explicit_file_is_an_error_but_no_default_file_means_defaults(tm
         cfg = config.load(None, env={})
     finally:
         config.DEFAULT_PATH = original
-    assert cfg.gpu.hz == 100.0 and cfg.api.socket == "/run/egs-agent/agent.sock"
+    assert cfg.gpu.hz == 10.0 and cfg.gpu.slow_hz == 1.0 and cfg.api.socket == "/run/egs-agent/agent.sock"
 
 
 def test_environment_overrides_the_file_for_libraries_and_socket(tmp_path):

@@ -7,13 +7,16 @@ from types import SimpleNamespace
 import pytest
 
 import sim_paths
+from agent import config
 from agent.sources.gpu import GpuSource
 from agent.windows import Windows
 
 
 def settings(**over):
-    base = dict(enabled=True, nvidia=True, amd=True, nvml_library=str(sim_paths.NVML_LIB),
-                amdsmi_library=str(sim_paths.AMDSMI_LIB), hz=100.0, ring_seconds=10.0)
+    """The `[gpu]` section as the config machinery declares it, pointed at the simulators."""
+    base = vars(config.parse("", "test.toml").gpu) | dict(
+        nvml_library=str(sim_paths.NVML_LIB), amdsmi_library=str(sim_paths.AMDSMI_LIB),
+        hz=100.0, ring_seconds=10.0)
     base.update(over)
     return SimpleNamespace(**base)
 
@@ -122,3 +125,10 @@ def test_gpus_switched_off_in_config(source):
     src = source(enabled=False)
     assert src.status.state == "disabled" and src.core is None
     assert all(b["detail"] == "gpu.enabled = false" for b in src.backend_status().values())
+
+
+def test_both_configured_rates_reach_the_core(scenario, source):
+    scenario("constant.toml")
+    src = source(hz=20.0, slow_hz=2.0)
+    stats = src.core.sampler_stats()
+    assert stats["target_hz"] == 20.0 and stats["target_slow_hz"] == 2.0
