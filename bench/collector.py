@@ -252,7 +252,7 @@ def main() -> int:
     # As in the collector: 1,000 streams' worth of objects make the default GC stall for
     # long enough to show up in the latencies measured here.
     import gc
-    gc.set_threshold(100_000, 50, 100)
+    gc.set_threshold(20_000, 100, 1000)
     root = Path(tempfile.mkdtemp(prefix="egs-bench-collector-"))
     proc, ingest, consumers, _ = start_collector(root, args.tls)
     try:
@@ -282,7 +282,10 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
         import shutil
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get("EGS_BENCH_KEEP"):
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

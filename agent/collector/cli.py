@@ -99,10 +99,11 @@ def cmd_run(args) -> int:
     fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
     logging.basicConfig(level=cfg.collector.log_level.upper(), format=fmt, stream=sys.stderr)
     from agent.collector.server import serve
-    # The store's rollup accumulators are ~100k small lists alive at any time; with the
-    # default thresholds the collector's full GC passes over them every few seconds and
-    # each pass stalls every ack for a few hundred ms. They hold no cycles, so collect rarely.
-    gc.set_threshold(100_000, 50, 100)
+    # At fleet rates the collector holds hundreds of thousands of live objects; with the
+    # default thresholds a full GC pass over them runs every few seconds and stalls every
+    # ack for ~100 ms (measured with bench/collector.py). Almost nothing here forms cycles,
+    # so collect rarely: the young generation every 20,000 allocations, the oldest seldom.
+    gc.set_threshold(20_000, 100, 1000)
     try:
         return asyncio.run(serve(cfg))
     except OSError as e:

@@ -38,6 +38,7 @@ import sqlite3
 import threading
 import time
 import zlib
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
@@ -129,7 +130,7 @@ class SQLiteStore:
             "SELECT name FROM sqlite_master WHERE type='table' AND (name GLOB 'raw_*' OR name GLOB 'r10_*' OR name GLOB 'r60_*')")}
         self._reader_lock = threading.Lock()
         self._reader = self._connect()
-        self._acc: dict[tuple[int, int], list] = {}  # (series, 10 s bucket) -> [count, sum, min, max, last, last_ts]
+        self._acc: dict[tuple[int, int], array] = {}  # (series, 10 s bucket) -> count, sum, min, max, last, last_ts
         self.chunk_rows = chunk_rows
         self._frozen: list | None = None  # a flush being written: [((series, bucket), values)]
         self._frozen60: dict = {}
@@ -282,7 +283,9 @@ class SQLiteStore:
             k = (sid, int(ts // 10) * 10)
             a = acc.get(k)
             if a is None:
-                acc[k] = [p.count, p.sum, p.min, p.max, p.last, ts]
+                # array, not list: not tracked by the garbage collector, whose full passes
+                # over ~100k accumulators would otherwise stall the acks for 100+ ms.
+                acc[k] = array("d", (p.count, p.sum, p.min, p.max, p.last, ts))
             else:
                 a[0] += p.count
                 a[1] += p.sum
@@ -322,7 +325,7 @@ class SQLiteStore:
         k = (sid, bucket // 60 * 60)
         a = r60.get(k)
         if a is None:
-            r60[k] = list(v)
+            r60[k] = array("d", v)
         else:
             a[0] += v[0]
             a[1] += v[1]
