@@ -17,6 +17,10 @@ XPS, so XPS is still set.
 
 Drivers reset affinity when they re-request their interrupts (link up, channel change), so the
 manager runs this again after every channel change.
+
+In apply mode every file is checked for write access first, written or not: a sandbox that
+forbids the write (agent/nic/sandbox.py) is reported as `blocked` even while the values happen
+to match, since the next drift could not be undone.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.nic import sandbox
 
 # Queue interrupt names end with a per-queue token and usually an index; config, control,
 # async and management vectors do not match.
@@ -163,7 +169,7 @@ def irq_pass(interface: str, queues: int, cpus: list[int], sysfs: str | Path, pr
     if not found:
         return {"state": "none", "detail": f"{interface} has no per-queue interrupts (virtual NIC or no MSI-X)",
                 "changed": 0, "rows": []}
-    rows, errors, changed = [], [], 0
+    rows, errors, blocked, changed = [], [], [], 0
     for q in found:
         path = procfs / "irq" / str(q.irq) / "smp_affinity_list"
         want = [irq_cpu[q.queue]]
@@ -172,7 +178,10 @@ def irq_pass(interface: str, queues: int, cpus: list[int], sysfs: str | Path, pr
         except OSError as e:
             errors.append(f"{path}: cannot read: {e.strerror or e}")
             continue
-        if have != want and apply:
+        blocker = sandbox.write_blocker(path) if apply else None
+        if blocker:
+            blocked.append(blocker)
+        elif have != want and apply:
             try:
                 path.write_text(format_cpu_list(want))
                 have = parse_cpu_list(path.read_text())
@@ -182,14 +191,14 @@ def irq_pass(interface: str, queues: int, cpus: list[int], sysfs: str | Path, pr
             except OSError as e:
                 errors.append(_write_error(path, e))
         rows.append({"irq": q.irq, "name": q.name, "queue": q.queue, "want": want, "have": have})
-    return _summary(rows, errors, changed, apply)
+    return _summary(rows, errors, changed, blocked)
 
 
 def xps_pass(interface: str, queues: int, cpus: list[int], sysfs: str | Path, apply: bool) -> dict:
     """Compare (and with `apply`, set) each tx queue's XPS CPU mask."""
     _, xps = spread(queues, cpus)
     base = Path(sysfs) / "class" / "net" / interface / "queues"
-    rows, errors, changed = [], [], 0
+    rows, errors, blocked, changed = [], [], [], 0
     for q in range(queues):
         path = base / f"tx-{q}" / "xps_cpus"
         want = xps[q]
@@ -205,7 +214,10 @@ def xps_pass(interface: str, queues: int, cpus: list[int], sysfs: str | Path, ap
         except OSError as e:
             errors.append(f"{path}: cannot read: {e.strerror or e}")
             continue
-        if have != want and apply:
+        blocker = sandbox.write_blocker(path) if apply else None
+        if blocker:
+            blocked.append(blocker)
+        elif have != want and apply:
             try:
                 path.write_text(format_mask(want))
                 have = parse_mask(path.read_text())
@@ -215,12 +227,14 @@ def xps_pass(interface: str, queues: int, cpus: list[int], sysfs: str | Path, ap
             except OSError as e:
                 errors.append(_write_error(path, e))
         rows.append({"queue": q, "want": sorted(want), "have": sorted(have)})
-    return _summary(rows, errors, changed, apply)
+    return _summary(rows, errors, changed, blocked)
 
 
-def _summary(rows: list[dict], errors: list[str], changed: int, apply: bool) -> dict:
+def _summary(rows: list[dict], errors: list[str], changed: int, blocked: list[str]) -> dict:
     mismatched = [r for r in rows if r["want"] != r["have"]]
-    if errors:
+    if blocked:
+        state, detail = "blocked", sandbox.summarize(blocked + errors)
+    elif errors:
         state, detail = "error", "; ".join(errors)
     elif mismatched:
         state, detail = "mismatch", f"{len(mismatched)} of {len(rows)} differ from the plan"
@@ -228,4 +242,4 @@ def _summary(rows: list[dict], errors: list[str], changed: int, apply: bool) -> 
         state, detail = "applied", f"set {changed} of {len(rows)}, read back as planned"
     else:
         state, detail = "ok", f"all {len(rows)} as planned"
-    return {"state": state, "detail": detail, "changed": changed, "rows": rows}
+    return {"state": state, "detail": detail, "changed": changed, "rows": rows, "blocked": blocked}

@@ -73,4 +73,6 @@ def render(report: dict) -> str:
         for action in row["actions"]:
             lines.append(f"  - {action}")
     lines.append(f"irqbalance: {report['irqbalance']['detail']}")
+    if report.get("apply_blocked"):
+        lines.append(f"blocked: {report['apply_blocked']}")
     return "\n".join(lines)

@@ -105,9 +105,13 @@ class NicComponent:
                 self.ctx.log.exception("nic: check failed")
                 report, error = None, f"{type(e).__name__}: {e}"
             with self._lock:
+                blocked_before = (self._last or {}).get("apply_blocked")
                 if report is not None:
                     self._last = report
                 self._error = error
+            if report is not None and report.get("apply_blocked") and report["apply_blocked"] != blocked_before:
+                # Once per new reason: the unit's sandbox does not change between passes.
+                self.ctx.log.warning("nic: %s", report["apply_blocked"])
             self._wake.wait(interval)
             self._wake.clear()
 

@@ -15,6 +15,9 @@ Decisions, so operators can predict it:
 - Success is reported only for what the kernel reads back after a change.
 - IRQ affinity and XPS follow the channel count and are re-applied after every channel change,
   since drivers reset affinity when they re-request their interrupts.
+- Apply mode checks that it may write the affinity files and see irqbalance (agent/nic/sandbox.py);
+  what it may not is the part's `blocked` state and the pass's `apply_blocked` line, naming the
+  nic-apply drop-in, rather than a write error on some later drift or a fight with irqbalance.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Callable
 
-from agent.nic import affinity, ethtool, interfaces
+from agent.nic import affinity, ethtool, interfaces, sandbox
 from agent.nic.instance_types import InstanceTable
 
 # Channel states: which of them mean "as required" for the verify exit code and the summary.
@@ -104,13 +107,19 @@ class NicManager:
             balancer = affinity.irqbalance_pid(s.procfs)
         except OSError:
             balancer = None
-        rows = [self._interface(name, requirement, action, cpus, cpu_problem, balancer) for name in chosen]
+        # Under hidepid an irqbalance of root's is invisible, and "not found" means nothing.
+        hidden = sandbox.hidden_processes(s.procfs) if balancer is None else None
+        rows = [self._interface(name, requirement, action, cpus, cpu_problem, balancer, hidden) for name in chosen]
+        blocked = list(dict.fromkeys(problem for r in rows for part in ("irq", "xps")
+                                     for problem in ((r["affinity"] or {}).get(part, {}).get("blocked") or [])))
         return {
             "action": action,
             "checked_at": self.clock(),
             "requirement": requirement.to_dict(),
             "interfaces_reason": why,
-            "irqbalance": {"pid": balancer, "detail": self._irqbalance_detail(balancer)},
+            "irqbalance": {"pid": balancer, "visible": hidden is None,
+                           "detail": self._irqbalance_detail(balancer, hidden)},
+            "apply_blocked": sandbox.summarize(blocked) if blocked else None,
             "cpus": cpus,
             "interfaces": rows,
             "drifts_total": sum(sum(r["drifts"].values()) for r in rows),
@@ -118,14 +127,16 @@ class NicManager:
         }
 
     @staticmethod
-    def _irqbalance_detail(pid: int | None) -> str:
+    def _irqbalance_detail(pid: int | None, hidden: str | None = None) -> str:
+        if pid is None and hidden:
+            return f"unknown: {hidden}"
         if pid is None:
             return "not running: the agent places queue interrupts itself"
         return (f"running (pid {pid}): it moves interrupts itself, so the agent leaves IRQ affinity to it "
                 "and sets only XPS; stop irqbalance or ban these IRQs for the agent to place them")
 
     def _interface(self, name: str, req: Requirement, action: str, cpus: list[int],
-                   cpu_problem: str | None, balancer: int | None) -> dict[str, Any]:
+                   cpu_problem: str | None, balancer: int | None, hidden: str | None) -> dict[str, Any]:
         mem = self._memory.setdefault(name, _Memory())
         apply = action == "apply"
         row: dict[str, Any] = {"interface": name, "driver": None, "required": req.required, "state": None,
@@ -205,8 +216,8 @@ class NicManager:
             if parts and target > 1:
                 row["actions"].append(f"would then spread {' and '.join(parts)} over {target} queues")
         else:
-            row["affinity"] = self._affinity(name, current.queues, cpus, cpu_problem, balancer, apply, mem,
-                                             channels_changed=changed)
+            row["affinity"] = self._affinity(name, current.queues, cpus, cpu_problem, balancer, hidden, apply,
+                                             mem, channels_changed=changed)
             row["actions"] += row["affinity"].pop("actions")
         return self._finish(row, mem, state, detail, held=at_target(current))
 
@@ -235,8 +246,8 @@ class NicManager:
 
     # --- IRQ affinity and XPS ---------------------------------------------------------
 
-    def _affinity(self, name: str, queues: int, cpus: list[int], cpu_problem: str | None,
-                  balancer: int | None, apply: bool, mem: _Memory, channels_changed: bool) -> dict[str, Any]:
+    def _affinity(self, name: str, queues: int, cpus: list[int], cpu_problem: str | None, balancer: int | None,
+                  hidden: str | None, apply: bool, mem: _Memory, channels_changed: bool) -> dict[str, Any]:
         s = self.settings
         out: dict[str, Any] = {"actions": []}
         parts = {"irq": s.irq_affinity, "xps": s.xps}
@@ -252,6 +263,20 @@ class NicManager:
                 continue
             if part == "irq" and balancer is not None:
                 out[part] = {"state": "skipped", "detail": self._irqbalance_detail(balancer)}
+                continue
+            # Writing affinity next to an irqbalance it cannot see would start the fight that
+            # "skipped" avoids (a NIC without queue interrupts has nothing to fight over);
+            # xps_cpus checks CAP_NET_ADMIN in the kernel, which faccessat cannot see.
+            why = None
+            if apply and part == "irq" and hidden:
+                has_irqs = affinity.queue_irqs(name, queues, s.sysfs, s.procfs)
+                why = hidden if has_irqs else None
+            elif apply and part == "xps":
+                why = sandbox.missing_net_admin(s.procfs)
+            if why:
+                out[part] = {"state": "blocked", "detail": sandbox.summarize([why]), "blocked": [why],
+                             "changed": 0, "rows": []}
+                mem.affinity_held[part] = False
                 continue
             try:
                 if part == "irq":
