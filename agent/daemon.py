@@ -2,7 +2,8 @@
 
 One main loop, about once a second on the wall-clock second: collect every source into the
 windows, hand the closed 1-second buckets to the components, tick the components, publish
-an update to `Watch` clients, refresh the `Status` snapshot, and tell systemd we are alive.
+an update to `Watch` clients, mark the `Status` document stale (it is assembled when
+asked for, at most once a tick), and tell systemd we are alive.
 The GPU hot path never runs here (it is the native core's C thread); this loop touches one
 aggregate per (device, metric) per second, which is why its CPU does not grow with the
 sampling rate.
@@ -16,8 +17,9 @@ and shown as failed in `status`; the daemon keeps serving everything else.
 
 Threads: components' `tick`, `status`, `on_event` and `on_buckets` are all called from the
 main loop's thread (events emitted from other threads are queued and delivered there), so a
-component needs no locking against the daemon. The gRPC server reads only the snapshot the
-main loop publishes and the (locked) windows.
+component needs no locking against the daemon. The gRPC server reads only what the main loop
+publishes (the parts of the Status document that come from the core and the components), the
+(locked) windows and the sources' status objects; it never calls the core or a component.
 """
 from __future__ import annotations
 
@@ -233,7 +235,12 @@ class Daemon:
         self._last_tick_at = -math.inf
         self.gpu_source = None
         self.host_source = None
-        self._snapshot_json = "{}"
+        # The Status document: its main-loop parts are gathered every tick (`_publish`), the
+        # rest is read and the JSON written only when someone asks (`status_json`), at most
+        # once per tick. `_snapshot_lock` guards the three.
+        self._snapshot_lock = threading.Lock()
+        self._snapshot_parts: dict | None = None
+        self._snapshot_json: str | None = "{}"
         self._snapshot: dict = {}
         self._ticks = 0
         self._tick_seconds = 0.0
@@ -384,51 +391,85 @@ class Daemon:
         return events
 
     def _publish(self, now: float, events: list[Event]) -> None:
-        snapshot = self.build_status(now)
-        try:
-            text = json.dumps(snapshot, default=str, allow_nan=False)
-        except ValueError:  # a NaN/inf somewhere (a component's figure): null it, as JSON has none
-            snapshot = _json_ready(snapshot)
-            text = json.dumps(snapshot, default=str, allow_nan=False)
-        self._snapshot, self._snapshot_json = snapshot, text
+        """Gather what only the main loop may read (components' status, the core's backends)
+        and invalidate the Status document; it is assembled and serialised on demand, so a
+        tick nobody asks about costs no JSON. Watch subscribers that want the document get it
+        through the same once-per-tick cache."""
+        parts = self._main_loop_parts(now)
+        with self._snapshot_lock:
+            self._snapshot_parts, self._snapshot_json = parts, None
         if self.hub is not None:
-            self.hub.publish(now, events, text)
-        sd_notify("STATUS=" + self.summary(), self.env)
+            self.hub.publish(now, events, self.status_json)
+        if self.env.get("NOTIFY_SOCKET"):
+            sd_notify("STATUS=" + self.summary(), self.env)
 
     # --- status ------------------------------------------------------------------------------
     def status_json(self) -> str:
         """The latest `status --json` document (refreshed every tick; safe from any thread)."""
-        return self._snapshot_json
+        with self._snapshot_lock:
+            if self._snapshot_json is None:
+                snapshot = self._assemble_status(self._snapshot_parts)
+                try:
+                    text = json.dumps(snapshot, default=str, allow_nan=False)
+                except ValueError:  # a NaN/inf somewhere (a component's figure): null it, as JSON has none
+                    snapshot = _json_ready(snapshot)
+                    text = json.dumps(snapshot, default=str, allow_nan=False)
+                self._snapshot, self._snapshot_json = snapshot, text
+            return self._snapshot_json
 
     def build_status(self, now: float) -> dict:
+        """The `status --json` document as of now (main loop only: it calls the components)."""
+        return self._assemble_status(self._main_loop_parts(now))
+
+    def _main_loop_parts(self, now: float) -> dict:
+        """The parts of the Status document read from the core and the components, which only
+        the main loop may call. The component list is taken before their `status()` calls, as
+        one document always has it."""
         gpu_source = self.gpu_source
-        gpus = gpu_source.gpu_status(self.windows) if gpu_source is not None else []
-        backends = gpu_source.backend_status() if gpu_source is not None else {}
-        status: dict[str, Any] = {
-            "simulated": self.simulated,
-            "agent": {"version": __version__, "host_id": self.host_id, "pid": os.getpid(),
-                      "config": self.config_path, "uptime_s": round(now - self.started_at, 1),
-                      "ticks": self._ticks, "tick_avg_ms": round(1000 * self._tick_seconds / self._ticks, 3)
-                      if self._ticks else None, "windows": self.windows.stats(),
-                      "labels": dict(self.cfg.agent.labels)},
-            "host": self._host_status(),
-            "gpus": gpus,
-            "backends": backends,
-            "sources": {s.name: s.status.to_dict() for s in self.sources},
+        parts: dict[str, Any] = {
+            "now": now,
+            "ticks": self._ticks,
+            "tick_avg_ms": round(1000 * self._tick_seconds / self._ticks, 3) if self._ticks else None,
+            "gpus": (list(gpu_source.devices), gpu_source.labels) if gpu_source is not None else ([], {}),
+            "backends": gpu_source.backend_status() if gpu_source is not None else {},
             "components": {slot.name: {"state": slot.state, "error": slot.error, "spec": slot.spec,
                                        "busy_ms_per_tick": round(1000 * slot.busy_s / slot.calls, 3) if slot.calls else None}
                            for slot in self.slots},
             "events": list(self._recent_events),
-            "alarms": [],
-            "nic": {},
         }
+        own: dict[str, Any] = {}
         for slot in self.slots:
             if slot.state == "ok":
                 value = slot.call("status")
                 if slot.state == "ok":
-                    status[slot.name] = value
+                    own[slot.name] = value
             else:
-                status.setdefault(slot.name, {"state": slot.state, "error": slot.error})
+                own.setdefault(slot.name, {"state": slot.state, "error": slot.error})
+        parts["own"] = own
+        return parts
+
+    def _assemble_status(self, parts: dict | None) -> dict:
+        """The document from the main loop's parts plus what any thread may read (the locked
+        windows, the sources' status)."""
+        if parts is None:  # before the first tick
+            return {}
+        gpu_source = self.gpu_source
+        status: dict[str, Any] = {
+            "simulated": self.simulated,
+            "agent": {"version": __version__, "host_id": self.host_id, "pid": os.getpid(),
+                      "config": self.config_path, "uptime_s": round(parts["now"] - self.started_at, 1),
+                      "ticks": parts["ticks"], "tick_avg_ms": parts["tick_avg_ms"], "windows": self.windows.stats(),
+                      "labels": dict(self.cfg.agent.labels)},
+            "host": self._host_status(),
+            "gpus": gpu_source.gpu_status(self.windows, *parts["gpus"]) if gpu_source is not None else [],
+            "backends": parts["backends"],
+            "sources": {s.name: s.status.to_dict() for s in self.sources},
+            "components": parts["components"],
+            "events": parts["events"],
+            "alarms": [],
+            "nic": {},
+        }
+        status.update(parts["own"])
         return status
 
     def _host_status(self) -> dict:
@@ -453,16 +494,18 @@ class Daemon:
         return host
 
     def summary(self) -> str:
-        """One line for systemd's STATUS= and `systemctl status`."""
-        s = self._snapshot or {}
-        gpus = s.get("gpus", [])
-        ok = sum(1 for g in gpus if g.get("state") == "ok")
-        backends = ", ".join(f"{k} {v.get('state')}" for k, v in s.get("backends", {}).items())
-        failed = [n for n, c in s.get("components", {}).items() if c.get("state") == "failed"]
-        text = f"{ok}/{len(gpus)} GPUs ok ({backends or 'no backends'})"
-        host = s.get("host", {})
-        if host.get("cpu_utilization_percent") is not None:
-            text += f"; cpu {host['cpu_utilization_percent']:.0f}%"
+        """One line for systemd's STATUS= and `systemctl status`, from the live state (not the
+        Status document, which is only assembled when asked for)."""
+        gpu_source = self.gpu_source
+        devices = gpu_source.devices if gpu_source is not None else []
+        ok = sum(1 for d in devices if d.state == "ok")
+        backends = ", ".join(f"{k} {v.get('state')}" for k, v in
+                             (gpu_source.backend_status() if gpu_source is not None else {}).items())
+        failed = [slot.name for slot in self.slots if slot.state == "failed"]
+        text = f"{ok}/{len(devices)} GPUs ok ({backends or 'no backends'})"
+        cpu = self.windows.latest("cpu_utilization_percent", {})
+        if cpu is not None:
+            text += f"; cpu {cpu:.0f}%"
         if failed:
             text += f"; failed: {', '.join(failed)}"
         return ("SIMULATED " if self.simulated else "") + text

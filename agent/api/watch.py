@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 MAX_EVENTS = 256  # per pending update; a burst larger than this is counted, not queued
 
@@ -131,7 +132,11 @@ class WatchHub:
         with self._lock:
             return len(self._subs)
 
-    def publish(self, now: float, events, status_json: str) -> None:
+    def publish(self, now: float, events, status_json: str | Callable[[], str]) -> None:
+        """Offer the latest values (and `events`) to every subscriber due an update.
+
+        `status_json` is the Status document, or a function returning it: then it is only
+        produced when a subscriber that asked for it (`include_status`) gets an update."""
         with self._lock:
             subs = list(self._subs)
             self._last_published, self._last_status = now, status_json
@@ -148,9 +153,13 @@ class WatchHub:
                 continue
             self._offer(sub, now, latest, status_json)
 
-    def _offer(self, sub: Subscriber, now: float, latest, status_json: str) -> None:
+    def _offer(self, sub: Subscriber, now: float, latest, status_json: str | Callable[[], str]) -> None:
         points = [(m, labels, v) for m, labels, v, _ in latest if sub.wants(m, labels)]
-        update = Update(now, points, sub.pending_events, status_json if sub.include_status else "")
+        if not sub.include_status:
+            status_json = ""
+        elif callable(status_json):
+            status_json = status_json()
+        update = Update(now, points, sub.pending_events, status_json)
         sub.pending_events = []
         if sub.last_sent is None and sub.history_seconds:
             update.history = {(m, tuple(sorted(labels.items()))): self.windows.history(m, labels, sub.history_seconds, now)

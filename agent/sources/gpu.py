@@ -40,6 +40,7 @@ class GpuSource(Source):
         self._why_no_core: str | None = None
         self._devices: list = []
         self._labels: dict[int, dict[str, str]] = {}
+        self._identity: list[tuple] = []
 
     def start(self) -> None:
         if not self.settings.enabled:
@@ -62,9 +63,20 @@ class GpuSource(Source):
             self.core.stop()
 
     def _refresh_devices(self) -> None:
-        self._devices = list(self.core.devices())
-        self._labels = {d.index: {"gpu": str(d.index), "uuid": d.uuid, "vendor": d.vendor, "model": d.name}
-                        for d in self._devices}
+        devices = list(self.core.devices())
+        # The label dicts stay the same objects while the devices' identities do (they are
+        # shared with every sample and series of the GPU): rebuilt only when one changed.
+        identity = [(d.index, d.uuid, d.vendor, d.name) for d in devices]
+        if identity != self._identity:
+            self._labels = {d.index: {"gpu": str(d.index), "uuid": d.uuid, "vendor": d.vendor, "model": d.name}
+                            for d in devices}
+            self._identity = identity
+        self._devices = devices
+
+    @property
+    def devices(self) -> list:
+        """The devices as of the latest collection (their state, lost reason, unsupported fields)."""
+        return self._devices
 
     def collect(self, now: float) -> list[Sample]:
         if self.core is None:
@@ -100,10 +112,20 @@ class GpuSource(Source):
             out[name] = entry
         return out
 
-    def gpu_status(self, windows) -> list[dict]:
+    @property
+    def labels(self) -> dict[int, dict[str, str]]:
+        """Each device's labels, by index, matching `devices`."""
+        return self._labels
+
+    def gpu_status(self, windows, devices: list | None = None,
+                   labels: dict[int, dict[str, str]] | None = None) -> list[dict]:
+        """Per-GPU status from `devices` and their `labels` (default: the latest collection's)
+        and the windows. Any thread may call it with both: it only reads Python objects and the
+        (locked) windows, never the core."""
         out = []
-        for d in self._devices:
-            labels = self._labels[d.index]
+        labels_of = self._labels if labels is None else labels
+        for d in self._devices if devices is None else devices:
+            labels = labels_of[d.index]
             unsupported = frozenset(getattr(d, "unsupported", ()) or ())
             lost = d.state != "ok"
             metrics = {m: None if (m in unsupported or lost) else windows.latest(m, labels) for m in GPU_METRICS}
