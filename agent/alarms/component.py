@@ -63,7 +63,8 @@ class AlarmsComponent:
         for note in self.engine.restore(saved):
             self.log.info("alarm state: %s", note)
         self._view_lock = threading.Lock()
-        self._view: dict[str, Any] = {}
+        self._raw_view: dict[str, Any] = {}
+        self._view: dict[str, Any] | None = {}
         _BUILT[id(ctx)] = self
 
     # --- rules -------------------------------------------------------------------------------
@@ -167,34 +168,53 @@ class AlarmsComponent:
     def _feed_health_gauges(self, now: float) -> None:
         """Put the health gauges in the windows too, so `query`, `watch` and the collector see
         them like any metric (the rules read them from Health directly)."""
-        add = getattr(self.ctx.windows, "add", None)
-        if add is None:
+        windows = self.ctx.windows
+        add_all = getattr(windows, "add_all", None)
+        add = getattr(windows, "add", None)
+        if add_all is None and add is None:
             return
         from agent.sources.base import Sample
-        for g in self.health.gpus.values():
-            for metric in HEALTH_METRICS:
-                add(Sample.reading(metric, g.labels, self.health.value(metric, g), now))
+        samples = [Sample.reading(metric, g.labels, self.health.value(metric, g), now)
+                   for g in self.health.gpus.values() for metric in HEALTH_METRICS]
+        if add_all is not None:  # one lock hold for the lot
+            add_all(samples)
+        else:
+            for sample in samples:
+                add(sample)
 
     def _publish(self) -> None:
-        """A copy for the gRPC threads: they never touch the engine the main loop mutates."""
+        """A view for the gRPC threads: they never touch the engine the main loop mutates.
+
+        Built afresh every tick and never changed afterwards; the plain-JSON copy `view()`
+        hands out is made only when someone asks for it, at most once per tick."""
         rules = [{"name": r.name, "description": r.description, "metric": r.metric, "builtin": r.builtin,
                   "summary": r.describe(), "hook": r.hook is not None, "record": r.record,
                   "effective_now": r.schedule.active(self.ctx.clock()), "error": self.rule_errors.get(r.name)}
                  for r in self.engine.rules.values()]
         rules += [{"name": n, "error": e} for n, e in self.rule_errors.items() if n not in self.engine.rules]
-        view = {"rules": rules, "states": self.engine.states(), "health": self.health.status(),
-                "hooks": self.hooks.status(),
-                "recorder": self.recorder.status() if self.recorder is not None else {"available": False}}
+        raw = {"rules": rules, "states": self.engine.states(), "health": self.health.status(),
+               "hooks": self.hooks.status(),
+               "recorder": self.recorder.status() if self.recorder is not None else {"available": False}}
         with self._view_lock:
-            self._view = json.loads(json.dumps(view, default=str))
+            self._raw_view, self._view = raw, None
 
     def view(self) -> dict[str, Any]:
         with self._view_lock:
+            if self._view is None:
+                self._view = json.loads(json.dumps(self._raw_view, default=str))
             return self._view
 
     def status(self) -> list[dict[str, Any]]:
-        """For `status --json` under "alarms": every label set not in `ok`."""
-        return [s for s in self.view().get("states", []) if s.get("state") != "ok"]
+        """For `status --json` under "alarms": every label set not in `ok`. Read from the
+        tick's view as built (the daemon serialises it with `default=str`, as `view()` does)."""
+        with self._view_lock:
+            states = self._raw_view.get("states", [])
+        return [s for s in states if s.get("state") != "ok"]
+
+    def health_status(self) -> list[dict[str, Any]]:
+        """For `status --json` under "health", like `status`."""
+        with self._view_lock:
+            return self._raw_view.get("health", [])
 
     def grpc_services(self):
         from agent.alarms.service import add_to_server
@@ -239,7 +259,7 @@ class HealthView:
         pass
 
     def status(self) -> list[dict[str, Any]]:
-        return self.alarms.view().get("health", [])
+        return self.alarms.health_status()
 
 
 def build(cfg, ctx) -> AlarmsComponent:

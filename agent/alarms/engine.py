@@ -43,6 +43,9 @@ class Source(Protocol):
     def label_sets(self, metric: str) -> list[dict[str, str]]: ...
 
 
+_KEYS_KEPT = 4096
+
+
 def series_key(labels: dict[str, str]) -> str:
     return json.dumps(labels, sort_keys=True, separators=(",", ":"))
 
@@ -84,6 +87,7 @@ class Engine:
         self.next_eval: dict[str, float] = {}
         self.errors: dict[str, str] = {}  # rule -> why it could not be evaluated
         self.dirty = False  # state changed since the last snapshot()
+        self._keys: dict[tuple, str] = {}  # label items -> series_key, see _series_key
 
     # --- evaluation ----------------------------------------------------------------------
     def evaluate(self, now: float | None = None) -> list[Event]:
@@ -106,7 +110,7 @@ class Engine:
         try:
             label_sets = [ls for ls in source.label_sets(rule.metric) if rule.scope.matches(ls)]
             for ls in label_sets:
-                key = series_key(ls)
+                key = self._series_key(ls)
                 if key not in known:
                     known[key] = Series(dict(ls), rule.trigger_n)
             values = {key: source.stat(rule.metric, s.labels, rule.window_s, rule.stat, now)
@@ -124,6 +128,20 @@ class Engine:
                 value = None
             events += self._step(rule, s, value, now, in_effect)
         return events
+
+    def _series_key(self, labels: dict[str, str]) -> str:
+        """`series_key(labels)`, remembered by the label items: every rule meets the same few
+        label sets every evaluation, and the JSON spelling is the costly part."""
+        try:
+            items = tuple(labels.items())
+            key = self._keys.get(items)
+        except TypeError:  # an unhashable label value: spell it out every time
+            return series_key(labels)
+        if key is None:
+            if len(self._keys) >= _KEYS_KEPT:  # label sets come and go (NICs, GPUs): stay bounded
+                self._keys.clear()
+            key = self._keys[items] = series_key(labels)
+        return key
 
     def _step(self, rule: Rule, s: Series, value: float | None, now: float, in_effect: bool) -> list[Event]:
         s.last_eval = now
