@@ -361,9 +361,10 @@ class Daemon:
         self._last_tick_at = now
         for source in self.sources:
             self.windows.add_all(collect_safely(source, now, log))
-        buckets: list[Bucket] = self.windows.close(now)
+        takers = [slot for slot in self.slots if slot.state == "ok" and hasattr(slot.component, "on_buckets")]
+        buckets: list[Bucket] = self.windows.close(now, hand_out=bool(takers))
         if buckets:
-            for slot in self.slots:
+            for slot in takers:
                 slot.call("on_buckets", buckets)
         for slot in self.slots:
             slot.call("tick", now)

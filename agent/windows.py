@@ -167,12 +167,19 @@ class Windows:
 
     def add_all(self, samples: Iterable[Sample]) -> None:
         """Fold samples into their seconds' buckets (one lock hold for the whole batch)."""
+        # A source hands the same label dict to all its metrics of one device: its sorted key
+        # is made once per batch (the entry keeps the dict alive, so its id is not reused).
+        keys: dict[int, tuple[dict, tuple]] = {}
         with self._lock:
             for sample in samples:
                 if sample.count <= 0 or sample.sum != sample.sum:  # no samples, or NaN: no data
                     continue
                 sec = int(math.floor(sample.ts))
-                key = (sample.metric, labels_key(sample.labels))
+                labels = sample.labels
+                known = keys.get(id(labels))
+                if known is None or known[0] is not labels:
+                    known = keys[id(labels)] = (labels, labels_key(labels))
+                key = (sample.metric, known[1])
                 series = self._series.get(key)
                 if series is None:
                     series = self._series[key] = _Series(sample.metric, sample.labels, self.retention)
@@ -182,14 +189,20 @@ class Windows:
                     self.late_samples += 1
                 series.add(sec, sample)
 
-    def close(self, now: float | None = None) -> list[Bucket]:
-        """Every bucket of a second before floor(now) not handed out yet, oldest first."""
+    def close(self, now: float | None = None, hand_out: bool = True) -> list[Bucket]:
+        """Every bucket of a second before floor(now) not handed out yet, oldest first.
+
+        `hand_out=False` closes the same seconds (a sample for them counts as late from then
+        on) without making the buckets, for when no component takes them."""
         now = self.clock() if now is None else now
         through = int(math.floor(now)) - 1
         out: list[Bucket] = []
         with self._lock:
             for series in self._series.values():
                 if series.closed_through >= through:
+                    continue
+                if not hand_out:
+                    series.closed_through = through
                     continue
                 first = max(series.closed_through + 1, through - series.size + 1)
                 if first == through:  # the usual case, one second since the last tick

@@ -182,3 +182,16 @@ def test_every_statistic_matches_a_naive_fold_with_gaps_and_ring_wraparound():
                 for stat, value in expect.items():
                     got = w.stat("gpu_power_watts", GPU0, size, stat)
                     assert got == pytest.approx(value), (sec, size, stat)
+
+
+def test_closing_without_handing_out_closes_the_same_seconds(clock):
+    w = Windows([10], clock)
+    w.add(agg("gpu_power_watts", GPU0, [100.0], 999.5))
+    w.add(agg("gpu_power_watts", GPU0, [120.0], 1000.5))
+    assert w.close(1001.2, hand_out=False) == []
+    assert w.close(1001.9) == [], "seconds closed without handing out are not handed out later"
+    w.add(agg("gpu_power_watts", GPU0, [90.0], 1000.7))
+    assert w.late_samples == 1, "a sample for a closed second counts as late"
+    assert w.stat("gpu_power_watts", GPU0, 10, "count", now=1001.2) == 3
+    w.add(agg("gpu_power_watts", GPU0, [110.0], 1001.5))
+    assert [(b.ts, b.count, b.sum) for b in w.close(1002.0)] == [(1001, 1, 110.0)], "later seconds are handed out as usual"
