@@ -108,7 +108,7 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 class SQLiteStore:
     def __init__(self, data_dir: str | Path, synchronous: str = "normal",
                  retention: dict[str, float] | None = None, cache_mib: int = 256,
-                 flush_interval: float = 10.0, compress_raw: bool = True, chunk_rows: int = 4000):
+                 flush_interval: float = 10.0, compress_raw: bool = True, chunk_rows: int = 1000):
         self.cache_kib = cache_mib * 1024
         self.compress_raw = compress_raw
         self.flush_interval = flush_interval
