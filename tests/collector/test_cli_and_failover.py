@@ -23,14 +23,16 @@ def _cli(col, *args, token=True, timeout=30):
                           cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.fixture
-def running(collector_factory, agent_factory, pki, wait):
+@pytest.fixture(scope="module")
+def running(module_procs, pki):
+    """One collector and one agent (whose first endpoint is down) for every test here."""
+    make_collector, make_agent, wait = module_procs
     pki.issue("host-a", "host-a")
-    col = collector_factory().start()
+    col = make_collector().start()
     with socket.socket() as s:  # a port nobody listens on: the first endpoint is down
         s.bind(("127.0.0.1", 0))
         dead = f"127.0.0.1:{s.getsockname()[1]}"
-    agent = agent_factory("host-a", [dead, f"127.0.0.1:{col.ingest_port}"]).start(1, 30, rate=100, points=3)
+    agent = make_agent("host-a", [dead, f"127.0.0.1:{col.ingest_port}"]).start(1, 30, rate=100, points=3)
     wait(lambda: len(agent.spooled()) == 30 and agent.status().get("backlog") == 0, what="the agent's data")
     return col, agent
 
