@@ -129,8 +129,16 @@ class StreamClient:
         while not self._stop.is_set():
             target = self.endpoints[index]
             progressed = False
+            session = asyncio.create_task(self._session(target))
+            stopper = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({session, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not session.done():  # stopping: do not wait out a connect or a stream
+                session.cancel()
+            stopper.cancel()
             try:
-                progressed = await self._session(target)
+                progressed = await session
+            except asyncio.CancelledError:
+                break
             except Exception as e:  # any failure ends the session; the loop decides what next
                 self._failed(target, e)
             self.state["connected"] = False

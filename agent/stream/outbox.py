@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import threading
@@ -85,7 +86,8 @@ class Outbox:
         self.clock = clock
         self.log = log or logging.getLogger("egs.stream")
         self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
-        self._counts = {"queued": 0, "spooled": 0, "queue_dropped": 0, "batches": 0, "spool_errors": 0}
+        self._counts = {"queued": 0, "spooled": 0, "queue_dropped": 0, "batches": 0, "spool_errors": 0,
+                        "nonfinite_points": 0}
         self._progress = threading.Condition()
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
@@ -226,7 +228,13 @@ class Outbox:
                 for bucket in value:
                     if len(batches[-1].points) >= limit:
                         batches.append(self._new_batch())
-                    _to_point(bucket, batches[-1].points.add())
+                    point = batches[-1].points.add()
+                    _to_point(bucket, point)
+                    if not math.isfinite(point.ts + point.sum + point.min + point.max + point.last):
+                        # The collector refuses a batch holding one (and the agent would then
+                        # drop all of it): leave the point out and count it instead.
+                        del batches[-1].points[-1]
+                        self._counts["nonfinite_points"] += 1
             elif kind == "event":
                 ev = batch.events.add(kind=value.kind, ts=float(value.ts),
                                       data_json=json.dumps(value.data, sort_keys=True, default=str))

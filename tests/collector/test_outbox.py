@@ -1,0 +1,80 @@
+"""The outbox on its own (no collector): batches, numbering, what it refuses to send."""
+from __future__ import annotations
+
+import math
+
+from agent.config import parse
+from agent.events import Event
+from agent.proto import collector_pb2
+from agent.stream.outbox import Outbox, next_epoch, series_key
+
+
+def _outbox(tmp_path, **extra):
+    body = "".join(f"{k} = {v}\n" for k, v in extra.items())
+    cfg = parse(f'[stream]\nendpoints = ["127.0.0.1:9"]\nplaintext = true\nfsync = false\n{body}', "a.toml")
+    box = Outbox(cfg.stream, tmp_path, host_id="h1", labels={"rack": "r1"}, clock=lambda: 1000.0)
+    box.start()
+    return box
+
+
+def _spooled(box) -> list[collector_pb2.Batch]:
+    return [collector_pb2.Batch.FromString(e.payload) for e in box.spool.read(box.spool.start(), limit=1000)]
+
+
+def _bucket(metric="gpu_power_watts", gpu="0", value=1.0, ts=999):
+    return {"metric": metric, "labels": {"gpu": gpu}, "ts": ts, "count": 1, "sum": value, "min": value,
+            "max": value, "last": value}
+
+
+def test_buckets_and_events_become_numbered_batches_with_identity(tmp_path):
+    box = _outbox(tmp_path)
+    try:
+        box.put_buckets([_bucket()])
+        box.flush()
+        box.put_event(Event("alarm", 999.5, {"gpu": "0"}, {"state": "firing"}))
+        box.flush()
+        first, second = _spooled(box)
+        assert (first.host_id, dict(first.labels), first.epoch) == ("h1", {"rack": "r1"}, box.epoch)
+        assert (first.seq, second.seq) == (1, 2)
+        p = next(p for p in first.points if p.metric == "gpu_power_watts")
+        assert (dict(p.labels), p.series, p.sum) == ({"gpu": "0"}, series_key({"gpu": "0"}), 1.0)
+        assert [(e.kind, e.data_json) for e in second.events] == [("alarm", '{"state": "firing"}')]
+        assert any(p.metric == "stream_spool_backlog_records" for p in first.points)
+    finally:
+        box.stop()
+
+
+def test_large_bucket_sets_are_split(tmp_path):
+    box = _outbox(tmp_path, max_batch_points=50)
+    try:
+        box.put_buckets([_bucket(gpu=str(i)) for i in range(120)])
+        box.flush()
+        sizes = [sum(p.metric == "gpu_power_watts" for p in b.points) for b in _spooled(box)]
+        assert sizes == [50, 50, 20]
+    finally:
+        box.stop()
+
+
+def test_non_finite_points_are_left_out_and_counted(tmp_path):
+    box = _outbox(tmp_path)
+    try:
+        box.put_buckets([_bucket(value=math.nan, gpu="0"), _bucket(value=2.0, gpu="1")])
+        box.flush()
+        (batch,) = _spooled(box)
+        assert [p.labels["gpu"] for p in batch.points if p.metric == "gpu_power_watts"] == ["1"]
+        assert box.status()["queue"]["nonfinite_points"] == 1
+    finally:
+        box.stop()
+
+
+def test_a_full_queue_drops_and_counts_without_blocking(tmp_path):
+    cfg = parse('[stream]\nendpoints = ["127.0.0.1:9"]\nplaintext = true\nqueue_size = 2\n', "a.toml")
+    box = Outbox(cfg.stream, tmp_path, host_id="h1")  # not started: nothing drains the queue
+    assert [box.put_buckets([_bucket()]) for _ in range(4)] == [True, True, False, False]
+    assert box.status()["queue"]["queue_dropped"] == 2
+
+
+def test_epochs_always_grow_even_if_the_clock_steps_back(tmp_path):
+    (tmp_path / "stream-epoch").write_text(str(10**18))
+    assert next_epoch(tmp_path) == 10**18 + 1
+    assert next_epoch(tmp_path) == 10**18 + 2
