@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import queue
+import socket
 import threading
 import time
 from pathlib import Path
@@ -76,12 +77,12 @@ def _to_point(item: Any, out) -> None:
 class Outbox:
     name = "stream"
 
-    def __init__(self, settings, state_dir: str | os.PathLike, host_id: str,
+    def __init__(self, settings, state_dir: str | os.PathLike, host_id: str | None = None,
                  labels: dict[str, str] | None = None, clock: Callable[[], float] = time.time,
                  log: logging.Logger | None = None):
         self.settings = settings
         self.state_dir = Path(state_dir)
-        self.host_id = host_id
+        self.host_id = host_id or socket.gethostname()
         self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
         self.clock = clock
         self.log = log or logging.getLogger("egs.stream")
