@@ -137,6 +137,34 @@ class Outbox:
     def tick(self, now: float) -> None:
         pass  # the writer thread and the stream client run on their own
 
+    # Keys that take effect by restarting the stream client; the spool's and the queue's
+    # own sizes are fixed for the life of the process.
+    CLIENT_KEYS = ("endpoints", "plaintext", "ca", "cert", "key", "server_name", "max_message_bytes",
+                   "max_in_flight", "keepalive_time", "keepalive_timeout", "connect_timeout",
+                   "backoff_base", "backoff_multiplier", "backoff_jitter", "backoff_max")
+    RESTART_KEYS = ("spool_max_bytes", "spool_segment_bytes", "fsync", "queue_size")
+
+    def reload(self, cfg) -> None:
+        """SIGHUP: new endpoints, TLS files, timeouts and labels apply now (the stream
+        reconnects, resuming at the spool's cursor); the rest waits for a restart."""
+        from agent.stream.component import check
+        check(cfg)
+        new = cfg.stream
+        self.labels = {str(k): str(v) for k, v in (cfg.agent.labels or {}).items()}
+        later = [k for k in self.RESTART_KEYS if getattr(new, k) != getattr(self.settings, k)]
+        if not new.endpoints:
+            later.append("endpoints (empty: streaming off)")
+        if later:
+            self.log.warning("stream: %s changed; that takes effect on restart", ", ".join(later))
+        changed = [k for k in self.CLIENT_KEYS if getattr(new, k) != getattr(self.settings, k)]
+        if changed and new.endpoints:
+            self.settings = new
+            old, self.client = self.client, StreamClient(new, self.spool, self.log)
+            if old is not None:
+                old.stop()
+                self.client.start()
+            self.log.info("stream: reconnecting with new %s", ", ".join(changed))
+
     # --- producers -----------------------------------------------------------------------
 
     def put_buckets(self, buckets: list) -> bool:

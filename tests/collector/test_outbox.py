@@ -78,3 +78,22 @@ def test_epochs_always_grow_even_if_the_clock_steps_back(tmp_path):
     (tmp_path / "stream-epoch").write_text(str(10**18))
     assert next_epoch(tmp_path) == 10**18 + 1
     assert next_epoch(tmp_path) == 10**18 + 2
+
+
+def test_reload_moves_the_stream_to_new_endpoints(tmp_path, collector_factory, wait):
+    first = collector_factory("first", plaintext=True).start()
+    second = collector_factory("second", plaintext=True).start()
+    text = '[agent]\nlabels = {{rack = "{rack}"}}\n[stream]\nendpoints = ["127.0.0.1:{port}"]\nplaintext = true\n'
+    cfg = parse(text.format(rack="r1", port=first.ingest_port), "a.toml")
+    box = Outbox(cfg.stream, tmp_path / "state", host_id="h1", labels={"rack": "r1"})
+    box.start()
+    try:
+        box.put_buckets([_bucket(metric="test_marker", value=1)])
+        wait(lambda: first.stored_markers("h1") == [1], what="the first collector")
+        box.reload(parse(text.format(rack="r2", port=second.ingest_port), "a.toml"))
+        box.put_buckets([_bucket(metric="test_marker", value=2)])
+        wait(lambda: second.stored_markers("h1") == [2], what="the second collector")
+        assert first.stored_markers("h1") == [1]
+        assert {a.host: dict(a.labels) for a in second.agents().agents}["h1"] == {"rack": "r2"}
+    finally:
+        box.stop()
