@@ -62,9 +62,11 @@ class AlarmsComponent:
             self.log.error("%s", note)
         for note in self.engine.restore(saved):
             self.log.info("alarm state: %s", note)
-        self._view_lock = threading.Lock()
-        self._raw_view: dict[str, Any] = {}
-        self._view: dict[str, Any] | None = {}
+        # Guards the engine, health and rule errors: the main loop changes them in tick and
+        # reload, gRPC threads read them through view().
+        self._lock = threading.RLock()
+        self._view: dict[str, Any] | None = None  # built by view(), dropped every tick
+        self._generation = 0  # ticks and reloads, so a view built across one is not kept
         _BUILT[id(ctx)] = self
 
     # --- rules -------------------------------------------------------------------------------
@@ -100,23 +102,25 @@ class AlarmsComponent:
         self.log.info("alarms: %d rules (%s)%s", len(self.engine.rules), ", ".join(self.engine.rules) or "none",
                       "" if self.enabled else "; rule evaluation switched off ([alarms] enabled = false)")
         if self.ctx.core is not None:
-            self.health.know(self.ctx.core.devices(), self.ctx.clock())
+            with self._lock:
+                self.health.know(self.ctx.core.devices(), self.ctx.clock())
         self._publish()
 
     def tick(self, now: float) -> None:
         core = self.ctx.core
-        if core is not None:
-            for event in self.health.observe(core.events(), core.devices(), now):
-                self._health_event(event)
-            self._feed_health_gauges(now)
-        for event in self.engine.evaluate(now):
-            self._alarm_event(event)
-        for name, why in self.engine.errors.items():
-            if self.rule_errors.get(name) != why:
-                self.rule_errors[name] = why
-                self.log.error("alarm rule %s cannot be evaluated: %s", name, why)
-        if self.engine.dirty:
-            self._save()
+        with self._lock:
+            if core is not None:
+                for event in self.health.observe(core.events(), core.devices(), now):
+                    self._health_event(event)
+                self._feed_health_gauges(now)
+            for event in self.engine.evaluate(now):
+                self._alarm_event(event)
+            for name, why in self.engine.errors.items():
+                if self.rule_errors.get(name) != why:
+                    self.rule_errors[name] = why
+                    self.log.error("alarm rule %s cannot be evaluated: %s", name, why)
+            if self.engine.dirty:
+                self._save()
         if self.recorder is not None:
             self.recorder.tick(now)
         self._publish()
@@ -183,38 +187,44 @@ class AlarmsComponent:
                 add(sample)
 
     def _publish(self) -> None:
-        """A view for the gRPC threads: they never touch the engine the main loop mutates.
-
-        Built afresh every tick and never changed afterwards; the plain-JSON copy `view()`
-        hands out is made only when someone asks for it, at most once per tick."""
-        rules = [{"name": r.name, "description": r.description, "metric": r.metric, "builtin": r.builtin,
-                  "summary": r.describe(), "hook": r.hook is not None, "record": r.record,
-                  "effective_now": r.schedule.active(self.ctx.clock()), "error": self.rule_errors.get(r.name)}
-                 for r in self.engine.rules.values()]
-        rules += [{"name": n, "error": e} for n, e in self.rule_errors.items() if n not in self.engine.rules]
-        raw = {"rules": rules, "states": self.engine.states(), "health": self.health.status(),
-               "hooks": self.hooks.status(),
-               "recorder": self.recorder.status() if self.recorder is not None else {"available": False}}
-        with self._view_lock:
-            self._raw_view, self._view = raw, None
+        """A new tick: the view `view()` hands out is rebuilt on the next call."""
+        with self._lock:
+            self._view = None
+            self._generation += 1
 
     def view(self) -> dict[str, Any]:
-        with self._view_lock:
-            if self._view is None:
-                self._view = json.loads(json.dumps(self._raw_view, default=str))
-            return self._view
+        """Rules, states, health, hooks and recorder as plain JSON values, for the gRPC
+        threads: built when someone asks, at most once per tick (no client, no cost). The
+        engine's part is read under the lock the main loop evaluates under; the hook pool and
+        the recorder (a directory listing) answer for themselves, outside it."""
+        with self._lock:
+            if self._view is not None:
+                return self._view
+            generation = self._generation
+            rules = [{"name": r.name, "description": r.description, "metric": r.metric, "builtin": r.builtin,
+                      "summary": r.describe(), "hook": r.hook is not None, "record": r.record,
+                      "effective_now": r.schedule.active(self.ctx.clock()), "error": self.rule_errors.get(r.name)}
+                     for r in self.engine.rules.values()]
+            rules += [{"name": n, "error": e} for n, e in self.rule_errors.items() if n not in self.engine.rules]
+            view = {"rules": rules, "states": self.engine.states(), "health": self.health.status()}
+        view["hooks"] = self.hooks.status()
+        view["recorder"] = self.recorder.status() if self.recorder is not None else {"available": False}
+        view = json.loads(json.dumps(view, default=str))
+        with self._lock:
+            if self._generation == generation:  # no tick or reload meanwhile: keep it for this tick
+                self._view = view
+        return view
 
     def status(self) -> list[dict[str, Any]]:
-        """For `status --json` under "alarms": every label set not in `ok`. Read from the
-        tick's view as built (the daemon serialises it with `default=str`, as `view()` does)."""
-        with self._view_lock:
-            states = self._raw_view.get("states", [])
-        return [s for s in states if s.get("state") != "ok"]
+        """For `status --json` under "alarms": every label set not in `ok` (the daemon
+        serialises it with `default=str`, as `view()` does)."""
+        with self._lock:
+            return self.engine.states(exclude_ok=True)
 
     def health_status(self) -> list[dict[str, Any]]:
-        """For `status --json` under "health", like `status`."""
-        with self._view_lock:
-            return self._raw_view.get("health", [])
+        """For `status --json` under "health"."""
+        with self._lock:
+            return self.health.status()
 
     def grpc_services(self):
         from agent.alarms.service import add_to_server
@@ -222,13 +232,15 @@ class AlarmsComponent:
 
     def reload(self, cfg) -> None:
         """SIGHUP: take the new rules, keeping each surviving rule's state and notifications."""
-        self.enabled = cfg.alarms.enabled
-        snapshot = self.engine.snapshot()
-        engine = Engine(self._rules(cfg), self._source_for, self.ctx.clock)
-        for note in engine.restore(snapshot):
-            self.log.info("alarm state on reload: %s", note)
-        self.engine = engine
-        self._save()
+        with self._lock:
+            self.enabled = cfg.alarms.enabled
+            snapshot = self.engine.snapshot()
+            engine = Engine(self._rules(cfg), self._source_for, self.ctx.clock)
+            for note in engine.restore(snapshot):
+                self.log.info("alarm state on reload: %s", note)
+            self.engine = engine
+            self._save()
+        self._publish()
         self.log.info("alarms reloaded: %d rules; hook, health and recorder settings apply on restart",
                       len(engine.rules))
 
@@ -236,8 +248,9 @@ class AlarmsComponent:
         self.hooks.stop()
         if self.recorder is not None:
             self.recorder.stop()
-        if self.engine.dirty:
-            self._save()
+        with self._lock:
+            if self.engine.dirty:
+                self._save()
         _BUILT.pop(id(self.ctx), None)
 
 

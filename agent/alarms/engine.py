@@ -220,13 +220,16 @@ class Engine:
             "window_s": rule.window_s, "notify": notify, "description": rule.description})
 
     # --- reading and persistence ---------------------------------------------------------
-    def states(self) -> list[dict[str, Any]]:
+    def states(self, exclude_ok: bool = False) -> list[dict[str, Any]]:
+        """Every label set's state under every rule (`exclude_ok`: only those not `ok`)."""
         out = []
         for name, known in self.series.items():
             rule = self.rules.get(name)
             if rule is None:
                 continue
             for s in known.values():
+                if exclude_ok and s.state == "ok":
+                    continue
                 level = _level_index(rule, s.severity)
                 out.append({"rule": name, **s.to_dict(), "metric": rule.metric,
                             "threshold": rule.levels[max(level, 0)].threshold, "operator": rule.operator,
