@@ -69,6 +69,9 @@ class Context:
     labels: dict[str, str]
     log: logging.Logger
     simulated: bool = False
+    # status_of(name): another component's `status()` (None when absent or failed); main
+    # loop only, like the components' own calls. The outbox sends the NIC state with it.
+    status_of: Callable[[str], Any] = lambda name: None
 
 
 def simulated_env(env: dict[str, str] | None = None) -> bool:
@@ -279,7 +282,8 @@ class Daemon:
 
         self.ctx = Context(windows=self.windows, core=self.core, emit=self.emit, state_dir=self.state_dir,
                            clock=self.clock, host_id=self.host_id, labels=dict(cfg.agent.labels),
-                           log=logging.getLogger("egs-agent.component"), simulated=self.simulated)
+                           log=logging.getLogger("egs-agent.component"), simulated=self.simulated,
+                           status_of=self._component_status)
         self.slots = build_components(self.component_specs, cfg, self.ctx)
         for slot in self.slots:
             slot.call("start")
@@ -295,6 +299,12 @@ class Daemon:
         log.info("local API listening on unix:%s (mode %o%s)", cfg.api.socket, cfg.api.socket_mode,
                  f", group {cfg.api.socket_group}" if cfg.api.socket_group else "")
         sd_notify("READY=1\nSTATUS=" + self.summary(), self.env)
+
+    def _component_status(self, name: str) -> Any:
+        for slot in getattr(self, "slots", ()):
+            if slot.name == name and slot.state == "ok":
+                return slot.call("status")
+        return None
 
     def request_stop(self) -> None:
         """Safe from a signal handler: the main loop wakes and stops."""

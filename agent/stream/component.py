@@ -28,4 +28,4 @@ def build(cfg, ctx) -> Outbox | None:
         return None
     check(cfg)
     return Outbox(cfg.stream, ctx.state_dir, host_id=ctx.host_id, labels=ctx.labels,
-                  clock=ctx.clock, log=ctx.log)
+                  clock=ctx.clock, log=ctx.log, status_of=getattr(ctx, "status_of", None))

@@ -79,8 +79,13 @@ class Outbox:
 
     def __init__(self, settings, state_dir: str | os.PathLike, host_id: str | None = None,
                  labels: dict[str, str] | None = None, clock: Callable[[], float] = time.time,
-                 log: logging.Logger | None = None):
+                 log: logging.Logger | None = None,
+                 status_of: Callable[[str], Any] | None = None):
         self.settings = settings
+        # The daemon's view of another component's status (main loop only): the NIC state
+        # travels in `Batch.nic_json` whenever it changes.
+        self.status_of = status_of
+        self._nic_sent: str | None = None
         self.state_dir = Path(state_dir)
         self.host_id = host_id or socket.gethostname()
         self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
@@ -88,7 +93,8 @@ class Outbox:
         self.log = log or logging.getLogger("egs.stream")
         self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         self._counts = {"queued": 0, "spooled": 0, "queue_dropped": 0, "batches": 0, "spool_errors": 0,
-                        "nonfinite_points": 0}
+                        "nonfinite_points": 0, "recordings_sent": 0, "recordings_truncated": 0,
+                        "recording_errors": 0}
         self._progress = threading.Condition()
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
@@ -133,9 +139,21 @@ class Outbox:
 
     def on_event(self, event) -> None:
         self.put_event(event)
+        if event.kind == "recording" and event.data.get("path"):
+            # The file is read on the writer thread, not here on the emitter's.
+            self._put(("recording_file", event.data["path"]))
 
     def tick(self, now: float) -> None:
-        pass  # the writer thread and the stream client run on their own
+        """Send the NIC state when it changed (the writer thread and the stream client run
+        on their own)."""
+        if self.status_of is None:
+            return
+        state = self.status_of("nic")
+        if state is None:
+            return
+        text = json.dumps(state, sort_keys=True, default=str)
+        if text != self._nic_sent and self.put_nic(state):
+            self._nic_sent = text
 
     # Keys that take effect by restarting the stream client; the spool's and the queue's
     # own sizes are fixed for the life of the process.
@@ -270,12 +288,39 @@ class Outbox:
                 ev.labels.update({str(k): str(v) for k, v in value.labels.items()})
             elif kind == "nic":
                 batch.nic_json = json.dumps(value, sort_keys=True, default=str)
-            elif kind == "recording":
+            elif kind in ("recording", "recording_file"):
+                text = self._recording_json(value) if kind == "recording_file" else \
+                    json.dumps(value, sort_keys=True, default=str)
+                if text is None:
+                    continue
                 if batch.recording_json:
                     batches.append(self._new_batch())
-                batches[-1].recording_json = json.dumps(value, sort_keys=True, default=str)
+                batches[-1].recording_json = text
+                self._counts["recordings_sent"] += 1
         self._add_own_figures(batches[-1])
         return batches
+
+    def _recording_json(self, path: str) -> str | None:
+        """A flight-recorder file as the JSON a batch carries. One that would not fit in a
+        message goes as its header alone, marked truncated: the operator fetches the full
+        samples from the node (`egs-agent recordings ID`), and the collector still learns
+        that the recording exists."""
+        from agent.recorder import RecordingError, read_file
+        try:
+            recording = read_file(path)
+        except (OSError, ValueError, RecordingError) as e:
+            self._counts["recording_errors"] += 1
+            self.log.warning("stream: recording %s not sent: %s", path, e)
+            return None
+        text = json.dumps(recording, sort_keys=True, default=str)
+        # Leave room for the batch's points and identity beside the recording.
+        if len(text) > self.settings.max_message_bytes // 2:
+            self._counts["recordings_truncated"] += 1
+            recording.pop("data", None)
+            recording["truncated"] = (f"{len(text)} bytes of samples exceed half of stream.max_message_bytes; "
+                                      "read them on the node with `egs-agent recordings ID`")
+            text = json.dumps(recording, sort_keys=True, default=str)
+        return text
 
     def _add_own_figures(self, batch) -> None:
         st = self.spool.status()

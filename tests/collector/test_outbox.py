@@ -97,3 +97,61 @@ def test_reload_moves_the_stream_to_new_endpoints(tmp_path, collector_factory, w
         assert {a.host: dict(a.labels) for a in second.agents().agents}["h1"] == {"rack": "r2"}
     finally:
         box.stop()
+
+
+def _recording_file(tmp_path, rows: int):
+    import gzip
+    import json
+
+    from agent.recorder import FORMAT
+    path = tmp_path / "rec.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"format": FORMAT, "id": "r1", "gpus": [0]}) + "\n")
+        f.write(json.dumps({"gpu": 0, "ts": [float(i) for i in range(rows)]}) + "\n")
+    return path
+
+
+def test_a_recording_event_ships_the_file_and_an_oversized_one_its_header(tmp_path):
+    import json
+    box = _outbox(tmp_path, max_message_bytes=64 * 1024)
+    try:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        small = _recording_file(tmp_path / "a", rows=10)
+        big = _recording_file(tmp_path / "b", rows=20000)
+        for path in (small, big, tmp_path / "missing.jsonl.gz"):
+            box.on_event(Event("recording", 999.0, {"gpu": "0"}, {"id": "r1", "path": str(path)}))
+        box.flush()
+        sent = [json.loads(b.recording_json) for b in _spooled(box) if b.recording_json]
+        assert [r["id"] for r in sent] == ["r1", "r1"]
+        assert sent[0]["data"][0]["ts"] == [float(i) for i in range(10)] and "truncated" not in sent[0]
+        assert "data" not in sent[1] and "egs-agent recordings" in sent[1]["truncated"]
+        status = box._counts
+        assert (status["recordings_sent"], status["recordings_truncated"], status["recording_errors"]) == (2, 1, 1)
+    finally:
+        box.stop()
+
+
+def test_nic_state_travels_when_it_changes_and_only_then(tmp_path):
+    # (Within one batch the latest state wins; flushing after each tick keeps them apart.)
+    state = {"mode": "verify", "interfaces": [{"name": "eth0", "queues": 2}]}
+    cfg = parse('[stream]\nendpoints = ["127.0.0.1:9"]\nplaintext = true\nfsync = false\n', "a.toml")
+    box = Outbox(cfg.stream, tmp_path, host_id="h1", clock=lambda: 1000.0,
+                 status_of=lambda name: state if name == "nic" else None)
+    box.start()
+    try:
+        for now in (1.0, 2.0, 3.0):
+            box.tick(now)
+            box.flush()
+        state = {"mode": "verify", "interfaces": [{"name": "eth0", "queues": 4}]}
+        box.tick(4.0)
+        box.flush()
+        sent = [b.nic_json for b in _spooled(box) if b.nic_json]
+        assert [json_queues(s) for s in sent] == [2, 4]
+    finally:
+        box.stop()
+
+
+def json_queues(text: str) -> int:
+    import json
+    return json.loads(text)["interfaces"][0]["queues"]
