@@ -148,3 +148,75 @@ def test_malformed_batches_are_named():
     ev = _batch()
     ev.events.add(kind="alarm", data_json="[1]")
     assert "JSON object" in finite_problem(ev)
+
+
+def _mixed_batches():
+    """Batches that take every fold path: a steady layout, a changed layout, a batch
+    spanning two 10 s buckets, a late replay (older ts), a series twice in one batch."""
+    import random
+    rnd = random.Random(7)
+    out, seq = [], 0
+    for second in range(0, 40):
+        for host in ("h1", "h2"):
+            seq += 1
+            b = collector_pb2.Batch(host_id=host, epoch=1, seq=seq)
+            gpus = ["0", "1", "2"] if second % 13 else ["2", "0"]  # a layout change now and then
+            for g in gpus:
+                ts = T0 + second + (9.5 if second % 17 == 5 and g == "2" else 0)  # spans buckets
+                v = rnd.uniform(-50, 50)
+                p = b.points.add(metric="gpu_power_watts", ts=ts, count=1, sum=v, min=v, max=v, last=v)
+                p.labels["gpu"] = g
+            if second == 21:  # the same series twice in one batch
+                b.points.add(metric="gpu_power_watts", ts=T0 + 1, count=1, sum=3, min=3, max=3, last=3).labels["gpu"] = "1"
+            out.append(b)
+    late = collector_pb2.Batch(host_id="h1", epoch=2, seq=1)
+    for g in ("0", "1", "2"):  # h1's usual layout: merged into a group holding newer points
+        late.points.add(metric="gpu_power_watts", ts=T0 + 3, count=1, sum=-99, min=-99, max=-99, last=-99).labels["gpu"] = g
+    out.append(late)
+    return out
+
+
+def _expected(batches, width):
+    want = {}
+    for b in batches:
+        for p in b.points:
+            k = (b.host_id, p.labels["gpu"], int(p.ts // width) * width)
+            c, s, lo, hi, last, last_ts = want.get(k, (0, 0.0, float("inf"), float("-inf"), None, float("-inf")))
+            if p.ts >= last_ts:
+                last, last_ts = p.last, p.ts
+            want[k] = (c + p.count, s + p.sum, min(lo, p.min), max(hi, p.max), last, last_ts)
+    return {k: v[:5] for k, v in want.items()}
+
+
+def _found(store, resolution):
+    _, series = store.query("gpu_power_watts", start=T0 - 60, end=T0 + 120, resolution=resolution)
+    return {(s.host, s.labels["gpu"], p[0]): (p[1], p[2], p[3], p[4], p[5]) for s in series for p in s.points}
+
+
+def _close(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k][0] == b[k][0] and a[k][2:] == b[k][2:], k
+        assert abs(a[k][1] - b[k][1]) < 1e-9, k
+
+
+def test_rollups_equal_a_plain_computation_whatever_path_the_fold_takes(tmp_path):
+    batches = _mixed_batches()
+    store = SQLiteStore(tmp_path, flush_interval=3600)  # one flush: every batch meets its group
+    for i in range(0, len(batches), 3):
+        store.write(batches[i:i + 3], T0)
+    store.flush()
+    _close(_found(store, "10s"), _expected(batches, 10))
+    _close(_found(store, "1m"), _expected(batches, 60))
+
+
+def test_rollups_rebuilt_after_a_crash_mid_flush_equal_a_plain_computation(tmp_path):
+    batches = _mixed_batches()
+    store = SQLiteStore(tmp_path, flush_interval=0, chunk_rows=5)
+    for i in range(0, len(batches), 3):
+        store.write(batches[i:i + 3], T0)
+    assert store._frozen is not None, "mid-flush when the process dies"
+    after = SQLiteStore(tmp_path, flush_interval=3600)
+    after.flush()
+    _close(_found(after, "10s"), _expected(batches, 10))
+    _close(_found(after, "1m"), _expected(batches, 60))
