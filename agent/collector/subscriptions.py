@@ -38,6 +38,10 @@ class Subscription:
         self.dropped = 0
         self.delivered = 0
         self.wake = asyncio.Event()
+        # Which positions of a batch layout (its tuple of series ids, the same object for
+        # every batch of a host while its layout stays) pass the metric filter: worked out
+        # once per layout, not once per point, since most consumers want a few metrics.
+        self._positions: dict[tuple, list[int]] = {}
 
     # --- filters -------------------------------------------------------------------------
 
@@ -58,15 +62,25 @@ class Subscription:
 
     # --- the queue -----------------------------------------------------------------------
 
-    def offer(self, host: str, batch, keyed: list[tuple[Key, object]], received: float) -> None:
+    def _wanted_positions(self, series: tuple, points) -> list[int]:
+        positions = self._positions.get(series)
+        if positions is None:
+            if len(self._positions) >= 100_000:  # layouts of hosts long gone
+                self._positions.clear()
+            metrics = self.metrics
+            positions = self._positions[series] = [
+                i for i, p in enumerate(points) if not metrics or p.metric in metrics]
+        return positions
+
+    def offer(self, host: str, batch, series: tuple[Key, ...], received: float) -> None:
         if not self.wants_host(host):
             return
         check_labels = bool(self.labels)
         pending = self.pending
         added = False
-        for key, point in keyed:
-            if self.metrics and point.metric not in self.metrics:
-                continue
+        points = batch.points
+        for i in self._wanted_positions(series, points):
+            key, point = series[i], points[i]
             if check_labels and not self._labels_match(batch.labels, point.labels):
                 continue
             if key in pending:
@@ -134,9 +148,9 @@ class Hub:
                     recent = self.recent[host] = collections.deque(maxlen=self.RECENT)
                 recent.append((batch, series, received))
             if self.subscriptions:
-                keyed = list(zip(series, batch.points))
+                series = tuple(series)  # the store's own tuple already: no copy
                 for sub in self.subscriptions:
-                    sub.offer(host, batch, keyed, received)
+                    sub.offer(host, batch, series, received)
 
     def snapshot(self, sub: Subscription) -> list[tuple]:
         out = []
