@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
-from agent.config import ConfigError, Key, Section, parse, parse_duration
+from agent.config import ConfigError, Key, Section, parse, parse_duration, read, section_markdown
 
 DEFAULT_PATH = "/etc/egs-collector/collector.toml"
 
@@ -128,29 +128,11 @@ def parse_text(text: str, file: str = "<config>") -> SimpleNamespace:
 
 def markdown() -> str:
     """The config reference table of docs/collector.md (`python -m agent.collector.settings`)."""
-    from agent.config import _type_name
-    out = []
-    for sec in SECTIONS.values():
-        out += [f"### `[{sec.name}]`", "", sec.doc, "", "| key | type | default | meaning |", "|---|---|---|---|"]
-        for k, spec in sec.keys.items():
-            rng = f" (one of {', '.join(spec.choices)})" if spec.choices else ""
-            out.append(f"| `{k}` | {_type_name(spec.type)}{rng} | `{spec.default!r}` | {spec.doc} |")
-        out.append("")
-    return "\n".join(out)
+    return "\n".join(line for sec in SECTIONS.values() for line in section_markdown(sec, "###"))
 
 
 def load(path: str | os.PathLike | None = None) -> SimpleNamespace:
-    explicit = path is not None
-    path = Path(path or DEFAULT_PATH)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if explicit:
-            raise ConfigError("file not found", str(path)) from None
-        text = ""
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read: {e}", str(path)) from None
-    return parse_text(text, str(path))
+    return parse_text(*read(path, DEFAULT_PATH))
 
 
 if __name__ == "__main__":
