@@ -675,18 +675,14 @@ def finite_problem(batch: collector_pb2.Batch) -> str | None:
         return "host_id is empty"
     if batch.epoch == 0 or batch.seq == 0:
         return "epoch and seq must be > 0"
-    points = list(batch.points)  # one wrapper object per point, not one per loop
-    # One check for every number of the batch: a NaN or an infinity in any of them makes
-    # the total non-finite. So could finite values near 1e308 (no gauge here reaches them):
-    # then, as for a real problem, the points are looked at one by one.
-    if not math.isfinite(sum([p.ts + p.sum + p.min + p.max + p.last for p in points])) \
-            or not all([p.metric for p in points]):
-        isfinite = math.isfinite
-        for p in points:
+    isfinite = math.isfinite
+    for p in batch.points:
+        # One check for five numbers: a NaN or an infinity in any of them makes the sum
+        # non-finite (so could finite values near 1e308, which no gauge here reaches).
+        if not isfinite(p.ts + p.sum + p.min + p.max + p.last) or not p.metric:
             if not p.metric:
                 return "a point has no metric name"
-            if not (isfinite(p.ts) and isfinite(p.sum) and isfinite(p.min) and isfinite(p.max) and isfinite(p.last)):
-                return f"point {p.metric} has a non-finite value"
+            return f"point {p.metric} has a non-finite value"
     for e in batch.events:
         if e.data_json:
             try:
