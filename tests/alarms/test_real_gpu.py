@@ -16,7 +16,6 @@ import time
 
 import pytest
 
-pytest.importorskip("agent.native", reason="native core not built: run `make native`")
 
 pytestmark = pytest.mark.gpu
 

@@ -27,8 +27,7 @@ def test_collector_unit_verifies(tmp_path):
     # The packaged unit runs /usr/bin/egs-collector; point a copy at this checkout's entry
     # point so `verify` checks everything else without needing the package installed.
     exe = Path(sys.executable).with_name("egs-collector")
-    if not exe.exists():
-        pytest.skip(f"{exe} is missing (pip install -e . creates it)")
+    assert exe.exists(), f"{exe} is missing: `make venv` (pip install -e .) creates it"
     copy = tmp_path / UNIT.name
     copy.write_text(UNIT.read_text().replace("/usr/bin/egs-collector", str(exe)))
     out = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)

@@ -116,20 +116,11 @@ def start_daemon():
         d.stop()
 
 
-def native_available() -> str | None:
-    """None when the native core imports, else why not (for skips)."""
-    try:
-        import agent.native  # noqa: F401
-    except ImportError as e:
-        return f"native core not built (run `make native`): {e}"
-    return None
-
-
 @pytest.fixture(scope="session")
 def sim_out():
-    why = native_available()
-    if why:
-        pytest.skip(why)
+    # The native core is part of this project: `make test` builds it, so a missing build is
+    # a failure here, never a skip.
+    import agent.native  # noqa: F401
     return sim_paths.build_sim()  # a failing build is a failure, not a skip
 
 

@@ -39,8 +39,7 @@ def unit_copy(folder: Path, drop_ins: tuple[Path, ...] = ()) -> Path:
     that the program exists, and `drop_ins` in the `egs-agent.service.d/` beside it, where
     systemd-analyze reads them for a unit given by path."""
     exe = shutil.which("egs-agent") or str(ROOT / ".venv" / "bin" / "egs-agent")
-    if not Path(exe).exists():
-        pytest.skip("no egs-agent console script installed (make venv installs it)")
+    assert Path(exe).exists(), "no egs-agent console script: `make venv` (pip install -e .) installs it"
     copy = folder / "egs-agent.service"
     copy.write_text(UNIT.read_text().replace("/usr/bin/egs-agent", exe))
     for conf in drop_ins:
