@@ -133,8 +133,10 @@ class HostSource(Source):
 
     def _memory_samples(self, now: float) -> list[Sample]:
         vm = psutil.virtual_memory()
+        if not vm.total:  # a meminfo without MemTotal: no figures (null), never a made-up 0 %
+            return []
         used = vm.total - vm.available
-        return [Sample.reading("memory_used_percent", {}, 100.0 * used / vm.total if vm.total else 0.0, now),
+        return [Sample.reading("memory_used_percent", {}, 100.0 * used / vm.total, now),
                 Sample.reading("memory_used_bytes", {}, used, now),
                 Sample.reading("memory_total_bytes", {}, vm.total, now)]
 

@@ -174,3 +174,13 @@ def test_real_proc_figures_match_an_independent_read(restore_procfs):
     # what /proc/net/dev shows around both reads
     seen = got[("net_rx_bytes_per_second", (("nic", "lo"),))] * (now - t_first)
     assert 200_000 <= seen + 1 <= lo_after - lo_before + 1
+
+
+def test_meminfo_with_a_zero_total_gives_no_memory_figures_not_zero(tmp_path, restore_procfs):
+    write_tree(tmp_path, [("cpu", [1, 0, 1, 8, 0, 0, 0, 0, 0, 0])], {"MemTotal": 0, "MemFree": 0, "MemAvailable": 0},
+               {"eth0": (1, 1, 0, 0, 1, 1, 0, 0)})
+    src = HostSource(settings(tmp_path))
+    src.start()
+    got = by_key(src.collect(100.0))
+    assert not any(metric.startswith("memory_") for metric, _ in got)
+    assert got[("load1", ())] == 0.5  # the rest of the host figures still come
