@@ -6,6 +6,12 @@ thread drains the queue, builds `Batch`es (identity, labels, epoch, sequence, po
 events, NIC state, recordings, the outbox's own counters), appends them to the spool with
 one fsync for everything drained together, and wakes the stream client.
 
+Every kind of loss has its own counter (`_drops`): the spool's bound, corrupt or torn
+records, a spool write the disk refused, a full queue, non-finite points, batches the
+collector refused or that were too large to send, recordings that could not be read. Their
+sum is `status()["dropped"]` and each batch's `status.dropped_records`, and each is a metric
+(`_figures`), so what status shows and what the collector receives cannot disagree.
+
 Epoch: a number that changes every time the outbox starts (microseconds since 1970, forced
 above the previous epoch of this state directory so a clock step back cannot reuse one).
 Sequence numbers restart at 1 in each epoch; batches still in the spool from an earlier run
@@ -37,6 +43,10 @@ SPOOL_CORRUPT = register(Metric("stream_spool_corrupt_records_total", "records",
 SPOOL_TORN = register(Metric("stream_spool_torn_tails_total", "events", "Times a record cut short by a crash was found at the spool's end and truncated.", kind="counter", scope="agent"))
 QUEUE_DROPPED = register(Metric("stream_queue_dropped_total", "items", "Bucket sets and events dropped because the in-memory queue in front of the spool was full.", kind="counter", scope="agent"))
 REJECTED = register(Metric("stream_rejected_batches_total", "batches", "Batches the collector refused as malformed, or too large to send; dropped.", kind="counter", scope="agent"))
+SPOOL_WRITE_FAILED = register(Metric("stream_spool_write_failed_items_total", "items", "Bucket sets, events and other queued items lost because the disk refused the spool write (full, read-only).", kind="counter", scope="agent"))
+NONFINITE = register(Metric("stream_nonfinite_points_total", "points", "Points left out of a batch because a value was NaN or infinite (the collector refuses such a batch).", kind="counter", scope="agent"))
+RECORDING_ERRORS = register(Metric("stream_recording_errors_total", "recordings", "Flight recordings that could not be read and were not sent.", kind="counter", scope="agent"))
+DROPPED = register(Metric("stream_dropped_total", "items", "Everything the stream lost, all kinds together (the sum of the counters above; the batch header's dropped_records).", kind="counter", scope="agent"))
 CONNECTED = register(Metric("stream_connected", "boolean", "1 while a stream to a collector is open.", scope="agent"))
 
 
@@ -62,13 +72,42 @@ def series_key(labels: dict[str, str]) -> str:
     return "\x1f".join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
-def _to_point(item: Any, out) -> None:
+_KEYS_KEPT = 4096  # label sets remembered by SeriesKeys before it starts over
+
+
+class SeriesKeys:
+    """Label sets as strings with their `series_key`, remembered by the label items.
+
+    The windows hand the same few hundred label sets every second; sorting and joining
+    each one again per point was most of the writer's cost. Keyed by the items (not by
+    the dict's id) so a dict changed in place, or a fresh dict per point, is still right.
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple, tuple[dict[str, str], str]] = {}
+
+    def __call__(self, labels: dict) -> tuple[dict[str, str], str]:
+        try:
+            items = tuple(labels.items())
+            known = self._known.get(items)
+        except TypeError:  # an unhashable label value: spell it out every time
+            items, known = None, None
+        if known is None:
+            text = {str(k): str(v) for k, v in labels.items()}
+            known = (text, series_key(text))
+            if items is not None:
+                if len(self._known) >= _KEYS_KEPT:  # label sets come and go: stay bounded
+                    self._known.clear()
+                self._known[items] = known
+        return known
+
+
+def _to_point(item: Any, out, keys: Callable[[dict], tuple[dict[str, str], str]] | None = None) -> None:
     """Fill a `Point` from a windows Bucket, a sources Sample or a dict with the same fields."""
     get = item.get if isinstance(item, dict) else lambda k: getattr(item, k)
     out.metric = get("metric")
-    labels = {str(k): str(v) for k, v in (get("labels") or {}).items()}
+    labels, out.series = (keys or SeriesKeys())(get("labels") or {})
     out.labels.update(labels)
-    out.series = series_key(labels)
     out.ts = float(get("ts"))
     out.count = int(get("count"))
     out.sum, out.min, out.max, out.last = (float(get(k)) for k in ("sum", "min", "max", "last"))
@@ -96,6 +135,10 @@ class Outbox:
                         "nonfinite_points": 0, "recordings_sent": 0, "recordings_truncated": 0,
                         "recording_errors": 0}
         self._progress = threading.Condition()
+        self._keys = SeriesKeys()  # writer thread only
+        # Serialises replacing the client (reload) with stopping it (stop). Readers elsewhere
+        # (the writer, status) take `self.client` once into a local and use only that.
+        self._client_lock = threading.Lock()
         self._stopping = threading.Event()
         self._writer: threading.Thread | None = None
         self.spool: Spool | None = None
@@ -127,8 +170,9 @@ class Outbox:
         self._stopping.set()
         if self._writer is not None:
             self._writer.join(timeout)
-        if self.client is not None:
-            self.client.stop(timeout)
+        with self._client_lock:
+            if self.client is not None:
+                self.client.stop(timeout)
         if self.spool is not None:
             self.spool.close()
 
@@ -176,10 +220,16 @@ class Outbox:
             self.log.warning("stream: %s changed; that takes effect on restart", ", ".join(later))
         changed = [k for k in self.CLIENT_KEYS if getattr(new, k) != getattr(self.settings, k)]
         if changed and new.endpoints:
-            self.settings = new
-            old, self.client = self.client, StreamClient(new, self.spool, self.log)
-            if old is not None:
-                old.stop()
+            with self._client_lock:
+                self.settings = new
+                if self.spool is None or self._stopping.is_set():
+                    return  # not running: start() builds its client from these settings
+                # The old client stops before the new one starts: two would both read and
+                # acknowledge the one spool. Until then the writer may still wake the old one
+                # (harmless); the new one reads from the spool's cursor when it starts.
+                old, self.client = self.client, StreamClient(new, self.spool, self.log)
+                if old is not None:
+                    old.stop()
                 self.client.start()
             self.log.info("stream: reconnecting with new %s", ", ".join(changed))
 
@@ -237,9 +287,10 @@ class Outbox:
                     break
             try:
                 self._spool_items(items)
-            except SpoolError as e:
+            except (SpoolError, OSError) as e:
                 # The disk refused (full, read-only). Those items are lost; say so, count
-                # them, keep going: the next append may succeed once space is back.
+                # them, keep going: the next append may succeed once space is back. (OSError
+                # too: a writer thread that died here would stop the outbox silently.)
                 with self._progress:
                     self._counts["spool_errors"] += len(items)
                 if str(e) != self._last_spool_error:
@@ -248,7 +299,9 @@ class Outbox:
             with self._progress:
                 self._counts["spooled"] += len(items)
                 self._progress.notify_all()
-            self.client.notify()
+            client = self.client  # one read: reload may swap it meanwhile
+            if client is not None:
+                client.notify()
 
     def _spool_items(self, items: list) -> None:
         batches = self._build(items)
@@ -268,6 +321,8 @@ class Outbox:
 
     def _build(self, items: list) -> list[collector_pb2.Batch]:
         limit = self.settings.max_batch_points
+        keys = self._keys
+        counts = {"nonfinite_points": 0, "recordings_sent": 0, "recordings_truncated": 0, "recording_errors": 0}
         batches = [self._new_batch()]
         for kind, value in items:
             batch = batches[-1]
@@ -276,12 +331,12 @@ class Outbox:
                     if len(batches[-1].points) >= limit:
                         batches.append(self._new_batch())
                     point = batches[-1].points.add()
-                    _to_point(bucket, point)
+                    _to_point(bucket, point, keys)
                     if not math.isfinite(point.ts + point.sum + point.min + point.max + point.last):
                         # The collector refuses a batch holding one (and the agent would then
                         # drop all of it): leave the point out and count it instead.
                         del batches[-1].points[-1]
-                        self._counts["nonfinite_points"] += 1
+                        counts["nonfinite_points"] += 1
             elif kind == "event":
                 ev = batch.events.add(kind=value.kind, ts=float(value.ts),
                                       data_json=json.dumps(value.data, sort_keys=True, default=str))
@@ -289,18 +344,21 @@ class Outbox:
             elif kind == "nic":
                 batch.nic_json = json.dumps(value, sort_keys=True, default=str)
             elif kind in ("recording", "recording_file"):
-                text = self._recording_json(value) if kind == "recording_file" else \
+                text = self._recording_json(value, counts) if kind == "recording_file" else \
                     json.dumps(value, sort_keys=True, default=str)
                 if text is None:
                     continue
                 if batch.recording_json:
                     batches.append(self._new_batch())
                 batches[-1].recording_json = text
-                self._counts["recordings_sent"] += 1
+                counts["recordings_sent"] += 1
+        with self._progress:
+            for name, n in counts.items():
+                self._counts[name] += n
         self._add_own_figures(batches[-1])
         return batches
 
-    def _recording_json(self, path: str) -> str | None:
+    def _recording_json(self, path: str, counts: dict[str, int]) -> str | None:
         """A flight-recorder file as the JSON a batch carries. One that would not fit in a
         message goes as its header alone, marked truncated: the operator fetches the full
         samples from the node (`egs-agent recordings ID`), and the collector still learns
@@ -309,13 +367,13 @@ class Outbox:
         try:
             recording = read_file(path)
         except (OSError, ValueError, RecordingError) as e:
-            self._counts["recording_errors"] += 1
+            counts["recording_errors"] += 1
             self.log.warning("stream: recording %s not sent: %s", path, e)
             return None
         text = json.dumps(recording, sort_keys=True, default=str)
         # Leave room for the batch's points and identity beside the recording.
         if len(text) > self.settings.max_message_bytes // 2:
-            self._counts["recordings_truncated"] += 1
+            counts["recordings_truncated"] += 1
             recording.pop("data", None)
             recording["truncated"] = (f"{len(text)} bytes of samples exceed half of stream.max_message_bytes; "
                                       "read them on the node with `egs-agent recordings ID`")
@@ -323,44 +381,64 @@ class Outbox:
         return text
 
     def _add_own_figures(self, batch) -> None:
-        st = self.spool.status()
-        cs = self.client.status() if self.client else {}
-        dropped = st["dropped_records"] + st["corrupt_records"] + self._counts["queue_dropped"]
-        batch.status.spool_backlog_records = st["backlog_records"]
-        batch.status.spool_backlog_bytes = st["backlog_bytes"]
-        batch.status.dropped_records = dropped
+        client = self.client  # one read: reload may swap it meanwhile
+        spool, cs = self.spool.status(), client.status() if client is not None else {}
+        with self._progress:
+            counts = dict(self._counts)
+        drops = _drops(spool, cs, counts)
+        batch.status.spool_backlog_records = spool["backlog_records"]
+        batch.status.spool_backlog_bytes = spool["backlog_bytes"]
+        batch.status.dropped_records = sum(drops.values())
         batch.status.health = "ok" if cs.get("connected") or not cs.get("last_error") else "reconnecting"
-        now = self.clock()
-        for metric, value in ((SPOOL_BACKLOG_RECORDS, st["backlog_records"]),
-                              (SPOOL_BACKLOG_BYTES, st["backlog_bytes"]),
-                              (SPOOL_DROPPED, st["dropped_records"]),
-                              (SPOOL_CORRUPT, st["corrupt_records"]),
-                              (SPOOL_TORN, st["torn_tails"]),
-                              (QUEUE_DROPPED, self._counts["queue_dropped"]),
-                              (REJECTED, cs.get("rejected_batches", 0) + cs.get("oversized_batches", 0))):
-            v = float(value)
-            batch.points.add(metric=metric.name, ts=float(int(now)), count=1, sum=v, min=v, max=v, last=v)
+        ts = float(int(self.clock()))
+        for metric, value in _figures(spool, cs, counts, drops):
+            if metric is not CONNECTED:  # the collector knows whether the stream is open
+                v = float(value)
+                batch.points.add(metric=metric.name, ts=ts, count=1, sum=v, min=v, max=v, last=v)
 
     # --- status --------------------------------------------------------------------------
 
     def status(self) -> dict:
+        client = self.client  # one read: reload may swap it meanwhile
         spool = self.spool.status() if self.spool else {}
-        client = self.client.status() if self.client else {}
+        cs = client.status() if client is not None else {}
         with self._progress:
             counts = dict(self._counts)
-        dropped = (spool.get("dropped_records", 0) + spool.get("corrupt_records", 0)
-                   + counts["queue_dropped"] + client.get("rejected_batches", 0)
-                   + client.get("oversized_batches", 0))
-        return {"endpoint": client.get("endpoint"), "connected": client.get("connected", False),
+        drops = _drops(spool, cs, counts)
+        return {"endpoint": cs.get("endpoint"), "connected": cs.get("connected", False),
                 "backlog": spool.get("backlog_records", 0), "backlog_bytes": spool.get("backlog_bytes", 0),
-                "dropped": dropped, "epoch": self.epoch, "last_seq": self._seq,
+                "dropped": sum(drops.values()), "drops": drops, "epoch": self.epoch, "last_seq": self._seq,
                 "queue": {"size": self._queue.qsize(), "max": self.settings.queue_size, **counts},
-                "spool": spool, "client": client,
-                "metrics": {SPOOL_BACKLOG_RECORDS.name: spool.get("backlog_records", 0),
-                            SPOOL_BACKLOG_BYTES.name: spool.get("backlog_bytes", 0),
-                            SPOOL_DROPPED.name: spool.get("dropped_records", 0),
-                            SPOOL_CORRUPT.name: spool.get("corrupt_records", 0),
-                            SPOOL_TORN.name: spool.get("torn_tails", 0),
-                            QUEUE_DROPPED.name: counts["queue_dropped"],
-                            REJECTED.name: client.get("rejected_batches", 0) + client.get("oversized_batches", 0),
-                            CONNECTED.name: 1 if client.get("connected") else 0}}
+                "spool": spool, "client": cs,
+                "metrics": {m.name: v for m, v in _figures(spool, cs, counts, drops)}}
+
+
+def _drops(spool: dict, client: dict, counts: dict) -> dict[str, int]:
+    """Every kind of loss, by name: the one definition status() and the batch header share.
+    Units differ (spool records, queued items, points, batches, recordings); each is one
+    thing that did not reach the collector."""
+    return {"spool_full": spool.get("dropped_records", 0),
+            "spool_corrupt": spool.get("corrupt_records", 0),
+            "spool_torn": spool.get("torn_tails", 0),
+            "spool_write_failed": counts["spool_errors"],
+            "queue_full": counts["queue_dropped"],
+            "nonfinite_points": counts["nonfinite_points"],
+            "rejected_batches": client.get("rejected_batches", 0),
+            "oversized_batches": client.get("oversized_batches", 0),
+            "recording_errors": counts["recording_errors"]}
+
+
+def _figures(spool: dict, client: dict, counts: dict, drops: dict[str, int]) -> list[tuple[Metric, float]]:
+    """The outbox's own metrics, as status() shows them and every batch carries them."""
+    return [(SPOOL_BACKLOG_RECORDS, spool.get("backlog_records", 0)),
+            (SPOOL_BACKLOG_BYTES, spool.get("backlog_bytes", 0)),
+            (SPOOL_DROPPED, drops["spool_full"]),
+            (SPOOL_CORRUPT, drops["spool_corrupt"]),
+            (SPOOL_TORN, drops["spool_torn"]),
+            (SPOOL_WRITE_FAILED, drops["spool_write_failed"]),
+            (QUEUE_DROPPED, drops["queue_full"]),
+            (NONFINITE, drops["nonfinite_points"]),
+            (REJECTED, drops["rejected_batches"] + drops["oversized_batches"]),
+            (RECORDING_ERRORS, drops["recording_errors"]),
+            (DROPPED, sum(drops.values())),
+            (CONNECTED, 1 if client.get("connected") else 0)]
