@@ -4,13 +4,16 @@ One main loop, about once a second on the wall-clock second: collect every sourc
 windows, hand the closed 1-second buckets to the components, tick the components, publish
 an update to `Watch` clients, mark the `Status` document stale (it is assembled when
 asked for, at most once a tick), and tell systemd we are alive.
+The GPU source's fault events (XID, lost, AMD) are emitted as `Event(kind="gpu")` every
+tick and delivered before the components tick, so health sees a fault in the tick it came.
 The GPU hot path never runs here (it is the native core's C thread); this loop touches one
 aggregate per (device, metric) per second, which is why its CPU does not grow with the
 sampling rate.
 
 Features (alarms, NIC tuning, the stream to the collector, health) plug in as components,
 listed in `COMPONENTS` as "module:function" strings. Each factory is `build(cfg, ctx)` and
-returns an object with `name`, `start()`, `stop()`, `tick(now)`, `status()`, and optionally
+returns None (off), a list of components that belong together (alarms and health), or an
+object with `name`, `start()`, `stop()`, `tick(now)`, `status()`, and optionally
 `grpc_services()`, `on_event(event)`, `on_buckets(buckets)`, `reload(cfg)`
 (docs/internals.md, "Components"). A component that fails to build, start or tick is logged
 and shown as failed in `status`; the daemon keeps serving everything else.
@@ -48,8 +51,7 @@ from agent.windows import Bucket, Windows
 # Feature components, "module:function"; each room adds its own line.
 COMPONENTS: tuple[str, ...] = (
     "agent.nic.component:build",
-    "agent.alarms.component:build",
-    "agent.alarms.component:build_health",
+    "agent.alarms.component:build",  # the "alarms" and "health" components, linked
     "agent.stream.component:build",
 )
 
@@ -72,6 +74,10 @@ class Context:
     # status_of(name): another component's `status()` (None when absent or failed); main
     # loop only, like the components' own calls. The outbox sends the NIC state with it.
     status_of: Callable[[str], Any] = lambda name: None
+    # gpu_devices(): the GPU source's devices as of this tick's collection (agent.native.Device:
+    # index, uuid, vendor, name, state, lost_reason, ...). Read it rather than core.devices():
+    # the source already walked the core this tick.
+    gpu_devices: Callable[[], list] = lambda: []
 
 
 def simulated_env(env: dict[str, str] | None = None) -> bool:
@@ -194,13 +200,20 @@ def build_components(specs: tuple[str, ...], cfg: SimpleNamespace, ctx: Context)
         try:
             module_name, _, function = spec.partition(":")
             factory = getattr(importlib.import_module(module_name), function or "build")
-            slot.component = factory(cfg, ctx)
-            if slot.component is None:
-                slot.state = "off"
+            built = factory(cfg, ctx)
         except Exception as e:
             slot.state, slot.error = "failed", f"build: {type(e).__name__}: {e}"
             log.exception("component %s failed to build; the daemon carries on without it", spec)
-        slots.append(slot)
+            slots.append(slot)
+            continue
+        if built is None:
+            slot.state = "off"
+            slots.append(slot)
+        elif isinstance(built, (list, tuple)):  # components built together, one slot each
+            slots += [_Slot(spec, component) for component in built]
+        else:
+            slot.component = built
+            slots.append(slot)
     return slots
 
 
@@ -283,7 +296,7 @@ class Daemon:
         self.ctx = Context(windows=self.windows, core=self.core, emit=self.emit, state_dir=self.state_dir,
                            clock=self.clock, host_id=self.host_id, labels=dict(cfg.agent.labels),
                            log=logging.getLogger("egs-agent.component"), simulated=self.simulated,
-                           status_of=self._component_status)
+                           status_of=self._component_status, gpu_devices=lambda: gpu.devices)
         self.slots = build_components(self.component_specs, cfg, self.ctx)
         for slot in self.slots:
             slot.call("start")
@@ -371,6 +384,9 @@ class Daemon:
         self._last_tick_at = now
         for source in self.sources:
             self.windows.add_all(collect_safely(source, now, log))
+        self._emit_gpu_events()
+        # Delivered before the components tick, so health folds a fault in the tick it came.
+        events = self._deliver_events()
         takers = [slot for slot in self.slots if slot.state == "ok" and hasattr(slot.component, "on_buckets")]
         buckets: list[Bucket] = self.windows.close(now, hand_out=bool(takers))
         if buckets:
@@ -378,10 +394,20 @@ class Daemon:
                 slot.call("on_buckets", buckets)
         for slot in self.slots:
             slot.call("tick", now)
-        events = self._deliver_events()
+        events += self._deliver_events()
         self._publish(now, events)
         self._ticks += 1
         self._tick_seconds += time.perf_counter() - started
+
+    def _emit_gpu_events(self) -> None:
+        """Every core event the GPU source drained this tick, as `Event(kind="gpu")` (see
+        agent.sources.gpu.gpu_event), whether or not any component wants them."""
+        source = self.gpu_source
+        if source is None:
+            return
+        from agent.sources.gpu import gpu_event
+        for event in source.take_events():
+            self.emit(gpu_event(event, source.labels.get(event.gpu)))
 
     def emit(self, event: Event) -> None:
         """Any thread may emit; events are logged now and delivered from the main loop."""
@@ -441,7 +467,8 @@ class Daemon:
             "now": now,
             "ticks": self._ticks,
             "tick_avg_ms": round(1000 * self._tick_seconds / self._ticks, 3) if self._ticks else None,
-            "gpus": (list(gpu_source.devices), gpu_source.labels) if gpu_source is not None else ([], {}),
+            "gpus": ((list(gpu_source.devices), gpu_source.labels, gpu_source.reads, now)
+                     if gpu_source is not None else ([], {}, None, now)),
             "backends": gpu_source.backend_status() if gpu_source is not None else {},
             "components": {slot.name: {"state": slot.state, "error": slot.error, "spec": slot.spec,
                                        "busy_ms_per_tick": round(1000 * slot.busy_s / slot.calls, 3) if slot.calls else None}

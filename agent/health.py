@@ -13,11 +13,14 @@ again (after a reset or a driver reload).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from agent.events import Event
 from agent.metrics import Metric, register
+
+log = logging.getLogger("egs-agent.health")
 
 STATES = ("ok", "degraded", "failed", "lost")  # ascending gravity
 
@@ -145,6 +148,14 @@ class Health:
                 out += self._lost(g, ts, getattr(ev, "detail", "") or "device stopped answering")
             elif ev.kind == "amd" and int(ev.code) in AMD_EVENTS:
                 out += self._amd(g, int(ev.code), ts, getattr(ev, "detail", "") or "")
+            elif ev.kind == "amd":
+                # Routine notifications (process start/end, queue eviction, ...) or codes newer
+                # than this table: no health effect, but not dropped unseen.
+                log.info("GPU %d: AMD SMI event %d not known to affect health (%s); health unchanged",
+                         ev.gpu, int(ev.code), getattr(ev, "detail", "") or "no detail")
+            else:
+                log.warning("GPU %d: core event of unknown kind %r (code %s) ignored by health",
+                            ev.gpu, ev.kind, getattr(ev, "code", None))
         for d in devices:
             g = self.gpus[d.index]
             lost = getattr(d, "state", "ok") == "lost"

@@ -152,7 +152,11 @@ class Device:
 
 class FieldStats(NamedTuple):
     """One (gpu, metric) over one drain interval. A tuple, not a dataclass: a drain builds
-    devices x metrics of them, and frozen dataclasses cost several times more to construct."""
+    devices x metrics of them, and frozen dataclasses cost several times more to construct.
+
+    `errors` counts reads that failed (not "not supported"). When every read of the interval
+    failed, `count` is 0 and mean, min, max, last and the timestamps are None: no data, never 0.
+    `error` is the latest failure's text where the reader has one (the C core gives none)."""
 
     gpu: int
     metric: str
@@ -164,6 +168,7 @@ class FieldStats(NamedTuple):
     first_ts: float
     last_ts: float
     errors: int = 0
+    error: str = ""
 
     @property
     def sum(self) -> float:
@@ -217,6 +222,8 @@ class _AmdgpuFallback:
         self._lock = threading.Lock()
         self._acc: dict[tuple[int, str], list[float]] = {}
         self._errors: dict[tuple[int, str], int] = {}
+        self._error_text: dict[str, str] = {}  # metric -> the latest failure, by _read
+        self._last_error: dict[tuple[int, str], str] = {}
         self._ring: dict[int, list[tuple[float, dict[str, float | None]]]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -262,8 +269,9 @@ class _AmdgpuFallback:
             try:
                 value = read()
                 out[name] = None if value is None else float(value)
-            except (RuntimeError, OSError, TypeError, KeyError):
+            except (RuntimeError, OSError, TypeError, KeyError) as e:
                 out[name] = None
+                self._error_text[name] = f"{type(e).__name__}: {e}"
         return out
 
     def _run(self) -> None:
@@ -278,6 +286,7 @@ class _AmdgpuFallback:
                         key = (i, name)
                         if v is None:
                             self._errors[key] = self._errors.get(key, 0) + 1
+                            self._last_error[key] = self._error_text.pop(name, "no value")
                             continue
                         a = self._acc.get(key)
                         if a is None:
@@ -296,12 +305,14 @@ class _AmdgpuFallback:
 
     def drain(self) -> list[FieldStats]:
         with self._lock:
-            acc, errors = self._acc, self._errors
-            self._acc, self._errors = {}, {}
+            acc, errors, texts = self._acc, self._errors, self._last_error
+            self._acc, self._errors, self._last_error = {}, {}, {}
         out = []
         for (i, name), (count, total, lo, hi, last, first_ts, last_ts) in acc.items():
             out.append(FieldStats(self.first_index + i, name, int(count), total / count, lo, hi,
-                                  last, first_ts, last_ts, errors.get((i, name), 0)))
+                                  last, first_ts, last_ts, errors.get((i, name), 0), texts.get((i, name), "")))
+        # A metric none of whose reads succeeded is left out here (unlike the core's records):
+        # its failures only show once a read of it works again.
         return out
 
     def ring(self, i: int, since: float | None) -> RingBlock:
@@ -448,7 +459,8 @@ class Core:
 
     # -- data --
     def drain(self) -> list[FieldStats]:
-        """Everything accumulated since the previous drain, per (gpu, metric) with count > 0."""
+        """Everything accumulated since the previous drain, per (gpu, metric) with count > 0
+        or errors > 0; a record of failed reads only has count 0 and None for its values."""
         cap = max(1, self._ndev * lib.EGS_NFIELDS)
         n = ffi.new("unsigned int *")
         buf = ffi.new("struct egs_stats[]", cap)
@@ -459,6 +471,8 @@ class Core:
         used_total: dict[int, list] = {}
         for dev, f, count, total, lo, hi, last, first_ts, last_ts, errors in rows:
             if count == 0:
+                if errors:  # every read failed: no values, but the failures must be seen
+                    out.append(FieldStats(dev, FIELDS[f][0], 0, None, None, None, None, None, None, errors))
                 continue
             name, k = FIELDS[f]
             out.append(FieldStats(dev, name, count, total / count * k, lo * k, hi * k, last * k,

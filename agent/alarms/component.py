@@ -1,13 +1,16 @@
 """How alarms, GPU health and the flight recorder plug into the daemon (a *component*).
 
-Each tick (about once a second, on the daemon's main loop) it reads the core's XID/lost
-events into `Health`, evaluates the rules that are due, saves the alarm state when it
+Each tick (about once a second, on the daemon's main loop) it folds the GPU fault events
+the daemon delivered to `on_event` (`Event(kind="gpu")`: XID, lost, AMD events, which the
+GPU source drains from the core) and the GPU source's device list (`ctx.gpu_devices()`)
+into `Health`, evaluates the rules that are due, saves the alarm state when it
 changed, and hands due recordings to the recorder's thread. What it has to say goes out
 through `ctx.emit`; notifications also go to the rule's hook, on the hook pool. Nothing here
 waits on a hook, a disk write of a recording, or a gRPC client.
 
-`build` makes the "alarms" component (its status: the label sets not ok); `build_health`
-makes a "health" view of the same runtime for `status --json` (per-GPU health).
+`build` makes the "alarms" component (its status: the label sets not ok) and, linked to it,
+a "health" view of the same runtime for `status --json` (per-GPU health); the daemon gives
+each its own slot.
 """
 from __future__ import annotations
 
@@ -25,10 +28,7 @@ from agent.config import parse_duration
 from agent.events import Event
 from agent.health import METRICS as HEALTH_METRICS, Health
 from agent.recorder import Recorder
-
-# The alarms component built for each daemon context, so build_health can find it.
-_BUILT: dict[int, "AlarmsComponent"] = {}
-
+from agent.sources.gpu import core_event_of
 
 def _seconds(value) -> float:
     return parse_duration(value) if isinstance(value, str) else float(value)
@@ -67,7 +67,7 @@ class AlarmsComponent:
         self._lock = threading.RLock()
         self._view: dict[str, Any] | None = None  # built by view(), dropped every tick
         self._generation = 0  # ticks and reloads, so a view built across one is not kept
-        _BUILT[id(ctx)] = self
+        self._gpu_events: list = []  # core events from on_event, folded into health next tick
 
     # --- rules -------------------------------------------------------------------------------
     def _rules(self, cfg) -> list[Rule]:
@@ -101,18 +101,25 @@ class AlarmsComponent:
     def start(self) -> None:
         self.log.info("alarms: %d rules (%s)%s", len(self.engine.rules), ", ".join(self.engine.rules) or "none",
                       "" if self.enabled else "; rule evaluation switched off ([alarms] enabled = false)")
-        if self.ctx.core is not None:
-            with self._lock:
-                self.health.know(self.ctx.core.devices(), self.ctx.clock())
+        with self._lock:
+            self.health.know(self._devices(), self.ctx.clock())
         self._publish()
 
+    def _devices(self) -> list:
+        devices = getattr(self.ctx, "gpu_devices", None)
+        return list(devices()) if devices is not None else []
+
+    def on_event(self, event: Event) -> None:
+        """GPU fault events (kind "gpu") wait here for the next tick's health update."""
+        if event.kind == "gpu":
+            self._gpu_events.append(core_event_of(event))
+
     def tick(self, now: float) -> None:
-        core = self.ctx.core
         with self._lock:
-            if core is not None:
-                for event in self.health.observe(core.events(), core.devices(), now):
-                    self._health_event(event)
-                self._feed_health_gauges(now)
+            events, self._gpu_events = self._gpu_events, []
+            for event in self.health.observe(events, self._devices(), now):
+                self._health_event(event)
+            self._feed_health_gauges(now)
             for event in self.engine.evaluate(now):
                 self._alarm_event(event)
             for name, why in self.engine.errors.items():
@@ -251,7 +258,6 @@ class AlarmsComponent:
         with self._lock:
             if self.engine.dirty:
                 self._save()
-        _BUILT.pop(id(self.ctx), None)
 
 
 class HealthView:
@@ -275,12 +281,8 @@ class HealthView:
         return self.alarms.health_status()
 
 
-def build(cfg, ctx) -> AlarmsComponent:
-    return AlarmsComponent(cfg, ctx)
-
-
-def build_health(cfg, ctx) -> HealthView | None:
-    """Listed after `build` in agent.daemon.COMPONENTS; None when alarms were not built."""
-    alarms = _BUILT.get(id(ctx))
-    return HealthView(alarms) if alarms is not None else None
+def build(cfg, ctx) -> tuple[AlarmsComponent, HealthView]:
+    """The alarms component and the health view of it (agent.daemon.COMPONENTS)."""
+    alarms = AlarmsComponent(cfg, ctx)
+    return alarms, HealthView(alarms)
 

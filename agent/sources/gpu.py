@@ -1,9 +1,16 @@
 """The GPU source: the native core's per-second aggregates, as samples for the windows.
 
 The core's C thread samples every field at `gpu.hz`; once a tick this source drains one
-(count, mean, min, max, last) record per (device, metric) and turns it into a `Sample`
+(count, mean, min, max, last, errors) record per (device, metric) and turns it into a `Sample`
 labelled gpu/uuid/vendor/model. That is all Python ever does with GPU readings, so its cost
 is the number of devices × fields, whatever the rate.
+
+It also keeps what a reading can say besides its value: failed reads (counted per GPU and
+metric, shown in `status --json` and as the `gpu_read_errors_total` counter), how long each
+metric has gone without a sample (a metric past its staleness bound is shown as null and
+named in `stale`, never as its last good value), and the core's fault events (XID, lost,
+AMD events), drained every tick so the C queue never overflows; the daemon emits them as
+`Event(kind="gpu")` (`gpu_event`) whichever components run.
 
 Missing vendor libraries are not failures (DESIGN.md): the core reports those backends as
 `unavailable` with the reason, and this source stays up with no devices. If the native
@@ -13,14 +20,63 @@ from __future__ import annotations
 
 import logging
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
-from agent.metrics import GPU_METRICS
+from agent.events import Event
+from agent.metrics import GPU_METRICS, Metric, register
 from agent.sources.base import Sample, Source
 
 log = logging.getLogger("egs-agent")
 
 VENDORS = ("nvidia", "amd")
+
+GPU_READ_ERRORS = register(Metric(
+    "gpu_read_errors_total", "errors",
+    "Reads of one GPU metric that failed (other than not supported) since the agent started; "
+    "labelled gpu/uuid/vendor/model and metric.", kind="counter"))
+
+# The shortest staleness bound: one late tick of the daemon or a slow drain must not blank
+# a metric that is being read.
+MIN_STALE_S = 10.0
+# A metric is stale after this many of its sampling periods without a sample.
+STALE_PERIODS = 3.0
+
+
+def stale_bound(hz: float) -> float:
+    """Seconds without a sample after which a metric read at `hz` is stale:
+    max(MIN_STALE_S, STALE_PERIODS / hz), i.e. max(10 s, 3 / hz)."""
+    return max(MIN_STALE_S, STALE_PERIODS / hz) if hz > 0 else MIN_STALE_S
+
+
+class ReadState(NamedTuple):
+    """What the latest collection knew about reads, handed whole to other threads (an
+    immutable snapshot: `gpu_status` may run on a gRPC thread while the main loop collects)."""
+
+    now: float                                   # the collection's time (the daemon's clock)
+    last_seen: dict[tuple[int, str], float]      # (gpu, metric) -> collection time of its last sample
+    watched_since: dict[int, float]              # gpu -> collection time it was first seen
+    errors: dict[tuple[int, str], int]           # (gpu, metric) -> failed reads since start
+    last_error: dict[tuple[int, str], str]       # (gpu, metric) -> the latest error text, if given
+
+
+_NO_READS = ReadState(0.0, {}, {}, {}, {})
+
+
+def gpu_event(event: Any, labels: dict[str, str] | None) -> Event:
+    """The daemon's `Event(kind="gpu")` for one core event (`agent.native.CoreEvent`: kind
+    "xid" | "lost" | "amd", gpu, code, ts, detail). The core's kind goes in `data.event`;
+    `labels` are the GPU's sample labels (just `gpu` when the device is unknown)."""
+    return Event("gpu", float(event.ts), dict(labels) if labels else {"gpu": str(event.gpu)},
+                 {"event": event.kind, "gpu": int(event.gpu), "code": int(event.code),
+                  "detail": event.detail or ""})
+
+
+def core_event_of(event: Event) -> SimpleNamespace:
+    """Back from an `Event(kind="gpu")` to the (kind, gpu, code, ts, detail) shape of a core
+    event, as `agent.health.Health.observe` takes it."""
+    d = event.data
+    return SimpleNamespace(kind=d["event"], gpu=int(d["gpu"]), code=int(d.get("code", 0)), ts=event.ts,
+                           detail=d.get("detail", ""))
 
 
 def default_core_factory(settings: SimpleNamespace):
@@ -41,6 +97,17 @@ class GpuSource(Source):
         self._devices: list = []
         self._labels: dict[int, dict[str, str]] = {}
         self._identity: list[tuple] = []
+        self._device_states: list[tuple] = []
+        self._backends: dict[str, dict] | None = None  # cached: rebuilt when a device state changes
+        self._events: list = []  # core events drained, not yet taken by the daemon
+        self._last_seen: dict[tuple[int, str], float] = {}
+        self._watched_since: dict[int, float] = {}
+        self._errors: dict[tuple[int, str], int] = {}
+        self._last_error: dict[tuple[int, str], str] = {}
+        self._error_labels: dict[tuple[int, str], dict[str, str]] = {}
+        self._reads = _NO_READS
+        self._slow: frozenset[str] = frozenset()
+        self._fallback_hz: float | None = None
 
     def start(self) -> None:
         if not self.settings.enabled:
@@ -55,6 +122,12 @@ class GpuSource(Source):
             return
         core.start()
         self.core = core
+        try:
+            from agent.native import SLOW_METRICS
+            self._slow = frozenset(SLOW_METRICS)
+        except ImportError:  # a stand-in core without the extension: every metric is fast
+            self._slow = frozenset()
+        self._fallback_hz = getattr(core, "fallback_hz", None)
         self._refresh_devices()
         self.status.state = "ok" if self._devices else "unavailable"
 
@@ -71,6 +144,13 @@ class GpuSource(Source):
             self._labels = {d.index: {"gpu": str(d.index), "uuid": d.uuid, "vendor": d.vendor, "model": d.name}
                             for d in devices}
             self._identity = identity
+            self._error_labels = {}
+        states = [(d.index, d.state) for d in devices]
+        if states != self._device_states:
+            # Backends are described once at start; a device lost or back is the only thing
+            # that changes what they say (their device counts, a fallback's detail).
+            self._device_states = states
+            self._backends = None
         self._devices = devices
 
     @property
@@ -78,59 +158,145 @@ class GpuSource(Source):
         """The devices as of the latest collection (their state, lost reason, unsupported fields)."""
         return self._devices
 
+    def staleness_bound(self, metric: str, device: Any = None) -> float:
+        """Seconds a metric may go without a sample before status shows it null and stale:
+        `stale_bound(rate)` = max(10 s, 3 / rate), the rate being `gpu.slow_hz` for the slow tier
+        (`agent.native.SLOW_METRICS`: clocks, energy, fan), `gpu.hz` for the others, and the
+        core's `fallback_hz` for devices read through the pyamdgpuinfo fallback."""
+        if device is not None and getattr(device, "source", "native") == "pyamdgpuinfo" and self._fallback_hz:
+            return stale_bound(float(self._fallback_hz))
+        hz = float(getattr(self.settings, "hz", 1.0) or 1.0)
+        if metric in self._slow:
+            hz = float(getattr(self.settings, "slow_hz", hz) or hz)
+        return stale_bound(hz)
+
     def collect(self, now: float) -> list[Sample]:
         if self.core is None:
             return []
+        # Events first: the queue in C is bounded, and nothing else reads it.
+        events = getattr(self.core, "events", None)
+        if events is not None:
+            self._events.extend(events())
         stats = self.core.drain()
         # Device states change (lost) between drains; re-read them, it is one short C call.
         self._refresh_devices()
+        for d in self._devices:
+            self._watched_since.setdefault(d.index, now)
         out = []
+        errors_changed = False
         for s in stats:
             labels = self._labels.get(s.gpu)
-            if labels is None or s.count <= 0 or s.mean is None:
+            if labels is None:
                 continue
+            failed = getattr(s, "errors", 0) or 0
+            if failed:
+                key = (s.gpu, s.metric)
+                self._errors[key] = self._errors.get(key, 0) + int(failed)
+                text = getattr(s, "error", None)
+                if text:
+                    self._last_error[key] = text
+                errors_changed = True
+            if s.count <= 0 or s.mean is None:
+                continue
+            self._last_seen[(s.gpu, s.metric)] = now
             out.append(Sample(s.metric, labels, int(s.count), float(s.mean) * s.count, float(s.min),
                               float(s.max), float(s.last), float(s.last_ts)))
+        out += self._error_samples(now)
+        self._reads = ReadState(now, dict(self._last_seen), dict(self._watched_since),
+                                dict(self._errors) if errors_changed else self._reads.errors,
+                                dict(self._last_error) if errors_changed else self._reads.last_error)
         self.status.state = "ok" if self._devices else "unavailable"
         sampler = getattr(self.core, "sampler_stats", None)
         if sampler is not None:
             self.status.detail = {"devices": len(self._devices), "sampler": sampler()}
         return out
 
+    def _error_samples(self, now: float) -> list[Sample]:
+        """`gpu_read_errors_total`, one series per (GPU, metric) that has failed at least once
+        (a counter from the first failure, so GPUs that read cleanly add no series)."""
+        out = []
+        for key, total in self._errors.items():
+            labels = self._error_labels.get(key)
+            if labels is None:
+                base = self._labels.get(key[0])
+                if base is None:
+                    continue
+                labels = self._error_labels[key] = {**base, "metric": key[1]}
+            out.append(Sample.reading(GPU_READ_ERRORS.name, labels, float(total), now))
+        return out
+
+    def take_events(self) -> list:
+        """The core events drained since the previous call (oldest first); the daemon emits each."""
+        events, self._events = self._events, []
+        return events
+
     # --- for Status --------------------------------------------------------------------------
     def backend_status(self) -> dict[str, dict]:
+        """Each backend's state; built from the core once, then again only after a device's
+        state changed (the core's backends are fixed at start otherwise). Main loop only."""
         if self.core is None:
             detail = self._why_no_core or "not started"
             return {v: {"state": "unavailable", "detail": detail} for v in VENDORS}
-        out = {}
-        for name, b in self.core.backends.items():
-            entry = {"state": b.state, "detail": b.detail}
-            for attr in ("library", "driver_version", "symbols"):
-                value = getattr(b, attr, None)
-                if value is not None:
-                    entry[attr] = dict(value) if isinstance(value, dict) else value
-            out[name] = entry
-        return out
+        if self._backends is None:
+            out = {}
+            for name, b in self.core.backends.items():
+                entry = {"state": b.state, "detail": b.detail}
+                for attr in ("library", "driver_version", "symbols"):
+                    value = getattr(b, attr, None)
+                    if value is not None:
+                        entry[attr] = dict(value) if isinstance(value, dict) else value
+                out[name] = entry
+            self._backends = out
+        return {name: dict(entry) for name, entry in self._backends.items()}
 
     @property
     def labels(self) -> dict[int, dict[str, str]]:
         """Each device's labels, by index, matching `devices`."""
         return self._labels
 
+    @property
+    def reads(self) -> ReadState:
+        """The read errors and sample times as of the latest collection (an immutable snapshot)."""
+        return self._reads
+
     def gpu_status(self, windows, devices: list | None = None,
-                   labels: dict[int, dict[str, str]] | None = None) -> list[dict]:
-        """Per-GPU status from `devices` and their `labels` (default: the latest collection's)
-        and the windows. Any thread may call it with both: it only reads Python objects and the
-        (locked) windows, never the core."""
+                   labels: dict[int, dict[str, str]] | None = None, reads: ReadState | None = None,
+                   now: float | None = None) -> list[dict]:
+        """Per-GPU status from `devices`, their `labels` and `reads` (default: the latest
+        collection's) and the windows, as of `now` (default: the latest collection's time).
+
+        A metric is null when unsupported, when the GPU is lost, or when it has had no sample
+        for longer than its staleness bound (`staleness_bound`); the stale ones are also named
+        in `stale`. `read_errors` counts failed reads per metric since start (only metrics
+        that failed), `last_errors` the latest error text where the core gave one.
+        Any thread may call it: it only reads Python objects and the (locked) windows."""
         out = []
         labels_of = self._labels if labels is None else labels
+        reads = self._reads if reads is None else reads
+        now = reads.now if now is None else now
         for d in self._devices if devices is None else devices:
             labels = labels_of[d.index]
             unsupported = frozenset(getattr(d, "unsupported", ()) or ())
             lost = d.state != "ok"
-            metrics = {m: None if (m in unsupported or lost) else windows.latest(m, labels) for m in GPU_METRICS}
+            since = reads.watched_since.get(d.index)
+            metrics: dict[str, float | None] = {}
+            stale = []
+            for m in GPU_METRICS:
+                if m in unsupported or lost:
+                    metrics[m] = None
+                    continue
+                seen = reads.last_seen.get((d.index, m), since)
+                if seen is not None and now - seen > self.staleness_bound(m, d):
+                    metrics[m] = None
+                    stale.append(m)
+                else:
+                    metrics[m] = windows.latest(m, labels)
+            read_errors = {m: n for (gpu, m), n in reads.errors.items() if gpu == d.index}
+            last_errors = {m: t for (gpu, m), t in reads.last_error.items() if gpu == d.index}
             out.append({"index": d.index, "uuid": d.uuid, "vendor": d.vendor, "name": d.name,
                         "pci_bus_id": getattr(d, "pci_bus_id", None), "state": d.state,
                         "lost_reason": getattr(d, "lost_reason", None),
-                        "unsupported": sorted(unsupported), "metrics": metrics})
+                        "unsupported": sorted(unsupported), "metrics": metrics, "stale": stale,
+                        "read_errors": dict(sorted(read_errors.items())),
+                        "last_errors": dict(sorted(last_errors.items()))})
         return out

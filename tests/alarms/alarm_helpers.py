@@ -110,8 +110,9 @@ class FakeCore:
 import logging  # noqa: E402
 import sys  # noqa: E402
 
-from agent.alarms.component import build, build_health  # noqa: E402
+from agent.alarms.component import build  # noqa: E402
 from agent.daemon import Context  # noqa: E402
+from agent.sources.gpu import gpu_event  # noqa: E402
 from agent.sources.base import Sample  # noqa: E402
 from agent.windows import Windows  # noqa: E402
 
@@ -148,9 +149,9 @@ class Daemonish:
         self.events = []
         self.ctx = Context(windows=self.windows, core=self.core, emit=self.events.append,
                            state_dir=tmp_path / "state", clock=self.clock, host_id="h", labels={},
-                           log=logging.getLogger("test"))
-        self.alarms = build(self.cfg, self.ctx)
-        self.health = build_health(self.cfg, self.ctx)
+                           log=logging.getLogger("test"),
+                           gpu_devices=self.core.devices if self.core is not None else (lambda: []))
+        self.alarms, self.health = build(self.cfg, self.ctx)
         self.alarms.start()
 
     def labels(self, gpu):
@@ -161,6 +162,10 @@ class Daemonish:
             now = self.clock.advance(1.0)
             for gpu, t in temps.items():
                 self.windows.add(Sample.reading("gpu_temperature_celsius", self.labels(gpu), t, now))
+            # As the daemon does: the core's events become Event(kind="gpu"), delivered before
+            # the components tick.
+            for ev in self.core.events() if self.core is not None else ():
+                self.alarms.on_event(gpu_event(ev, self.labels(ev.gpu)))
             self.alarms.tick(now)
 
     def of(self, kind, **data):
