@@ -27,6 +27,8 @@ enum {
     AM_SUCCESS = 0,
     AM_NOT_SUPPORTED = 2,
     AM_NOT_YET_IMPLEMENTED = 3,
+    AM_DRM_ERROR = 6,
+    AM_IO = 12,
     AM_NOT_FOUND = 31,
     AM_NO_DATA = 40,
 };
@@ -163,10 +165,17 @@ static const char *am_error(const struct am_lib *lib, am_status rc, char *buf, s
     return buf;
 }
 
-/* AMD SMI has no GPU_IS_LOST; a handle whose device has gone answers NOT_FOUND. */
+/* AMD SMI has no GPU_IS_LOST. Its status enum (amdsmi 7.0.2, amdsmi_wrapper.py: there is no
+ * DRV_ERR code) leaves three answers a GPU that fell off the bus gives: NOT_FOUND (31), the
+ * handle no longer matches a device; DRM_ERROR (6), the libdrm call on the device node failed
+ * (the node answers ENODEV once the device is unplugged); IO (12), the sysfs read failed with
+ * EIO, which is what reads of a device that no longer answers on PCIe return. Each says the
+ * device, not the field, is unreachable, so the device is marked lost rather than counted
+ * as an error on every field every tick. Transient failures (BUSY, RETRY, TIMEOUT) stay
+ * errors and are retried. */
 static int am_is_lost(am_status rc)
 {
-    return rc == AM_NOT_FOUND;
+    return rc == AM_NOT_FOUND || rc == AM_DRM_ERROR || rc == AM_IO;
 }
 
 static unsigned char am_classify(const struct am_lib *lib, am_status rc, const char *symbol,
@@ -348,6 +357,7 @@ static void am_open_events(struct egs_core *core, struct egs_backend *b, struct 
             FN(lib, R_EVENT_STOP, fn_handle)(d->handle);
             continue;
         }
+        d->events_on = 1;
         lib->events_on++;
     }
     if (lib->events_on > 0) {
@@ -361,11 +371,16 @@ static void am_close(struct egs_backend *b)
     struct am_lib *lib = b->impl;
     if (lib == NULL)
         return;
+    /* Every device whose notification was initialised, lost ones included: the library
+     * keeps per-device event state (an fd and a buffer) until stop frees it, whether or not
+     * the device still answers. Its status on a lost device is of no interest. */
     if (lib->events_on > 0) {
         for (unsigned int i = 0; i < b->core->ndevs; i++) {
             struct egs_dev *d = &b->core->devs[i];
-            if (d->backend == b && !d->lost)
+            if (d->events_on) {
                 FN(lib, R_EVENT_STOP, fn_handle)(d->handle);
+                d->events_on = 0;
+            }
         }
     }
     if (b->initialised && lib->roles[R_SHUTDOWN].fn != NULL)

@@ -175,17 +175,22 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
     return EGS_OK;
 }
 
-/* Called with no thread of ours running; the lock keeps concurrent symbol queries out. */
+/* Shuts the vendor libraries down and unloads them. Called with no thread of ours running.
+ * The backends are detached under the lock (queries then see a closed backend, its info and
+ * resolved symbols kept) and closed after it is released: nvmlShutdown / amdsmi_shut_down can
+ * take a long time, and no query should wait for them. Only the life mutex (held by the
+ * callers) keeps another start or stop out meanwhile. */
 static void close_backends(struct egs_core *core)
 {
+    struct egs_backend closing[EGS_NBACKENDS];
     pthread_mutex_lock(&core->lock);
     for (int i = 0; i < EGS_NBACKENDS; i++) {
         struct egs_backend *b = &core->backends[i];
-        if (b->close != NULL)
-            b->close(b);
-        if (b->lib != NULL)
-            dlclose(b->lib);
+        closing[i] = *b;
         b->lib = NULL;
+        b->impl = NULL;
+        b->roles = NULL;
+        b->nroles = 0;
         b->close = NULL;
         b->read = NULL;
         b->wait_event = NULL;
@@ -193,29 +198,180 @@ static void close_backends(struct egs_core *core)
         b->initialised = 0;
     }
     pthread_mutex_unlock(&core->lock);
+    /* The copies keep b->core, so am_close still finds this run's devices (nothing frees the
+     * device table before the next start, which the life mutex keeps out). */
+    for (int i = 0; i < EGS_NBACKENDS; i++) {
+        struct egs_backend *b = &closing[i];
+        if (b->close != NULL)
+            b->close(b);
+        if (b->lib != NULL)
+            dlclose(b->lib);
+    }
+}
+
+/* One run's tables: what start builds privately and swaps into the core under the lock. */
+struct run_tables {
+    struct egs_dev *devs;
+    unsigned int ndevs, devcap;
+    struct egs_acc *acc;
+    double *ring;
+    unsigned long long *ring_head;
+    unsigned int *ring_pos;
+    unsigned int *late_hist, *fold_hist;
+    struct egs_tick *ticks;
+};
+
+static void free_tables(struct run_tables *t)
+{
+    free(t->devs);
+    free(t->acc);
+    free(t->ring);
+    free(t->ring_head);
+    free(t->ring_pos);
+    free(t->late_hist);
+    free(t->fold_hist);
+    free(t->ticks);
+    memset(t, 0, sizeof(*t));
+}
+
+/* Exchanges the core's tables with *t; the caller holds core->lock. */
+static void swap_tables(struct egs_core *core, struct run_tables *t)
+{
+    struct run_tables old = {
+        core->devs, core->ndevs, core->devcap, core->acc, core->ring, core->ring_head,
+        core->ring_pos, core->late_hist, core->fold_hist, core->sampler_ticks,
+    };
+    core->devs = t->devs;
+    core->ndevs = t->ndevs;
+    core->devcap = t->devcap;
+    core->acc = t->acc;
+    core->ring = t->ring;
+    core->ring_head = t->ring_head;
+    core->ring_pos = t->ring_pos;
+    core->late_hist = t->late_hist;
+    core->fold_hist = t->fold_hist;
+    core->sampler_ticks = t->ticks;
+    *t = old;
 }
 
 static void free_buffers(struct egs_core *core)
 {
-    free(core->devs);
-    free(core->acc);
-    free(core->ring);
-    free(core->ring_head);
-    free(core->ring_pos);
-    core->ring_pos = NULL;
-    free(core->late_hist);
-    free(core->fold_hist);
-    core->fold_hist = NULL;
-    core->devs = NULL;
-    core->acc = NULL;
-    core->ring = NULL;
-    core->ring_head = NULL;
-    core->late_hist = NULL;
-    core->ndevs = core->devcap = 0;
+    struct run_tables none;
+    memset(&none, 0, sizeof(none));
+    swap_tables(core, &none);
+    free_tables(&none);
+}
+
+/* Loads and enumerates both backends into `stage`, a core that no other thread can see, so
+ * dlopen, nvmlInit / amdsmi_init (seconds on a big host), enumeration and event registration
+ * run with no lock held. The vendor files only ever see `stage`; start moves the result into
+ * the real core. Returns EGS_OK or EGS_E_NOMEM; `stage` is to be closed by the caller. */
+static int open_backends(const struct egs_core *core, struct egs_core *stage)
+{
+    stage->cfg = core->cfg;
+    egs_copy(stage->nvml_path, sizeof(stage->nvml_path), core->nvml_path);
+    egs_copy(stage->amdsmi_path, sizeof(stage->amdsmi_path), core->amdsmi_path);
+    stage->cfg.nvml_library = stage->nvml_path;
+    stage->cfg.amdsmi_library = stage->amdsmi_path;
+    for (int i = 0; i < EGS_NBACKENDS; i++) {
+        struct egs_backend *b = &stage->backends[i];
+        b->id = i;
+        b->core = stage;
+        b->info.state = EGS_BSTATE_UNAVAILABLE;
+    }
+    struct egs_backend *nv = &stage->backends[EGS_BACKEND_NVIDIA];
+    struct egs_backend *amd = &stage->backends[EGS_BACKEND_AMD];
+    egs_copy(nv->info.library, EGS_TEXT, stage->nvml_path);
+    egs_copy(amd->info.library, EGS_TEXT, stage->amdsmi_path);
+    int rc;
+    if (stage->cfg.nvidia) {
+        if ((rc = egs_nvml_open(stage, nv)) != EGS_OK)
+            return rc;
+    } else {
+        egs_copy(nv->info.detail, sizeof(nv->info.detail), "disabled by configuration");
+    }
+    if (stage->cfg.amd) {
+        if ((rc = egs_amdsmi_open(stage, amd)) != EGS_OK)
+            return rc;
+    } else {
+        egs_copy(amd->info.detail, sizeof(amd->info.detail), "disabled by configuration");
+    }
+    return EGS_OK;
+}
+
+/* Closes what open_backends left in `stage` (on a failed start) and frees it. */
+static void discard_stage(struct egs_core *stage)
+{
+    for (int i = 0; i < EGS_NBACKENDS; i++) {
+        struct egs_backend *b = &stage->backends[i];
+        if (b->close != NULL)
+            b->close(b);
+        if (b->lib != NULL)
+            dlclose(b->lib);
+    }
+    free(stage->devs);
+    free(stage);
+}
+
+/* The per-run buffers for `ndevs` devices, all allocated before any thread starts. */
+static int alloc_tables(struct run_tables *t, unsigned int ndevs, unsigned int ring_len)
+{
+    size_t nacc = (size_t)ndevs * EGS_NFIELDS;
+    size_t n = ndevs ? ndevs : 1;
+    t->acc = malloc((nacc ? nacc : 1) * sizeof(*t->acc));
+    t->ring_head = calloc(n, sizeof(*t->ring_head));
+    t->ring_pos = calloc(n, sizeof(*t->ring_pos));
+    t->late_hist = calloc(EGS_LATE_BUCKETS, sizeof(*t->late_hist));
+    t->fold_hist = calloc(EGS_FOLD_BUCKETS, sizeof(*t->fold_hist));
+    t->ticks = calloc(n, sizeof(*t->ticks));
+    size_t ring_bytes = (size_t)ndevs * ring_len * (1 + EGS_NFIELDS) * sizeof(double);
+    if (ring_bytes > 0)
+        t->ring = malloc(ring_bytes);
+    if (t->acc == NULL || t->ring_head == NULL || t->ring_pos == NULL || t->late_hist == NULL ||
+        t->fold_hist == NULL || t->ticks == NULL || (ring_bytes > 0 && t->ring == NULL))
+        return EGS_E_NOMEM;
+    /* Touch the whole ring now: otherwise the sampler takes a page fault every few dozen
+     * ticks per device as the ring first fills, in the middle of its timed loop. */
+    if (t->ring != NULL)
+        memset(t->ring, 0, ring_bytes);
+    acc_reset(t->acc, nacc);
+    return EGS_OK;
 }
 
 static void *sampler_main(void *arg);
 static void *eventer_main(void *arg);
+
+/* How long stop waits for the sampler and event threads together. A healthy sampler sleeps
+ * at most EGS_MAX_SLEEP_S and an event wait lasts 50 ms, so anything past a few seconds is a
+ * thread stuck inside a vendor call (a GPU that fell off the bus can hang one for minutes). */
+#define EGS_JOIN_TIMEOUT_S 3
+
+/* Joins `th` by the CLOCK_REALTIME `deadline`; on timeout detaches it and returns 1. */
+static int join_by(pthread_t th, const struct timespec *deadline)
+{
+    int rc = pthread_timedjoin_np(th, NULL, deadline);
+    if (rc == 0)
+        return 0;
+    pthread_detach(th);
+    return 1;
+}
+
+/* Joins the threads of the run (stop flag already set). Threads that do not finish in time
+ * are left running: they still use this core's tables and the vendor libraries, so the
+ * caller must then neither close the backends nor free anything (see egs_core_stop). */
+static unsigned int join_threads(struct egs_core *core)
+{
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += EGS_JOIN_TIMEOUT_S;
+    unsigned int abandoned = 0;
+    if (core->have_sampler)
+        abandoned += join_by(core->sampler, &deadline);
+    if (core->have_eventer)
+        abandoned += join_by(core->eventer, &deadline);
+    core->have_sampler = core->have_eventer = 0;
+    return abandoned;
+}
 
 EGS_EXPORT int egs_core_start(struct egs_core *core)
 {
@@ -223,15 +379,46 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     if (core == NULL)
         return EGS_E_INVALID;
     pthread_mutex_lock(&core->life);
-    if (core->running) {
+    /* A thread abandoned by an earlier stop still reads this core's tables: never rebuild
+     * them under it. */
+    if (core->running || core->abandoned) {
         rc = EGS_E_STATE;
         goto out;
     }
-    /* The previous run's table stays readable after stop; a new run starts from scratch.
-     * The lock is held while the new table is built, so a concurrent query sees either the
-     * old run's description or the new one, never half of each. */
+    struct egs_core *stage = calloc(1, sizeof(*stage));
+    if (stage == NULL) {
+        rc = EGS_E_NOMEM;
+        goto out;
+    }
+    struct run_tables fresh;
+    memset(&fresh, 0, sizeof(fresh));
+    if ((rc = open_backends(core, stage)) != EGS_OK ||
+        (rc = alloc_tables(&fresh, stage->ndevs, core->cfg.ring_len)) != EGS_OK) {
+        free_tables(&fresh);
+        discard_stage(stage);
+        goto out;
+    }
+    fresh.devs = stage->devs;
+    fresh.ndevs = stage->ndevs;
+    fresh.devcap = stage->devcap;
+    stage->devs = NULL;
+
+    struct timespec real, mono;
+    clock_gettime(CLOCK_REALTIME, &real);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+
+    /* The previous run's table stays readable until here; the swap is one short critical
+     * section, so a concurrent query sees either the old run's description or the new one,
+     * never half of each, and never waits for a vendor library. */
     pthread_mutex_lock(&core->lock);
-    free_buffers(core);
+    swap_tables(core, &fresh);
+    for (int i = 0; i < EGS_NBACKENDS; i++) {
+        core->backends[i] = stage->backends[i];
+        core->backends[i].core = core;
+    }
+    for (unsigned int i = 0; i < core->ndevs; i++)
+        core->devs[i].backend = &core->backends[core->devs[i].info.backend];
+    core->ring_len = core->cfg.ring_len;
     core->ev_head = core->ev_count = 0;
     core->ev_dropped = 0;
     core->ticks = core->late_ticks = core->reads = 0;
@@ -239,57 +426,12 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->read_s = core->fold_s = 0.0;
     core->thread_cpu_s = 0.0;
     core->have_sampler_clock = 0;
-
-    struct timespec real, mono;
-    clock_gettime(CLOCK_REALTIME, &real);
-    clock_gettime(CLOCK_MONOTONIC, &mono);
     core->realtime_offset = ts_seconds(&real) - ts_seconds(&mono);
-
-    for (int i = 0; i < EGS_NBACKENDS; i++) {
-        struct egs_backend *b = &core->backends[i];
-        memset(&b->info, 0, sizeof(b->info));
-        b->info.state = EGS_BSTATE_UNAVAILABLE;
-    }
-    struct egs_backend *nv = &core->backends[EGS_BACKEND_NVIDIA];
-    struct egs_backend *amd = &core->backends[EGS_BACKEND_AMD];
-    egs_copy(nv->info.library, EGS_TEXT, core->nvml_path);
-    egs_copy(amd->info.library, EGS_TEXT, core->amdsmi_path);
-    if (core->cfg.nvidia) {
-        if ((rc = egs_nvml_open(core, nv)) != EGS_OK)
-            goto fail_locked;
-    } else {
-        egs_copy(nv->info.detail, sizeof(nv->info.detail), "disabled by configuration");
-    }
-    if (core->cfg.amd) {
-        if ((rc = egs_amdsmi_open(core, amd)) != EGS_OK)
-            goto fail_locked;
-    } else {
-        egs_copy(amd->info.detail, sizeof(amd->info.detail), "disabled by configuration");
-    }
-
-    size_t nacc = (size_t)core->ndevs * EGS_NFIELDS;
-    core->ring_len = core->cfg.ring_len;
-    core->acc = malloc((nacc ? nacc : 1) * sizeof(*core->acc));
-    core->ring_head = calloc(core->ndevs ? core->ndevs : 1, sizeof(*core->ring_head));
-    core->ring_pos = calloc(core->ndevs ? core->ndevs : 1, sizeof(*core->ring_pos));
-    core->late_hist = calloc(EGS_LATE_BUCKETS, sizeof(*core->late_hist));
-    core->fold_hist = calloc(EGS_FOLD_BUCKETS, sizeof(*core->fold_hist));
-    if (core->ring_len > 0 && core->ndevs > 0)
-        core->ring = malloc((size_t)core->ndevs * core->ring_len * (1 + EGS_NFIELDS) * sizeof(double));
-    if (core->acc == NULL || core->ring_head == NULL || core->ring_pos == NULL ||
-        core->late_hist == NULL || core->fold_hist == NULL ||
-        (core->ring_len > 0 && core->ndevs > 0 && core->ring == NULL)) {
-        rc = EGS_E_NOMEM;
-        goto fail_locked;
-    }
-    /* Touch the whole ring now: otherwise the sampler takes a page fault every few dozen
-     * ticks per device as the ring first fills, in the middle of its timed loop. */
-    if (core->ring != NULL)
-        memset(core->ring, 0, (size_t)core->ndevs * core->ring_len * (1 + EGS_NFIELDS) * sizeof(double));
-    acc_reset(core->acc, nacc);
     core->start_mono = egs_now_mono();
     core->stop_mono = 0.0;
     pthread_mutex_unlock(&core->lock);
+    free_tables(&fresh);            /* now the previous run's */
+    free(stage);
 
     atomic_store(&core->stop, 0);
     if (pthread_create(&core->sampler, NULL, sampler_main, core) != 0) {
@@ -314,17 +456,17 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->running = 1;
     goto out;
 
-fail_locked:
-    pthread_mutex_unlock(&core->lock);
 fail:
     atomic_store(&core->stop, 1);
     if (core->have_sampler)
-        pthread_join(core->sampler, NULL);
+        pthread_join(core->sampler, NULL);   /* just started: it has not reached a vendor call */
     core->have_sampler = 0;
+    pthread_mutex_lock(&core->lock);
+    core->have_sampler_clock = 0;
+    pthread_mutex_unlock(&core->lock);
     close_backends(core);
     pthread_mutex_lock(&core->lock);
     free_buffers(core);
-    core->have_sampler_clock = 0;
     pthread_mutex_unlock(&core->lock);
 out:
     pthread_mutex_unlock(&core->life);
@@ -338,16 +480,17 @@ EGS_EXPORT int egs_core_stop(struct egs_core *core)
     pthread_mutex_lock(&core->life);
     if (core->running) {
         atomic_store(&core->stop, 1);
-        if (core->have_sampler)
-            pthread_join(core->sampler, NULL);
-        if (core->have_eventer)
-            pthread_join(core->eventer, NULL);
-        core->have_sampler = core->have_eventer = 0;
+        unsigned int abandoned = join_threads(core);
         pthread_mutex_lock(&core->lock);
         core->stop_mono = egs_now_mono();
         core->have_sampler_clock = 0;
+        core->abandoned += abandoned;
         pthread_mutex_unlock(&core->lock);
-        close_backends(core);
+        /* With a thread left inside a vendor call, shutting the library down or unloading it
+         * would pull it from under that call (a crash, where a hang was the worst so far):
+         * the libraries stay loaded and the tables stay allocated for the process's life. */
+        if (abandoned == 0)
+            close_backends(core);
         core->running = 0;
     }
     pthread_mutex_unlock(&core->life);
@@ -369,6 +512,13 @@ EGS_EXPORT void egs_core_free(struct egs_core *core)
     if (core == NULL)
         return;
     egs_core_stop(core);
+    /* An abandoned thread still holds a pointer to this core and will take its lock when its
+     * vendor call returns: leak the core rather than let that thread write freed memory. */
+    pthread_mutex_lock(&core->life);
+    unsigned int abandoned = core->abandoned;
+    pthread_mutex_unlock(&core->life);
+    if (abandoned > 0)
+        return;
     free_buffers(core);
     pthread_mutex_destroy(&core->lock);
     pthread_mutex_destroy(&core->life);
@@ -475,7 +625,7 @@ static void *sampler_main(void *arg)
     struct egs_core *core = arg;
     const long long period_ns = (long long)llround(1e9 / core->cfg.hz);
     const long long max_sleep_ns = (long long)(EGS_MAX_SLEEP_S * 1e9);
-    struct egs_tick *ticks = calloc(core->ndevs ? core->ndevs : 1, sizeof(*ticks));
+    struct egs_tick *ticks = core->sampler_ticks;     /* allocated by start: cannot fail here */
     struct timespec deadline, now;
     double fold_s = 0.0;      /* not yet published to core->fold_s */
     const unsigned int all_fields = (1u << EGS_NFIELDS) - 1;
@@ -483,8 +633,6 @@ static void *sampler_main(void *arg)
     unsigned long long slot = 0;        /* grid index of this tick (skipped slots counted) */
     unsigned long long next_slow = 0;   /* first grid slot at which the slow tier is due */
 
-    if (ticks == NULL)
-        goto out;
     /* The default 50 us timer slack would be most of the lateness at 1 kHz; this thread's
      * wake-ups are the product, so ask for 1 us (per-thread, needs no privilege). */
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
@@ -580,16 +728,12 @@ static void *sampler_main(void *arg)
                 break;
         }
     }
-out:
-    free(ticks);
-    {
-        struct timespec cpu;
-        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
-        pthread_mutex_lock(&core->lock);
-        core->thread_cpu_s = ts_seconds(&cpu);
-        core->fold_s += fold_s;
-        pthread_mutex_unlock(&core->lock);
-    }
+    struct timespec cpu;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu);
+    pthread_mutex_lock(&core->lock);
+    core->thread_cpu_s = ts_seconds(&cpu);
+    core->fold_s += fold_s;
+    pthread_mutex_unlock(&core->lock);
     return NULL;
 }
 
@@ -764,6 +908,7 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     out->slow_ticks = core->slow_ticks;
     out->slow_every = core->slow_every;
     out->events_dropped = core->ev_dropped;
+    out->abandoned_threads = core->abandoned;
     out->thread_cpu_s = core->thread_cpu_s;
     out->read_s = core->read_s;
     out->fold_s = core->fold_s;

@@ -145,6 +145,10 @@ struct egs_sampler_stats {
     double fold_p50_us;               /* median of one tick's fold: unlike the sum, untouched by
                                        * the odd preemption in the middle of a fold */
     unsigned long long events_dropped;
+    unsigned int abandoned_threads;   /* sampler/event threads egs_core_stop stopped waiting for
+                                       * (stuck in a vendor call): they were left running, so
+                                       * the vendor libraries stay loaded and the core cannot
+                                       * be started again or freed (egs_core_free leaks it) */
 };
 
 struct egs_core;
@@ -153,9 +157,14 @@ int egs_core_new(const struct egs_config *cfg, struct egs_core **out);
 void egs_core_free(struct egs_core *core);            /* stops first when running */
 
 /* Loads the libraries, enumerates, starts the sampler (and event) threads. A missing library
- * or failing init is a backend state, not an error of this call. */
+ * or failing init is a backend state, not an error of this call. Queries never wait for the
+ * vendor libraries meanwhile: the new run is built aside and swapped in at once. EGS_E_STATE
+ * while running, or after a stop that abandoned a thread. */
 int egs_core_start(struct egs_core *core);
-int egs_core_stop(struct egs_core *core);             /* idempotent */
+/* Idempotent. Waits at most a few seconds for the threads: a vendor call on a GPU that fell
+ * off the bus can hang for minutes, and shutdown must not. A thread still inside such a call
+ * is abandoned (egs_sampler_stats.abandoned_threads) and the call still returns EGS_OK. */
+int egs_core_stop(struct egs_core *core);
 int egs_core_running(struct egs_core *core);
 
 int egs_backend_get(struct egs_core *core, int backend, struct egs_backend_info *out);

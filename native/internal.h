@@ -63,6 +63,8 @@ struct egs_dev {
     /* Sampler-private mirrors, so the hot loop reads no shared state. */
     unsigned int unsupported;
     int lost;
+    int events_on;                  /* AMD SMI: event notification initialised on this device,
+                                     * to be stopped on close even once the device is lost */
 };
 
 struct egs_backend {
@@ -125,6 +127,10 @@ struct egs_core {
     double thread_cpu_s;            /* written by the sampler when it exits */
     clockid_t sampler_clock;
     int have_sampler_clock;
+    struct egs_tick *sampler_ticks; /* the sampler's per-device read buffer, allocated by start
+                                     * before the thread exists so it cannot fail inside it */
+    unsigned int abandoned;         /* threads stop() gave up waiting for (see egs_core_stop);
+                                     * nonzero pins the core: no restart, never freed */
 };
 
 /* core.c helpers the vendor files use. */

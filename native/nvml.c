@@ -6,9 +6,10 @@
  * tick reads every field of a device with the cheapest calls that serve it: one call gives
  * both utilisation figures, one gives used and total memory, and board power comes through
  * nvmlDeviceGetFieldValues(POWER_INSTANT) where the device answers it, since
- * nvmlDeviceGetPowerUsage is a one-second average on Ampere and newer. NOT_SUPPORTED marks a
- * field unsupported for the device for good; GPU_IS_LOST and RESET_REQUIRED mark the device
- * lost; any other failure is counted and retried on the next tick.
+ * nvmlDeviceGetPowerUsage is a one-second average on Ampere and newer (that call remains
+ * the fallback when the field stops answering). NOT_SUPPORTED marks a field unsupported for
+ * the device for good; GPU_IS_LOST and RESET_REQUIRED mark the device lost; any other failure
+ * is counted and retried on the next tick.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -280,7 +281,13 @@ static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
                 rc = fv.ret;
             t->values[EGS_F_POWER] = nv_value_as_double(fv.value_type, &fv.value);
             t->status[EGS_F_POWER] = nv_classify(lib, rc, lib->roles[R_FIELD_VALUES].symbol, t);
-        } else {
+            /* POWER_INSTANT can stop answering mid-run (a driver update, a MIG change) while
+             * the older averaged call still works: switch to it for good, at once, and let
+             * power be unsupported only when that call says so too. */
+            if (t->status[EGS_F_POWER] == EGS_R_UNSUPPORTED && lib->roles[R_POWER].fn != NULL)
+                d->power_via_fields = 0;
+        }
+        if (!d->power_via_fields) {
             unsigned int mw = 0;
             rc = FN(lib, R_POWER, fn_dev_uint)(h, &mw);
             t->values[EGS_F_POWER] = mw;
@@ -419,15 +426,29 @@ static void nv_close(struct egs_backend *b)
     b->nroles = 0;
 }
 
+/* One text label of a device. A failed call (or a missing symbol) leaves the reason in
+ * the label, never an empty string a consumer would take for a real, blank value. */
+static void nv_label(const struct nv_lib *lib, int role, nv_device h, char *out, size_t cap)
+{
+    char msg[EGS_NAME - 16];
+    if (lib->roles[role].fn == NULL) {
+        snprintf(out, cap, "unknown (no %s in this NVML)", lib->roles[role].candidates[0]);
+        return;
+    }
+    nv_return rc = FN(lib, role, fn_dev_text)(h, out, (unsigned int)cap);
+    if (rc != NV_SUCCESS)
+        snprintf(out, cap, "unknown (%s)", nv_error(lib, rc, msg, sizeof(msg)));
+    else if (out[0] == '\0')
+        snprintf(out, cap, "unknown (%s returned an empty string)", lib->roles[role].symbol);
+}
+
 static void nv_describe(const struct nv_lib *lib, struct egs_dev *d, unsigned int i, nv_device h,
                         unsigned int missing)
 {
     d->handle = h;
     d->info.vendor_index = i;
-    if (lib->roles[R_NAME].fn != NULL)
-        FN(lib, R_NAME, fn_dev_text)(h, d->info.name, sizeof(d->info.name));
-    if (lib->roles[R_UUID].fn != NULL)
-        FN(lib, R_UUID, fn_dev_text)(h, d->info.uuid, sizeof(d->info.uuid));
+    nv_label(lib, R_NAME, h, d->info.name, sizeof(d->info.name));
+    nv_label(lib, R_UUID, h, d->info.uuid, sizeof(d->info.uuid));
     if (lib->roles[R_PCI].fn != NULL) {
         struct nv_pci_info pci;
         memset(&pci, 0, sizeof(pci));
@@ -492,8 +513,17 @@ int egs_nvml_open(struct egs_core *core, struct egs_backend *b)
         return EGS_OK;
     }
     b->initialised = 1;
-    if (lib->roles[R_DRIVER_VERSION].fn != NULL)
-        FN(lib, R_DRIVER_VERSION, fn_text)(b->info.driver_version, sizeof(b->info.driver_version));
+    /* The version is a label, not a reason to give up on the backend: on failure it says why. */
+    if (lib->roles[R_DRIVER_VERSION].fn == NULL) {
+        egs_copy(b->info.driver_version, sizeof(b->info.driver_version),
+                 "unknown (no nvmlSystemGetDriverVersion)");
+    } else {
+        char vmsg[EGS_NAME - 16];
+        rc = FN(lib, R_DRIVER_VERSION, fn_text)(b->info.driver_version, sizeof(b->info.driver_version));
+        if (rc != NV_SUCCESS)
+            snprintf(b->info.driver_version, sizeof(b->info.driver_version), "unknown (%s)",
+                     nv_error(lib, rc, vmsg, sizeof(vmsg)));
+    }
 
     unsigned int count = 0;
     rc = FN(lib, R_COUNT, fn_count)(&count);

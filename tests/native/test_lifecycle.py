@@ -46,13 +46,22 @@ def test_concurrent_stops_are_safe_and_prompt_at_low_rate(make_core):
 def test_rate_is_held_on_the_deadline_grid(make_core):
     hz = 200.0
     core = make_core("constant", hz=hz, amd=False)
-    time.sleep(1.0)
+    # Count-based: run until 200 ticks (a second when the machine is idle), however long a
+    # loaded machine takes, then check the grid's bookkeeping rather than the wall clock.
+    deadline = time.monotonic() + 30.0
+    while core.sampler_stats()["ticks"] < 200:
+        assert time.monotonic() < deadline, "the sampler made no progress"
+        time.sleep(0.02)
     core.stop()
     s = core.sampler_stats()
     expected = s["elapsed_s"] * hz
-    # Every grid slot is either a tick or a counted skip: nothing drifts.
-    assert s["ticks"] + s["late_ticks"] == pytest.approx(expected, abs=3)
-    assert s["ticks"] >= 0.9 * expected
+    # Every grid slot is either a tick or a counted skip: nothing drifts, and a stall never
+    # turns into a burst. Slots are counted up to the last tick, so the only shortfall is the
+    # wait between that tick and the stop (a few slots when the machine is busy).
+    slots = s["ticks"] + s["late_ticks"]
+    assert slots <= expected + 2
+    assert slots >= expected - max(3, 0.05 * expected)
+    assert s["ticks"] >= 200
     counts = {(x.gpu, x.metric): x.count for x in core.drain()}
     assert counts[(0, "gpu_temperature_celsius")] == s["ticks"]
     # 2 GPUs: 6 fast field values every tick, 4 slow ones on the slow ticks.

@@ -99,16 +99,23 @@ def test_field_turning_unsupported_mid_run_stops_being_reported(make_core):
 
 def test_gpu_lost_mid_run_while_the_others_keep_sampling(make_core):
     core = make_core("nvidia-lost", hz=100, amd=False)
-    time.sleep(1.3)  # GPU 1 is lost at t = 1.0 s
-    core.drain()
-    time.sleep(0.3)
-    stats = core.drain()
+    deadline = time.monotonic() + 30.0
+    while core.devices()[1].state != "lost":  # GPU 1 is lost at t = 1.0 s
+        assert time.monotonic() < deadline, "GPU 1 was never marked lost"
+        time.sleep(0.02)
+    core.drain()  # what GPU 1 gave before it was lost
+    # Count-based: keep draining until GPU 0 has 10 samples of every metric it reports.
+    counts: dict[tuple[int, str], int] = {}
+    while not counts or min(counts.values()) < 10:
+        assert time.monotonic() < deadline, f"GPU 0 stopped sampling: {counts}"
+        time.sleep(0.05)
+        for st in core.drain():
+            counts[(st.gpu, st.metric)] = counts.get((st.gpu, st.metric), 0) + st.count
     dev = core.devices()
     assert dev[0].state == "ok"
     assert dev[1].state == "lost"
     assert "lost" in dev[1].lost_reason.lower()
-    assert {s.gpu for s in stats} == {0}
-    assert min(s.count for s in stats) >= 10
+    assert {gpu for gpu, _ in counts} == {0}
     lost = [e for e in core.events() if e.kind == "lost"]
     assert [(e.gpu, e.code) for e in lost] == [(1, 15)]
 
@@ -178,12 +185,19 @@ def test_xid_events_are_delivered_with_their_code(make_core):
 
 def test_ring_holds_the_newest_samples_in_time_order(make_core):
     core = make_core("constant", hz=100, ring_seconds=0.5, amd=False)
-    time.sleep(1.0)
+    # Count-based: once more ticks ran than the ring holds (50), it is full, however long a
+    # loaded machine took to get there.
+    deadline = time.monotonic() + 30.0
+    while core.sampler_stats()["ticks"] < 60:
+        assert time.monotonic() < deadline, "the sampler made no progress"
+        time.sleep(0.02)
     block = core.ring(0)
     assert len(block.timestamps) == 50
     assert block.timestamps == sorted(block.timestamps)
+    # On the 10 ms grid: a busy machine skips slots (longer gaps), but samples never come
+    # faster than the grid on average (a burst of catch-up reads would).
     gaps = [b - a for a, b in zip(block.timestamps, block.timestamps[1:])]
-    assert sum(gaps) / len(gaps) == pytest.approx(0.01, rel=0.2)
+    assert sum(gaps) / len(gaps) >= 0.008
     assert set(block.values["gpu_temperature_celsius"]) == {65.0}
     assert set(block.values["gpu_power_watts"]) == {180.5}
     assert all(len(v) == 50 for v in block.values.values())
