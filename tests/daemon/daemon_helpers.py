@@ -192,3 +192,50 @@ def build_raises(cfg, ctx):
 
 def build_off(cfg, ctx):
     return None
+
+
+def build_pair(cfg, ctx):
+    """Two components built together, as agent.alarms.component:build makes alarms and health."""
+    first, second = RecordingComponent(cfg, ctx), RecordingComponent(cfg, ctx)
+    first.name, second.name = "first", "second"
+    BUILT.extend((first, second))
+    return [first, second]
+
+
+# --- a stand-in native core for the GPU source ----------------------------------------------
+
+class FakeGpuCore:
+    """`agent.native.Core`'s surface with scripted drains and events, counting its C-side calls."""
+
+    hz = 10.0
+
+    def __init__(self, devices, backends=None):
+        self.devices_ = list(devices)
+        self.next_drain: list = []
+        self.queued: list = []
+        self.calls = {"devices": 0, "events": 0, "backends": 0}
+        self._backends = backends or {}
+
+    def start(self):
+        return self
+
+    def stop(self):
+        pass
+
+    def devices(self):
+        self.calls["devices"] += 1
+        return list(self.devices_)
+
+    def drain(self):
+        out, self.next_drain = self.next_drain, []
+        return out
+
+    def events(self):
+        self.calls["events"] += 1
+        out, self.queued = self.queued, []
+        return out
+
+    @property
+    def backends(self):
+        self.calls["backends"] += 1
+        return dict(self._backends)

@@ -241,5 +241,5 @@ def test_status_table_shows_a_lost_gpu_and_its_health_reason(short_dir, start_da
 
     table = wait_for(lost_row, what="GPU 1 shown lost")
     assert re.search(r"\|\s+0 \| Tesla P100-PCIE-16GB\s+\| ok\s+\|\s+60C \|", table), table
-    # the health component (agent.alarms.component:build_health) gives the reason
+    # the health component (built with alarms by agent.alarms.component:build) gives the reason
     assert re.search(r"^GPU 1 lost: ", table, re.M), table
