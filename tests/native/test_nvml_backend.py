@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import ctypes
 import math
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import sim_paths
+
+from agent.native import Core
 
 PYNVML_READER = r"""
 import json, pynvml
@@ -219,3 +223,41 @@ def test_drain_resets_the_accumulators(make_core):
         s.count for s in rest if (s.gpu, s.metric) == (0, "gpu_temperature_celsius"))
     assert total == ticks
     assert first[(0, "gpu_temperature_celsius")].first_ts <= first[(0, "gpu_temperature_celsius")].last_ts
+
+
+def test_power_falls_back_to_the_older_call_when_power_instant_stops_answering(
+        sim_out, tmp_path, monkeypatch):
+    # The simulator cannot silence POWER_INSTANT alone, so a shim in front of it does (see
+    # power_instant_shim.c): the 6th nvmlDeviceGetFieldValues call and later say NOT_SUPPORTED.
+    shim = tmp_path / "libnvml_shim.so"
+    sim_dir = str(sim_paths.NVML_LIB.parent)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(shim),
+                    str(Path(__file__).resolve().parent / "power_instant_shim.c"),
+                    "-L", sim_dir, "-Wl,--no-as-needed", "-l:libnvidia-ml.so.1", f"-Wl,-rpath,{sim_dir}", "-ldl"],
+                   check=True)
+    monkeypatch.setenv("EGS_SIM_SCENARIO", str(sim_paths.scenario("constant")))
+    core = Core(nvml_library=str(shim), amd=False, events=False, hz=50).start()
+    try:
+        deadline = time.monotonic() + 30.0
+        power: dict[int, list[float]] = {}
+        errors = 0
+        while len(power) < 2 or min(len(v) for v in power.values()) < 20:
+            assert time.monotonic() < deadline, f"power stopped being sampled: {power}"
+            time.sleep(0.05)
+            for st in core.drain():
+                if st.metric == "gpu_power_watts":
+                    power.setdefault(st.gpu, []).extend([st.min, st.max])
+                    errors += st.errors
+        devices = core.devices()
+        # While the core holds the shim loaded, this dlopen returns that same copy.
+        calls = ctypes.c_int.in_dll(ctypes.CDLL(str(shim)), "egs_shim_fields_calls").value
+    finally:
+        core.stop()
+    # Both GPUs' probes at start and the first ticks answered through the field (5 calls);
+    # then each GPU's call said NOT_SUPPORTED once and the core never asked it again:
+    # nvmlDeviceGetPowerUsage took over, in the same tick, with the same reading and no error.
+    assert len(devices) == 2
+    assert calls == 5 + len(devices)
+    assert all("gpu_power_watts" not in d.unsupported for d in devices)
+    assert errors == 0
+    assert {gpu: set(v) for gpu, v in power.items()} == {0: {180.5}, 1: {95.25}}
