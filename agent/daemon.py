@@ -394,6 +394,8 @@ class Daemon:
                 slot.call("on_buckets", buckets)
         for slot in self.slots:
             slot.call("tick", now)
+        if self._ticks % 60 == 0:  # a scan of every series: once a minute is plenty
+            self.windows.expire(now)
         events += self._deliver_events()
         self._publish(now, events)
         self._ticks += 1

@@ -145,6 +145,7 @@ class Windows:
         self._series: dict[tuple[str, tuple], _Series] = {}
         self._by_metric: dict[str, list[_Series]] = {}
         self.late_samples = 0
+        self.expired = 0  # series dropped by expire()
         self.set_sizes(sizes_seconds)
 
     # --- configuration --------------------------------------------------------------------
@@ -313,7 +314,20 @@ class Windows:
             if series is not None:
                 self._by_metric[metric].remove(series)
 
+    def expire(self, now: float) -> int:
+        """Drop every series with no sample for longer than the longest window: a NIC or
+        container veth that went away, a GPU removed. Without this, label churn grows the
+        windows without bound; a series that comes back starts afresh. Returns how many."""
+        horizon = now - self.retention
+        with self._lock:
+            gone = [key for key, series in self._series.items() if series.last_ts < horizon]
+            for key in gone:
+                series = self._series.pop(key)
+                self._by_metric[series.metric].remove(series)
+            self.expired += len(gone)
+        return len(gone)
+
     def stats(self) -> dict:
         with self._lock:
             return {"series": len(self._series), "sizes_s": list(self.sizes),
-                    "late_samples": self.late_samples}
+                    "late_samples": self.late_samples, "expired_series": self.expired}

@@ -195,3 +195,16 @@ def test_closing_without_handing_out_closes_the_same_seconds(clock):
     assert w.stat("gpu_power_watts", GPU0, 10, "count", now=1001.2) == 3
     w.add(agg("gpu_power_watts", GPU0, [110.0], 1001.5))
     assert [(b.ts, b.count, b.sum) for b in w.close(1002.0)] == [(1001, 1, 110.0)], "later seconds are handed out as usual"
+
+
+def test_series_silent_longer_than_the_longest_window_expire_and_others_stay(clock):
+    w = Windows([10, 60], clock)
+    gone, stays = {"nic": "veth1234"}, {"nic": "eth0"}
+    w.add(agg("net_rx_bytes_per_second", gone, [5.0], 1000.0))
+    for t in range(1000, 1062):
+        w.add(agg("net_rx_bytes_per_second", stays, [1.0], float(t)))
+    assert w.expire(1061.0) == 0  # 61 s of silence is not yet past the 60 s window + 1
+    assert w.expire(1062.5) == 1
+    assert w.label_sets("net_rx_bytes_per_second") == [stays]
+    assert w.latest("net_rx_bytes_per_second", gone) is None
+    assert w.stats()["expired_series"] == 1
