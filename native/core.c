@@ -458,16 +458,20 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
 
 fail:
     atomic_store(&core->stop, 1);
-    if (core->have_sampler)
-        pthread_join(core->sampler, NULL);   /* just started: it has not reached a vendor call */
-    core->have_sampler = 0;
-    pthread_mutex_lock(&core->lock);
-    core->have_sampler_clock = 0;
-    pthread_mutex_unlock(&core->lock);
-    close_backends(core);
-    pthread_mutex_lock(&core->lock);
-    free_buffers(core);
-    pthread_mutex_unlock(&core->lock);
+    {
+        /* The sampler may already be inside a vendor call: bounded, as in egs_core_stop. */
+        unsigned int abandoned = join_threads(core);
+        pthread_mutex_lock(&core->lock);
+        core->have_sampler_clock = 0;
+        core->abandoned += abandoned;
+        pthread_mutex_unlock(&core->lock);
+        if (abandoned == 0) {
+            close_backends(core);
+            pthread_mutex_lock(&core->lock);
+            free_buffers(core);
+            pthread_mutex_unlock(&core->lock);
+        }
+    }
 out:
     pthread_mutex_unlock(&core->life);
     return rc;

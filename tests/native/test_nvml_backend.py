@@ -225,16 +225,22 @@ def test_drain_resets_the_accumulators(make_core):
     assert first[(0, "gpu_temperature_celsius")].first_ts <= first[(0, "gpu_temperature_celsius")].last_ts
 
 
+def _shim(tmp_path: Path, source: str) -> Path:
+    """Builds a tests/native shim linked in front of the simulated NVML."""
+    out = tmp_path / ("lib" + source.replace(".c", ".so"))
+    sim_dir = str(sim_paths.NVML_LIB.parent)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(out),
+                    str(Path(__file__).resolve().parent / source),
+                    "-L", sim_dir, "-Wl,--no-as-needed", "-l:libnvidia-ml.so.1",
+                    f"-Wl,-rpath,{sim_dir}", "-ldl"], check=True)
+    return out
+
+
 def test_power_falls_back_to_the_older_call_when_power_instant_stops_answering(
         sim_out, tmp_path, monkeypatch):
     # The simulator cannot silence POWER_INSTANT alone, so a shim in front of it does (see
     # power_instant_shim.c): the 6th nvmlDeviceGetFieldValues call and later say NOT_SUPPORTED.
-    shim = tmp_path / "libnvml_shim.so"
-    sim_dir = str(sim_paths.NVML_LIB.parent)
-    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(shim),
-                    str(Path(__file__).resolve().parent / "power_instant_shim.c"),
-                    "-L", sim_dir, "-Wl,--no-as-needed", "-l:libnvidia-ml.so.1", f"-Wl,-rpath,{sim_dir}", "-ldl"],
-                   check=True)
+    shim = _shim(tmp_path, "power_instant_shim.c")
     monkeypatch.setenv("EGS_SIM_SCENARIO", str(sim_paths.scenario("constant")))
     core = Core(nvml_library=str(shim), amd=False, events=False, hz=50).start()
     try:
@@ -261,3 +267,22 @@ def test_power_falls_back_to_the_older_call_when_power_instant_stops_answering(
     assert all("gpu_power_watts" not in d.unsupported for d in devices)
     assert errors == 0
     assert {gpu: set(v) for gpu, v in power.items()} == {0: {180.5}, 1: {95.25}}
+
+
+def test_failed_name_uuid_and_driver_version_calls_say_why_instead_of_empty_labels(
+        sim_out, tmp_path, monkeypatch):
+    shim = _shim(tmp_path, "label_failure_shim.c")
+    monkeypatch.setenv("EGS_SIM_SCENARIO", str(sim_paths.scenario("constant")))
+    core = Core(nvml_library=str(shim), amd=False, events=False, hz=10).start()
+    try:
+        nv = core.backends["nvidia"]
+        devices = core.devices()
+    finally:
+        core.stop()
+    assert nv.state == "ok"
+    assert nv.driver_version.startswith("unknown (") and "999" in nv.driver_version
+    assert len(devices) == 2
+    for d in devices:
+        assert d.name.startswith("unknown (") and "999" in d.name
+        assert d.uuid.startswith("unknown (") and "999" in d.uuid
+        assert d.pci_bus_id            # the calls that work still fill their labels
