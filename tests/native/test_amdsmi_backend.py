@@ -1,10 +1,15 @@
 """The AMD backend against the simulated AMD SMI, checked against AMD's own `amdsmi` package."""
 from __future__ import annotations
 
+import ctypes
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import sim_paths
+
+from agent.native import Core
 
 AMDSMI_READER = r"""
 import json
@@ -130,3 +135,32 @@ def test_activity_reported_as_na_is_unsupported_not_65535_percent(make_core, run
     assert late[(1, "gpu_utilization_percent")].last == 30
     assert all(s.errors == 0 for s in (*early.values(), *late.values()))
     assert all(s.max <= 100 for s in (*early.values(), *late.values()) if s.metric.endswith("_percent"))
+
+
+def test_an_io_error_marks_the_gpu_lost_and_close_still_frees_its_event_state(
+        sim_out, tmp_path, monkeypatch, scenario_here):
+    # The simulator's `lost` gives NOT_FOUND only; a shim in front of it answers IO (12), what
+    # sysfs reads of a GPU that fell off the bus return (see amd_io_lost_shim.c).
+    shim = tmp_path / "libamd_io_lost_shim.so"
+    sim_dir = str(sim_paths.AMDSMI_LIB.parent)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(shim),
+                    str(Path(__file__).resolve().parent / "amd_io_lost_shim.c"),
+                    "-L", sim_dir, "-Wl,--no-as-needed", "-l:libamd_smi.so",
+                    f"-Wl,-rpath,{sim_dir}", "-ldl"], check=True)
+    monkeypatch.setenv("EGS_SIM_SCENARIO", str(scenario_here("amd-event")))
+    core = Core(amdsmi_library=str(shim), nvidia=False, hz=20, events=True).start()
+    # A second reference keeps the shim loaded after the core unloads it, to read its counters.
+    counters = ctypes.CDLL(str(shim))
+    try:
+        deadline = time.monotonic() + 30.0
+        while core.devices()[0].state != "lost":
+            assert time.monotonic() < deadline, "the GPU answering IO was never marked lost"
+            time.sleep(0.02)
+        dev = core.devices()[0]
+        lost = [e for e in core.events() if e.kind == "lost"]
+    finally:
+        core.stop()
+    assert "amdsmi_get_temp_metric" in dev.lost_reason and "12" in dev.lost_reason
+    assert [(e.gpu, e.code) for e in lost] == [(0, 12)]
+    # Notification was initialised on the GPU at start; close stopped it though the GPU was lost.
+    assert ctypes.c_int.in_dll(counters, "egs_shim_stop_calls").value == 1

@@ -89,12 +89,19 @@ def test_unsupported_fields_are_null_not_zero(make_core):
 
 
 def test_field_turning_unsupported_mid_run_stops_being_reported(make_core):
-    # GPU 1's power answers NOT_SUPPORTED from t = 2 s on.
+    # GPU 1's power answers NOT_SUPPORTED from t = 2 s on, through POWER_INSTANT and
+    # nvmlDeviceGetPowerUsage alike: only when both say so is power unsupported.
     core = make_core("nvidia-unsupported", hz=50, amd=False)
-    time.sleep(2.3)
-    core.drain()
-    time.sleep(0.2)
-    stats = core.drain()
+    deadline = time.monotonic() + 30.0
+    while "gpu_power_watts" not in core.devices()[1].unsupported:
+        assert time.monotonic() < deadline, "GPU 1's power never turned unsupported"
+        time.sleep(0.05)
+    core.drain()  # what GPU 1 gave before
+    stats = []
+    while not [s for s in stats if s.gpu == 1 and s.metric == "gpu_temperature_celsius"]:
+        assert time.monotonic() < deadline, "GPU 1 stopped sampling"
+        time.sleep(0.05)
+        stats += core.drain()
     assert "gpu_power_watts" in core.devices()[1].unsupported
     assert not [s for s in stats if s.gpu == 1 and s.metric == "gpu_power_watts"]
     assert [s for s in stats if s.gpu == 1 and s.metric == "gpu_temperature_celsius"]
