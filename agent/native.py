@@ -17,6 +17,7 @@ Python thread at a low rate (`fallback_hz`), and the backend says so in its deta
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -410,6 +411,13 @@ class Core:
             _check(lib.egs_core_stop(self._core), "egs_core_stop")
             if self._fallback is not None:
                 self._fallback.close()
+        abandoned = self.sampler_stats()["abandoned_threads"]
+        if abandoned:
+            # A vendor call never returned (a GPU gone from the bus can do that): the core
+            # left its thread behind rather than hang the daemon's shutdown; see egs_core.h.
+            logging.getLogger("egs-agent").warning(
+                "native core: %d thread(s) stuck in a vendor library call were abandoned at stop; "
+                "the core cannot be restarted in this process", abandoned)
 
     def running(self) -> bool:
         return bool(lib.egs_core_running(self._core))
@@ -536,4 +544,4 @@ class Core:
                 "tick_late_p99_us": s.tick_late_p99_us, "thread_cpu_s": s.thread_cpu_s,
                 "elapsed_s": s.elapsed_s, "achieved_hz": s.achieved_hz, "target_hz": self.hz,
                 "read_s": s.read_s, "fold_s": s.fold_s, "fold_p50_us": s.fold_p50_us,
-                "events_dropped": s.events_dropped}
+                "events_dropped": s.events_dropped, "abandoned_threads": s.abandoned_threads}

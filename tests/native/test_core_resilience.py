@@ -16,10 +16,7 @@ from agent.native import Core, ffi, lib
 
 
 def _abandoned(core: Core) -> int:
-    # Read from the C struct: the Python dict of sampler_stats() does not carry it yet.
-    s = ffi.new("struct egs_sampler_stats *")
-    assert lib.egs_sampler_get(core._core, s) == lib.EGS_OK
-    return s.abandoned_threads
+    return core.sampler_stats()["abandoned_threads"]
 
 
 def _poll(what, deadline_s: float = 20.0, every: float = 0.02) -> None:
