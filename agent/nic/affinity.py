@@ -28,6 +28,7 @@ import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.nic import sandbox
 
@@ -178,18 +179,8 @@ def irq_pass(interface: str, queues: int, cpus: list[int], sysfs: str | Path, pr
         except OSError as e:
             errors.append(f"{path}: cannot read: {e.strerror or e}")
             continue
-        blocker = sandbox.write_blocker(path) if apply else None
-        if blocker:
-            blocked.append(blocker)
-        elif have != want and apply:
-            try:
-                path.write_text(format_cpu_list(want))
-                have = parse_cpu_list(path.read_text())
-                changed += have == want
-                if have != want:
-                    errors.append(f"{path}: wrote {format_cpu_list(want)} but it reads back {format_cpu_list(have)}")
-            except OSError as e:
-                errors.append(_write_error(path, e))
+        have, done = _converge(path, have, want, parse_cpu_list, format_cpu_list, apply, errors, blocked)
+        changed += done
         rows.append({"irq": q.irq, "name": q.name, "queue": q.queue, "want": want, "have": have})
     return _summary(rows, errors, changed, blocked)
 
@@ -214,20 +205,36 @@ def xps_pass(interface: str, queues: int, cpus: list[int], sysfs: str | Path, ap
         except OSError as e:
             errors.append(f"{path}: cannot read: {e.strerror or e}")
             continue
-        blocker = sandbox.write_blocker(path) if apply else None
-        if blocker:
-            blocked.append(blocker)
-        elif have != want and apply:
-            try:
-                path.write_text(format_mask(want))
-                have = parse_mask(path.read_text())
-                changed += have == want
-                if have != want:
-                    errors.append(f"{path}: wrote {format_mask(want)} but it reads back {format_mask(have)}")
-            except OSError as e:
-                errors.append(_write_error(path, e))
+        have, done = _converge(path, have, want, parse_mask, format_mask, apply, errors, blocked)
+        changed += done
         rows.append({"queue": q, "want": sorted(want), "have": sorted(have)})
     return _summary(rows, errors, changed, blocked)
+
+
+def _converge(path: Path, have, want, parse, fmt, apply: bool, errors: list[str],
+              blocked: list[str]) -> tuple[Any, int]:
+    """With `apply`, write `want` where it differs and read the file back: what it reads
+    back is what is reported (and counted as a change only if it matches). A file the
+    sandbox will not let us write is reported as blocked on every apply pass, even when
+    its value is already right, so the operator learns before the next drift."""
+    if not apply:
+        return have, 0
+    blocker = sandbox.write_blocker(path)
+    if blocker:
+        blocked.append(blocker)
+        return have, 0
+    if have == want:
+        return have, 0
+    try:
+        path.write_text(fmt(want))
+        have = parse(path.read_text())
+    except OSError as e:
+        errors.append(_write_error(path, e))
+        return have, 0
+    if have != want:
+        errors.append(f"{path}: wrote {fmt(want)} but it reads back {fmt(have)}")
+        return have, 0
+    return have, 1
 
 
 def _summary(rows: list[dict], errors: list[str], changed: int, blocked: list[str]) -> dict:
