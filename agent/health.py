@@ -179,17 +179,8 @@ class Health:
         if effect == "info":
             # Not a health change, but an operator looking into a GPU wants to see it.
             return [self._event(g, ts, g.state, cause)]
-        key = ("xid", code)
-        r = g.reasons.get(key)
-        if r is None:
-            g.reasons[key] = Reason("xid", effect, f"XID {code}: {name}", ts, ts, code, 1, ts + self.hold_s)
-        else:
-            r.last_seen, r.count, r.until = ts, r.count + 1, ts + self.hold_s
-        previous = g.state
-        g.state = g.worst()
-        if g.state != previous:
-            g.since = ts
-        return [self._event(g, ts, previous, cause)]
+        self._hold_reason(g, "xid", code, effect, f"XID {code}: {name}", ts)
+        return self._restate(g, ts, cause)
 
     def _amd(self, g: GpuHealth, code: int, ts: float, detail: str) -> list[Event]:
         effect, name = AMD_EVENTS[code]
@@ -198,12 +189,19 @@ class Health:
             g.reasons.pop(("amd", AMD_PRE_RESET), None)
         elif effect != "info":
             # Like an XID, it lapses after the hold unless repeated (or, for a reset, completed).
-            key = ("amd", code)
-            r = g.reasons.get(key)
-            if r is None:
-                g.reasons[key] = Reason("amd", effect, f"AMD event: {name}", ts, ts, code, 1, ts + self.hold_s)
-            else:
-                r.last_seen, r.count, r.until = ts, r.count + 1, ts + self.hold_s
+            self._hold_reason(g, "amd", code, effect, f"AMD event: {name}", ts)
+        return self._restate(g, ts, cause)
+
+    def _hold_reason(self, g: GpuHealth, kind: str, code: int, effect: str, detail: str, ts: float) -> None:
+        """Add the reason, or refresh it: it lapses `hold_s` after its latest occurrence."""
+        r = g.reasons.get((kind, code))
+        if r is None:
+            g.reasons[(kind, code)] = Reason(kind, effect, detail, ts, ts, code, 1, ts + self.hold_s)
+        else:
+            r.last_seen, r.count, r.until = ts, r.count + 1, ts + self.hold_s
+
+    def _restate(self, g: GpuHealth, ts: float, cause: dict) -> list[Event]:
+        """Recompute the GPU's state from its reasons; one event with the cause either way."""
         previous = g.state
         g.state = g.worst()
         if g.state != previous:
