@@ -177,7 +177,8 @@ def test_real_proc_figures_match_an_independent_read(restore_procfs):
 
 
 def test_meminfo_with_a_zero_total_gives_no_memory_figures_not_zero(tmp_path, restore_procfs):
-    write_tree(tmp_path, [("cpu", [1, 0, 1, 8, 0, 0, 0, 0, 0, 0])], {"MemTotal": 0, "MemFree": 0, "MemAvailable": 0},
+    write_tree(tmp_path, [("cpu", [1, 0, 1, 8, 0, 0, 0, 0, 0, 0])], {"MemTotal": 0, "MemFree": 0, "MemAvailable": 0, "Buffers": 0, "Cached": 0,
+                "Shmem": 0, "Active": 0, "Inactive": 0, "SReclaimable": 0},
                {"eth0": (1, 1, 0, 0, 1, 1, 0, 0)})
     src = HostSource(settings(tmp_path))
     src.start()
