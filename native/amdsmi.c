@@ -10,7 +10,6 @@
  * succeeds; that field is unsupported on the device, never a 65535 % reading.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -425,15 +424,8 @@ int egs_amdsmi_open(struct egs_core *core, struct egs_backend *b)
     b->nroles = R_COUNT_ROLES;
     b->close = am_close;
 
-    dlerror();
-    b->lib = dlopen(core->amdsmi_path, RTLD_NOW | RTLD_LOCAL);
-    if (b->lib == NULL) {
-        const char *why = dlerror();
-        b->info.state = EGS_BSTATE_UNAVAILABLE;
-        snprintf(b->info.detail, sizeof(b->info.detail), "cannot load AMD SMI: %s", why ? why : core->amdsmi_path);
+    if (egs_load(b, core->amdsmi_path, "AMD SMI") != 0)
         goto out;
-    }
-    egs_resolve(b);
     int need[] = {R_INIT, R_SOCKETS, R_PROCESSORS};
     for (int k = 0; k < 3; k++) {
         if (lib->roles[need[k]].fn == NULL) {

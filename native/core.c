@@ -62,6 +62,20 @@ int egs_stopping(struct egs_core *core)
 
 /* Fills each role's fn with the first candidate the library exports. A role left without a
  * symbol is reported (empty symbol name) and its fields become unsupported, never a crash. */
+int egs_load(struct egs_backend *b, const char *path, const char *what)
+{
+    dlerror();
+    b->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (b->lib == NULL) {
+        const char *why = dlerror();
+        b->info.state = EGS_BSTATE_UNAVAILABLE;
+        snprintf(b->info.detail, sizeof(b->info.detail), "cannot load %s: %s", what, why ? why : path);
+        return -1;
+    }
+    egs_resolve(b);
+    return 0;
+}
+
 void egs_resolve(struct egs_backend *b)
 {
     for (unsigned int i = 0; i < b->nroles && i < EGS_MAX_ROLES; i++) {

@@ -137,6 +137,9 @@ struct egs_core {
 EGS_HIDDEN double egs_now_mono(void);
 EGS_HIDDEN double egs_unix_time(const struct egs_core *core);
 EGS_HIDDEN void egs_copy(char *dst, size_t cap, const char *src);
+/* dlopen `path` into b->lib and resolve its roles; on failure the backend is unavailable
+ * with "cannot load <what>: <dlerror>" as its detail and -1 is returned. */
+EGS_HIDDEN int egs_load(struct egs_backend *b, const char *path, const char *what);
 EGS_HIDDEN void egs_resolve(struct egs_backend *b);
 EGS_HIDDEN struct egs_dev *egs_add_device(struct egs_core *core, struct egs_backend *b);
 /* Queues an event; the caller must NOT hold core->lock. */

@@ -12,7 +12,6 @@
  * is counted and retried on the next tick.
  */
 #define _GNU_SOURCE
-#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -477,15 +476,8 @@ int egs_nvml_open(struct egs_core *core, struct egs_backend *b)
     b->nroles = R_COUNT_ROLES;
     b->close = nv_close;
 
-    dlerror();
-    b->lib = dlopen(core->nvml_path, RTLD_NOW | RTLD_LOCAL);
-    if (b->lib == NULL) {
-        const char *why = dlerror();
-        b->info.state = EGS_BSTATE_UNAVAILABLE;
-        snprintf(b->info.detail, sizeof(b->info.detail), "cannot load NVML: %s", why ? why : core->nvml_path);
+    if (egs_load(b, core->nvml_path, "NVML") != 0)
         return EGS_OK;
-    }
-    egs_resolve(b);
     lib->temperature_v = lib->roles[R_TEMPERATURE].symbol != NULL &&
                          strcmp(lib->roles[R_TEMPERATURE].symbol, "nvmlDeviceGetTemperatureV") == 0;
     lib->memory_v2 = lib->roles[R_MEMORY].symbol != NULL &&
