@@ -39,7 +39,7 @@ import psutil  # noqa: E402
 
 from agent.proto import collector_pb2, collector_pb2_grpc  # noqa: E402
 from agent.stream.client import PUBLISH, StreamClient  # noqa: E402
-from agent.stream.outbox import series_key  # noqa: E402
+from agent.stream.columns import Columns, SeriesEntries  # noqa: E402
 from agent.stream.spool import Spool, encode_record  # noqa: E402
 
 TOKEN = "bench-consumer-token-0123456789"
@@ -62,31 +62,32 @@ def pct(values: list[float], q: float) -> float:
 
 
 def make_batch(host: str, epoch: int, seq: int, points: int, now: float) -> collector_pb2.Batch:
-    """A host's second: GPU metrics for 8 GPUs, then host figures, then one marker."""
+    """A host's second: GPU metrics for 8 GPUs, then host figures, then one marker (last)."""
     batch = collector_pb2.Batch(host_id=host, epoch=epoch, seq=seq, created=now)
     batch.labels["cluster"] = "bench"
+    entries, cols = SeriesEntries(), Columns()
     for i in range(points - 1):
         gpu, metric = divmod(i, len(METRICS))
-        p = batch.points.add(metric=METRICS[metric] if gpu < 8 else f"host_figure_{i}", ts=float(int(now)), count=100)
-        v = random.random() * 100
-        p.sum, p.min, p.max, p.last = v * 100, v - 1, v + 1, v
+        labels = {}
         if gpu < 8:
             labels = {"gpu": str(gpu), "uuid": f"GPU-{host}-{gpu:04d}", "vendor": "nvidia",
                       "model": "Tesla P100-PCIE-16GB"}
-            p.labels.update(labels)
-            p.series = series_key(labels)  # as the agent's outbox fills it
-    batch.points.add(metric="bench_marker", ts=now, count=1, sum=seq, min=seq, max=seq, last=seq)
+        v = random.random() * 100
+        cols.add(entries(METRICS[metric] if gpu < 8 else f"host_figure_{i}", labels), float(int(now)), 100,
+                 v * 100, v - 1, v + 1, v)
+    cols.add(entries("bench_marker", {}), now, 1, seq, seq, seq, seq)
+    cols.write_to(batch)
     return batch
 
 
-def start_collector(root: Path) -> tuple[subprocess.Popen, int, int]:
+def start_collector(root: Path, store: list[str] = ()) -> tuple[subprocess.Popen, int, int]:
     root.mkdir(parents=True, exist_ok=True)
     ingest, consumers = free_port(), free_port()
     config = root / "collector.toml"
     text = (f'[collector]\ndata_dir = "{root / "data"}"\nlog_level = "warning"\n'
             f'[ingest]\nlisten = "127.0.0.1:{ingest}"\n'
             f'[consumers]\nlisten = "127.0.0.1:{consumers}"\ntokens = ["{TOKEN}"]\n'
-            '[tls]\nplaintext = true\n')
+            '[tls]\nplaintext = true\n' + ("[store]\n" + "\n".join(store) + "\n" if store else ""))
     config.write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "agent.collector.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=open(root / "collector.log", "wb"))
@@ -138,11 +139,9 @@ async def agent(i: int, target: str, args, t_start: float, t_end: float, acks: l
                 break
             seq += 1
             now = time.time()
-            second = float(int(now))
-            for p in batch.points:
-                p.ts = second
-            batch.points[-1].ts = now
-            batch.points[-1].last = batch.points[-1].sum = seq
+            n = len(batch.ts)
+            batch.ts[:] = [float(int(now))] * (n - 1) + [now]
+            batch.sum[n - 1] = batch.last[n - 1] = seq
             batch.seq, batch.created = seq, now
             sent[seq] = now
             await call.write(batch.SerializeToString())
@@ -183,12 +182,20 @@ async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen
     stop = asyncio.Event()
     sub = asyncio.create_task(subscriber(f"127.0.0.1:{consumers}", delivery, t_start + args.warmup, stop))
     cproc, me = psutil.Process(proc.pid), psutil.Process()
+    # The collector is two processes: gRPC and fan-out in the main one, the store writer
+    # (agent/collector/writer.py) in a child.
+    procs = [cproc] + cproc.children(recursive=True)
+
+    def cpu() -> list[float]:
+        return [sum(p.cpu_times()[:2]) for p in procs]
+
     tasks = [asyncio.create_task(agent(i, f"127.0.0.1:{ingest}", args, t_start, t_end, acks, counters))
              for i in range(args.agents)]
     await asyncio.sleep(max(0.0, t_start + args.warmup - time.time()))
-    c0, m0, w0 = cproc.cpu_times(), me.cpu_times(), time.time()
+    c0, m0, w0 = cpu(), me.cpu_times(), time.time()
     await asyncio.sleep(max(0.0, t_end - time.time()))
-    c1, m1, w1 = cproc.cpu_times(), me.cpu_times(), time.time()
+    c1, m1, w1 = cpu(), me.cpu_times(), time.time()
+    rss = sum(p.memory_info().rss for p in procs)
     await asyncio.gather(*tasks)
     stop.set()
     await asyncio.sleep(1.5)
@@ -198,9 +205,11 @@ async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen
             "ack_p50_ms": pct(acks, 50) * 1000, "ack_p99_ms": pct(acks, 99) * 1000, "ack_max_ms": max(acks or [0]) * 1000,
             "delivery_p50_ms": pct(delivery, 50) * 1000, "delivery_p99_ms": pct(delivery, 99) * 1000,
             "delivered": len(delivery), "errors": counters["errors"],
-            "collector_cpu_pct": 100 * ((c1.user + c1.system) - (c0.user + c0.system)) / wall,
+            "collector_cpu_pct": 100 * (sum(c1) - sum(c0)) / wall,
+            "collector_main_cpu_pct": 100 * (c1[0] - c0[0]) / wall,
+            "collector_processes": len(procs),
             "bench_cpu_pct": 100 * ((m1.user + m1.system) - (m0.user + m0.system)) / wall,
-            "collector_rss_mib": cproc.memory_info().rss / 2**20}
+            "collector_rss_mib": rss / 2**20}
 
 
 def replay_phase(args, root: Path, ingest: int) -> dict:
@@ -245,13 +254,15 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=5.0)
     p.add_argument("--replay-batches", type=int, default=10_000)
     p.add_argument("--max-in-flight", type=int, default=256, help="unacknowledged batches per agent")
+    p.add_argument("--store", action="append", default=[], metavar="KEY=VALUE",
+                   help='a [store] setting for the collector, as TOML (e.g. --store \'rollup_flush = "60s"\')')
     args = p.parse_args()
     # As in the collector: 1,000 streams' worth of objects make the default GC stall for
     # long enough to show up in the latencies measured here.
     import gc
     gc.set_threshold(20_000, 100, 1000)
     root = Path(tempfile.mkdtemp(prefix="egs-bench-collector-"))
-    proc, ingest, consumers = start_collector(root)
+    proc, ingest, consumers = start_collector(root, args.store)
     try:
         print(f"# collector bench: {args.agents} agents x 1 batch/s x {args.points} points, {args.duration:g} s "
               f"measured after {args.warmup:g} s warm-up; {os.cpu_count()} CPUs; data in {root}")
@@ -261,8 +272,10 @@ def main() -> int:
         print(f"ack latency: p50 {r['ack_p50_ms']:.1f} ms, p99 {r['ack_p99_ms']:.1f} ms, max {r['ack_max_ms']:.1f} ms")
         print(f"subscriber delivery (send -> consumer): p50 {r['delivery_p50_ms']:.1f} ms, "
               f"p99 {r['delivery_p99_ms']:.1f} ms over {r['delivered']} updates")
-        print(f"CPU: collector {r['collector_cpu_pct']:.0f} %, bench (simulated agents) {r['bench_cpu_pct']:.0f} % "
-              f"(100 % = one core); collector RSS {r['collector_rss_mib']:.0f} MiB")
+        print(f"CPU: collector {r['collector_cpu_pct']:.0f} % (main process {r['collector_main_cpu_pct']:.0f} %, "
+              f"the other {r['collector_processes'] - 1} {r['collector_cpu_pct'] - r['collector_main_cpu_pct']:.0f} %), "
+              f"bench (simulated agents) {r['bench_cpu_pct']:.0f} % (100 % = one core); "
+              f"collector RSS {r['collector_rss_mib']:.0f} MiB (all its processes)")
         # The figure that carries over to a collector host of its own (the simulated agents
         # share this machine's cores): CPU time per 1,000 points acknowledged.
         if r["points_per_s"]:
@@ -274,7 +287,7 @@ def main() -> int:
             # A fresh collector: the ingest phase may have left it with a backlog to commit.
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
-            proc, ingest, consumers = start_collector(root / "replay")
+            proc, ingest, consumers = start_collector(root / "replay", args.store)
             rr = replay_phase(args, root, ingest)
             print(f"spool replay: {rr['replay_batches']} batches in {rr['replay_s']:.1f} s = "
                   f"{rr['replay_batches_per_s']:,.0f} batches/s, {rr['replay_points_per_s']:,.0f} points/s")

@@ -104,9 +104,10 @@ def cmd_run(args) -> int:
     # ack for ~100 ms (measured with bench/collector.py). Almost nothing here forms cycles,
     # so collect rarely: the young generation every 20,000 allocations, the oldest seldom.
     gc.set_threshold(20_000, 100, 1000)
+    from agent.collector.writer import WriterError, WriterGone
     try:
         return asyncio.run(serve(cfg))
-    except OSError as e:
+    except (OSError, WriterError, WriterGone) as e:
         print(f"egs-collector: {e}", file=sys.stderr)
         return 1
 

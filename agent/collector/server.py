@@ -28,10 +28,12 @@ from pathlib import Path
 import grpc
 
 from agent.collector.settings import retention_seconds
-from agent.collector.store import R10, R60, RAW, SQLiteStore, Store, finite_problem
+from agent.collector.store import R10, R60, RAW, Store, StoreReader, check
+from agent.collector.writer import WriterProcess
 from agent.collector.subscriptions import Hub, make_update
 from agent.config import parse_duration
 from agent.proto import collector_pb2, collector_pb2_grpc
+from agent.stream.columns import Points
 
 log = logging.getLogger("egs-collector")
 REJECTED_TRAILER = "egs-rejected-seq"
@@ -54,8 +56,8 @@ class Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, batch, wire: bytes, future: asyncio.Future) -> None:
-        self._queue.put((batch, wire, future))
+    def submit(self, batch, points, wire: bytes, future: asyncio.Future) -> None:
+        self._queue.put((batch, points, wire, future))
 
     def stop(self) -> None:
         self._queue.put(None)
@@ -85,7 +87,7 @@ class Committer:
                     self._commit(group)
                 except Exception as e:  # a bug here must not leave every stream waiting forever
                     log.exception("commit failed")
-                    for _, _, fut in group:
+                    for *_, fut in group:
                         self.loop.call_soon_threadsafe(_fail, fut, e)
             if time.monotonic() >= next_cleanup:
                 next_cleanup = time.monotonic() + self.cleanup_interval
@@ -100,26 +102,26 @@ class Committer:
 
     def _commit(self, group: list) -> None:
         received = time.time()
-        batches = [b for b, _, _ in group]
+        batches, points, wire, _ = zip(*group)
         try:
-            results = self.store.write(batches, received, [w for _, w, _ in group])
+            results = self.store.write(list(batches), received, list(wire), list(points))
         except Exception as e:  # the disk or the database failed: nobody gets an ack
             self.stats["errors"] += 1
             log.error("store write failed for %d batches: %s", len(group), e)
-            for _, _, fut in group:
+            for *_, fut in group:
                 self.loop.call_soon_threadsafe(_fail, fut, e)
             return
         self.stats["commits"] += 1
         self.stats["last_group"] = len(group)
         self.stats["largest_group"] = max(self.stats["largest_group"], len(group))
         stored, done = [], []
-        for (batch, _, fut), res in zip(group, results):
+        for (batch, cols, _, fut), res in zip(group, results):
             if res.duplicate:
                 self.stats["duplicates"] += 1
             else:
                 self.stats["batches"] += 1
                 self.stats["points"] += res.points
-                stored.append((batch, res.series))
+                stored.append((batch, cols, res.series))
             done.append((fut, res.duplicate))
         # One wake-up of the event loop per commit, not one per batch.
         self.loop.call_soon_threadsafe(self._deliver, done, stored, received)
@@ -182,14 +184,14 @@ class Ingest(collector_pb2_grpc.IngestServicer):
             # Hands each batch on in order; however reading ends, the writer side hears of it.
             try:
                 async for wire, batch in request_iterator:
-                    problem = self._problem(batch, names)
-                    if problem is not None:
-                        await pending.put(("reject", batch, *problem))
+                    points = self._check(batch, names)
+                    if not isinstance(points, Points):
+                        await pending.put(("reject", batch, *points))
                         return
                     await self._room.acquire()
                     fut = loop.create_future()
                     fut.add_done_callback(lambda _: self._room.release())
-                    self.committer.submit(batch, wire, fut)
+                    self.committer.submit(batch, points, wire, fut)
                     await pending.put(("ack", batch, fut))
                 await pending.put(None)
             except asyncio.CancelledError:
@@ -227,16 +229,17 @@ class Ingest(collector_pb2_grpc.IngestServicer):
             if host is not None and self.connected.get(host) == context.peer():
                 del self.connected[host]
 
-    def _problem(self, batch, names: set[str] | None) -> tuple | None:
+    def _check(self, batch, names: set[str] | None) -> Points | tuple:
+        """The batch's points, or (status code, details) saying why it is refused."""
         if names is not None and batch.host_id not in names:
             return (grpc.StatusCode.PERMISSION_DENIED,
                     f"host id {batch.host_id!r} is not a name of the client certificate ({', '.join(sorted(names))})")
-        if len(batch.points) > self.max_points:
-            return grpc.StatusCode.INVALID_ARGUMENT, f"batch has {len(batch.points)} points, over ingest.max_points ({self.max_points})"
-        problem = finite_problem(batch)
-        if problem is not None:
-            return grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.epoch}/{batch.seq}: {problem}"
-        return None
+        if len(batch.ts) > self.max_points:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"batch has {len(batch.ts)} points, over ingest.max_points ({self.max_points})"
+        try:
+            return check(batch)
+        except ValueError as e:
+            return grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.epoch}/{batch.seq}: {e}"
 
 
 class Consumers(collector_pb2_grpc.ConsumersServicer):
@@ -368,7 +371,8 @@ class Collector:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.store: SQLiteStore | None = None
+        self.writer: WriterProcess | None = None
+        self.store: StoreReader | None = None
         self.server: grpc.aio.Server | None = None
         self.ports: dict[str, int] = {}
 
@@ -378,12 +382,16 @@ class Collector:
                      R10: retention_seconds(cfg.store.rollup_10s_retention),
                      R60: retention_seconds(cfg.store.rollup_1m_retention),
                      "events": retention_seconds(cfg.store.events_retention)}
-        self.store = SQLiteStore(cfg.collector.data_dir, cfg.store.synchronous, retention,
-                                 cache_mib=cfg.store.cache_mib, flush_interval=parse_duration(cfg.store.rollup_flush),
-                                 compress_raw=cfg.store.compress_raw)
+        store_args = dict(data_dir=cfg.collector.data_dir, synchronous=cfg.store.synchronous, retention=retention,
+                          cache_mib=cfg.store.cache_mib, flush_interval=parse_duration(cfg.store.rollup_flush),
+                          compress_raw=cfg.store.compress_raw)
+        loop = asyncio.get_running_loop()
+        self.writer = await loop.run_in_executor(None, lambda: WriterProcess(store_args, cfg.collector.log_level))
+        if self.writer.recovered:
+            log.info("store: refolded %d batches whose rollups were not flushed before the last stop", self.writer.recovered)
+        self.store = StoreReader(self.writer.path, retention)
         self.hub = Hub()
-        self.committer = Committer(self.store, asyncio.get_running_loop(), self.hub,
-                                   parse_duration(cfg.store.cleanup_interval))
+        self.committer = Committer(self.writer, loop, self.hub, parse_duration(cfg.store.cleanup_interval))
         self.committer.start()
         self.ingest = Ingest(self.committer, cfg.tls.plaintext, cfg.ingest.max_points,
                              cfg.ingest.max_uncommitted)
@@ -412,21 +420,41 @@ class Collector:
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:
             await self.server.stop(grace)
-        if self.store is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self.committer.stop)
-            self.store.close()
+        loop = asyncio.get_running_loop()
+        if self.writer is not None:
+            if self.store is not None:
+                await loop.run_in_executor(None, self.committer.stop)
+                self.store.close()
+            await loop.run_in_executor(None, self.writer.close)
+
+
+async def _watch_writer(collector: Collector, stopping: asyncio.Event, failed: list) -> None:
+    while not stopping.is_set():
+        await asyncio.sleep(1.0)
+        if not collector.writer.alive:
+            log.error("the store writer process exited (code %s): stopping so that systemd restarts the collector; "
+                      "agents keep what was not acknowledged and send it again", collector.writer.exitcode)
+            failed.append(1)
+            stopping.set()
 
 
 async def serve(cfg) -> int:
     collector = Collector(cfg)
-    await collector.start()
+    try:
+        await collector.start()
+    except BaseException:
+        await collector.stop()
+        raise
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    failed: list = []
+    watch = asyncio.create_task(_watch_writer(collector, stopping, failed))
     sd_notify("READY=1")
     await stopping.wait()
+    watch.cancel()
     log.info("stopping")
     sd_notify("STOPPING=1")
     await collector.stop()
-    return 0
+    return 1 if failed else 0

@@ -35,7 +35,6 @@ import heapq
 import itertools
 import json
 import logging
-import math
 import sqlite3
 import threading
 import time
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Iterable, Protocol
 
 from agent.proto import collector_pb2
+from agent.stream import columns
+from agent.stream.columns import Points
 
 # Partition widths and bucket widths of the three point tables.
 RAW, R10, R60 = "raw", "r10", "r60"
@@ -72,7 +73,7 @@ class StoredSeries:
 
 class Store(Protocol):
     def write(self, batches: list[collector_pb2.Batch], received: float,
-              wire: list[bytes] | None = None) -> list[WriteResult]: ...
+              wire: list[bytes] | None = None, points: list[Points] | None = None) -> list[WriteResult]: ...
     def query(self, metric: str, host: str = "", labels: dict | None = None, start: float = 0,
               end: float = 0, resolution: str = "", limit: int = 10000) -> tuple[str, list[StoredSeries]]: ...
     def agents(self) -> list[dict]: ...
@@ -81,10 +82,10 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def _decode(blob: bytes) -> collector_pb2.Batch:
-    """A raw record: b"z" + zlib(Batch) or b"p" + Batch (store.compress_raw off)."""
+def _decode(blob: bytes) -> Points:
+    """The points of a raw record: b"z" + zlib(Batch) or b"p" + Batch (store.compress_raw off)."""
     body = memoryview(blob)[1:]
-    return collector_pb2.Batch.FromString(zlib.decompress(body) if blob[:1] == b"z" else bytes(body))
+    return columns.read(collector_pb2.Batch.FromString(zlib.decompress(body) if blob[:1] == b"z" else bytes(body)))
 
 
 def labels_text(labels) -> str:
@@ -123,20 +124,18 @@ class SQLiteStore:
         self._db = self._connect()
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
+        self.reader = StoreReader(self.path, self.retention, cache_mib=max(1, cache_mib // 4))
         self._series: dict[tuple[str, str, str], int] = {
             (h, m, l): i for i, h, m, l in self._db.execute("SELECT id, host, metric, labels FROM series")}
-        self._series_cache: dict[tuple, int] = {}  # (host, metric, labels as the map gives them) -> id
         self._max_series = self._max_series_committed = max(self._series.values(), default=0)
         self._max_seq: dict[tuple[str, int], int] = {
             (h, e): s for h, e, s in self._db.execute("SELECT host, epoch, max_seq FROM epochs")}
         self._tables = {name for (name,) in self._db.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND (name GLOB 'raw_*' OR name GLOB 'r10_*' OR name GLOB 'r60_*')")}
-        self._reader_lock = threading.Lock()
-        self._reader = self._connect()
         self._acc: dict[tuple[int, int], array] = {}  # (series, 10 s bucket) -> count, sum, min, max, last, last_ts
         # (series ids of a batch layout, 10 s bucket) -> [count, sum, min, max, last, last_ts] columns
         self._groups: dict[tuple[tuple[int, ...], int], list[array]] = {}
-        self._layouts: dict[str, tuple] = {}  # host -> (its last batch's layout, that layout's series ids)
+        self._layouts: dict[str, tuple] = {}  # host -> (its last batch's Layout, that layout's series ids)
         self.chunk_rows = chunk_rows
         self._frozen: list | None = None  # a flush being written: [((series, bucket), values)], made as needed
         self._frozen_rest = iter(())  # the frozen rows not yet made
@@ -208,9 +207,10 @@ class SQLiteStore:
         return seq <= self._max_seq.get((host, epoch), 0)
 
     def write(self, batches: list[collector_pb2.Batch], received: float,
-              wire: list[bytes] | None = None) -> list[WriteResult]:
+              wire: list[bytes] | None = None, points: list[Points] | None = None) -> list[WriteResult]:
         """Store a group of batches in one transaction. `wire`: their bytes as received,
-        kept as the raw record (saves encoding them again)."""
+        kept as the raw record (saves encoding them again); `points`: their columns as
+        `columns.read` gave them when the batches were checked (else read here)."""
         results: list[WriteResult] = []
         raw: dict[str, list[tuple]] = {}
         seqs: dict[tuple[str, int], int] = {}
@@ -227,8 +227,9 @@ class SQLiteStore:
                     continue
                 seqs[key] = batch.seq
                 latest[host] = batch
-                sids = self._fold(host, batch.points)
-                ts = batch.points[0].ts if batch.points else batch.created
+                cols = points[i] if points is not None else columns.read(batch)
+                sids = self._fold(host, cols)
+                ts = cols.ts[0] if len(cols) else batch.created
                 arrival += 1
                 blob = wire[i] if wire is not None else batch.SerializeToString()
                 blob = b"z" + zlib.compress(blob, 1) if self.compress_raw else b"p" + blob
@@ -271,98 +272,71 @@ class SQLiteStore:
                 self._max_seq[key] = seq
         return results
 
-    def _fold(self, host: str, points) -> list[int] | tuple[int, ...]:
+    def _fold(self, host: str, points: Points) -> tuple[int, ...]:
         """Add points to the 10 s accumulators; returns their series ids.
 
         The hot path (100k points/s at the benchmark's target). An agent sends the same
         series in the same order every second, all in one 10 s bucket, so a batch is folded
-        column-wise: its fields are read into lists once and merged into the host's group
-        for that bucket element by element with C-level `map`s, and its series ids come
-        from the host's previous batch when the (metric, series key) layout is the same.
-        A batch that spans two buckets, or whose layout differs from its bucket group's,
-        goes through `_fold_points` instead. Either way the result is a pure function of
-        the batches folded, in order: recovery refolds them into the same rows.
+        column by column into the host's group for that bucket with C-level `map`s, and its
+        series ids come from the host's previous batch when the layout (the series table)
+        is the same. A batch that spans two buckets goes through `_fold_points` instead.
+        Either way the result is a pure function of the batches folded, in order: recovery
+        refolds them into the same rows.
         """
-        if not points:
-            return []
-        # Each iteration of a repeated field makes a wrapper object per point; once will do.
-        points = list(points)
-        metrics = tuple([p.metric for p in points])
-        keys = [p.series for p in points]
-        if "" in keys:  # no canonical key from the sender: the labels, in the map's order
-            for i, k in enumerate(keys):
-                if not k:
-                    labels = points[i].labels
-                    if labels:
-                        keys[i] = tuple(labels.items())
-        layout = (metrics, tuple(keys))
+        if not len(points):
+            return ()
         known = self._layouts.get(host)
-        if known is not None and known[0] == layout:
+        if known is not None and known[0] is points.layout:
             sids = known[1]
         else:
-            sids = tuple(self._series_ids(host, points, metrics, layout[1]))
-            self._layouts[host] = (layout, sids)
-        tss = [p.ts for p in points]
+            sids = self._series_ids(host, points.layout)
+            self._layouts[host] = (points.layout, sids)
+        tss = points.ts
         bucket = int(min(tss) // 10) * 10
         if int(max(tss) // 10) * 10 != bucket:
             self._fold_points(sids, points)
             return sids
         group = self._groups.get((sids, bucket))
-        counts = [p.count for p in points]
-        sums = [p.sum for p in points]
-        mins = [p.min for p in points]
-        maxs = [p.max for p in points]
-        lasts = [p.last for p in points]
         if group is None:
-            # arrays, not lists: not tracked by the garbage collector, whose full passes
-            # over ~100k accumulators would otherwise stall the acks for 100+ ms.
-            self._groups[(sids, bucket)] = [array("d", counts), array("d", sums), array("d", mins),
-                                            array("d", maxs), array("d", lasts), array("d", tss)]
+            # The batch's own lists (a group's columns are replaced, never changed in place).
+            self._groups[(sids, bucket)] = [points.count, points.sum, points.min, points.max, points.last, tss]
             return sids
         g_count, g_sum, g_min, g_max, g_last, g_ts = group
-        group[0] = array("d", map(_add, g_count, counts))
-        group[1] = array("d", map(_add, g_sum, sums))
+        group[0] = list(map(_add, g_count, points.count))
+        group[1] = list(map(_add, g_sum, points.sum))
         # Comprehensions, not map(min, ...): the builtin costs 3x as much per call.
-        group[2] = array("d", [v if v < g else g for g, v in zip(g_min, mins)])
-        group[3] = array("d", [v if v > g else g for g, v in zip(g_max, maxs)])
+        group[2] = [v if v < g else g for g, v in zip(g_min, points.min)]
+        group[3] = [v if v > g else g for g, v in zip(g_max, points.max)]
         if min(tss) >= max(g_ts):  # the usual case: this batch is the newer one
-            group[4], group[5] = array("d", lasts), array("d", tss)
+            group[4], group[5] = points.last, tss
         else:
             newer = [t >= gt for t, gt in zip(tss, g_ts)]
-            group[4] = array("d", [v if n else gv for n, v, gv in zip(newer, lasts, g_last)])
-            group[5] = array("d", [t if n else gt for n, t, gt in zip(newer, tss, g_ts)])
+            group[4] = [v if n else gv for n, v, gv in zip(newer, points.last, g_last)]
+            group[5] = [t if n else gt for n, t, gt in zip(newer, tss, g_ts)]
         return sids
 
-    def _series_ids(self, host: str, points, metrics, keys) -> list[int]:
-        cache, out = self._series_cache, []
-        for p, metric, key in zip(points, metrics, keys):
-            ckey = (host, metric, key)
-            sid = cache.get(ckey)
-            if sid is None:
-                # A miss falls back to the canonical sorted form, so a different label
-                # order costs a lookup, never a second series.
-                sid = cache[ckey] = self._series_id(host, metric, labels_text(p.labels))
-            out.append(sid)
-        return out
+    def _series_ids(self, host: str, layout: columns.Layout) -> tuple[int, ...]:
+        return tuple(self._series_id(host, metric, labels_text(labels))
+                     for metric, labels in zip(layout.metrics, layout.labels))
 
-    def _fold_points(self, sids, points) -> None:
+    def _fold_points(self, sids, points: Points) -> None:
         """One point at a time into `_acc` (batches the column-wise fold does not take)."""
         acc = self._acc
-        for sid, p in zip(sids, points):
-            ts = p.ts
+        for sid, ts, count, total, lo, hi, last in zip(sids, points.ts, points.count, points.sum,
+                                                         points.min, points.max, points.last):
             k = (sid, int(ts // 10) * 10)
             a = acc.get(k)
             if a is None:
-                acc[k] = array("d", (p.count, p.sum, p.min, p.max, p.last, ts))
+                acc[k] = array("d", (count, total, lo, hi, last, ts))
             else:
-                a[0] += p.count
-                a[1] += p.sum
-                if p.min < a[2]:
-                    a[2] = p.min
-                if p.max > a[3]:
-                    a[3] = p.max
+                a[0] += count
+                a[1] += total
+                if lo < a[2]:
+                    a[2] = lo
+                if hi > a[3]:
+                    a[3] = hi
                 if ts >= a[5]:
-                    a[4], a[5] = p.last, ts
+                    a[4], a[5] = last, ts
 
     def _forget_uncommitted(self) -> None:
         # The rolled-back transaction took its new series, its points and its flush step
@@ -504,7 +478,7 @@ class SQLiteStore:
         folded = 0
         tables = sorted(t for t in self._tables if t.startswith("raw_"))
         for _, host, blob in heapq.merge(*(rows(t) for t in tables)):
-            self._fold(host, _decode(blob).points)
+            self._fold(host, _decode(blob))
             folded += 1
         return folded
 
@@ -530,7 +504,65 @@ class SQLiteStore:
         self._rolled_through = through
         return folded
 
-    # --- reading -------------------------------------------------------------------------
+    # --- reading (what the collector's other side does with a StoreReader of its own) ---
+
+    def query(self, *args, **kwargs) -> tuple[str, list[StoredSeries]]:
+        return self.reader.query(*args, **kwargs)
+
+    def agents(self) -> list[dict]:
+        return self.reader.agents()
+
+    def events(self, *args, **kwargs) -> list[dict]:
+        return self.reader.events(*args, **kwargs)
+
+    def count_raw(self) -> int:
+        return self.reader.count_raw()
+
+    # --- retention -----------------------------------------------------------------------
+
+    def cleanup(self, now: float) -> dict:
+        """Drop partitions wholly older than their retention; delete old events."""
+        dropped = []
+        for name in sorted(self._tables):
+            kind, _, number = name.partition("_")
+            width = PARTITION_SECONDS[kind]
+            if (int(number) + 1) * width < now - self.retention[kind]:
+                self._db.execute(f"DROP TABLE IF EXISTS {name}")
+                self._tables.discard(name)
+                dropped.append(name)
+        events = self._db.execute("DELETE FROM events WHERE ts < ?", (now - self.retention["events"],)).rowcount
+        self._db.execute("DELETE FROM recordings WHERE received < ?", (now - self.retention["events"],))
+        return {"dropped_tables": dropped, "deleted_events": events}
+
+    def close(self) -> None:
+        self._stop_checkpoints.set()
+        self._checkpointer.join(10)
+        try:
+            self.flush()
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            # The raw batches are committed already; what is lost is the pending rollup rows,
+            # which the next start rebuilds from the raw data it finds unrolled.
+            logging.getLogger("egs-collector").error(
+                "store: final rollup flush or checkpoint failed at shutdown: %s", e)
+        self._db.close()
+        self.reader.close()
+
+
+class StoreReader:
+    """Queries over a store file: history, agents, events. Opens its own connection (WAL
+    lets it read while the writer, in this process or in `writer.WriterProcess`, writes)."""
+
+    def __init__(self, path: str | Path, retention: dict[str, float], cache_mib: int = 64):
+        self.path, self.retention = Path(path), retention
+        self._reader_lock = threading.Lock()
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._reader.execute("PRAGMA busy_timeout=30000")
+        self._reader.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
+
+    def _partitions(self) -> set[str]:
+        return {name for (name,) in self._reader.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND (name GLOB 'raw_*' OR name GLOB 'r10_*' OR name GLOB 'r60_*')")}
 
     def _pick(self, resolution: str, start: float, now: float) -> str:
         if resolution:
@@ -552,7 +584,7 @@ class SQLiteStore:
         name = {RAW: "raw", R10: "10s", R60: "1m"}[kind]
         width = PARTITION_SECONDS[kind]
         tables = [f"{kind}_{n}" for n in range(int(start // width), int(end // width) + 1)]
-        tables = [t for t in tables if t in self._tables]
+        tables = [t for t in tables if t in self._partitions()]
         with self._reader_lock:
             if kind == RAW:
                 return name, self._query_raw(tables, metric, host, want, start, end, limit)
@@ -586,17 +618,17 @@ class SQLiteStore:
             if host:
                 sql, args = sql + " AND host = ?", args + [host]
             for h, blob in self._reader.execute(sql + " ORDER BY ts", args):
-                for p in _decode(blob).points:
-                    if p.metric != metric or not start <= p.ts <= end:
+                for m, labels, ts, count, total, lo, hi, last in _decode(blob).rows():
+                    if m != metric or not start <= ts <= end:
                         continue
-                    if any(p.labels.get(k) != v for k, v in want.items()):
+                    if any(labels.get(k) != v for k, v in want.items()):
                         continue
-                    key = (h, tuple(sorted(p.labels.items())))
+                    key = (h, tuple(sorted(labels.items())))
                     s = series.get(key)
                     if s is None:
-                        s = series[key] = StoredSeries(h, metric, dict(p.labels), [])
+                        s = series[key] = StoredSeries(h, metric, dict(labels), [])
                     if len(s.points) < limit:
-                        s.points.append((p.ts, p.count, p.sum, p.min, p.max, p.last))
+                        s.points.append((ts, int(count), total, lo, hi, last))
         for s in series.values():
             s.points.sort()
         return sorted(series.values(), key=lambda s: (s.host, sorted(s.labels.items())))
@@ -631,70 +663,39 @@ class SQLiteStore:
     def count_raw(self) -> int:
         """Points kept at raw resolution (tests and the benchmark use it)."""
         with self._reader_lock:
-            return sum(len(_decode(blob).points)
-                       for t in sorted(self._tables) if t.startswith("raw_")
+            return sum(len(_decode(blob))
+                       for t in sorted(self._partitions()) if t.startswith("raw_")
                        for (blob,) in self._reader.execute(f"SELECT points FROM {t}"))
 
-    # --- retention -----------------------------------------------------------------------
-
-    def cleanup(self, now: float) -> dict:
-        """Drop partitions wholly older than their retention; delete old events."""
-        dropped = []
-        for name in sorted(self._tables):
-            kind, _, number = name.partition("_")
-            width = PARTITION_SECONDS[kind]
-            if (int(number) + 1) * width < now - self.retention[kind]:
-                self._db.execute(f"DROP TABLE IF EXISTS {name}")
-                self._tables.discard(name)
-                dropped.append(name)
-        events = self._db.execute("DELETE FROM events WHERE ts < ?", (now - self.retention["events"],)).rowcount
-        self._db.execute("DELETE FROM recordings WHERE received < ?", (now - self.retention["events"],))
-        return {"dropped_tables": dropped, "deleted_events": events}
-
     def close(self) -> None:
-        self._stop_checkpoints.set()
-        self._checkpointer.join(10)
-        try:
-            self.flush()
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as e:
-            # The raw batches are committed already; what is lost is the pending rollup rows,
-            # which the next start rebuilds from the raw data it finds unrolled.
-            logging.getLogger("egs-collector").error(
-                "store: final rollup flush or checkpoint failed at shutdown: %s", e)
-        self._db.close()
         self._reader.close()
 
 
 def _group_rows(groups: dict) -> Iterable[tuple[tuple[int, int], tuple]]:
     """The column-wise accumulators as ((series, bucket), values) rows, in a fixed order."""
-    for (sids, bucket), columns in groups.items():
-        for sid, *values in zip(sids, *columns):
-            yield (sid, bucket), values
+    for (sids, bucket), cols in groups.items():
+        for row in zip(sids, *cols):
+            # Tuples of numbers, not lists: the garbage collector stops tracking them, and a
+            # flush holds ~100k of these.
+            yield (row[0], bucket), row[1:]
 
 
-def finite_problem(batch: collector_pb2.Batch) -> str | None:
-    """Why a batch cannot be stored as is, or None. (Run before it joins a commit group.)"""
+def check(batch: collector_pb2.Batch) -> Points:
+    """The batch's points when it can be stored as is; ValueError saying why not. (Run
+    before it joins a commit group: one bad batch must not fail the others' commit.)"""
     if not batch.host_id:
-        return "host_id is empty"
+        raise ValueError("host_id is empty")
     if batch.epoch == 0 or batch.seq == 0:
-        return "epoch and seq must be > 0"
-    isfinite = math.isfinite
-    for p in batch.points:
-        # One check for five numbers: a NaN or an infinity in any of them makes the sum
-        # non-finite (so could finite values near 1e308, which no gauge here reaches).
-        if not isfinite(p.ts + p.sum + p.min + p.max + p.last) or not p.metric:
-            if not p.metric:
-                return "a point has no metric name"
-            return f"point {p.metric} has a non-finite value"
+        raise ValueError("epoch and seq must be > 0")
+    points = columns.read(batch)
     for e in batch.events:
         if e.data_json:
             try:
                 if not isinstance(json.loads(e.data_json), dict):
-                    return f"event {e.kind}: data_json is not a JSON object"
-            except ValueError:
-                return f"event {e.kind}: data_json is not JSON"
-    return None
+                    raise ValueError(f"event {e.kind}: data_json is not a JSON object")
+            except json.JSONDecodeError:
+                raise ValueError(f"event {e.kind}: data_json is not JSON") from None
+    return points
 
 
 def raw_points(db_path: str | Path, metric: str | None, host: str = "") -> list[tuple[str, collector_pb2.Point]]:
@@ -709,7 +710,8 @@ def raw_points(db_path: str | Path, metric: str | None, host: str = "") -> list[
             if host:
                 sql, args = sql + " WHERE host = ?", [host]
             for h, blob in db.execute(sql + " ORDER BY arrival", args):
-                out += [(h, p) for p in _decode(blob).points if metric is None or p.metric == metric]
+                out += [(h, columns.to_point(row, collector_pb2.Point())) for row in _decode(blob).rows()
+                        if metric is None or row[0] == metric]
         return out
     finally:
         db.close()

@@ -19,6 +19,7 @@ import time
 from typing import Iterable
 
 from agent.proto import collector_pb2
+from agent.stream.columns import Points, to_point
 
 Key = int  # a series id: one per (host, metric, labels)
 
@@ -62,34 +63,34 @@ class Subscription:
 
     # --- the queue -----------------------------------------------------------------------
 
-    def _wanted_positions(self, series: tuple, points) -> list[int]:
+    def _wanted_positions(self, series: tuple, metrics: tuple[str, ...]) -> list[int]:
         positions = self._positions.get(series)
         if positions is None:
             if len(self._positions) >= 100_000:  # layouts of hosts long gone
                 self._positions.clear()
-            metrics = self.metrics
+            wanted = self.metrics
             positions = self._positions[series] = [
-                i for i, p in enumerate(points) if not metrics or p.metric in metrics]
+                i for i, m in enumerate(metrics) if not wanted or m in wanted]
         return positions
 
-    def offer(self, host: str, batch, series: tuple[Key, ...], received: float) -> None:
+    def offer(self, host: str, batch, points: Points, series: tuple[Key, ...], received: float) -> None:
         if not self.wants_host(host):
             return
         check_labels = bool(self.labels)
         pending = self.pending
         added = False
-        points = batch.points
-        for i in self._wanted_positions(series, points):
-            key, point = series[i], points[i]
-            if check_labels and not self._labels_match(batch.labels, point.labels):
+        metrics, labels = points.layout
+        for i in self._wanted_positions(series, metrics):
+            if check_labels and not self._labels_match(batch.labels, labels[i]):
                 continue
+            key = series[i]
             if key in pending:
                 self.coalesced += 1
                 del pending[key]  # re-insert at the end: the queue stays in arrival order
             elif len(pending) >= self.max_pending:
                 pending.popitem(last=False)
                 self.dropped += 1
-            pending[key] = (host, point, received)
+            pending[key] = (host, points.row(i), received)
             added = True
         for event in batch.events:
             if self.wants_event(event) and (not check_labels or self._labels_match(batch.labels, event.labels)):
@@ -127,7 +128,8 @@ class Hub:
 
     def __init__(self) -> None:
         self.subscriptions: set[Subscription] = set()
-        self.recent: dict[str, collections.deque] = {}  # host -> deque of (batch, series ids, received)
+        # host -> deque of (batch labels, Points, series ids, received)
+        self.recent: dict[str, collections.deque] = {}
 
     def add(self, request, max_pending: int) -> Subscription:
         sub = Subscription(request, max_pending)
@@ -138,19 +140,20 @@ class Hub:
         self.subscriptions.discard(sub)
 
     def publish(self, stored: Iterable[tuple], received: float) -> None:
-        """Stored (not duplicate) batches in commit order, each with its points' series ids
-        (the store's; any key naming a series once will do)."""
-        for batch, series in stored:
+        """Stored (not duplicate) batches in commit order, each with its points (as
+        `columns.read` gave them) and their series ids (the store's; any key naming a
+        series once will do)."""
+        for batch, points, series in stored:
             host = batch.host_id
-            if batch.points:
+            if len(points):
                 recent = self.recent.get(host)
                 if recent is None:
                     recent = self.recent[host] = collections.deque(maxlen=self.RECENT)
-                recent.append((batch, series, received))
+                recent.append((dict(batch.labels), points, series, received))
             if self.subscriptions:
                 series = tuple(series)  # the store's own tuple already: no copy
                 for sub in self.subscriptions:
-                    sub.offer(host, batch, series, received)
+                    sub.offer(host, batch, points, series, received)
 
     def snapshot(self, sub: Subscription) -> list[tuple]:
         out = []
@@ -158,18 +161,18 @@ class Hub:
             if not sub.wants_host(host):
                 continue
             latest: dict[Key, tuple] = {}
-            for batch, series, received in recent:
-                for key, point in zip(series, batch.points):
+            for _, points, series, received in recent:
+                for i, (key, ts) in enumerate(zip(series, points.ts)):
                     old = latest.get(key)
-                    if old is None or old[1].ts <= point.ts:
-                        latest[key] = (host, point, received)
-            labels = recent[-1][0].labels
-            for host_, point, received in latest.values():
-                if sub.metrics and point.metric not in sub.metrics:
+                    if old is None or old[1].ts <= ts:
+                        latest[key] = (host, points.row(i), received)
+            labels = recent[-1][0]
+            for host_, row, received in latest.values():
+                if sub.metrics and row.metric not in sub.metrics:
                     continue
-                if sub.labels and not sub._labels_match(labels, point.labels):
+                if sub.labels and not sub._labels_match(labels, row.labels):
                     continue
-                out.append((host_, point, received))
+                out.append((host_, row, received))
         return out
 
     def stats(self) -> dict:
@@ -180,9 +183,8 @@ class Hub:
 
 def make_update(samples: list[tuple], events: list[tuple], sub: Subscription, **flags) -> collector_pb2.Update:
     update = collector_pb2.Update(sent=time.time(), coalesced=sub.coalesced, dropped=sub.dropped, **flags)
-    for host, point, received in samples:
-        s = update.samples.add(host=host, received=received)
-        s.point.CopyFrom(point)
+    for host, row, received in samples:
+        to_point(row, update.samples.add(host=host, received=received).point)
     for host, event in events:
         e = update.events.add(host=host)
         e.event.CopyFrom(event)

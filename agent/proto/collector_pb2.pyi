@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Point(_message.Message):
-    __slots__ = ("metric", "labels", "ts", "count", "sum", "min", "max", "last", "series")
+    __slots__ = ("metric", "labels", "ts", "count", "sum", "min", "max", "last")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -23,7 +23,6 @@ class Point(_message.Message):
     MIN_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
-    SERIES_FIELD_NUMBER: _ClassVar[int]
     metric: str
     labels: _containers.ScalarMap[str, str]
     ts: float
@@ -32,8 +31,28 @@ class Point(_message.Message):
     min: float
     max: float
     last: float
-    series: str
-    def __init__(self, metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., ts: _Optional[float] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., last: _Optional[float] = ..., series: _Optional[str] = ...) -> None: ...
+    def __init__(self, metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., ts: _Optional[float] = ..., count: _Optional[int] = ..., sum: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., last: _Optional[float] = ...) -> None: ...
+
+class SeriesDesc(_message.Message):
+    __slots__ = ("metric", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    metric: str
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, metric: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SeriesTable(_message.Message):
+    __slots__ = ("series",)
+    SERIES_FIELD_NUMBER: _ClassVar[int]
+    series: _containers.RepeatedCompositeFieldContainer[SeriesDesc]
+    def __init__(self, series: _Optional[_Iterable[_Union[SeriesDesc, _Mapping]]] = ...) -> None: ...
 
 class Event(_message.Message):
     __slots__ = ("kind", "ts", "labels", "data_json")
@@ -67,7 +86,7 @@ class AgentStatus(_message.Message):
     def __init__(self, spool_backlog_records: _Optional[int] = ..., spool_backlog_bytes: _Optional[int] = ..., dropped_records: _Optional[int] = ..., health: _Optional[str] = ...) -> None: ...
 
 class Batch(_message.Message):
-    __slots__ = ("host_id", "labels", "epoch", "seq", "created", "points", "events", "nic_json", "recording_json", "status")
+    __slots__ = ("host_id", "labels", "epoch", "seq", "created", "events", "nic_json", "recording_json", "status", "series_table", "ts", "count", "sum", "min", "max", "last")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -80,22 +99,34 @@ class Batch(_message.Message):
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
-    POINTS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     NIC_JSON_FIELD_NUMBER: _ClassVar[int]
     RECORDING_JSON_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    SERIES_TABLE_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUM_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
     host_id: str
     labels: _containers.ScalarMap[str, str]
     epoch: int
     seq: int
     created: float
-    points: _containers.RepeatedCompositeFieldContainer[Point]
     events: _containers.RepeatedCompositeFieldContainer[Event]
     nic_json: str
     recording_json: str
     status: AgentStatus
-    def __init__(self, host_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., created: _Optional[float] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., nic_json: _Optional[str] = ..., recording_json: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ...) -> None: ...
+    series_table: bytes
+    ts: _containers.RepeatedScalarFieldContainer[float]
+    count: _containers.RepeatedScalarFieldContainer[int]
+    sum: _containers.RepeatedScalarFieldContainer[float]
+    min: _containers.RepeatedScalarFieldContainer[float]
+    max: _containers.RepeatedScalarFieldContainer[float]
+    last: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, host_id: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., epoch: _Optional[int] = ..., seq: _Optional[int] = ..., created: _Optional[float] = ..., events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., nic_json: _Optional[str] = ..., recording_json: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., series_table: _Optional[bytes] = ..., ts: _Optional[_Iterable[float]] = ..., count: _Optional[_Iterable[int]] = ..., sum: _Optional[_Iterable[float]] = ..., min: _Optional[_Iterable[float]] = ..., max: _Optional[_Iterable[float]] = ..., last: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("epoch", "seq", "duplicate")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import queue
 import socket
@@ -33,6 +32,7 @@ from typing import Any, Callable, Iterable
 from agent.metrics import Metric, register
 from agent.proto import collector_pb2
 from agent.stream.client import StreamClient
+from agent.stream.columns import Columns, SeriesEntries
 from agent.stream.spool import Spool, SpoolError
 
 # The outbox's own figures, sent with every batch and shown in `status`.
@@ -67,50 +67,12 @@ def next_epoch(state_dir: Path) -> int:
     return epoch
 
 
-def series_key(labels: dict[str, str]) -> str:
-    """The canonical one-string form of a label set (`Point.series`)."""
-    return "\x1f".join(f"{k}={v}" for k, v in sorted(labels.items()))
-
-
-_KEYS_KEPT = 4096  # label sets remembered by SeriesKeys before it starts over
-
-
-class SeriesKeys:
-    """Label sets as strings with their `series_key`, remembered by the label items.
-
-    The windows hand the same few hundred label sets every second; sorting and joining
-    each one again per point was most of the writer's cost. Keyed by the items (not by
-    the dict's id) so a dict changed in place, or a fresh dict per point, is still right.
-    """
-
-    def __init__(self) -> None:
-        self._known: dict[tuple, tuple[dict[str, str], str]] = {}
-
-    def __call__(self, labels: dict) -> tuple[dict[str, str], str]:
-        try:
-            items = tuple(labels.items())
-            known = self._known.get(items)
-        except TypeError:  # an unhashable label value: spell it out every time
-            items, known = None, None
-        if known is None:
-            text = {str(k): str(v) for k, v in labels.items()}
-            known = (text, series_key(text))
-            if items is not None:
-                if len(self._known) >= _KEYS_KEPT:  # label sets come and go: stay bounded
-                    self._known.clear()
-                self._known[items] = known
-        return known
-
-
-def _to_point(item: Any, out, keys: Callable[[dict], tuple[dict[str, str], str]] | None = None) -> None:
-    """Fill a `Point` from a windows Bucket, a sources Sample or a dict with the same fields."""
+def _add_point(item: Any, columns: Columns, entries: SeriesEntries) -> bool:
+    """One windows Bucket, sources Sample or dict with the same fields into `columns`;
+    False when a value is not finite (left out)."""
     get = item.get if isinstance(item, dict) else lambda k: getattr(item, k)
-    out.metric = get("metric")
-    labels, out.series = (keys or SeriesKeys())(get("labels") or {})
-    out.labels.update(labels)
-    out.ts = float(get("ts"))
-    out.count = int(get("count"))
-    out.sum, out.min, out.max, out.last = (float(get(k)) for k in ("sum", "min", "max", "last"))
+    return columns.add(entries(get("metric"), get("labels") or {}), float(get("ts")), int(get("count")),
+                       *(float(get(k)) for k in ("sum", "min", "max", "last")))
 
 
 class Outbox:
@@ -135,7 +97,7 @@ class Outbox:
                         "nonfinite_points": 0, "recordings_sent": 0, "recordings_truncated": 0,
                         "recording_errors": 0}
         self._progress = threading.Condition()
-        self._keys = SeriesKeys()  # writer thread only
+        self._entries = SeriesEntries()  # writer thread only
         # Serialises replacing the client (reload) with stopping it (stop). Readers elsewhere
         # (the writer, status) take `self.client` once into a local and use only that.
         self._client_lock = threading.Lock()
@@ -314,28 +276,25 @@ class Outbox:
         with self._progress:
             self._counts["batches"] += len(records)
 
-    def _new_batch(self) -> collector_pb2.Batch:
+    def _new_batch(self) -> tuple[collector_pb2.Batch, Columns]:
         batch = collector_pb2.Batch(host_id=self.host_id, epoch=self.epoch, created=self.clock())
         batch.labels.update(self.labels)
-        return batch
+        return batch, Columns()
 
     def _build(self, items: list) -> list[collector_pb2.Batch]:
         limit = self.settings.max_batch_points
-        keys = self._keys
+        entries = self._entries
         counts = {"nonfinite_points": 0, "recordings_sent": 0, "recordings_truncated": 0, "recording_errors": 0}
         batches = [self._new_batch()]
         for kind, value in items:
-            batch = batches[-1]
+            batch = batches[-1][0]
             if kind == "points":
                 for bucket in value:
-                    if len(batches[-1].points) >= limit:
+                    if len(batches[-1][1]) >= limit:
                         batches.append(self._new_batch())
-                    point = batches[-1].points.add()
-                    _to_point(bucket, point, keys)
-                    if not math.isfinite(point.ts + point.sum + point.min + point.max + point.last):
-                        # The collector refuses a batch holding one (and the agent would then
-                        # drop all of it): leave the point out and count it instead.
-                        del batches[-1].points[-1]
+                    # The collector refuses a batch holding a NaN or an infinity (and the
+                    # agent would then drop all of it): such a point is left out and counted.
+                    if not _add_point(bucket, batches[-1][1], entries):
                         counts["nonfinite_points"] += 1
             elif kind == "event":
                 ev = batch.events.add(kind=value.kind, ts=float(value.ts),
@@ -350,13 +309,15 @@ class Outbox:
                     continue
                 if batch.recording_json:
                     batches.append(self._new_batch())
-                batches[-1].recording_json = text
+                batches[-1][0].recording_json = text
                 counts["recordings_sent"] += 1
         with self._progress:
             for name, n in counts.items():
                 self._counts[name] += n
-        self._add_own_figures(batches[-1])
-        return batches
+        self._add_own_figures(*batches[-1])
+        for batch, columns in batches:
+            columns.write_to(batch)
+        return [batch for batch, _ in batches]
 
     def _recording_json(self, path: str, counts: dict[str, int]) -> str | None:
         """A flight-recorder file as the JSON a batch carries. One that would not fit in a
@@ -380,7 +341,7 @@ class Outbox:
             text = json.dumps(recording, sort_keys=True, default=str)
         return text
 
-    def _add_own_figures(self, batch) -> None:
+    def _add_own_figures(self, batch, columns: Columns) -> None:
         client = self.client  # one read: reload may swap it meanwhile
         spool, cs = self.spool.status(), client.status() if client is not None else {}
         with self._progress:
@@ -394,7 +355,7 @@ class Outbox:
         for metric, value in _figures(spool, cs, counts, drops):
             if metric is not CONNECTED:  # the collector knows whether the stream is open
                 v = float(value)
-                batch.points.add(metric=metric.name, ts=ts, count=1, sum=v, min=v, max=v, last=v)
+                columns.add(self._entries(metric.name, {}), ts, 1, v, v, v, v)
 
     # --- status --------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import grpc
 import pytest
 
 from agent.proto import collector_pb2
+from agent.stream.columns import append_point
 from agent.stream.client import PUBLISH, REJECTED_TRAILER
 
 pytestmark = pytest.mark.timeout(90)
@@ -127,9 +128,9 @@ def test_malformed_and_oversized_messages_get_an_error_for_that_sender_only(coll
     creds = grpc.ssl_channel_credentials((pki.root / "ca.crt").read_bytes(), (pki.root / "host-a.key").read_bytes(),
                                          (pki.root / "host-a.crt").read_bytes())
     good = collector_pb2.Batch(host_id="host-a", epoch=7, seq=1)
-    good.points.add(metric="test_marker", ts=time.time(), count=1, sum=1, min=1, max=1, last=1)
+    append_point(good, "test_marker", ts=time.time(), count=1, sum=1, min=1, max=1, last=1)
     nan = collector_pb2.Batch(host_id="host-a", epoch=7, seq=2)
-    nan.points.add(metric="gpu_power_watts", ts=time.time(), count=1, sum=math.nan, min=1, max=1, last=1)
+    append_point(nan, "gpu_power_watts", ts=time.time(), count=1, sum=math.nan, min=1, max=1, last=1)
     huge = collector_pb2.Batch(host_id="host-a", epoch=7, seq=3, recording_json='{"x": "' + "y" * 300_000 + '"}')
     cases = {
         "garbage": ([b"\xff\xff\xff\xff not a protobuf"], (grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT,

@@ -6,7 +6,8 @@ import math
 from agent.config import parse
 from agent.events import Event
 from agent.proto import collector_pb2
-from agent.stream.outbox import Outbox, next_epoch, series_key
+from agent.stream.columns import points_of
+from agent.stream.outbox import Outbox, next_epoch
 
 
 def _outbox(tmp_path, **extra):
@@ -36,10 +37,27 @@ def test_buckets_and_events_become_numbered_batches_with_identity(tmp_path):
         first, second = _spooled(box)
         assert (first.host_id, dict(first.labels), first.epoch) == ("h1", {"rack": "r1"}, box.epoch)
         assert (first.seq, second.seq) == (1, 2)
-        p = next(p for p in first.points if p.metric == "gpu_power_watts")
-        assert (dict(p.labels), p.series, p.sum) == ({"gpu": "0"}, series_key({"gpu": "0"}), 1.0)
+        p = next(p for p in points_of(first) if p.metric == "gpu_power_watts")
+        assert (dict(p.labels), p.ts, p.count, p.sum) == ({"gpu": "0"}, 999.0, 1, 1.0)
         assert [(e.kind, e.data_json) for e in second.events] == [("alarm", '{"state": "firing"}')]
-        assert any(p.metric == "stream_spool_backlog_records" for p in first.points)
+        assert any(p.metric == "stream_spool_backlog_records" for p in points_of(first))
+    finally:
+        box.stop()
+
+
+def test_the_same_series_give_a_byte_identical_table_every_batch(tmp_path):
+    # The collector parses a series table once per distinct bytes: an agent whose series
+    # stay the same must send the same bytes, whatever order its dicts list labels in.
+    box = _outbox(tmp_path)
+    try:
+        box.put_buckets([_bucket(gpu="0"), _bucket(gpu="1", value=2.0)])
+        box.flush()
+        box.put_buckets([dict(_bucket(gpu="0", value=3.0), labels={"gpu": "0"}),
+                         {**_bucket(gpu="1"), "labels": dict(reversed(list({"gpu": "1"}.items())))}])
+        box.flush()
+        first, second = _spooled(box)
+        assert first.series_table == second.series_table
+        assert [p.sum for p in points_of(second) if p.metric == "gpu_power_watts"] == [3.0, 1.0]
     finally:
         box.stop()
 
@@ -49,7 +67,7 @@ def test_large_bucket_sets_are_split(tmp_path):
     try:
         box.put_buckets([_bucket(gpu=str(i)) for i in range(120)])
         box.flush()
-        sizes = [sum(p.metric == "gpu_power_watts" for p in b.points) for b in _spooled(box)]
+        sizes = [sum(p.metric == "gpu_power_watts" for p in points_of(b)) for b in _spooled(box)]
         assert sizes == [50, 50, 20]
     finally:
         box.stop()
@@ -61,7 +79,7 @@ def test_non_finite_points_are_left_out_and_counted(tmp_path):
         box.put_buckets([_bucket(value=math.nan, gpu="0"), _bucket(value=2.0, gpu="1")])
         box.flush()
         (batch,) = _spooled(box)
-        assert [p.labels["gpu"] for p in batch.points if p.metric == "gpu_power_watts"] == ["1"]
+        assert [p.labels["gpu"] for p in points_of(batch) if p.metric == "gpu_power_watts"] == ["1"]
         assert box.status()["queue"]["nonfinite_points"] == 1
     finally:
         box.stop()

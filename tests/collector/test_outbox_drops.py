@@ -14,7 +14,8 @@ import pytest
 from agent.config import parse
 from agent.events import Event
 from agent.proto import collector_pb2
-from agent.stream.outbox import Outbox, SeriesKeys, series_key
+from agent.stream.columns import SeriesEntries, encode_entry, layout, points_of
+from agent.stream.outbox import Outbox
 
 TEXT = '[stream]\nendpoints = ["127.0.0.1:{port}"]\nplaintext = true\nfsync = false\n{extra}'
 
@@ -33,7 +34,7 @@ def _spooled(box) -> list[collector_pb2.Batch]:
 
 
 def _figure(batch, name) -> float:
-    (point,) = [p for p in batch.points if p.metric == name]
+    (point,) = [p for p in points_of(batch) if p.metric == name]
     return point.last
 
 
@@ -117,24 +118,24 @@ def test_every_outbox_figure_is_a_registered_metric(tmp_path):
         box.stop()
 
 
-def test_series_keys_are_remembered_yet_follow_the_labels():
-    keys = SeriesKeys()
+def test_series_entries_are_remembered_yet_follow_the_labels():
+    entries = SeriesEntries()
     labels = {"gpu": 0, "model": "H100"}  # a non-string value is spelled as a string
-    text, key = keys(labels)
-    assert (text, key) == ({"gpu": "0", "model": "H100"}, series_key({"gpu": "0", "model": "H100"}))
-    assert keys(labels)[1] is key  # the same label set: not built again
-    assert keys({"model": "H100", "gpu": 0})[1] == key  # order does not change the key
-    labels["gpu"] = 1  # changed in place: a new key, not the remembered one
-    assert keys(labels) == ({"gpu": "1", "model": "H100"}, series_key({"gpu": "1", "model": "H100"}))
-    assert keys({"x": ["unhashable"]})[1] == series_key({"x": "['unhashable']"})
+    entry = entries("m", labels)
+    assert layout(entry) == (("m",), ({"gpu": "0", "model": "H100"},))
+    assert entries("m", labels) is entry  # the same label set: not encoded again
+    assert entries("m", {"model": "H100", "gpu": 0}) == entry  # order does not change the bytes
+    labels["gpu"] = 1  # changed in place: a new entry, not the remembered one
+    assert entries("m", labels) == encode_entry("m", {"gpu": "1", "model": "H100"})
+    assert entries("other", labels) != entries("m", labels)
+    assert layout(entries("m", {"x": ["unhashable"]})).labels == ({"x": "['unhashable']"},)
 
 
-def test_series_keys_stay_bounded_when_label_sets_come_and_go():
-    from agent.stream import outbox
-    keys = SeriesKeys()
-    for i in range(outbox._KEYS_KEPT + 10):
-        assert keys({"pid": str(i)})[1] == f"pid={i}"
-    assert len(keys._known) <= outbox._KEYS_KEPT
+def test_series_entries_stay_bounded_when_label_sets_come_and_go():
+    entries = SeriesEntries()
+    for i in range(SeriesEntries.KEPT + 10):
+        assert layout(entries("m", {"pid": str(i)})).labels == ({"pid": str(i)},)
+    assert len(entries._known) <= SeriesEntries.KEPT
 
 
 def test_reload_before_start_leaves_the_start_to_build_the_client_on_the_new_settings(tmp_path):

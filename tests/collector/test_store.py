@@ -1,8 +1,11 @@
 """The SQLite store: exactly-once by (host, epoch, seq), rollups, retention, queries."""
 from __future__ import annotations
 
-from agent.collector.store import SQLiteStore, finite_problem
+import pytest
+
+from agent.collector.store import SQLiteStore, check
 from agent.proto import collector_pb2
+from agent.stream.columns import append_point, points_of
 
 T0 = 1_699_999_980.0  # a round 10 s and 60 s boundary
 
@@ -10,8 +13,7 @@ T0 = 1_699_999_980.0  # a round 10 s and 60 s boundary
 def _batch(host="h1", epoch=1, seq=1, ts=T0, value=1.0, gpu="0", metric="gpu_power_watts"):
     b = collector_pb2.Batch(host_id=host, epoch=epoch, seq=seq)
     b.labels["zone"] = "z1"
-    p = b.points.add(metric=metric, ts=ts, count=2, sum=2 * value, min=value - 1, max=value + 1, last=value)
-    p.labels["gpu"] = gpu
+    append_point(b, metric, {"gpu": gpu}, ts=ts, count=2, sum=2 * value, min=value - 1, max=value + 1, last=value)
     return b
 
 
@@ -138,16 +140,42 @@ def test_events_are_stored_and_found(tmp_path):
         {"host": "h1", "ts": T0, "kind": "alarm", "labels": {"gpu": "0"}, "data": {"state": "firing"}}]
 
 
+def _refusal(batch) -> str:
+    with pytest.raises(ValueError) as e:
+        check(batch)
+    return str(e.value)
+
+
 def test_malformed_batches_are_named():
-    assert finite_problem(_batch()) is None
-    assert "host_id" in finite_problem(collector_pb2.Batch(epoch=1, seq=1))
-    assert "seq" in finite_problem(collector_pb2.Batch(host_id="h", epoch=1))
+    assert check(_batch()).layout.metrics == ("gpu_power_watts",)
+    assert "host_id" in _refusal(collector_pb2.Batch(epoch=1, seq=1))
+    assert "seq" in _refusal(collector_pb2.Batch(host_id="h", epoch=1))
     bad = _batch()
-    bad.points[0].max = float("inf")
-    assert "non-finite" in finite_problem(bad)
+    append_point(bad, "gpu_temperature_celsius", {"gpu": "0"}, ts=T0, max=float("inf"))
+    assert "point 1 (gpu_temperature_celsius) has a non-finite max" in _refusal(bad)
+    nan = _batch()
+    nan.ts[0] = float("nan")
+    assert "point 0 (gpu_power_watts) has a non-finite ts" in _refusal(nan)
+    short = _batch()
+    del short.last[0]
+    assert "column last has 0 values, series_table has 1 entries" in _refusal(short)
+    garbage = _batch()
+    garbage.series_table = b"\xff\xff\xff"
+    assert "series_table does not parse" in _refusal(garbage)
+    nameless = _batch()
+    append_point(nameless, "", {}, ts=T0)
+    assert "entry 1 has no metric name" in _refusal(nameless)
     ev = _batch()
     ev.events.add(kind="alarm", data_json="[1]")
-    assert "JSON object" in finite_problem(ev)
+    assert "JSON object" in _refusal(ev)
+    ev.events[0].data_json = "{not json"
+    assert "data_json is not JSON" in _refusal(ev)
+
+
+def test_huge_finite_values_are_not_mistaken_for_non_finite_ones():
+    big = collector_pb2.Batch(host_id="h1", epoch=1, seq=1)
+    append_point(big, "gpu_energy_joules_total", ts=T0, sum=1e308, min=1e308, max=1e308, last=1e308)
+    assert len(check(big)) == 1  # the check's running sum overflows; every value is finite
 
 
 def _mixed_batches():
@@ -164,14 +192,13 @@ def _mixed_batches():
             for g in gpus:
                 ts = T0 + second + (9.5 if second % 17 == 5 and g == "2" else 0)  # spans buckets
                 v = rnd.uniform(-50, 50)
-                p = b.points.add(metric="gpu_power_watts", ts=ts, count=1, sum=v, min=v, max=v, last=v)
-                p.labels["gpu"] = g
+                append_point(b, "gpu_power_watts", {"gpu": g}, ts=ts, count=1, sum=v, min=v, max=v, last=v)
             if second == 21:  # the same series twice in one batch
-                b.points.add(metric="gpu_power_watts", ts=T0 + 1, count=1, sum=3, min=3, max=3, last=3).labels["gpu"] = "1"
+                append_point(b, "gpu_power_watts", {"gpu": "1"}, ts=T0 + 1, count=1, sum=3, min=3, max=3, last=3)
             out.append(b)
     late = collector_pb2.Batch(host_id="h1", epoch=2, seq=1)
     for g in ("0", "1", "2"):  # h1's usual layout: merged into a group holding newer points
-        late.points.add(metric="gpu_power_watts", ts=T0 + 3, count=1, sum=-99, min=-99, max=-99, last=-99).labels["gpu"] = g
+        append_point(late, "gpu_power_watts", {"gpu": g}, ts=T0 + 3, count=1, sum=-99, min=-99, max=-99, last=-99)
     out.append(late)
     return out
 
@@ -179,7 +206,7 @@ def _mixed_batches():
 def _expected(batches, width):
     want = {}
     for b in batches:
-        for p in b.points:
+        for p in points_of(b):
             k = (b.host_id, p.labels["gpu"], int(p.ts // width) * width)
             c, s, lo, hi, last, last_ts = want.get(k, (0, 0.0, float("inf"), float("-inf"), None, float("-inf")))
             if p.ts >= last_ts:
