@@ -119,6 +119,7 @@ async def agent(i: int, target: str, args, t_start: float, t_end: float, acks: l
             t0 = sent.pop(ack.seq, None)
             if t0 is not None and t0 >= t_start + args.warmup:
                 acks.append(t - t0)
+                counters["timeline"].append((t0, t - t0))
             if t_start + args.warmup <= t <= t_end:  # throughput: acks that came in the window
                 counters["points"] += args.points
                 counters["batches"] += 1
@@ -176,7 +177,7 @@ async def subscriber(target: str, delivery: list, t_measure: float, stop: asynci
 async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen) -> dict:
     acks: list[float] = []
     delivery: list[float] = []
-    counters = {"points": 0, "batches": 0, "sent": 0, "errors": 0}
+    counters = {"points": 0, "batches": 0, "sent": 0, "errors": 0, "timeline": []}
     t_start = time.time() + 2.0  # time to open every channel first
     t_end = t_start + args.warmup + args.duration
     stop = asyncio.Event()
@@ -202,6 +203,7 @@ async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen
     sub.cancel()
     wall = w1 - w0
     return {"offered_batches_per_s": args.agents, "points_per_s": counters["points"] / args.duration, "batches_per_s": counters["batches"] / args.duration,
+            "timeline": counters["timeline"],
             "ack_p50_ms": pct(acks, 50) * 1000, "ack_p99_ms": pct(acks, 99) * 1000, "ack_max_ms": max(acks or [0]) * 1000,
             "delivery_p50_ms": pct(delivery, 50) * 1000, "delivery_p99_ms": pct(delivery, 99) * 1000,
             "delivered": len(delivery), "errors": counters["errors"],
@@ -251,9 +253,12 @@ def main() -> int:
     p.add_argument("--agents", type=int, default=1000)
     p.add_argument("--points", type=int, default=100)
     p.add_argument("--duration", type=float, default=60.0, help="measured seconds")
-    p.add_argument("--warmup", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=15.0,
+                   help="seconds not measured: 1,000 new agents register ~100k series in the first few")
     p.add_argument("--replay-batches", type=int, default=10_000)
     p.add_argument("--max-in-flight", type=int, default=256, help="unacknowledged batches per agent")
+    p.add_argument("--timeline", type=float, default=0, metavar="SECONDS",
+                   help="also print the ack p99 of each window of this many seconds (where stalls come from)")
     p.add_argument("--store", action="append", default=[], metavar="KEY=VALUE",
                    help='a [store] setting for the collector, as TOML (e.g. --store \'rollup_flush = "60s"\')')
     args = p.parse_args()
@@ -270,6 +275,13 @@ def main() -> int:
         print(f"ingest: {r['points_per_s']:,.0f} points/s sustained ({r['batches_per_s']:,.0f} batches/s acked "
               f"of {r['offered_batches_per_s']:,} offered), errors {r['errors']}")
         print(f"ack latency: p50 {r['ack_p50_ms']:.1f} ms, p99 {r['ack_p99_ms']:.1f} ms, max {r['ack_max_ms']:.1f} ms")
+        if args.timeline:
+            windows: dict[int, list[float]] = {}
+            t_first = min((t for t, _ in r["timeline"]), default=0)
+            for t, lat in r["timeline"]:
+                windows.setdefault(int((t - t_first) // args.timeline), []).append(lat)
+            print("ack p99 by send time: " + ", ".join(
+                f"{k * args.timeline:g}s {pct(v, 99) * 1000:.0f}" for k, v in sorted(windows.items())) + " (ms)")
         print(f"subscriber delivery (send -> consumer): p50 {r['delivery_p50_ms']:.1f} ms, "
               f"p99 {r['delivery_p99_ms']:.1f} ms over {r['delivered']} updates")
         print(f"CPU: collector {r['collector_cpu_pct']:.0f} % (main process {r['collector_main_cpu_pct']:.0f} %, "

@@ -76,14 +76,15 @@ def test_rollups_lost_in_a_crash_are_rebuilt_once_from_the_stored_batches(tmp_pa
 
 
 def test_a_flush_cut_short_by_a_crash_is_finished_once_on_restart(tmp_path):
-    # 20 series x 1 bucket -> 20 r10 + 20 r60 rows, written 7 rows per commit.
+    # 20 single-series batches -> 20 r10 rows (one per host, layout and bucket) + their
+    # minutes, written 7 rows per commit.
     store = SQLiteStore(tmp_path, flush_interval=0, chunk_rows=7)
     store.write([_batch(seq=1, ts=T0 + 1, value=1, gpu=str(g)) for g in range(20)][:1], T0)
     many = [_batch(seq=s, ts=T0 + 2, value=2, gpu=str(s)) for s in range(2, 21)]
     store.write(many, T0)  # freezes the first accumulators, later writes carry chunks
     store.write([_batch(seq=21, ts=T0 + 3, value=3, gpu="0")], T0)  # freeze the rest
     store.write([_batch(seq=22, ts=T0 + 12, value=4, gpu="0")], T0)  # chunk 1 of the second flush
-    assert store._frozen and 0 < store._pending_done < 40, "mid-flush"
+    assert store._flushing is not None and 0 < store._flushing.done10 < len(store._flushing.closed10), "mid-flush"
     after = SQLiteStore(tmp_path, flush_interval=3600)  # the crash: restart from the file
     after.flush()
     _, series = after.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="10s")
@@ -239,11 +240,77 @@ def test_rollups_equal_a_plain_computation_whatever_path_the_fold_takes(tmp_path
 
 def test_rollups_rebuilt_after_a_crash_mid_flush_equal_a_plain_computation(tmp_path):
     batches = _mixed_batches()
-    store = SQLiteStore(tmp_path, flush_interval=0, chunk_rows=5)
+    store = SQLiteStore(tmp_path, flush_interval=0, chunk_rows=1)
     for i in range(0, len(batches), 3):
         store.write(batches[i:i + 3], T0)
-    assert store._frozen is not None, "mid-flush when the process dies"
+    assert store._flushing is not None, "mid-flush when the process dies"
     after = SQLiteStore(tmp_path, flush_interval=3600)
     after.flush()
     _close(_found(after, "10s"), _expected(batches, 10))
     _close(_found(after, "1m"), _expected(batches, 60))
+
+
+def test_a_rollup_row_holds_a_hosts_series_for_one_bucket(tmp_path):
+    store = SQLiteStore(tmp_path, flush_interval=3600)
+    for seq, host in enumerate(("h1", "h2"), 1):
+        b = collector_pb2.Batch(host_id=host, epoch=1, seq=seq)
+        for gpu in "0123":
+            append_point(b, "gpu_power_watts", {"gpu": gpu}, ts=T0 + seq, count=1, sum=1, min=1, max=1, last=1)
+        store.write([b], T0)
+    store.flush()
+    db = store._db
+    assert db.execute(f"SELECT host, ts FROM r10_{int(T0 // 86400)} ORDER BY host").fetchall() == [("h1", T0), ("h2", T0)]
+    assert db.execute(f"SELECT count(*) FROM r60_{int(T0 // (7 * 86400))}").fetchone()[0] == 2
+    _, series = store.query("gpu_power_watts", host="h2", start=T0, end=T0 + 9, resolution="10s")
+    assert [(s.labels["gpu"], s.points) for s in series] == [(g, [(T0, 1, 1.0, 1.0, 1.0, 1.0)]) for g in "0123"]
+
+
+def test_a_store_with_rollups_of_the_earlier_per_series_format_is_refused_by_name(tmp_path):
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "collector.db")
+    db.execute("CREATE TABLE r10_19675(series INTEGER NOT NULL, ts INTEGER NOT NULL, count INTEGER, "
+               "PRIMARY KEY(series, ts)) WITHOUT ROWID")
+    db.close()
+    with pytest.raises(ValueError, match="r10_19675 has the per-series format"):
+        SQLiteStore(tmp_path)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_rollups_equal_a_plain_computation_whatever_the_flushes_and_crashes(tmp_path, seed):
+    # The collector's clock moves 2 s a step, so some buckets are still open at each flush;
+    # points arrive late now and then (a replay), layouts change, and the process "dies"
+    # (the store is opened again from its file) at random moments, mid-flush included.
+    import random
+    rnd = random.Random(seed)
+    now = [T0]
+    chunk = rnd.choice([1, 2, 5])
+
+    def open_store():
+        return SQLiteStore(tmp_path, flush_interval=rnd.choice([0, 0, 4]), chunk_rows=chunk, clock=lambda: now[0])
+
+    store, batches, seq, crashes = open_store(), [], 0, 0
+    for step in range(120):
+        now[0] = T0 + 2 * step
+        group = []
+        for host in ("h1", "h2"):
+            seq += 1
+            b = collector_pb2.Batch(host_id=host, epoch=1, seq=seq)
+            gpus = "012" if rnd.random() < 0.8 else "20"
+            for g in gpus:
+                v = rnd.uniform(-50, 50)
+                # Distinct fractions: no two points of a series share a ts, so "last" is
+                # never a tie (between equal timestamps the store picks either).
+                late = rnd.choice([0, 0, 0, 0, 0.5, 7.25, 30.75, 150.125])
+                append_point(b, "gpu_power_watts", {"gpu": g}, ts=now[0] - late, count=1, sum=v, min=v, max=v, last=v)
+            group.append(b)
+        store.write(group, now[0])
+        batches += group
+        if rnd.random() < 0.08:
+            store, crashes = open_store(), crashes + 1
+    store = open_store()
+    store.flush()
+    assert crashes > 0
+    for resolution, width in (("10s", 10), ("1m", 60)):
+        _, series = store.query("gpu_power_watts", start=T0 - 600, end=T0 + 600, resolution=resolution)
+        found = {(s.host, s.labels["gpu"], p[0]): (p[1], p[2], p[3], p[4], p[5]) for s in series for p in s.points}
+        _close(found, _expected(batches, width))
