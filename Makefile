@@ -68,6 +68,7 @@ bench: venv native sim
 	$(PY) bench/sampler.py
 	$(PY) bench/daemon.py
 	$(PY) bench/collector.py
+	$(PY) bench/store.py
 
 clean:
 	rm -rf build agent/_native*.so agent/_native.c agent/.native-built *.egg-info
