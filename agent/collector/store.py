@@ -372,6 +372,10 @@ class SQLiteStore:
             self._first[(width, key)] = first
         else:
             accumulators[key] = _merged(old, cols)
+            # A minute may take a 10 s group older than the ones it holds (a bucket that
+            # closed later); `held` must still see the oldest arrival in it.
+            if first < self._first[(width, key)]:
+                self._first[(width, key)] = first
 
     def _series_ids(self, host: str, layout: columns.Layout) -> tuple[int, ...]:
         return tuple(self._series_id(host, metric, labels_text(labels))

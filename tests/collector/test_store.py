@@ -314,3 +314,24 @@ def test_rollups_equal_a_plain_computation_whatever_the_flushes_and_crashes(tmp_
         _, series = store.query("gpu_power_watts", start=T0 - 600, end=T0 + 600, resolution=resolution)
         found = {(s.host, s.labels["gpu"], p[0]): (p[1], p[2], p[3], p[4], p[5]) for s in series for p in s.points}
         _close(found, _expected(batches, width))
+
+
+def test_a_minute_still_open_keeps_its_oldest_points_through_a_crash(tmp_path):
+    # Minute T0 gets its 10 s groups out of order: bucket T0+20 (a late point, arrival 2)
+    # closes at one flush, bucket T0+40 (arrival 1) at the next. The crash comes while the
+    # minute is still open: the point of arrival 1 must be folded again. (flush_interval 0:
+    # each write starts a flush or writes the one under way.)
+    now = [T0 + 48]  # 10 s buckets before T0+40 are closed, minutes before T0
+    store = SQLiteStore(tmp_path, flush_interval=0, chunk_rows=100, clock=lambda: now[0])
+    store.write([_batch(seq=1, ts=T0 + 41, value=1)], now[0])  # an empty flush starts
+    store.write([_batch(seq=2, ts=T0 + 25, value=2)], now[0])  # ...and is written
+    store.write([_batch(seq=3, ts=T0 + 49, value=3)], now[0])  # freezes bucket T0+20 (arrival 2)
+    now[0] = T0 + 58  # buckets before T0+50 closed, minute T0 still open
+    store.write([_batch(seq=4, ts=T0 + 58, value=4)], now[0])  # writes it: minute T0 starts with arrival 2
+    store.write([_batch(seq=5, ts=T0 + 59, value=5)], now[0])  # freezes bucket T0+40 (arrivals 1, 3)
+    store.write([_batch(seq=6, ts=T0 + 59, value=6)], now[0])  # writes it into the open minute
+    assert store._flushing is None and store._marks.held == 1, "the minute holds arrival 1 when the process dies"
+    after = SQLiteStore(tmp_path, flush_interval=3600)
+    after.flush()
+    (m,) = after.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="1m")[1]
+    assert [(p[1], p[2]) for p in m.points] == [(12, 2 * (1 + 2 + 3 + 4 + 5 + 6))]
