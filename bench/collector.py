@@ -11,8 +11,10 @@ The first `--warmup` seconds are not counted.
 Phase 2 (replay): a spool holding `--replay-batches` batches of `--points` points (the
 state after an outage) is drained by the real stream client; prints batches/s and points/s.
 
-The collector runs as its own process, plaintext on loopback (the mutual-TLS path is
-covered by the tests, not measured here), so its CPU is reported apart from this process's. Usage:
+The collector runs as its own processes on loopback, plaintext, or with `--tls` mutual TLS
+as deployed (a throwaway CA, the collector's certificate, one client certificate per
+simulated agent naming its host id; tests/pki.py), and its CPU is reported apart from this
+process's. Usage:
     .venv/bin/python bench/collector.py                      # the issue's target: 1000 x 100 for 60 s
     .venv/bin/python bench/collector.py --agents 200 --duration 10 --replay-batches 2000
 """
@@ -80,21 +82,23 @@ def make_batch(host: str, epoch: int, seq: int, points: int, now: float) -> coll
     return batch
 
 
-def start_collector(root: Path, store: list[str] = ()) -> tuple[subprocess.Popen, int, int]:
+def start_collector(root: Path, store: list[str] = (), pki=None) -> tuple[subprocess.Popen, int, int]:
     root.mkdir(parents=True, exist_ok=True)
     ingest, consumers = free_port(), free_port()
     config = root / "collector.toml"
     text = (f'[collector]\ndata_dir = "{root / "data"}"\nlog_level = "warning"\n'
             f'[ingest]\nlisten = "127.0.0.1:{ingest}"\n'
             f'[consumers]\nlisten = "127.0.0.1:{consumers}"\ntokens = ["{TOKEN}"]\n'
-            '[tls]\nplaintext = true\n' + ("[store]\n" + "\n".join(store) + "\n" if store else ""))
+            + ('[tls]\nplaintext = true\n' if pki is None else
+               f'[tls]\ncert = "{pki.root}/collector.crt"\nkey = "{pki.root}/collector.key"\nclient_ca = "{pki.root}/ca.crt"\n')
+            + ("[store]\n" + "\n".join(store) + "\n" if store else ""))
     config.write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "agent.collector.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=open(root / "collector.log", "wb"))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{consumers}") as ch:
+            with channel(f"127.0.0.1:{consumers}", pki) as ch:
                 collector_pb2_grpc.ConsumersStub(ch).Agents(collector_pb2.AgentsRequest(), timeout=1,
                                                             metadata=[("authorization", f"Bearer {TOKEN}")])
             return proc, ingest, consumers
@@ -103,10 +107,22 @@ def start_collector(root: Path, store: list[str] = ()) -> tuple[subprocess.Popen
     raise SystemExit("collector did not start: " + (root / "collector.log").read_text()[-2000:])
 
 
+def channel(target: str, pki=None, client: str | None = None, aio: bool = False):
+    """A channel to the collector: plaintext, or TLS trusting the bench CA (with `client`'s
+    certificate for ingest)."""
+    grpc_ = grpc.aio if aio else grpc
+    if pki is None:
+        return grpc_.insecure_channel(target)
+    ca = (pki.root / "ca.crt").read_bytes()
+    key, cert = ((pki.root / f"{client}.key").read_bytes(), (pki.root / f"{client}.crt").read_bytes()) if client else (None, None)
+    return grpc_.secure_channel(target, grpc.ssl_channel_credentials(ca, key, cert),
+                                options=[("grpc.ssl_target_name_override", "localhost")])
+
+
 async def agent(i: int, target: str, args, t_start: float, t_end: float, acks: list, counters: dict) -> None:
     host = f"bench-{i:05d}"
-    channel = grpc.aio.insecure_channel(target)
-    call = channel.stream_stream(PUBLISH, request_serializer=None,
+    channel_ = channel(target, args.pki, host, aio=True)
+    call = channel_.stream_stream(PUBLISH, request_serializer=None,
                                  response_deserializer=collector_pb2.Ack.FromString)()
     # Built once per simulated agent; each second only the numbers change (what a real
     # agent pays for its batch is not what this benchmark measures).
@@ -155,12 +171,12 @@ async def agent(i: int, target: str, args, t_start: float, t_end: float, acks: l
         if counters["errors"] <= 3:
             print(f"agent {host}: {e}", file=sys.stderr)
     finally:
-        await channel.close()
+        await channel_.close()
 
 
-async def subscriber(target: str, delivery: list, t_measure: float, stop: asyncio.Event) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = collector_pb2_grpc.ConsumersStub(channel)
+async def subscriber(target: str, delivery: list, t_measure: float, stop: asyncio.Event, pki=None) -> None:
+    async with channel(target, pki, aio=True) as ch:
+        stub = collector_pb2_grpc.ConsumersStub(ch)
         call = stub.Subscribe(collector_pb2.SubscribeRequest(metrics=["bench_marker"], no_snapshot=True),
                               metadata=[("authorization", f"Bearer {TOKEN}")])
         reader = asyncio.ensure_future(stop.wait())
@@ -181,7 +197,7 @@ async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen
     t_start = time.time() + 2.0  # time to open every channel first
     t_end = t_start + args.warmup + args.duration
     stop = asyncio.Event()
-    sub = asyncio.create_task(subscriber(f"127.0.0.1:{consumers}", delivery, t_start + args.warmup, stop))
+    sub = asyncio.create_task(subscriber(f"127.0.0.1:{consumers}", delivery, t_start + args.warmup, stop, args.pki))
     cproc, me = psutil.Process(proc.pid), psutil.Process()
     # The collector is two processes: gRPC and fan-out in the main one, the store writer
     # (agent/collector/writer.py) in a child.
@@ -228,8 +244,13 @@ def replay_phase(args, root: Path, ingest: int) -> dict:
             spool.append(chunk)
             chunk = []
     spool.append(chunk)
-    settings = SimpleNamespace(endpoints=[f"127.0.0.1:{ingest}"], plaintext=True, ca="", cert="", key="",
-                               server_name="", max_message_bytes=4 << 20, max_in_flight=256, keepalive_time=30.0,
+    pki = args.pki
+    if pki is not None:
+        pki.issue("bench-replay", "bench-replay")
+    tls = dict(plaintext=False, ca=str(pki.root / "ca.crt"), cert=str(pki.root / "bench-replay.crt"),
+               key=str(pki.root / "bench-replay.key"), server_name="localhost") if pki else \
+        dict(plaintext=True, ca="", cert="", key="", server_name="")
+    settings = SimpleNamespace(endpoints=[f"127.0.0.1:{ingest}"], **tls, max_message_bytes=4 << 20, max_in_flight=256, keepalive_time=30.0,
                                keepalive_timeout=10.0, connect_timeout=5.0, backoff_base=0.2,
                                backoff_multiplier=1.6, backoff_jitter=0.2, backoff_max=2.0)
     client = StreamClient(settings, spool)
@@ -257,6 +278,7 @@ def main() -> int:
                    help="seconds not measured: 1,000 new agents register ~100k series in the first few")
     p.add_argument("--replay-batches", type=int, default=10_000)
     p.add_argument("--max-in-flight", type=int, default=256, help="unacknowledged batches per agent")
+    p.add_argument("--tls", action="store_true", help="mutual TLS as deployed (default: plaintext on loopback)")
     p.add_argument("--timeline", type=float, default=0, metavar="SECONDS",
                    help="also print the ack p99 of each window of this many seconds (where stalls come from)")
     p.add_argument("--store", action="append", default=[], metavar="KEY=VALUE",
@@ -267,7 +289,16 @@ def main() -> int:
     import gc
     gc.set_threshold(20_000, 100, 1000)
     root = Path(tempfile.mkdtemp(prefix="egs-bench-collector-"))
-    proc, ingest, consumers = start_collector(root, args.store)
+    args.pki = None
+    if args.tls:
+        sys.path.insert(0, str(REPO / "tests"))
+        from pki import PKI
+        t0 = time.perf_counter()
+        args.pki = PKI(root / "pki")
+        for i in range(args.agents):
+            args.pki.issue(f"bench-{i:05d}", f"bench-{i:05d}")
+        print(f"# mutual TLS: {args.agents} client certificates issued in {time.perf_counter() - t0:.1f} s")
+    proc, ingest, consumers = start_collector(root, args.store, args.pki)
     try:
         print(f"# collector bench: {args.agents} agents x 1 batch/s x {args.points} points, {args.duration:g} s "
               f"measured after {args.warmup:g} s warm-up; {os.cpu_count()} CPUs; data in {root}")
@@ -299,7 +330,7 @@ def main() -> int:
             # A fresh collector: the ingest phase may have left it with a backlog to commit.
             proc.send_signal(signal.SIGTERM)
             proc.wait(120)
-            proc, ingest, consumers = start_collector(root / "replay", args.store)
+            proc, ingest, consumers = start_collector(root / "replay", args.store, args.pki)
             rr = replay_phase(args, root, ingest)
             print(f"spool replay: {rr['replay_batches']} batches in {rr['replay_s']:.1f} s = "
                   f"{rr['replay_batches_per_s']:,.0f} batches/s, {rr['replay_points_per_s']:,.0f} points/s")
