@@ -1,9 +1,10 @@
-"""The collector process: gRPC ingest and consumer services over one store.
+"""The collector's main process: gRPC ingest and consumer services over one store.
 
-Threads: the gRPC servicers run on one asyncio loop; SQLite writes run on the committer
-thread, which takes every batch waiting, commits them in one transaction (group commit),
-then resolves each batch's future so its stream can send the ack — an ack always follows
-a commit. Stored batches then go to the subscription hub on the loop.
+Threads: the gRPC servicers run on one asyncio loop; the committer thread takes every batch
+waiting and has the store writer process (agent/collector/writer.py) commit them in one
+transaction (group commit), then resolves each batch's future so its stream can send the
+ack — an ack always follows a commit. Stored batches then go to the subscription hub on the
+loop. Queries read the store file through a StoreReader of their own.
 
 Per-sender failures stay with the sender: a batch that fails validation ends *that* stream
 with INVALID_ARGUMENT (after acking everything before it, and naming it in the
@@ -29,8 +30,8 @@ import grpc
 
 from agent.collector.settings import retention_seconds
 from agent.collector.store import R10, R60, RAW, Store, StoreReader, check
-from agent.collector.writer import WriterProcess
 from agent.collector.subscriptions import Hub, make_update
+from agent.collector.writer import WriterProcess
 from agent.config import parse_duration
 from agent.proto import collector_pb2, collector_pb2_grpc
 from agent.stream.columns import Points
@@ -42,7 +43,7 @@ UPDATE_CHUNK = 5000
 
 
 class Committer:
-    """The one thread that writes the store: group commit, then resolve the acks."""
+    """The one thread that has the store written: group commit, then resolve the acks."""
 
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, hub: Hub,
                  cleanup_interval: float = 60.0):

@@ -1,10 +1,10 @@
 """The store's writer, in a process of its own.
 
 Why: a Python process runs one thread of Python at a time. At a fleet's rate (a thousand
-100-point batches a second) the gRPC side (framing, checks, fan-out to consumers) and the
-store side (rollups, SQLite) each want ~40 % of a core; in one process they wait on each
-other and the collector saturated near one core with ack p99 in seconds
-(docs/benchmarks.md). Here the store side runs in a child process with an interpreter of
+100-point batches a second) the gRPC side (framing, checks, fan-out to consumers) takes
+~64 % of a core and the store side (rollups, zlib, SQLite) ~55 % (measured split this way);
+in one process they waited on each other and the collector saturated near one core with
+ack p99 in seconds (docs/benchmarks.md). Here the store side runs in a child process with an interpreter of
 its own: the parent sends it each commit group as the bytes it received and gets back,
 per batch, whether it was a duplicate and its points' series ids. An ack still follows
 the commit: the parent acks a batch only after the child has answered for its group.
