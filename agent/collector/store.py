@@ -207,18 +207,25 @@ class SQLiteStore:
         # So past WAL_RESTART_BYTES one RESTART checkpoint waits for the writer's current
         # commit, copies the little the passive ones left, and lets the next commit start the
         # WAL from its beginning; journal_size_limit then trims the file.
-        db = self._connect()
         wal = Path(f"{self.path}-wal")
+        db, failing = None, None
         try:
             while not self._stop_checkpoints.wait(1.0):
                 try:
+                    if db is None:
+                        db = self._connect()
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     if wal.exists() and wal.stat().st_size > self.WAL_RESTART_BYTES:
                         db.execute("PRAGMA wal_checkpoint(RESTART)")
-                except sqlite3.Error:
-                    pass  # busy or locked: the next round catches up
+                    failing = None
+                except (sqlite3.Error, OSError) as e:  # locked, disk full, ...: the next round tries again
+                    if str(e) != failing:  # said once, not every second
+                        failing = str(e)
+                        logging.getLogger("egs-collector").warning(
+                            "store: WAL checkpoint failed (retrying every second): %s", e)
         finally:
-            db.close()
+            if db is not None:
+                db.close()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)

@@ -335,3 +335,30 @@ def test_a_minute_still_open_keeps_its_oldest_points_through_a_crash(tmp_path):
     after.flush()
     (m,) = after.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="1m")[1]
     assert [(p[1], p[2]) for p in m.points] == [(12, 2 * (1 + 2 + 3 + 4 + 5 + 6))]
+
+
+def test_a_failing_checkpoint_is_logged_once_and_retried(tmp_path, caplog, monkeypatch):
+    import sqlite3
+    import threading
+    import time
+    failures = []
+    real = SQLiteStore._connect
+
+    def flaky(self):
+        if threading.current_thread().name == "egs-checkpoint" and len(failures) < 3:
+            failures.append(time.monotonic())
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self)
+
+    monkeypatch.setattr(SQLiteStore, "_connect", flaky)
+    store = SQLiteStore(tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while len(failures) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(failures) == 3, "the checkpoint thread kept trying after a failure"
+        store.write([_batch(seq=1)], T0)  # the store itself carries on
+    finally:
+        store.close()
+    said = [r.getMessage() for r in caplog.records if "WAL checkpoint failed" in r.getMessage()]
+    assert said == ["store: WAL checkpoint failed (retrying every second): disk I/O error"]
