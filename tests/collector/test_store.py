@@ -341,17 +341,19 @@ def test_a_failing_checkpoint_is_logged_once_and_retried(tmp_path, caplog, monke
     import sqlite3
     import threading
     import time
-    failures = []
+    failures, mine = [], []
     real = SQLiteStore._connect
 
     def flaky(self):
-        if threading.current_thread().name == "egs-checkpoint" and len(failures) < 3:
+        # Only this test's store: stores other tests left open have checkpoint threads too.
+        if self in mine and threading.current_thread().name == "egs-checkpoint" and len(failures) < 3:
             failures.append(time.monotonic())
             raise sqlite3.OperationalError("disk I/O error")
         return real(self)
 
     monkeypatch.setattr(SQLiteStore, "_connect", flaky)
-    store = SQLiteStore(tmp_path)
+    store = SQLiteStore(tmp_path)  # its checkpoint thread first connects a second later
+    mine.append(store)
     try:
         deadline = time.monotonic() + 10
         while len(failures) < 3 and time.monotonic() < deadline:
