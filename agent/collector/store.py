@@ -25,11 +25,13 @@ row per *batch* (raw) and a row per *host and bucket* (rollups).
   and `recordings` keep what their names say.
 Every partitioned table is dropped whole when its retention has passed.
 
-`write` is called by one thread (the collector's committer) with a whole group of batches:
-one transaction per group, so SQLite's per-commit cost is shared by every batch in it.
+`write` is called by one thread (in the collector, the writer process of
+agent/collector/writer.py) with a whole group of batches: one transaction per group, so
+SQLite's per-commit cost is shared by every batch in it.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import logging
@@ -50,7 +52,6 @@ from agent.stream.columns import Points
 # Partition widths and bucket widths of the three point tables.
 RAW, R10, R60 = "raw", "r10", "r60"
 PARTITION_SECONDS = {RAW: 3600, R10: 86400, R60: 7 * 86400}
-BUCKET_SECONDS = {RAW: None, R10: 10, R60: 60}
 RESOLUTION_NAMES = {"raw": RAW, "1s": RAW, "10s": R10, "1m": R60, "60s": R60}
 
 
@@ -163,7 +164,6 @@ class SQLiteStore:
         self._db = self._connect()
         self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.executescript(_SCHEMA)
-        self.reader = StoreReader(self.path, self.retention, cache_mib=max(1, cache_mib // 4))
         self._series: dict[tuple[str, str, str], int] = {
             (h, m, l): i for i, h, m, l in self._db.execute("SELECT id, host, metric, labels FROM series")}
         self._max_series = self._max_series_committed = max(self._series.values(), default=0)
@@ -180,7 +180,7 @@ class SQLiteStore:
         self._first: dict[tuple, int] = {}  # (10 or 60, key) -> first arrival
         self._layout_ids: dict[tuple[int, ...], int] = {
             tuple(array("q", blob)): i for i, blob in self._db.execute("SELECT id, sids FROM layouts")}
-        self._max_layout_committed = max(self._layout_ids.values(), default=0)
+        self._max_layout = self._max_layout_committed = max(self._layout_ids.values(), default=0)
         self._layouts: dict[str, tuple] = {}  # host -> (its last batch's Layout, that layout's series ids)
         self.chunk_rows = chunk_rows
         self._flushing: Flush | None = None  # a flush being written over several commits
@@ -324,7 +324,7 @@ class SQLiteStore:
         self._after_commit()
         self._arrival = arrival
         self._max_series_committed = self._max_series
-        self._max_layout_committed = max(self._layout_ids.values(), default=0)
+        self._max_layout_committed = self._max_layout
         # Only once committed do these count as stored.
         for key, seq in seqs.items():
             if seq > self._max_seq.get(key, 0):
@@ -396,6 +396,7 @@ class SQLiteStore:
         self._layout_ids = {k: v for k, v in self._layout_ids.items() if v <= self._max_layout_committed}
         self._layouts.clear()
         self._max_series = self._max_series_committed
+        self._max_layout = self._max_layout_committed
         self._groups, self._minutes, self._first = {}, {}, {}
         self._flushing, self._finished = None, None
         self._marks = Marks.load(self._db)
@@ -435,6 +436,7 @@ class SQLiteStore:
         if lid is None:
             lid = self._db.execute("INSERT INTO layouts(sids) VALUES (?)", (array("q", sids).tobytes(),)).lastrowid
             self._layout_ids[sids] = lid
+            self._max_layout = max(self._max_layout, lid)
         return lid
 
     def _insert(self, rows: list[tuple[str, tuple]], flush: int) -> None:
@@ -574,10 +576,15 @@ class SQLiteStore:
             folded += self._fold_stored(marks.held, None, marks)
         self._db.execute("COMMIT")  # also keeps the series and layouts created while folding
         self._max_series_committed = self._max_series
-        self._max_layout_committed = max(self._layout_ids.values(), default=0)
+        self._max_layout_committed = self._max_layout
         return folded
 
     # --- reading (what the collector's other side does with a StoreReader of its own) ---
+
+    @functools.cached_property
+    def reader(self) -> StoreReader:
+        """Opened when first used (the collector's writer process never reads)."""
+        return StoreReader(self.path, self.retention, cache_mib=max(1, self.cache_kib // 4096))
 
     def query(self, *args, **kwargs) -> tuple[str, list[StoredSeries]]:
         return self.reader.query(*args, **kwargs)
@@ -619,7 +626,8 @@ class SQLiteStore:
             logging.getLogger("egs-collector").error(
                 "store: final rollup flush or checkpoint failed at shutdown: %s", e)
         self._db.close()
-        self.reader.close()
+        if "reader" in self.__dict__:
+            self.reader.close()
 
 
 class StoreReader:

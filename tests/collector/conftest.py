@@ -43,7 +43,26 @@ def pki(tmp_path_factory) -> PKI:
 
 # --- the collector as a process -----------------------------------------------------------
 
-class CollectorProc:
+class _Process:
+    """A test process (`self.proc`): killed with -9, or stopped with SIGTERM then SIGKILL."""
+
+    proc: subprocess.Popen | None = None
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class CollectorProc(_Process):
     def __init__(self, root: Path, pki: PKI | None, plaintext: bool = False, extra: str = ""):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
@@ -91,19 +110,6 @@ class CollectorProc:
             return self.stub(ch).Agents(collector_pb2.AgentsRequest(), metadata=[("authorization", f"Bearer {TOKEN}")],
                                         timeout=timeout)
 
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
     def stored_markers(self, host: str = "") -> list[int]:
         """The `test_marker` values of every per-second point stored (one per spooled batch)."""
         from agent.collector.store import raw_points
@@ -130,7 +136,7 @@ def collector_factory(tmp_path, pki):
 
 # --- agents as processes ----------------------------------------------------------------
 
-class AgentProc:
+class AgentProc(_Process):
     """`drive_agent.py`: an Outbox that spools one batch per marker and logs what is durable."""
 
     def __init__(self, root: Path, host: str, endpoints: list[str], pki: PKI | None, plaintext: bool = False,
@@ -170,19 +176,6 @@ class AgentProc:
             return json.loads(path.read_text())
         except (FileNotFoundError, ValueError):
             return {}
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture
