@@ -170,6 +170,10 @@ class Ingest(collector_pb2_grpc.IngestServicer):
         self._room = asyncio.Semaphore(max_uncommitted)
 
     async def Publish(self, request_iterator, context):
+        # Asked once, while the call is surely alive: context.peer() on a call the client
+        # has already dropped (an agent killed mid-stream) crashed the process in gRPC's C
+        # core (SIGSEGV in cygrpc; reproduced by killing agents with -9 in a loop).
+        peer = context.peer()
         names = peer_names(context)
         if names is None and not self.plaintext:
             self.stats["unauthenticated"] += 1
@@ -215,19 +219,19 @@ class Ingest(collector_pb2_grpc.IngestServicer):
                         context.set_trailing_metadata(((REJECTED_TRAILER, f"{batch.epoch}/{batch.seq}"),))
                     else:
                         self.stats["refused_identity"] += 1
-                    log.warning("refused batch %s/%s from %s: %s", batch.epoch, batch.seq, context.peer(), details)
+                    log.warning("refused batch %s/%s from %s: %s", batch.epoch, batch.seq, peer, details)
                     await context.abort(code, details)
                 _, batch, fut = item
                 duplicate = await fut
                 if host is None:
                     host = batch.host_id
-                    self.connected[host] = context.peer()
+                    self.connected[host] = peer
                 c = self.counts.setdefault(batch.host_id, {"batches": 0, "duplicates": 0})
                 c["duplicates" if duplicate else "batches"] += 1
                 yield collector_pb2.Ack(epoch=batch.epoch, seq=batch.seq, duplicate=duplicate)
         finally:
             reader.cancel()
-            if host is not None and self.connected.get(host) == context.peer():
+            if host is not None and self.connected.get(host) == peer:
                 del self.connected[host]
 
     def _check(self, batch, names: set[str] | None) -> Points | tuple:
