@@ -16,7 +16,9 @@ returns None (off), a list of components that belong together (alarms and health
 object with `name`, `start()`, `stop()`, `tick(now)`, `status()`, and optionally
 `grpc_services()`, `on_event(event)`, `on_buckets(buckets)`, `reload(cfg)`
 (docs/internals.md, "Components"). A component that fails to build, start or tick is logged
-and shown as failed in `status`; the daemon keeps serving everything else.
+and shown as failed in `status`; the daemon keeps serving everything else, and retries the
+component (stop, start; or build again) after 1 s, 2 s, 4 s, ... up to 5 minutes, showing its
+attempts and next retry in `status --json` under "components".
 
 Threads: components' `tick`, `status`, `on_event` and `on_buckets` are all called from the
 main loop's thread (events emitted from other threads are queued and delivered there), so a
@@ -161,9 +163,21 @@ def setup_logging(level: str, env: dict[str, str] | None = None, stream=None) ->
 
 # --- components ------------------------------------------------------------------------------
 
+# A failed component is stopped and started again after 1 s, then 2, 4, ... up to 5 minutes
+# (the shape of systemd's and gRPC's restart backoff); once it has run this long without
+# failing, its next failure starts the backoff from 1 s again.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 300.0
+RETRY_RESET_AFTER_S = RETRY_MAX_S
+
+
 @dataclass
 class _Slot:
-    """A component and how it is doing, or why it is not there."""
+    """A component and how it is doing, or why it is not there.
+
+    A component that raises in any call is `failed`: it gets no further calls until its
+    retry is due, when the daemon stops it and starts it again (`Daemon._retry_failed`); one
+    that failed to build is built again. Each failure is logged once, with its cause."""
 
     spec: str
     component: Any = None
@@ -171,6 +185,13 @@ class _Slot:
     error: str | None = None
     busy_s: float = 0.0  # time spent in its calls from the main loop, for status and bench/
     calls: int = 0
+    clock: Callable[[], float] = time.time
+    attempts: int = 0  # failures in a row (reset after RETRY_RESET_AFTER_S of running)
+    next_retry: float | None = None
+    failed_at: float | None = None
+    ok_since: float | None = None
+    cfg: Any = None  # the config the component last got (at build, or its last reload)
+    last_error: str | None = None  # the error it recovered from
 
     @property
     def name(self) -> str:
@@ -185,35 +206,69 @@ class _Slot:
         try:
             return method(*args)
         except Exception as e:
-            self.state, self.error = "failed", f"{what}: {type(e).__name__}: {e}"
-            log.exception("component %s failed in %s; the daemon carries on without it", self.name, what)
+            self.fail(what, e)
             return None
         finally:
             self.busy_s += time.perf_counter() - started
             self.calls += what == "tick"
 
+    def fail(self, what: str, e: BaseException) -> None:
+        now = self.clock()
+        if self.ok_since is not None and now - self.ok_since >= RETRY_RESET_AFTER_S:
+            self.attempts = 0
+        self.attempts += 1
+        delay = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(self.attempts - 1, 32))
+        self.state, self.error = "failed", f"{what}: {type(e).__name__}: {e}"
+        self.failed_at, self.next_retry, self.ok_since = now, now + delay, None
+        if self.attempts == 1:
+            log.error("component %s failed in %s: %s: %s; the daemon carries on without it and retries in %gs",
+                      self.name, what, type(e).__name__, e, delay, exc_info=e)
+        else:
+            log.error("component %s failed again in %s (attempt %d): %s: %s; next retry in %gs",
+                      self.name, what, self.attempts, type(e).__name__, e, delay)
 
-def build_components(specs: tuple[str, ...], cfg: SimpleNamespace, ctx: Context) -> list[_Slot]:
+    def recovered(self, last_error: str | None = None) -> None:
+        now = self.clock()
+        self.last_error = last_error or self.error
+        self.state, self.error, self.next_retry, self.ok_since = "ok", None, None, now
+        log.info("component %s is running again after %d failure%s (last: %s)", self.name, self.attempts,
+                 "" if self.attempts == 1 else "s", self.last_error)
+
+    def status(self, now: float) -> dict:
+        return {"state": self.state, "error": self.error, "last_error": self.last_error, "spec": self.spec,
+                "busy_ms_per_tick": round(1000 * self.busy_s / self.calls, 3) if self.calls else None,
+                "attempts": self.attempts,
+                "failed_at": self.failed_at,
+                "next_retry": self.next_retry,
+                "next_retry_in_s": (round(max(0.0, self.next_retry - now), 3)
+                                    if self.state == "failed" and self.next_retry is not None else None)}
+
+
+def build_slots(spec: str, cfg: SimpleNamespace, ctx: Context, clock: Callable[[], float] = time.time,
+                failed: _Slot | None = None) -> list[_Slot]:
+    """The slots of one "module:function" spec: one per component it builds, or one saying
+    it is off, or one failed slot (`failed` carries the earlier failures of a rebuild)."""
+    slot = failed or _Slot(spec, clock=clock)
+    try:
+        module_name, _, function = spec.partition(":")
+        factory = getattr(importlib.import_module(module_name), function or "build")
+        built = factory(cfg, ctx)
+    except Exception as e:
+        slot.component = None
+        slot.fail("build", e)
+        return [slot]
+    if built is None:
+        return [_Slot(spec, state="off", clock=clock)]
+    components = list(built) if isinstance(built, (list, tuple)) else [built]  # built together, one slot each
+    return [_Slot(spec, component, clock=clock, cfg=cfg, attempts=slot.attempts if failed else 0)
+            for component in components]
+
+
+def build_components(specs: tuple[str, ...], cfg: SimpleNamespace, ctx: Context,
+                     clock: Callable[[], float] = time.time) -> list[_Slot]:
     slots = []
     for spec in specs:
-        slot = _Slot(spec)
-        try:
-            module_name, _, function = spec.partition(":")
-            factory = getattr(importlib.import_module(module_name), function or "build")
-            built = factory(cfg, ctx)
-        except Exception as e:
-            slot.state, slot.error = "failed", f"build: {type(e).__name__}: {e}"
-            log.exception("component %s failed to build; the daemon carries on without it", spec)
-            slots.append(slot)
-            continue
-        if built is None:
-            slot.state = "off"
-            slots.append(slot)
-        elif isinstance(built, (list, tuple)):  # components built together, one slot each
-            slots += [_Slot(spec, component) for component in built]
-        else:
-            slot.component = built
-            slots.append(slot)
+        slots += build_slots(spec, cfg, ctx, clock)
     return slots
 
 
@@ -297,7 +352,7 @@ class Daemon:
                            clock=self.clock, host_id=self.host_id, labels=dict(cfg.agent.labels),
                            log=logging.getLogger("egs-agent.component"), simulated=self.simulated,
                            status_of=self._component_status, gpu_devices=lambda: gpu.devices)
-        self.slots = build_components(self.component_specs, cfg, self.ctx)
+        self.slots = build_components(self.component_specs, cfg, self.ctx, self.clock)
         for slot in self.slots:
             slot.call("start")
 
@@ -369,8 +424,9 @@ class Daemon:
         if self.api is not None:
             self.api.stop(grace=1.0)
         for slot in reversed(self.slots):
-            if slot.state == "ok":
-                slot.call("stop")
+            # A failed component is stopped too: it may hold threads or files from its start.
+            if slot.component is not None:
+                self._stop_slot(slot)
         for source in reversed(self.sources):
             try:
                 source.stop()
@@ -387,6 +443,7 @@ class Daemon:
         self._emit_gpu_events()
         # Delivered before the components tick, so health folds a fault in the tick it came.
         events = self._deliver_events()
+        self._retry_failed(now)
         takers = [slot for slot in self.slots if slot.state == "ok" and hasattr(slot.component, "on_buckets")]
         buckets: list[Bucket] = self.windows.close(now, hand_out=bool(takers))
         if buckets:
@@ -400,6 +457,53 @@ class Daemon:
         self._publish(now, events)
         self._ticks += 1
         self._tick_seconds += time.perf_counter() - started
+
+    def _retry_failed(self, now: float) -> None:
+        """Restart every failed component whose retry is due: stop it (its failure may have
+        left threads or files behind), start it again, and give it the running config if it
+        missed a reload while down; one that failed to build is built again."""
+        if not any(slot.state == "failed" for slot in self.slots):
+            return
+        slots: list[_Slot] = []
+        for slot in self.slots:
+            if slot.state != "failed" or slot.next_retry is None or now < slot.next_retry:
+                slots.append(slot)
+                continue
+            if slot.component is None:
+                slots += self._rebuild(slot)
+                continue
+            self._stop_slot(slot)
+            slot.state = "ok"
+            slot.call("start")
+            if slot.state == "ok" and slot.cfg is not self.cfg and hasattr(slot.component, "reload"):
+                slot.call("reload", self.cfg)
+                slot.cfg = self.cfg
+            if slot.state == "ok":
+                slot.recovered()
+            slots.append(slot)
+        self.slots = slots
+
+    def _rebuild(self, failed: _Slot) -> list[_Slot]:
+        built = build_slots(failed.spec, self.cfg, self.ctx, self.clock, failed=failed)
+        for slot in built:
+            if slot.state != "ok":
+                continue
+            slot.call("start")
+            if slot.state == "ok":
+                slot.recovered(failed.error)
+                if getattr(slot.component, "grpc_services", None) is not None:
+                    log.warning("component %s serves its gRPC services from the next restart (the local API "
+                                "was started without them)", slot.name)
+        return built
+
+    def _stop_slot(self, slot: _Slot) -> None:
+        method = getattr(slot.component, "stop", None)
+        if method is None:
+            return
+        try:
+            method()
+        except Exception as e:
+            log.warning("component %s failed to stop cleanly: %s: %s", slot.name, type(e).__name__, e)
 
     def _emit_gpu_events(self) -> None:
         """Every core event the GPU source drained this tick, as `Event(kind="gpu")` (see
@@ -472,9 +576,7 @@ class Daemon:
             "gpus": ((list(gpu_source.devices), gpu_source.labels, gpu_source.reads, now)
                      if gpu_source is not None else ([], {}, None, now)),
             "backends": gpu_source.backend_status() if gpu_source is not None else {},
-            "components": {slot.name: {"state": slot.state, "error": slot.error, "spec": slot.spec,
-                                       "busy_ms_per_tick": round(1000 * slot.busy_s / slot.calls, 3) if slot.calls else None}
-                           for slot in self.slots},
+            "components": {slot.name: slot.status(now) for slot in self.slots},
             "events": list(self._recent_events),
         }
         own: dict[str, Any] = {}
@@ -564,14 +666,18 @@ class Daemon:
 
     # --- reload ------------------------------------------------------------------------------
     def reload(self) -> bool:
-        """SIGHUP: re-read the file; a bad file keeps the running config and says why."""
-        if not self.config_path:
-            log.info("reload: no config file was given; nothing to reload")
-            return False
+        """SIGHUP: re-read the file; a bad file keeps the running config and says why.
+
+        Without --config (the shipped unit) that is the default file, as at start: it may
+        have been created, changed or removed since (absent: the documented defaults)."""
         try:
             new = config_mod.load(self.config_path, self.env)
+            sizes = self._window_sizes(new)
         except config_mod.ConfigError as e:
             log.error("reload rejected, keeping the running config: %s", e)
+            return False
+        except Exception as e:  # validation let something through that cannot be built
+            log.error("reload rejected, keeping the running config: %s: %s", type(e).__name__, e)
             return False
         if self.socket_override:
             new.api.socket = self.socket_override
@@ -584,7 +690,7 @@ class Daemon:
         if restart_only:
             log.warning("reload: %s changed; that takes effect on restart", ", ".join(restart_only))
         logging.getLogger().setLevel(new.agent.log_level.upper())
-        self.windows.set_sizes(self._window_sizes(new))
+        self.windows.set_sizes(sizes)
         for source in self.sources:
             if hasattr(source, "reconfigure"):
                 source.reconfigure(getattr(new, source.name))
@@ -597,10 +703,11 @@ class Daemon:
                 continue
             if hasattr(slot.component, "reload"):
                 slot.call("reload", new)
+                slot.cfg = new
             else:
                 log.info("reload: component %s keeps its settings until restart", slot.name)
         self.cfg = new
-        log.info("reloaded %s", self.config_path)
+        log.info("reloaded %s", self.config_path or new.file)
         return True
 
 
@@ -624,7 +731,11 @@ def run(config_path: str | None, socket_override: str | None = None) -> int:
     if socket_override:
         cfg.api.socket = socket_override
     setup_logging(cfg.agent.log_level)
-    daemon = Daemon(cfg, config_path=config_path)
+    try:
+        daemon = Daemon(cfg, config_path=config_path)
+    except Exception as e:
+        log.error("cannot start: %s: %s", type(e).__name__, e, exc_info=e)
+        return 1
     daemon.socket_override = socket_override
     signal.signal(signal.SIGTERM, lambda *_: daemon.request_stop())
     signal.signal(signal.SIGINT, lambda *_: daemon.request_stop())
@@ -640,7 +751,8 @@ def run(config_path: str | None, socket_override: str | None = None) -> int:
         daemon.stop()
         return 1
     except Exception as e:
-        log.error("cannot start: %s", e)
+        # Type and text, always: MemoryError() and friends have an empty message (issue 10).
+        log.error("cannot start: %s: %s", type(e).__name__, e, exc_info=e)
         daemon.stop()
         return 1
     daemon.run()
