@@ -9,6 +9,13 @@ declarations (`python -m agent.config --markdown`), so the docs cannot drift fro
 Errors name the file, the line and the dotted key (`agent.toml:12: gpu.hz: must be ...`)
 and the CLI turns them into exit code 2.
 
+Every value is bounded, so what `check-config` accepts the daemon can do (issue 10): the file
+is at most MAX_FILE_BYTES, every number finite and within its key's range, every duration
+within its key's range, every string at most its key's length (4095 characters, PATH_MAX,
+unless the key says less) and free of control characters, every list and table at most its
+key's count (256 unless the key says otherwise), and `agent.labels` follows the label rules
+below (`check_labels`). docs/config.md states each bound beside its key.
+
 Where a key is given in the file, the file wins; the few environment variables DESIGN.md
 names (EGS_NVML_LIBRARY, EGS_AMDSMI_LIBRARY, EGS_SOCKET) are applied by `load()` after the
 file, since an operator sets them to override one run.
@@ -16,6 +23,7 @@ file, since an operator sets them to override one run.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import re
 import sys
@@ -26,6 +34,25 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 DEFAULT_PATH = "/etc/egs-agent/agent.toml"
+
+# A generous config (a few hundred [[alarm]] rules, a large instance-type table) is tens of
+# kilobytes; 1 MiB leaves room for ten times that and keeps a wrong file (a log, a core dump,
+# a 50 MB table of labels) from being parsed at all.
+MAX_FILE_BYTES = 1 << 20
+# Strings: PATH_MAX (4096 with its NUL) is the longest path the kernel takes, and no setting
+# here is longer than a path; keys with a tighter natural limit declare their own `max_len`.
+MAX_STRING = 4095
+# Lists and tables of a key, unless the key declares its own `max_items`.
+MAX_ITEMS = 256
+# Labels (agent.labels, a rule's labels scope): sent with every batch and stored with every
+# series. Prometheus' label-name syntax; VictoriaMetrics refuses series with more than 30
+# labels by default (-maxLabelsPerTimeseries), and the agent adds up to 7 of its own (host,
+# gpu, uuid, vendor, model, nic, the metric name), so 20 of the operator's stay below it.
+MAX_LABELS = 20
+MAX_LABEL_NAME = 64
+MAX_LABEL_VALUE = 256
+_LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # Packages whose `settings` module declares further sections (a list `SECTIONS`).
 SECTION_MODULES: tuple[str, ...] = (
@@ -59,6 +86,13 @@ class Key:
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], str | None] | None = None  # returns an error message or None
     item_type: type | None = None  # for lists: the type of each element
+    max_len: int | None = None  # strings (and a list's string items): None means MAX_STRING
+    max_items: int | None = None  # lists and tables: None means MAX_ITEMS
+    # A duration (a string such as "30s", or a number of seconds where `type` allows one):
+    # `min` and `max` are then seconds, and `zero` also admits 0 ("off").
+    duration: bool = False
+    days: bool = False  # the duration may use a `d` suffix
+    zero: bool = False
 
 
 @dataclass
@@ -83,7 +117,10 @@ class Locator:
     are located at the line where their key starts, which is where an operator looks.
     """
 
-    _header = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+    # Linear-time patterns: every line of the file is matched, including the lines inside
+    # multi-line strings, and a lazy group followed by \s* took cubic time on a long line of
+    # spaces (a 200 KB line stalled the parse for minutes).
+    _header = re.compile(r"^[ \t]*(\[\[?)([^\]\n]*)\]\]?[ \t]*(#.*)?$")
     _assign = re.compile(r"""^\s*((?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_-]+|"[^"]*"|'[^']*'))*)\s*=""")
 
     def __init__(self, text: str, file: str):
@@ -95,6 +132,8 @@ class Locator:
             m = self._header.match(raw)
             if m:
                 names = tuple(self._split(m.group(2)))
+                if not names:
+                    continue
                 if m.group(1) == "[[":
                     # `[[a.b]]` appends to the array a.b of the latest element of `a`.
                     prefix = self._resolve(names[:-1], counters)
@@ -124,6 +163,14 @@ class Locator:
                 path += (counters[path],)
         return path
 
+    def key_at(self, line: int | None) -> tuple:
+        """The path of the key assigned (or the table opened) at `line`; () when none is.
+        Names the key of a failure that comes with a line only (TOML syntax, UTF-8)."""
+        for path, number in self.lines.items():
+            if number == line:
+                return path
+        return ()
+
     def line(self, path: tuple) -> int | None:
         """The line of `path`, or of its nearest located parent."""
         path = tuple(path)
@@ -134,20 +181,143 @@ class Locator:
         return None
 
     def error(self, path: tuple, message: str) -> ConfigError:
-        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path)
+        key = ".".join(_short_name(p) if not isinstance(p, int) else f"[{p}]" for p in path)
         return ConfigError(message, self.file, self.line(path), key.replace(".[", "["))
 
 
+# --- durations, labels and other shared checks ------------------------------------------
+
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)[ \t]*(ms|s|m|h|d)?")
+_SCALE = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+
+
+def parse_duration(text: str, strict: bool = True, days: bool = False) -> float | None:
+    """'10s', '1m', '5m', '1h', '250ms' or a bare number of seconds -> seconds; with `days`,
+    also '30d'. A zero, negative or non-finite duration is not one. (The text is stripped
+    first and the pattern has one variable-length gap, so this is linear in the length.)"""
+    m = _DURATION.fullmatch(str(text).strip())
+    seconds = None
+    if m and (days or m.group(2) != "d"):
+        seconds = float(m.group(1)) * _SCALE[m.group(2)]
+        if not 0 < seconds < math.inf:
+            seconds = None
+    if seconds is None and strict:
+        raise ValueError(f"not a duration: {_short(text)} (use e.g. 10s, 1m, 5m)")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling: 3600 -> '1h', 0.1 -> '100ms', 90 -> '90s'."""
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= scale and seconds % scale == 0:
+            return f"{int(seconds // scale)}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+def duration_error(value: Any, low: float, high: float, *, zero: bool = False, days: bool = False,
+                   numbers: bool = False) -> str | None:
+    """Why `value` is not a duration in [low, high] seconds (None when it is). `numbers`
+    admits a bare number of seconds, `zero` the value 0 (meaning "off"), `days` a 'd' suffix."""
+    if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+        if not math.isfinite(seconds):
+            return f"must be a finite number of seconds, got {value!r}"
+    elif isinstance(value, str):
+        seconds = 0.0 if zero and value.strip() in ("0", "0s") else parse_duration(value, strict=False, days=days)
+        if seconds is None:
+            units = "ms, s, m, h" + (", d" if days else "")
+            return f"must be a duration like 30s or 5m ({units} suffixes), got {_short(value)}"
+    else:
+        return f"must be a duration string like '30s'{' or a number of seconds' if numbers else ''}, got {_short(value)}"
+    if zero and seconds == 0:
+        return None
+    if seconds < low:
+        return f"must be at least {format_duration(low)}, got {_short(value)}"
+    if seconds > high:
+        return f"must be at most {format_duration(high)}, got {_short(value)}"
+    return None
+
+
+def duration_seconds(value: Any, days: bool = False) -> float:
+    """A validated duration (string or number of seconds) -> seconds."""
+    if isinstance(value, str):
+        if value.strip() in ("0", "0s"):
+            return 0.0
+        return parse_duration(value, days=days)
+    return float(value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """repr() of a value, cut so a megabyte of garbage makes a one-line error."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _short_name(name: Any, limit: int = 64) -> str:
+    text = str(name)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def check_labels(value: dict) -> str | None:
+    """Operator labels: at most MAX_LABELS, names in Prometheus' syntax (no leading '__', which
+    Prometheus reserves) of at most MAX_LABEL_NAME characters, string values of at most
+    MAX_LABEL_VALUE characters without control characters."""
+    if len(value) > MAX_LABELS:
+        return f"at most {MAX_LABELS} labels, got {len(value)}"
+    for name, v in value.items():
+        if len(name) > MAX_LABEL_NAME or not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            return (f"label name {_short(name)} must be letters, digits and '_' (not starting with a digit "
+                    f"or '__'), at most {MAX_LABEL_NAME} characters")
+        if not isinstance(v, str):
+            return f"label {name!r} must be a string, got {_short(v)}"
+        if len(v) > MAX_LABEL_VALUE:
+            return f"label {name!r}: value must be at most {MAX_LABEL_VALUE} characters, got {len(v)}"
+        if _CONTROL.search(v):
+            return f"label {name!r}: value must not contain control characters"
+    return None
+
+
 # --- the core sections -------------------------------------------------------------------
+
+# Windows: each series keeps (longest window + 1) one-second slots of 48 bytes. An hour is
+# the longest statistic an on-node alarm needs (longer trends are the collector's rollups),
+# and `100000h` asked for 17 GB per series and killed the daemon with MemoryError (issue 10).
+MAX_WINDOW_S = 3600.0
+MAX_WINDOWS = 16
+SOCKET_PATH_BYTES = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
 
 def _nonempty(value: str) -> str | None:
     return None if value.strip() else "must not be empty"
 
 
+def _check_windows(value: list[str]) -> str | None:
+    if not value:
+        return "must name at least one window"
+    for item in value:
+        problem = duration_error(item, 1.0, MAX_WINDOW_S)
+        if problem:
+            return f"{item!r}: {problem}" if len(item) <= 32 else problem
+    return None
+
+
+def _check_socket_path(value: str) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > SOCKET_PATH_BYTES:
+        return f"must be at most {SOCKET_PATH_BYTES} bytes (a Unix socket address), got {size}"
+    return None
+
+
 CORE_SECTIONS: list[Section] = [
     Section("agent", "Identity and directories of this agent.", {
-        "host_id": Key("", str, "Host identity sent to the collector; empty means the hostname."),
-        "labels": Key({}, dict, "Extra labels attached to everything this host sends (string values)."),
+        "host_id": Key("", str, "Host identity sent to the collector; empty means the hostname. At most 253 characters (a DNS name).",
+                       max_len=253),
+        "labels": Key({}, dict, f"Extra labels attached to everything this host sends: at most {MAX_LABELS}, names of letters, "
+                      f"digits and '_' (at most {MAX_LABEL_NAME} characters, not starting with a digit or '__'), string values "
+                      f"of at most {MAX_LABEL_VALUE} characters. They travel with every batch and every stored series.",
+                      max_items=MAX_LABELS, check=check_labels),
         "state_dir": Key("/var/lib/egs-agent", str, "Persistent state: spool, alarm state, recordings.", check=_nonempty),
         "log_level": Key("info", str, "Log level.", choices=("debug", "info", "warning", "error")),
     }),
@@ -166,30 +336,24 @@ CORE_SECTIONS: list[Section] = [
         "interval": Key(1.0, (int, float), "Seconds between host readings.", min=0.1, max=60),
         "procfs": Key("/proc", str, "procfs root (tests point it at a fixture tree).", check=_nonempty),
         "sysfs": Key("/sys", str, "sysfs root.", check=_nonempty),
-        "nics": Key([], list, "NICs to report; empty means all but loopback.", item_type=str),
+        "nics": Key([], list, "NICs to report; empty means all but loopback. Interface names, at most 15 characters (IFNAMSIZ).",
+                    item_type=str, max_len=15, max_items=1024),
     }),
     Section("windows", "Windowed statistics over 1-second buckets.", {
-        "sizes": Key(["10s", "1m", "5m", "15m"], list, "Windows kept for every metric (s, m, h suffixes).", item_type=str,
-                     check=lambda v: None if all(parse_duration(x, strict=False) for x in v) and v else "each must be a duration like 10s, 1m, 5m"),
+        "sizes": Key(["10s", "1m", "5m", "15m"], list, f"Windows kept for every metric (s, m, h suffixes): 1 to {MAX_WINDOWS} "
+                     f"of them, each 1s..{format_duration(MAX_WINDOW_S)}. The longest sets the memory: 48 bytes per second "
+                     "per series, so 15m is 43 KB and 1h 173 KB for each series (a host with 8 GPUs and 128 CPUs has a few "
+                     "hundred series: about 70 MB at 1h). It also bounds the longest [[alarm]] window.",
+                     item_type=str, max_items=MAX_WINDOWS, max_len=32, check=_check_windows),
     }),
     Section("api", "The local API on a Unix socket.", {
-        "socket": Key("/run/egs-agent/agent.sock", str, "Socket path (env EGS_SOCKET or --socket override).", check=_nonempty),
+        "socket": Key("/run/egs-agent/agent.sock", str, "Socket path (env EGS_SOCKET or --socket override); at most 107 bytes, "
+                      "the size of a Unix socket address.", check=_check_socket_path),
         "socket_mode": Key(0o660, int, "Socket file mode.", min=0, max=0o777),
-        "socket_group": Key("", str, "Group owning the socket; empty keeps the process's group."),
+        "socket_group": Key("", str, "Group owning the socket; empty keeps the process's group.", max_len=64),
         "watch_queue": Key(16, int, "Updates buffered per Watch client before coalescing to the latest.", min=1, max=4096),
     }),
 ]
-
-
-def parse_duration(text: str, strict: bool = True) -> float | None:
-    """'10s', '1m', '5m', '1h', '250ms' or a bare number of seconds -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(text))
-    if not m or float(m.group(1)) <= 0:
-        if strict:
-            raise ValueError(f"not a duration: {text!r} (use e.g. 10s, 1m, 5m)")
-        return None
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-    return float(m.group(1)) * scale
 
 
 def sections() -> dict[str, Section]:
@@ -215,17 +379,42 @@ def _check_value(key: Key, value: Any, path: tuple, where: Locator) -> Any:
     if float in accepted and isinstance(value, int) and not isinstance(value, bool):
         ok, value = True, float(value)
     if not ok:
-        raise where.error(path, f"must be {_type_name(key.type)}, got {type(value).__name__} {value!r}")
+        raise where.error(path, f"must be {_type_name(key.type)}, got {type(value).__name__} {_short(value)}")
+    # Shape first (cheap, bounded), so the checks below never see a megabyte of anything.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise where.error(path, f"must be a finite number, got {value!r}")
+    if isinstance(value, str):
+        problem = _string_problem(value, key.max_len)
+        if problem:
+            raise where.error(path, problem)
+    if isinstance(value, (list, dict)):
+        most = MAX_ITEMS if key.max_items is None else key.max_items
+        if len(value) > most:
+            raise where.error(path, f"at most {most} {'items' if isinstance(value, list) else 'entries'}, got {len(value)}")
+    if isinstance(value, dict):
+        for name in value:
+            if len(name) > MAX_STRING or _CONTROL.search(name):
+                raise where.error(path, f"entry name {_short(name)} is too long or has control characters")
     if key.item_type is not None:
         for i, item in enumerate(value):
-            if not isinstance(item, key.item_type):
-                raise where.error(path, f"item {i} must be {_type_name(key.item_type)}, got {item!r}")
-    if key.choices is not None and value not in key.choices:
-        raise where.error(path, f"must be one of {', '.join(map(repr, key.choices))}, got {value!r}")
-    if key.min is not None and value < key.min:
-        raise where.error(path, f"must be >= {key.min}, got {value!r}")
-    if key.max is not None and value > key.max:
-        raise where.error(path, f"must be <= {key.max}, got {value!r}")
+            if not isinstance(item, key.item_type) or (isinstance(item, bool) and key.item_type is not bool):
+                raise where.error(path, f"item {i} must be {_type_name(key.item_type)}, got {_short(item)}")
+            if isinstance(item, str):
+                problem = _string_problem(item, key.max_len)
+                if problem:
+                    raise where.error(path, f"item {i}: {problem}")
+    if key.duration:
+        problem = duration_error(value, key.min or 0.0, math.inf if key.max is None else key.max,
+                                 zero=key.zero, days=key.days, numbers=int in accepted or float in accepted)
+        if problem:
+            raise where.error(path, problem)
+    else:
+        if key.choices is not None and value not in key.choices:
+            raise where.error(path, f"must be one of {', '.join(map(repr, key.choices))}, got {_short(value)}")
+        if key.min is not None and value < key.min:
+            raise where.error(path, f"must be >= {key.min}, got {value!r}")
+        if key.max is not None and value > key.max:
+            raise where.error(path, f"must be <= {key.max}, got {value!r}")
     if key.check is not None:
         problem = key.check(value)
         if problem:
@@ -233,15 +422,48 @@ def _check_value(key: Key, value: Any, path: tuple, where: Locator) -> Any:
     return value
 
 
+def _string_problem(value: str, max_len: int | None) -> str | None:
+    most = MAX_STRING if max_len is None else max_len
+    if len(value) > most:
+        return f"must be at most {most} characters, got {len(value)}"
+    if _CONTROL.search(value):
+        return f"must not contain control characters, got {_short(value)}"
+    return None
+
+
+def _located_failure(text: str, file: str, message: str, line: int | None) -> ConfigError:
+    """A ConfigError for a failure that came with at most a line: the key at that line."""
+    where = Locator(text, file)
+    path = where.key_at(line) if line else ()
+    return where.error(path, message) if path else ConfigError(message, file, line)
+
+
+def _first_line(text: str, pattern: str, longest: int) -> int | None:
+    """The line of the first maximal run of `pattern` at least `longest` long (finditer over
+    maximal runs is linear; a search for `{4300}` repetitions was quadratic in the text)."""
+    for m in re.finditer(pattern, text):
+        if m.end() - m.start() >= longest:
+            return text.count("\n", 0, m.start()) + 1
+    return None
+
+
 def parse(text: str, file: str = "<config>", known: dict[str, Section] | None = None) -> SimpleNamespace:
     """Validate TOML text; returns a namespace per section (`cfg.gpu.hz`).
 
     `known` replaces the agent's sections (the collector validates its own file this way)."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(f"the file is {len(text)} characters; a config file is at most {MAX_FILE_BYTES} bytes", file)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"at line (\d+)", str(e))
-        raise ConfigError(f"not valid TOML: {e}", file, int(m.group(1)) if m else None) from None
+        raise _located_failure(text, file, f"not valid TOML: {e}", int(m.group(1)) if m else None) from None
+    except ValueError as e:  # an integer of more than 4300 digits (sys.get_int_max_str_digits)
+        raise _located_failure(text, file, f"not a usable number: {_short(str(e))}",
+                               _first_line(text, r"[0-9_]+", 4300)) from None
+    except RecursionError:  # arrays or inline tables nested a thousand deep
+        raise _located_failure(text, file, "arrays or tables nested too deeply",
+                               _first_line(text, r"[\[{][\[{ \t]*", 100)) from None
     where = Locator(text, file)
     known = sections() if known is None else known
     for name in raw:
@@ -273,17 +495,31 @@ def parse(text: str, file: str = "<config>", known: dict[str, Section] | None = 
 def read(path: str | os.PathLike | None, default_path: str) -> tuple[str, str]:
     """(text, file name) of a config file. An explicitly named file that is missing or
     unreadable is an error; the default path being absent reads as an empty file (the
-    program then runs on its documented defaults)."""
+    program then runs on its documented defaults). A file larger than MAX_FILE_BYTES is
+    refused without reading it all; bytes that are not UTF-8 are located (file:line:key)."""
     explicit = path is not None
     path = Path(path or default_path)
     try:
-        return path.read_text(encoding="utf-8"), str(path)
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES:
+                size = os.fstat(f.fileno()).st_size
+                raise ConfigError(f"the file is {size if size > MAX_FILE_BYTES else 'more than ' + str(MAX_FILE_BYTES)}"
+                                  f" bytes; a config file is at most {MAX_FILE_BYTES} bytes (1 MiB)", str(path))
     except FileNotFoundError:
         if explicit:
             raise ConfigError("file not found", str(path)) from None
         return "", str(path)
-    except (PermissionError, IsADirectoryError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read: {e}", str(path)) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", str(path)) from None
+    try:
+        return data.decode("utf-8"), str(path)
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        text = data.decode("utf-8", "replace")
+        raise _located_failure(text, str(path), f"not valid UTF-8: byte 0x{data[e.start]:02x} at column {column}",
+                               line) from None
 
 
 def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> SimpleNamespace:
@@ -325,7 +561,10 @@ def section_markdown(s: Section, heading: str) -> list[str]:
         out += ["| key | type | default | meaning |", "|---|---|---|---|"]
         for k, spec in s.keys.items():
             rng = ""
-            if spec.min is not None or spec.max is not None:
+            if spec.duration:
+                low = format_duration(spec.min) if spec.min else ""
+                rng = f" ({'0 or ' if spec.zero else ''}{low}..{format_duration(spec.max) if spec.max is not None else ''})"
+            elif spec.min is not None or spec.max is not None:
                 rng = f" ({spec.min if spec.min is not None else ''}..{spec.max if spec.max is not None else ''})"
             if spec.choices:
                 rng = f" (one of {', '.join(map(str, spec.choices))})"

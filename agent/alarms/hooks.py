@@ -17,10 +17,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from agent.alarms.rules import Hook
+from agent.alarms.rules import MAX_HOOK_TIMEOUT_S, MIN_HOOK_TIMEOUT_S, Hook
 from agent.events import Event
 
 log = logging.getLogger("egs-agent.alarms.hooks")
+
+
+# Rule validation bounds hook_timeout (agent.alarms.rules.MAX_HOOK_TIMEOUT_S); a Hook built
+# any other way is held to the same bound here, since communicate() with a timeout near 1e308
+# raised OverflowError on every firing (issue 10) and NaN never times out.
+def _bounded(timeout: float) -> float:
+    if not timeout == timeout:  # NaN
+        return MAX_HOOK_TIMEOUT_S
+    return min(max(float(timeout), MIN_HOOK_TIMEOUT_S), MAX_HOOK_TIMEOUT_S)
 
 
 class HookRunner:
@@ -57,6 +66,7 @@ class HookRunner:
 
     def _run_one(self, hook: Hook, payload: bytes, rule: str) -> None:
         command: Any = hook.command if isinstance(hook.command, str) else list(hook.command)
+        timeout = _bounded(hook.timeout_s)
         self._count("started")
         try:
             # Own session: on timeout the whole group goes, including what the hook spawned.
@@ -74,12 +84,12 @@ class HookRunner:
             self._kill(child)
         try:
             try:
-                output, _ = child.communicate(payload, timeout=hook.timeout_s)
+                output, _ = child.communicate(payload, timeout=timeout)
             except subprocess.TimeoutExpired:
                 self._kill(child)
                 child.communicate()
                 self._count("timed_out")
-                log.error("hook of rule %s timed out after %gs and was killed: %r", rule, hook.timeout_s, hook.command)
+                log.error("hook of rule %s timed out after %gs and was killed: %r", rule, timeout, hook.command)
                 return
         finally:
             with self._lock:

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import agent.health  # noqa: F401  (declares the health metrics the built-in rules watch)
 from agent import metrics
 from agent.alarms.schedule import Schedule, parse_days, parse_window, parse_zone
-from agent.config import Locator, parse_duration
+from agent.config import MAX_WINDOW_S, Locator, check_labels, format_duration, parse_duration
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">": _op.gt, ">=": _op.ge, "<": _op.lt, "<=": _op.le, "==": _op.eq, "!=": _op.ne,
@@ -36,6 +36,24 @@ STATES = ("ok", "pending", "alarm", "insufficient-data")
 DEFAULT_SILENCE = "4h"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# Bounds of the rule keys (issue 10: `window = "999999h"` and `hook_timeout = 1e308` passed
+# check-config). A window is at most the longest window the daemon may keep (1h, windows.sizes);
+# an evaluation interval at most a day; a silence period at most 30 days (Alertmanager's
+# repeat_interval is hours to days); a hook is killed after at most 10 minutes, since it holds
+# one of the few hook workers (alarms.hook_workers) for that long.
+MAX_INTERVAL_S = 86400.0
+MAX_SILENCE_S = 30 * 86400.0
+MAX_HOOK_TIMEOUT_S = 600.0
+MIN_HOOK_TIMEOUT_S = 0.1
+MAX_EVALUATIONS = 1000  # consecutive, of, breaches, recover_after
+MAX_TEXT = 1024  # description
+MAX_COMMAND = 4096  # a string command, or each argument of a list one
+MAX_ARGS = 256
+MAX_SCOPE_ITEMS = 256  # gpus
+MAX_WINDOWS = 32  # effective
+MAX_ZONE = 64  # IANA names are at most ~32 characters
 
 
 @dataclass(frozen=True)
@@ -149,7 +167,8 @@ class _Table:
     def has(self, key: str) -> bool:
         return key in self.raw
 
-    def get(self, key: str, kind: type | tuple, default: Any = None, *, required: bool = False) -> Any:
+    def get(self, key: str, kind: type | tuple, default: Any = None, *, required: bool = False,
+            max_len: int = MAX_TEXT, max_items: int = MAX_SCOPE_ITEMS) -> Any:
         if key not in self.raw:
             if required:
                 raise self.error(None, f"missing required key {key!r}")
@@ -161,37 +180,53 @@ class _Table:
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if not isinstance(value, kinds):
-            raise self.error(key, f"must be {_names(kinds)}, got {type(value).__name__} {value!r}")
+            raise self.error(key, f"must be {_names(kinds)}, got {type(value).__name__} {_short(value)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise self.error(key, f"must be a finite number, got {value!r}")
+        if isinstance(value, str):
+            if len(value) > max_len:
+                raise self.error(key, f"must be at most {max_len} characters, got {len(value)}")
+            if _CONTROL.search(value):
+                raise self.error(key, f"must not contain control characters, got {_short(value)}")
+        if isinstance(value, (list, dict)) and len(value) > max_items:
+            raise self.error(key, f"at most {max_items} {'items' if isinstance(value, list) else 'entries'}, got {len(value)}")
         return value
 
-    def duration(self, key: str, default: str, *, allow_zero: bool = False, minimum: float = 0.0) -> float:
+    def duration(self, key: str, default: str, *, maximum: float, allow_zero: bool = False, minimum: float = 0.0) -> float:
         value = self.get(key, (str, float), default)
         if allow_zero and value in (0, 0.0, "0"):
             return 0.0
-        try:
-            seconds = parse_duration(value) if isinstance(value, str) else float(value)
-        except ValueError as e:
-            raise self.error(key, str(e)) from None
-        if seconds is None or seconds <= 0:
-            raise self.error(key, f"must be a positive duration, got {value!r}")
+        if isinstance(value, str):
+            seconds = parse_duration(value, strict=False)
+            if seconds is None:
+                raise self.error(key, f"not a duration: {_short(value)} (use e.g. 30s, 5m, 1h)")
+        else:
+            seconds = value  # a finite number of seconds (get refused NaN and inf)
+            if seconds <= 0:
+                raise self.error(key, f"must be a positive duration, got {value!r}")
         if seconds < minimum:
             # The windows hold 1-second buckets and the daemon ticks once a second.
-            raise self.error(key, f"must be at least {minimum:g}s (figures are kept per second), got {value!r}")
+            raise self.error(key, f"must be at least {minimum:g}s (figures are kept per second), got {_short(value)}")
+        if seconds > maximum:
+            raise self.error(key, f"must be at most {format_duration(maximum)}, got {_short(value)}")
         return seconds
 
     def count(self, key: str, default: int | None) -> int | None:
         value = self.get(key, int, default)
-        if value is not None and value < 1:
-            raise self.error(key, f"must be an integer >= 1, got {value!r}")
+        if value is not None and not 1 <= value <= MAX_EVALUATIONS:
+            raise self.error(key, f"must be an integer >= 1 and <= {MAX_EVALUATIONS}, got {_short(value)}")
         return value
 
     def choice(self, key: str, choices: tuple[str, ...], default: str) -> str:
         value = self.get(key, str, default)
         if value not in choices:
-            raise self.error(key, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+            raise self.error(key, f"must be one of {', '.join(map(repr, choices))}, got {_short(value)}")
         return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _names(kinds: tuple) -> str:
@@ -211,10 +246,10 @@ def parse_rule(raw: Any, path: tuple, where: Locator) -> Rule | None:
 
     name = t.get("name", str, required=True)
     if not _NAME.match(name):
-        raise t.error("name", f"must be 1-64 letters, digits, '_', '.', '-', got {name!r}")
+        raise t.error("name", f"must be 1-64 letters, digits, '_', '.', '-', got {_short(name)}")
     metric = t.get("metric", str, required=True)
     if metric not in metrics.BY_NAME:
-        raise t.error("metric", f"unknown metric {metric!r} (known: {', '.join(sorted(metrics.BY_NAME))})")
+        raise t.error("metric", f"unknown metric {_short(metric)} (known: {', '.join(sorted(metrics.BY_NAME))})")
     op = t.choice("operator", tuple(OPERATORS), ">=")
 
     levels = _levels(t, op)
@@ -236,45 +271,45 @@ def parse_rule(raw: Any, path: tuple, where: Locator) -> Rule | None:
             raise t.error("breaches", f"{m} breaches cannot happen in the last {n} evaluations")
     else:
         m = n = t.count("consecutive", 1)
-    if n > 1000:
-        raise t.error("of" if t.has("of") else "consecutive", f"at most 1000 evaluations, got {n}")
-
-    windows_raw = t.get("effective", (str, list), "00:00-23:59")
+    windows_raw = t.get("effective", (str, list), "00:00-23:59", max_len=32, max_items=MAX_WINDOWS)
     windows_raw = [windows_raw] if isinstance(windows_raw, str) else windows_raw
     if not windows_raw:
         raise t.error("effective", "must name at least one window")
     try:
-        windows = tuple(parse_window(w) if isinstance(w, str) else _bad_item(w) for w in windows_raw)
+        windows = tuple(parse_window(w) if isinstance(w, str) and len(w) <= 32 else _bad_item(w) for w in windows_raw)
     except ValueError as e:
         raise t.error("effective", str(e)) from None
-    days_raw = t.get("days", list, list(("mon-sun",)))
+    days_raw = t.get("days", list, list(("mon-sun",)), max_items=32)
+    for item in days_raw:
+        if not isinstance(item, str) or len(item) > 32:
+            raise t.error("days", f"each must be a day or day range such as 'mon-fri', got {_short(item)}")
     try:
         days = parse_days(days_raw)
     except ValueError as e:
         raise t.error("days", str(e)) from None
     if not days:
         raise t.error("days", "must name at least one day")
-    zone_name = t.get("timezone", str, "local")
+    zone_name = t.get("timezone", str, "local", max_len=MAX_ZONE)
     try:
         zone = parse_zone(zone_name)
-    except ValueError as e:
-        raise t.error("timezone", str(e)) from None
+    except (ValueError, OSError) as e:  # OSError: a name the zone database cannot even look up
+        raise t.error("timezone", str(e) if isinstance(e, ValueError) else f"unknown time zone {zone_name!r}") from None
 
     rule = Rule(
         name=name,
         metric=metric,
         levels=levels,
         operator=op,
-        window_s=t.duration("window", "5m", minimum=1.0),
+        window_s=t.duration("window", "5m", minimum=1.0, maximum=MAX_WINDOW_S),
         stat=t.choice("stat", STATS, "avg"),
-        interval_s=t.duration("interval", "1m", minimum=1.0),
+        interval_s=t.duration("interval", "1m", minimum=1.0, maximum=MAX_INTERVAL_S),
         trigger_m=m,
         trigger_n=n,
         recover_after=t.count("recover_after", 1),
         recovery_threshold=recovery,
         missing=t.choice("missing", MISSING, "insufficient-data"),
         schedule=Schedule(windows, days, zone, zone_name or "local"),
-        silence_s=t.duration("silence", DEFAULT_SILENCE, allow_zero=True),
+        silence_s=t.duration("silence", DEFAULT_SILENCE, allow_zero=True, maximum=MAX_SILENCE_S),
         notify_resolved=t.get("notify_resolved", bool, True),
         hook=_hook(t),
         scope=_scope(t),
@@ -286,7 +321,7 @@ def parse_rule(raw: Any, path: tuple, where: Locator) -> Rule | None:
 
 
 def _bad_item(item: Any):
-    raise ValueError(f"each window must be a string like '00:00-23:59', got {item!r}")
+    raise ValueError(f"each window must be a string like '00:00-23:59', got {_short(item)}")
 
 
 def _levels(t: _Table, op: str) -> tuple[Level, ...]:
@@ -310,7 +345,7 @@ def _levels(t: _Table, op: str) -> tuple[Level, ...]:
 
 
 def _hook(t: _Table) -> Hook | None:
-    command = t.get("command", (str, list))
+    command = t.get("command", (str, list), max_len=MAX_COMMAND, max_items=MAX_ARGS)
     if command is None:
         if t.has("hook_timeout"):
             raise t.error("hook_timeout", "given without a command")
@@ -318,32 +353,35 @@ def _hook(t: _Table) -> Hook | None:
     if isinstance(command, list):
         if not command or not all(isinstance(c, str) and c for c in command):
             raise t.error("command", "a list command must be non-empty strings (program first)")
+        for i, c in enumerate(command):
+            if len(c) > MAX_COMMAND or "\x00" in c:
+                raise t.error("command", f"argument {i} must be at most {MAX_COMMAND} characters without NUL")
         command = tuple(command)
     elif not command.strip():
         raise t.error("command", "must not be empty")
-    return Hook(command, t.duration("hook_timeout", "10s"))
+    return Hook(command, t.duration("hook_timeout", "10s", minimum=MIN_HOOK_TIMEOUT_S, maximum=MAX_HOOK_TIMEOUT_S))
 
 
 def _scope(t: _Table) -> Scope:
     gpus_raw = t.get("gpus", list, [])
     gpus, uuids = set(), set()
     for item in gpus_raw:
-        if isinstance(item, int) and not isinstance(item, bool) and item >= 0:
+        if isinstance(item, int) and not isinstance(item, bool) and 0 <= item < 65536:
             gpus.add(str(item))
-        elif isinstance(item, str) and item.isdigit():
+        elif isinstance(item, str) and item.isascii() and item.isdigit() and len(item) <= 5:
             gpus.add(item)
-        elif isinstance(item, str) and item:
+        elif isinstance(item, str) and item and len(item) <= 128:
             uuids.add(item)
         else:
-            raise t.error("gpus", f"items must be GPU indexes (0, 1, ...) or UUIDs, got {item!r}")
+            raise t.error("gpus", f"items must be GPU indexes (0, 1, ...) or UUIDs, got {_short(item)}")
     labels = t.get("labels", dict, {})
-    for k, v in labels.items():
-        if not isinstance(v, str):
-            raise t.error("labels", f"label {k!r} must be a string, got {v!r}")
+    problem = check_labels(labels)
+    if problem:
+        raise t.error("labels", problem)
     vendor = t.get("vendor", str)
     if vendor is not None and vendor not in ("nvidia", "amd"):
-        raise t.error("vendor", f"must be 'nvidia' or 'amd', got {vendor!r}")
-    return Scope(frozenset(gpus), frozenset(uuids), vendor, t.get("nic", str),
+        raise t.error("vendor", f"must be 'nvidia' or 'amd', got {_short(vendor)}")
+    return Scope(frozenset(gpus), frozenset(uuids), vendor, t.get("nic", str, max_len=15),
                  tuple(sorted(labels.items())))
 
 

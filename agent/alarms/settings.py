@@ -7,16 +7,7 @@ sections of declared keys. docs/alarms.md describes the rule keys with examples.
 from __future__ import annotations
 
 from agent.alarms.rules import parse_rules
-from agent.config import Key, Section, parse_duration
-
-
-def _duration(value) -> str | None:
-    try:
-        seconds = parse_duration(value) if isinstance(value, str) else float(value)
-    except ValueError as e:
-        return str(e)
-    return None if seconds and seconds > 0 else "must be a positive duration such as 30s or 5m"
-
+from agent.config import Key, Section
 
 SECTIONS = [
     Section("alarm", "Alarm rules, one `[[alarm]]` table each (keys in docs/alarms.md).",
@@ -29,12 +20,16 @@ SECTIONS = [
         "hook_queue": Key(32, int, "Hooks waiting for a worker at most; more are dropped and counted.", min=0, max=10000),
     }),
     Section("health", "GPU health from XID errors and lost devices.", {
-        "xid_hold": Key("15m", (str, int, float), "How long a critical XID keeps a GPU degraded/failed after its last occurrence.", check=_duration),
+        "xid_hold": Key("15m", (str, int, float), "How long a critical XID keeps a GPU degraded/failed after its last occurrence "
+                        "(a duration or seconds, 1s..1d).", duration=True, min=1, max=86400),
     }),
     Section("recorder", "The flight recorder: raw samples around alarms and health events.", {
         "enabled": Key(True, bool, "Record when a rule fires or a GPU's health changes."),
-        "before": Key("30s", (str, int, float), "Seconds of samples kept from before the event (before + after must fit gpu.ring_seconds).", check=_duration),
-        "after": Key("10s", (str, int, float), "Seconds of samples kept from after the event.", check=_duration),
-        "max_bytes": Key(64 << 20, int, "Total size of the recordings directory; the oldest are deleted first.", min=1 << 16),
+        "before": Key("30s", (str, int, float), "Seconds of samples kept from before the event (before + after must fit "
+                      "gpu.ring_seconds; 100ms..1h, the largest ring).", duration=True, min=0.1, max=3600),
+        "after": Key("10s", (str, int, float), "Seconds of samples kept from after the event (100ms..1h).", duration=True,
+                     min=0.1, max=3600),
+        "max_bytes": Key(64 << 20, int, "Total size of the recordings directory; the oldest are deleted first. At most 1 TiB.",
+                         min=1 << 16, max=1 << 40),
     }),
 ]

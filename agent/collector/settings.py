@@ -7,37 +7,57 @@ unless plaintext on loopback) are checked in `load` and located the same way.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from agent.config import ConfigError, Key, Section, parse, parse_duration, read, section_markdown
+from agent.config import MAX_FILE_BYTES, ConfigError, Key, Section, parse, parse_duration, read, section_markdown
+from agent.netaddr import is_loopback_endpoint
 
 DEFAULT_PATH = "/etc/egs-collector/collector.toml"
 
-
-def _duration(value: str) -> str | None:
-    return None if parse_duration(value, strict=False) else "must be a duration like 30s, 6h (s, m, h suffixes; d not accepted)"
+DAY = 86400.0
+# Retention and age bounds: ten years is past any fleet's horizon and keeps every cutoff
+# (now - retention) a representable time; below a minute nothing would ever reach a query.
+MAX_RETENTION_S = 3650 * DAY
+MAX_TOKENS = 1024
+TOKEN_LEN = (16, 4096)
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what an HTTP/2 header value can carry
+_LISTEN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 
 
 def _listen(value: str) -> str | None:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536 or not host:
+    m = _LISTEN.fullmatch(value)
+    if not m or not 0 <= int(m.group(2)) < 65536:
         return "must be host:port (IPv6 as [addr]:port; port 0 picks a free one)"
     return None
 
 
-def _retention(value: str) -> str | None:
-    # Retention is often days; accept a `d` suffix here on top of s/m/h.
-    return None if retention_seconds(value) else "must be a duration like 6h or 30d"
+def _tokens(value: list[str]) -> str | None:
+    for i, token in enumerate(value):
+        problem = token_problem(token)
+        if problem:
+            return f"{problem} (item {i})"
+    return None
+
+
+def token_problem(token: str) -> str | None:
+    low, high = TOKEN_LEN
+    if not low <= len(token) <= high:
+        return f"every token must be at least {low} characters and at most {high}, got {len(token)}"
+    if not _TOKEN.fullmatch(token):
+        return "a token must be visible ASCII characters without spaces (it travels in an HTTP/2 header)"
+    return None
 
 
 def retention_seconds(value: str) -> float | None:
-    value = str(value).strip()
-    if value.endswith("d") and value[:-1].replace(".", "", 1).isdigit():
-        return float(value[:-1]) * 86400 or None
-    return parse_duration(value, strict=False)
+    """A retention or age ('6h', '30d') -> seconds; None when it is not a duration."""
+    return parse_duration(value, strict=False, days=True)
+
+
+def _duration_key(default: str, doc: str, low: float, high: float, days: bool = False) -> Key:
+    return Key(default, str, doc, duration=True, min=low, max=high, days=days, max_len=64)
 
 
 SECTIONS = {s.name: s for s in [
@@ -46,28 +66,31 @@ SECTIONS = {s.name: s for s in [
         "log_level": Key("info", str, "Log level.", choices=("debug", "info", "warning", "error")),
     }),
     Section("ingest", "The port agents publish to (mutual TLS).", {
-        "listen": Key("[::]:7443", str, "Address agents connect to.", check=_listen),
+        "listen": Key("[::]:7443", str, "Address agents connect to.", max_len=262, check=_listen),
         "max_message_bytes": Key(8 << 20, int, "Largest batch accepted; larger ones get RESOURCE_EXHAUSTED (keep >= the agents' stream.max_message_bytes).",
                                  min=64 << 10, max=256 << 20),
-        "max_points": Key(100_000, int, "Most points one batch may carry.", min=1),
+        "max_points": Key(100_000, int, "Most points one batch may carry.", min=1, max=10_000_000),
         "max_uncommitted": Key(4096, int, "Batches received but not yet stored, all agents together; past it the collector stops reading (agents' spools absorb the backlog).",
                                min=16, max=1_000_000),
-        "max_future": Key("10m", str, "A batch with a timestamp (point, event, created) later than the collector's clock plus this is refused (a host clock far ahead, or garbage).",
-                          check=_duration),
-        "max_age": Key("30d", str, "A batch with a timestamp older than this is refused (older than any rollup is kept by default; agents count the refusal).",
-                       check=_retention),
+        "max_future": _duration_key("10m", "A batch with a timestamp (point, event, created) later than the collector's clock plus this is refused (a host clock far ahead, or garbage).",
+                                    1, DAY),
+        "max_age": _duration_key("30d", "A batch with a timestamp older than this is refused (older than any rollup is kept by default; agents count the refusal).",
+                                 60, MAX_RETENTION_S, days=True),
     }),
     Section("consumers", "The port consumers (subscribe, query, agents) connect to: TLS and read-only bearer tokens.", {
-        "listen": Key("[::]:7444", str, "Address consumers connect to.", check=_listen),
-        "tokens": Key([], list, "Accepted read-only tokens (sent as 'authorization: Bearer TOKEN').", item_type=str),
-        "tokens_file": Key("", str, "File with one accepted token per line (# comments); read at start."),
-        "heartbeat": Key("5s", str, "Default interval of heartbeats on Subscribe streams.", check=_duration),
+        "listen": Key("[::]:7444", str, "Address consumers connect to.", max_len=262, check=_listen),
+        "tokens": Key([], list, f"Accepted read-only tokens (sent as 'authorization: Bearer TOKEN'): at most {MAX_TOKENS}, each "
+                      f"{TOKEN_LEN[0]} to {TOKEN_LEN[1]} visible ASCII characters.", item_type=str, max_items=MAX_TOKENS,
+                      max_len=TOKEN_LEN[1], check=_tokens),
+        "tokens_file": Key("", str, f"File with one accepted token per line (# comments); read at start; at most "
+                           f"{MAX_FILE_BYTES} bytes, the tokens as in `tokens`."),
+        "heartbeat": _duration_key("5s", "Default interval of heartbeats on Subscribe streams.", 1, 3600),
         "max_pending": Key(10_000, int, "Default bound of each consumer's queue, in distinct series (coalesced to the latest value); also the most a consumer may ask for.",
                            min=16, max=10_000_000),
         "max_subscribers": Key(256, int, "Subscribe streams open at once, all consumers together; one more gets RESOURCE_EXHAUSTED.",
                                min=1, max=100_000),
-        "max_query_span": Key("6h", str, "Longest time range one raw-resolution query may cover (10s and 1m queries are bounded by their retention).",
-                              check=_duration),
+        "max_query_span": _duration_key("6h", "Longest time range one raw-resolution query may cover (10s and 1m queries are bounded by their retention).",
+                                        60, 365 * DAY, days=True),
         "max_query_points": Key(1_000_000, int, "Most points one query may return, all series together; past it RESOURCE_EXHAUSTED (ask for a coarser resolution or fewer series).",
                                 min=1000, max=50_000_000),
         "max_query_series": Key(20_000, int, "Most series one query may match.", min=10, max=1_000_000),
@@ -79,33 +102,28 @@ SECTIONS = {s.name: s for s in [
         "client_ca": Key("/etc/egs-collector/tls/ca.crt", str, "CA (PEM) agents' client certificates must chain to."),
     }),
     Section("store", "The embedded store and how long it keeps what.", {
-        "raw_retention": Key("1h", str, "How long per-second points are kept.", check=_retention),
-        "rollup_10s_retention": Key("2d", str, "How long 10-second min/avg/max rollups are kept.", check=_retention),
-        "rollup_1m_retention": Key("30d", str, "How long 1-minute rollups are kept.", check=_retention),
-        "events_retention": Key("90d", str, "How long events are kept.", check=_retention),
+        "raw_retention": _duration_key("1h", "How long per-second points are kept.", 60, MAX_RETENTION_S, days=True),
+        "rollup_10s_retention": _duration_key("2d", "How long 10-second min/avg/max rollups are kept.", 60, MAX_RETENTION_S, days=True),
+        "rollup_1m_retention": _duration_key("30d", "How long 1-minute rollups are kept.", 60, MAX_RETENTION_S, days=True),
+        "events_retention": _duration_key("90d", "How long events are kept.", 60, MAX_RETENTION_S, days=True),
         "synchronous": Key("normal", str, "SQLite synchronous mode: 'normal' survives a collector crash (kill -9) with WAL; 'full' also a power cut, at one fsync per commit.",
                            choices=("normal", "full")),
-        "cleanup_interval": Key("60s", str, "How often expired rows are deleted.", check=_duration),
+        "cleanup_interval": _duration_key("60s", "How often expired rows are deleted.", 1, DAY),
         "compress_raw": Key(True, bool, "zlib the per-second records (about 4.6x less disk, about 0.75 us of CPU per point)."),
-        "rollup_flush": Key("10s", str, "How often the 10 s / 1 min buckets that have ended are written (a bucket reaches queries 5 s plus up to this long after it ends).", check=_duration),
+        "rollup_flush": _duration_key("10s", "How often the 10 s / 1 min buckets that have ended are written (a bucket reaches queries 5 s plus up to this long after it ends).", 1, 600),
         "cache_mib": Key(256, int, "SQLite page cache of the writer, MiB.", min=2, max=65536),
     }),
 ]}
 
 
-def _is_loopback(listen: str) -> bool:
-    host = listen.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def load_tokens(path: str) -> list[str]:
+    """Tokens of a tokens_file, one a line (# comments); the file is bounded like a config file."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
     tokens = []
-    for line in Path(path).read_text().splitlines():
+    for line in data.decode("utf-8", "replace").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             tokens.append(line)
@@ -117,7 +135,7 @@ def parse_text(text: str, file: str = "<config>") -> SimpleNamespace:
     where = cfg.locator
     if cfg.tls.plaintext:
         for section in ("ingest", "consumers"):
-            if not _is_loopback(getattr(cfg, section).listen):
+            if not is_loopback_endpoint(getattr(cfg, section).listen):
                 raise where.error((section, "listen"), "plaintext is allowed only on loopback addresses (tls.plaintext = true)")
     else:
         for key in ("cert", "key", "client_ca"):
@@ -126,9 +144,18 @@ def parse_text(text: str, file: str = "<config>") -> SimpleNamespace:
     tokens = list(cfg.consumers.tokens)
     if cfg.consumers.tokens_file:
         try:
-            tokens += load_tokens(cfg.consumers.tokens_file)
+            from_file = load_tokens(cfg.consumers.tokens_file)
         except OSError as e:
-            raise where.error(("consumers", "tokens_file"), f"cannot read: {e.strerror}") from None
+            raise where.error(("consumers", "tokens_file"), f"cannot read: {e.strerror or e}") from None
+        except ValueError as e:
+            raise where.error(("consumers", "tokens_file"), f"cannot use: {e}") from None
+        if len(from_file) > MAX_TOKENS:
+            raise where.error(("consumers", "tokens_file"), f"at most {MAX_TOKENS} tokens, got {len(from_file)}")
+        for i, token in enumerate(from_file):
+            problem = token_problem(token)
+            if problem:
+                raise where.error(("consumers", "tokens_file"), f"{problem} (token {i + 1} of the file)")
+        tokens += from_file
     if not tokens and not cfg.tls.plaintext:
         raise where.error(("consumers",), "tokens or tokens_file must give at least one token unless tls.plaintext = true")
     if any(len(t) < 16 for t in tokens):

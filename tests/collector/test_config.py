@@ -72,9 +72,9 @@ def test_bad_config_exits_2_naming_the_line(tmp_path):
 
 
 def test_agent_stream_plaintext_is_refused_for_a_remote_endpoint():
-    cfg = parse('[stream]\nendpoints = ["127.0.0.1:7443", "collector.example:7443"]\nplaintext = true\n', "a.toml")
+    # Refused by the [stream] section itself, so `check-config` refuses it too (issue 10).
     with pytest.raises(ConfigError, match=r"a\.toml:3: stream\.plaintext: .*collector\.example:7443"):
-        check(cfg)
+        parse('[stream]\nendpoints = ["127.0.0.1:7443", "collector.example:7443"]\nplaintext = true\n', "a.toml")
     check(parse('[stream]\nendpoints = ["127.0.0.1:7443", "[::1]:7443"]\nplaintext = true\n', "a.toml"))
 
 

@@ -19,7 +19,8 @@ CASES = [
     ("[windows]\nsizes = ['10s', 'soon']\n", 2, "windows.sizes", "duration"),
     ("[host]\nnics = ['eth0', 3]\n", 2, "host.nics", "item 1"),
     ("[api]\nsocket = ''\n", 2, "api.socket", "must not be empty"),
-    ("[gpu]\nenabled = yes\n", 2, None, "not valid TOML"),
+    ("[gpu]\nenabled = yes\n", 2, "gpu.enabled", "not valid TOML"),
+    ("[gpu]\nnvidia = true\n# a comment\n[host\n", 4, None, "not valid TOML"),
     ("[agent]\nstate_dir = 5\n", 2, "agent.state_dir", "must be a string"),
     ("gpu = 3\n", 1, "gpu", "must be a table"),
 ]
