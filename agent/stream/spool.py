@@ -28,11 +28,24 @@ first because after a long outage the operator needs the present state of the ho
 GPUs still healthy now?) more than its distant past, and the most recent data is also what
 alarms and subscribers act on; the data dropped is a contiguous old stretch, which reads as
 one clear gap in the collector's history rather than holes spread through it.
+
+When the disk fails under a running agent, the spool says why (errno text and path, in the
+log), counts what is lost, and keeps going; nothing here leaves it stuck until a restart:
+- an append the disk refuses (full, read-only, a failed fsync) is undone: every segment it
+  wrote to is cut back to its length before, so the files and the index agree and later
+  records are read back whole; the caller counts the records it could not append;
+- a segment deleted (`missing_records`) or unreadable (`unreadable_records`: EACCES, EIO, a
+  directory named like a segment) is skipped and its unsent records counted; the newest one
+  is replaced by a fresh file at the next append (the directory too, if it was deleted);
+- a cursor that cannot be saved (`cursor_save_failures`) is tried again after the next
+  interval; a file that cannot be deleted, or a name already taken, is logged and passed by.
 """
 from __future__ import annotations
 
 import bisect
+import errno
 import json
+import logging
 import os
 import struct
 import threading
@@ -46,6 +59,8 @@ HEADER = struct.Struct("<4sIIQQB")  # magic, length, crc, epoch, seq, flags
 FLAG_ZLIB = 0x01
 MAX_RECORD = 64 * 1024 * 1024  # a length above this is corruption, not a record
 _SUFFIX = ".seg"
+_HEX = frozenset("0123456789abcdef")
+_TAKEN_NAMES = 64  # segment numbers a roll steps over when something else holds the name
 
 
 class SpoolError(Exception):
@@ -109,6 +124,16 @@ def encode_record(epoch: int, seq: int, payload: bytes, compress: bool = True) -
     return HEADER.pack(MAGIC, len(payload), _crc(epoch, seq, flags, payload), epoch, seq, flags) + payload
 
 
+def _is_segment_name(name: str) -> bool:
+    return len(name) == 16 + len(_SUFFIX) and name.endswith(_SUFFIX) and set(name[:16]) <= _HEX
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = os.write(fd, data)
+    while written < len(data):  # short writes happen on full disks and signals
+        written += os.write(fd, data[written:])
+
+
 def _parse_at(data: bytes | memoryview, offset: int) -> tuple[_Record, bytes] | None:
     """The record starting at `offset`, or None if there is no whole valid record there."""
     if offset + HEADER.size > len(data):
@@ -131,30 +156,40 @@ class Spool:
     """Append-only, checksummed, bounded on-disk journal with an acknowledgement cursor.
 
     Thread-safe: one thread appends (the outbox writer), another reads and acknowledges
-    (the stream sender).
+    (the stream sender). Only `append` raises for a failing disk (`SpoolError`); reading
+    and acknowledging log and count what failed instead, so the sender never dies of it.
     """
 
     def __init__(self, directory: str | os.PathLike, max_bytes: int = 512 * 1024 * 1024,
                  segment_bytes: int = 8 * 1024 * 1024, fsync: bool = True,
-                 cursor_interval: float = 1.0):
+                 cursor_interval: float = 1.0, log: logging.Logger | None = None):
         if segment_bytes * 2 > max_bytes:
             raise ValueError(f"segment_bytes ({segment_bytes}) must be at most half of max_bytes ({max_bytes})")
         self.dir = Path(directory)
         self.max_bytes, self.segment_bytes = max_bytes, segment_bytes
         self.fsync, self.cursor_interval = fsync, cursor_interval
+        self.log = log or logging.getLogger("egs.stream")
         self._lock = threading.Lock()
         self._appended = threading.Condition(self._lock)
         self._segments: list[_Segment] = []
         self._fd: int | None = None  # the newest segment, open for appending
+        # The newest segment takes no more records (its file is gone or unreadable, or its
+        # end could not be cut back to its last whole record): the next append rolls.
+        self._sealed = False
         self._cursor = Position(0, 0)
         self._cursor_saved = Position(0, 0)
         self._cursor_saved_at = float("-inf")  # the first acknowledgement is saved at once
+        self._cursor_failing = False  # the last save failed (logged once per episode)
         self.counters = {"appended_records": 0, "acked_records": 0, "dropped_records": 0,
                          "dropped_bytes": 0, "corrupt_records": 0, "torn_tails": 0,
-                         "torn_bytes": 0}
+                         "torn_bytes": 0, "missing_records": 0, "unreadable_records": 0,
+                         "cursor_save_failures": 0}
         self._closed = False
         self._unacked = 0
-        self._open()
+        try:
+            self._open()
+        except OSError as e:
+            raise SpoolError(f"cannot open the spool in {self.dir}: {e}") from None
 
     # --- opening and scanning ------------------------------------------------------------
 
@@ -165,50 +200,87 @@ class Spool:
             raise SpoolError(f"cannot create spool directory {self.dir}: {e}") from None
         self._cursor = self._load_cursor()
         self._cursor_saved = self._cursor
-        numbers = sorted(int(p.stem, 16) for p in self.dir.glob("*" + _SUFFIX)
-                         if len(p.stem) == 16 and all(c in "0123456789abcdef" for c in p.stem))
+        numbers = sorted(int(name[:16], 16) for name in os.listdir(self.dir) if _is_segment_name(name))
         for i, number in enumerate(numbers):
-            self._segments.append(self._scan(number, newest=i == len(numbers) - 1))
+            seg = self._scan(number, newest=i == len(numbers) - 1)
+            if seg is not None:
+                self._segments.append(seg)
+        if self._segments and self._segments[-1].number != numbers[-1]:
+            self._sealed = True  # the newest was skipped: append after it, not into the one before
         # Segments wholly behind the cursor were acknowledged; a crash may have kept them.
         while len(self._segments) > 1 and self._segments[0].number < self._cursor.segment:
-            self._unlink(self._segments.pop(0))
-        if not self._segments:
-            self._segments.append(self._new_segment(max(self._cursor.segment, 1)))
+            self._unlink(self._segments.pop(0).path)
         self._unacked = sum(len(s.records) - self._first_unacked(s) for s in self._segments)
-        self._open_newest()
+        if self._segments and not self._sealed:
+            try:
+                self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+            except OSError as e:
+                self.log.error("spool: cannot append to %s (%s); starting a new segment",
+                               self._segments[-1].path, e.strerror)
+        if self._fd is None:
+            self._roll()
 
     def _path(self, number: int) -> Path:
         return self.dir / f"{number:016x}{_SUFFIX}"
 
-    def _scan(self, number: int, newest: bool) -> _Segment:
+    def _scan(self, number: int, newest: bool) -> _Segment | None:
+        """The segment's index, or None when it cannot be read (skipped, logged, counted)."""
         path = self._path(number)
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            self._skip_unreadable(number, e)
+            return None
         seg = _Segment(number, path)
-        offset, valid_end = 0, 0
+        offset = 0
         while offset < len(data):
             parsed = _parse_at(data, offset)
             if parsed is not None:
                 rec, _ = parsed
                 seg.add(rec)
-                offset = valid_end = rec.offset + rec.size
+                offset = rec.offset + rec.size
                 continue
             resume = self._resync(data, offset + 1)
             if resume is None:
                 if newest:
                     self.counters["torn_tails"] += 1
                     self.counters["torn_bytes"] += len(data) - offset
-                    with open(path, "r+b") as f:
-                        f.truncate(offset)
-                        os.fsync(f.fileno())
-                    data = data[:offset]
+                    data = self._cut_torn_tail(path, data, offset)
                 else:
                     self.counters["corrupt_records"] += 1
                 break
             self.counters["corrupt_records"] += 1
             offset = resume
         # Size is the file length, so appends after a mid-file corruption keep their offsets.
-        seg.size = len(data) if newest else max(len(data), valid_end)
+        seg.size = len(data)
         return seg
+
+    def _skip_unreadable(self, number: int, error: OSError) -> None:
+        """A segment file that cannot be read at open (EACCES, EIO, a directory). Its records
+        cannot be counted, so it counts as one; behind the cursor it held nothing unsent."""
+        if number < self._cursor.segment:
+            self._unlink(self._path(number))
+            return
+        self.counters["unreadable_records"] += 1
+        self.log.error("spool: skipping segment %s, it cannot be read: %s", self._path(number), error)
+
+    def _cut_torn_tail(self, path: Path, data: bytes, offset: int) -> bytes:
+        """The segment's bytes once the torn tail at `offset` is cut off. When the disk
+        refuses (read-only), the tail stays and the segment is sealed: records appended
+        after it would sit behind bytes that do not parse."""
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, offset)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.log.error("spool: cannot cut the torn tail off %s (%s); new records go to a new segment",
+                           path, e.strerror)
+            self._sealed = True
+            return data
+        return data[:offset]
 
     @staticmethod
     def _resync(data: bytes, start: int) -> int | None:
@@ -220,17 +292,31 @@ class Spool:
             at = data.find(MAGIC, at + 1)
         return None
 
-    def _new_segment(self, number: int) -> _Segment:
-        path = self._path(number)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        self._fsync_dir()
-        return _Segment(number, path)
+    def _create(self, number: int) -> tuple[_Segment, int]:
+        """A new empty segment, durable in the directory, and its fd open for appending.
 
-    def _open_newest(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+        A number whose name something else holds (a stray directory, a leftover that could
+        not be removed) is stepped over, so a roll cannot fail on it for ever; the directory
+        is made again if it was deleted under the running agent. A file created here but not
+        made durable is removed again, for the same reason.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for candidate in range(number, number + _TAKEN_NAMES):
+            path = self._path(candidate)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                self.log.warning("spool: %s exists and is not one of this spool's segments; skipping its number", path)
+                continue
+            try:
+                self._fsync_dir()
+            except OSError:
+                os.close(fd)
+                self._unlink(path)
+                raise
+            return _Segment(candidate, path), fd
+        raise FileExistsError(errno.EEXIST, f"segment names {number:016x} to {candidate:016x} are all taken",
+                              str(self.dir))
 
     def _fsync_dir(self) -> None:
         if not self.fsync:
@@ -244,65 +330,123 @@ class Spool:
     # --- cursor --------------------------------------------------------------------------
 
     def _load_cursor(self) -> Position:
+        path = self.dir / "ack"
         try:
-            raw = json.loads((self.dir / "ack").read_text())
+            raw = json.loads(path.read_text())
             return Position(int(raw["segment"]), int(raw["offset"]))
         except FileNotFoundError:
             return Position(0, 0)
-        except (ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError) as e:
             # A damaged cursor only costs a resend (the collector de-duplicates): start over.
+            self.log.warning("spool: cannot read the acknowledgement cursor %s (%s); resending from the oldest record",
+                             path, e)
             return Position(0, 0)
 
     def _save_cursor(self) -> None:
-        tmp = self.dir / "ack.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"segment": self._cursor.segment, "offset": self._cursor.offset}, f)
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, self.dir / "ack")
-        self._fsync_dir()
-        self._cursor_saved = self._cursor
+        """Replace the cursor file atomically. A failure (full disk, read-only) is logged and
+        tried again after `cursor_interval`, never raised: the acknowledgement holds in
+        memory, and a cursor that lags on disk only costs resends after a restart."""
+        path, tmp = self.dir / "ack", self.dir / "ack.tmp"
+        text = json.dumps({"segment": self._cursor.segment, "offset": self._cursor.offset}).encode()
         self._cursor_saved_at = time.monotonic()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fd, text)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            self._fsync_dir()
+        except OSError as e:
+            self.counters["cursor_save_failures"] += 1
+            self._unlink(tmp)  # a partial file only holds space a full disk lacks
+            if not self._cursor_failing:
+                self.log.error("spool: cannot save the acknowledgement cursor %s (%s); trying again every %g s",
+                               path, e.strerror or e, self.cursor_interval)
+            self._cursor_failing = True
+            return
+        if self._cursor_failing:
+            self.log.info("spool: the acknowledgement cursor %s is saved again", path)
+        self._cursor_failing = False
+        self._cursor_saved = self._cursor
 
     # --- writing -------------------------------------------------------------------------
 
     def append(self, records: list[tuple[int, int, bytes]], compress: bool = True) -> None:
-        """Append (epoch, seq, payload) records and make them durable (one fsync for all)."""
+        """Append (epoch, seq, payload) records and make them durable (one fsync for all).
+
+        All or nothing: when the disk refuses any of it, every record of this call is taken
+        back and `SpoolError` names the segment and the cause.
+        """
         if not records:
             return
         encoded = [(e, s, encode_record(e, s, p, compress)) for e, s, p in records]
         with self._lock:
             if self._closed:
                 raise SpoolError("spool is closed")
+            self._forget_newest_if_gone()
+            newest = self._segments[-1]
+            before = (newest.number, newest.size, len(newest.records))
             try:
                 for epoch, seq, blob in encoded:
                     self._make_room(len(blob))
                     seg = self._segments[-1]
-                    if seg.size and seg.size + len(blob) > self.segment_bytes:
+                    if self._sealed or (seg.size and seg.size + len(blob) > self.segment_bytes):
                         seg = self._roll()
-                    self._write_all(blob)
+                    _write_all(self._fd, blob)
                     seg.add(_Record(seg.size, len(blob), epoch, seq))
                     seg.size += len(blob)
                     self._unacked += 1
                 if self.fsync:
                     os.fsync(self._fd)
             except OSError as e:
+                self._undo(*before)
                 raise SpoolError(f"cannot append to {self._segments[-1].path}: {e}") from None
             self.counters["appended_records"] += len(encoded)
             self._appended.notify_all()
 
-    def _write_all(self, data: bytes) -> None:
-        written = os.write(self._fd, data)
-        while written < len(data):  # short writes happen on full disks and signals
-            written += os.write(self._fd, data[written:])
+    def _forget_newest_if_gone(self) -> None:
+        """Records appended to a file deleted under us would be lost without a word."""
+        if not self._sealed and os.fstat(self._fd).st_nlink == 0:
+            self._lose(self._segments[-1], "missing_records", FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT)))
+
+    def _undo(self, number: int, size: int, count: int) -> None:
+        """Cut every segment a failed append wrote to back to what it held before it.
+
+        A short write on a full disk leaves part of a record behind; left there, the next
+        records would land after it while the index expects them where it ended, and be read
+        back as corrupt. A segment that cannot be cut back is sealed; its extra bytes are
+        never read, as the index does not point at them.
+        """
+        for seg in self._segments:
+            if seg.number < number:
+                continue
+            keep, length = (count, size) if seg.number == number else (0, 0)
+            self._unacked -= max(0, len(seg.records) - keep)
+            del seg.records[keep:], seg.offsets[keep:]
+            seg.size = length
+            try:
+                if seg is self._segments[-1]:
+                    os.ftruncate(self._fd, length)
+                else:
+                    os.truncate(seg.path, length)
+            except OSError as e:
+                self.log.error("spool: cannot cut %s back to %d bytes after a failed append (%s); sealing it",
+                               seg.path, length, e.strerror)
+                self._sealed = self._sealed or seg is self._segments[-1]
 
     def _roll(self) -> _Segment:
-        if self.fsync:
+        """Start a new newest segment; when that fails, nothing has changed."""
+        if self._fd is not None and self.fsync:
             os.fsync(self._fd)  # the old segment's last records, before moving on
-        seg = self._new_segment(self._segments[-1].number + 1)
+        number = self._segments[-1].number + 1 if self._segments else max(self._cursor.segment, 1)
+        seg, fd = self._create(number)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._sealed = fd, False
         self._segments.append(seg)
-        self._open_newest()
         return seg
 
     def _make_room(self, incoming: int) -> None:
@@ -312,13 +456,34 @@ class Spool:
             self._unacked -= len(unacked)
             self.counters["dropped_records"] += len(unacked)
             self.counters["dropped_bytes"] += sum(r.size for r in unacked)
-            self._unlink(victim)
+            self._unlink(victim.path)
 
-    def _unlink(self, seg: _Segment) -> None:
+    def _unlink(self, path: Path) -> None:
+        """Delete a file the spool no longer needs; a failure only leaves it on disk."""
         try:
-            seg.path.unlink()
+            path.unlink()
         except FileNotFoundError:
             pass
+        except OSError as e:
+            self.log.error("spool: cannot delete %s (%s); it stays on disk, outside the spool's bound",
+                           path, e.strerror)
+
+    def _lose(self, seg: _Segment, counter: str, error: OSError) -> None:
+        """Stop indexing a segment whose file is gone or cannot be read: count its unsent
+        records under `counter`, say why, carry on with the others. The newest one stays,
+        emptied and sealed, so its number is kept and the next append rolls."""
+        lost = len(seg.records) - self._first_unacked(seg)
+        self._unacked -= lost
+        self.counters[counter] += lost
+        self.log.error("spool: segment %s: %s; %d unsent record(s) lost, the stream carries on",
+                       seg.path, error.strerror or error, lost)
+        if seg is self._segments[-1]:
+            seg.records.clear()
+            seg.offsets.clear()
+            seg.size = 0
+            self._sealed = True
+        else:
+            self._segments.remove(seg)
 
     def _total_bytes(self) -> int:
         return sum(s.size for s in self._segments)
@@ -342,7 +507,8 @@ class Spool:
 
         A position inside a segment that was dropped (spool full) moves on to the oldest
         segment still kept. A record that no longer passes its checks when read back (the
-        disk changed under us) is skipped and counted.
+        disk changed under us) is skipped and counted, and so is a segment whose file is
+        gone or cannot be read.
         """
         deadline = time.monotonic() + wait
         with self._lock:
@@ -355,16 +521,23 @@ class Spool:
 
     def _read_locked(self, pos: Position, limit: int) -> list[Entry]:
         out: list[Entry] = []
-        for seg in self._segments:
+        for seg in list(self._segments):  # (_lose may remove one)
             if seg.number < pos.segment:
                 continue
             first = seg.first_at(pos.offset) if seg.number == pos.segment else 0
             todo = seg.records[first:first + limit - len(out)]
             if not todo:
                 continue
-            with open(seg.path, "rb") as f:
-                f.seek(todo[0].offset)
-                data = f.read(todo[-1].offset + todo[-1].size - todo[0].offset)
+            try:
+                with open(seg.path, "rb") as f:
+                    f.seek(todo[0].offset)
+                    data = f.read(todo[-1].offset + todo[-1].size - todo[0].offset)
+            except FileNotFoundError as e:
+                self._lose(seg, "missing_records", e)
+                continue
+            except OSError as e:
+                self._lose(seg, "unreadable_records", e)
+                continue
             for rec in todo:
                 parsed = _parse_at(data, rec.offset - todo[0].offset)
                 if parsed is None or (parsed[0].epoch, parsed[0].seq) != (rec.epoch, rec.seq):
@@ -396,12 +569,16 @@ class Spool:
             self.counters["acked_records"] += acked
             self._cursor = end
             while len(self._segments) > 1 and self._segments[0].number < end.segment:
-                self._unlink(self._segments.pop(0))
-            # A full, wholly acknowledged newest segment is replaced by a fresh one.
+                self._unlink(self._segments.pop(0).path)
+            # A full, wholly acknowledged newest segment is replaced by a fresh one (when the
+            # disk refuses one now, the next append rolls instead).
             newest = self._segments[-1]
             if newest.number == end.segment and end.offset >= newest.size >= self.segment_bytes:
-                self._roll()
-                self._unlink(self._segments.pop(0))
+                try:
+                    self._roll()
+                    self._unlink(self._segments.pop(0).path)
+                except OSError as e:
+                    self.log.warning("spool: cannot start a new segment after %s (%s)", newest.path, e)
             if time.monotonic() - self._cursor_saved_at >= self.cursor_interval:
                 self._save_cursor()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import threading
 
 import pytest
@@ -46,8 +47,12 @@ def test_a_full_disk_loses_that_drain_counts_it_and_the_next_batch_still_goes(tm
         def full(*args, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
         # "append": the spool itself raises OSError; "write": the real path, where the spool
-        # turns the failed os.write into a SpoolError.
-        monkeypatch.setattr(box.spool, "append" if where == "append" else "_write_all", full)
+        # turns the failed os.write on its segment into a SpoolError.
+        if where == "append":
+            monkeypatch.setattr(box.spool, "append", full)
+        else:
+            real_write = os.write
+            monkeypatch.setattr(os, "write", lambda fd, data: full() if fd == box.spool._fd else real_write(fd, data))
         box.put_buckets([_bucket(1.0)])
         assert box.flush(5)
         monkeypatch.undo()  # the disk has room again
