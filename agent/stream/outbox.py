@@ -7,7 +7,8 @@ events, NIC state, recordings, the outbox's own counters), appends them to the s
 one fsync for everything drained together, and wakes the stream client.
 
 Every kind of loss has its own counter (`_drops`): the spool's bound, corrupt or torn
-records, a spool write the disk refused, a full queue, non-finite points, batches the
+records, a spool write the disk refused, spool segments deleted or unreadable under the
+running agent, a full queue, non-finite points, items that cannot be encoded, batches the
 collector refused or that were too large to send, recordings that could not be read. Their
 sum is `status()["dropped"]` and each batch's `status.dropped_records`, and each is a metric
 (`_figures`), so what status shows and what the collector receives cannot disagree.
@@ -43,11 +44,18 @@ SPOOL_CORRUPT = register(Metric("stream_spool_corrupt_records_total", "records",
 SPOOL_TORN = register(Metric("stream_spool_torn_tails_total", "events", "Times a record cut short by a crash was found at the spool's end and truncated.", kind="counter", scope="agent"))
 QUEUE_DROPPED = register(Metric("stream_queue_dropped_total", "items", "Bucket sets and events dropped because the in-memory queue in front of the spool was full.", kind="counter", scope="agent"))
 REJECTED = register(Metric("stream_rejected_batches_total", "batches", "Batches the collector refused as malformed, or too large to send; dropped.", kind="counter", scope="agent"))
-SPOOL_WRITE_FAILED = register(Metric("stream_spool_write_failed_items_total", "items", "Bucket sets, events and other queued items lost because the disk refused the spool write (full, read-only).", kind="counter", scope="agent"))
+SPOOL_MISSING = register(Metric("stream_spool_missing_records_total", "records", "Batches lost unsent because their spool segment file was deleted while the agent ran.", kind="counter", scope="agent"))
+SPOOL_UNREADABLE = register(Metric("stream_spool_unreadable_records_total", "records", "Batches lost unsent because their spool segment could not be read (permissions, I/O error, not a file); a segment unreadable at start counts as one.", kind="counter", scope="agent"))
+SPOOL_WRITE_FAILED = register(Metric("stream_spool_write_failed_items_total", "items", "Bucket sets, events and other queued items lost because the disk refused the spool write (full, read-only), or the writer failed on them (logged).", kind="counter", scope="agent"))
+INVALID = register(Metric("stream_invalid_items_total", "items", "Points, events and other items left out of a batch because a field could not be encoded (logged with the reason).", kind="counter", scope="agent"))
 NONFINITE = register(Metric("stream_nonfinite_points_total", "points", "Points left out of a batch because a value was NaN or infinite (the collector refuses such a batch).", kind="counter", scope="agent"))
 RECORDING_ERRORS = register(Metric("stream_recording_errors_total", "recordings", "Flight recordings that could not be read and were not sent.", kind="counter", scope="agent"))
 DROPPED = register(Metric("stream_dropped_total", "items", "Everything the stream lost, all kinds together (the sum of the counters above; the batch header's dropped_records).", kind="counter", scope="agent"))
 CONNECTED = register(Metric("stream_connected", "boolean", "1 while a stream to a collector is open.", scope="agent"))
+
+
+# What a malformed item raises while it is encoded (a field of the wrong type, missing).
+_BAD_ITEM = (TypeError, ValueError, KeyError, AttributeError)
 
 
 def next_epoch(state_dir: Path) -> int:
@@ -69,10 +77,27 @@ def next_epoch(state_dir: Path) -> int:
 
 def _add_point(item: Any, columns: Columns, entries: SeriesEntries) -> bool:
     """One windows Bucket, sources Sample or dict with the same fields into `columns`;
-    False when a value is not finite (left out)."""
+    False when a value is not finite (left out). A field that cannot be encoded raises
+    before anything is added (a count outside uint64 would only fail later, in protobuf,
+    taking the whole batch with it)."""
     get = item.get if isinstance(item, dict) else lambda k: getattr(item, k)
-    return columns.add(entries(get("metric"), get("labels") or {}), float(get("ts")), int(get("count")),
+    count = int(get("count"))
+    if not 0 <= count < 1 << 64:
+        raise ValueError(f"count {count} is not a uint64")
+    return columns.add(entries(get("metric"), get("labels") or {}), float(get("ts")), count,
                        *(float(get(k)) for k in ("sum", "min", "max", "last")))
+
+
+def _metric_of(item: Any) -> str:
+    return str(item.get("metric") if isinstance(item, dict) else getattr(item, "metric", "?"))
+
+
+def _add_event(batch: collector_pb2.Batch, event) -> None:
+    """One event into the batch; every field is encoded before it is added, so a bad one
+    leaves the batch as it was."""
+    labels = {str(k): str(v) for k, v in event.labels.items()}
+    data_json = json.dumps(event.data, sort_keys=True, default=str)
+    batch.events.add(kind=event.kind, ts=float(event.ts), data_json=data_json).labels.update(labels)
 
 
 class Outbox:
@@ -94,8 +119,8 @@ class Outbox:
         self.log = log or logging.getLogger("egs.stream")
         self._queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         self._counts = {"queued": 0, "spooled": 0, "queue_dropped": 0, "batches": 0, "spool_errors": 0,
-                        "nonfinite_points": 0, "recordings_sent": 0, "recordings_truncated": 0,
-                        "recording_errors": 0}
+                        "nonfinite_points": 0, "invalid_items": 0, "recordings_sent": 0,
+                        "recordings_truncated": 0, "recording_errors": 0}
         self._progress = threading.Condition()
         self._entries = SeriesEntries()  # writer thread only
         # Serialises replacing the client (reload) with stopping it (stop). Readers elsewhere
@@ -107,19 +132,27 @@ class Outbox:
         self.client: StreamClient | None = None
         self.epoch = 0
         self._seq = 0
-        self._last_spool_error: str | None = None
+        self._last_spool_error: str | None = None  # logged once until an append succeeds again
+        self._last_invalid: str | None = None  # the same bad item every second is logged once
 
     # --- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Open the spool, take a new epoch, start the writer and the stream client. A start
+        that fails closes what it opened, so that starting again is a clean retry."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(self.state_dir / "spool", max_bytes=self.settings.spool_max_bytes,
-                           segment_bytes=self.settings.spool_segment_bytes, fsync=self.settings.fsync)
-        st = self.spool.status()
+        spool = Spool(self.state_dir / "spool", max_bytes=self.settings.spool_max_bytes,
+                      segment_bytes=self.settings.spool_segment_bytes, fsync=self.settings.fsync, log=self.log)
+        try:
+            self.epoch = next_epoch(self.state_dir)
+        except OSError:
+            spool.close()
+            raise
+        self.spool = spool
+        st = spool.status()
         if st["torn_tails"] or st["corrupt_records"]:
             self.log.warning("spool: truncated %d torn tail(s), skipped %d corrupt record(s)",
                              st["torn_tails"], st["corrupt_records"])
-        self.epoch = next_epoch(self.state_dir)
         self.client = StreamClient(self.settings, self.spool, self.log)
         self._writer = threading.Thread(target=self._write_loop, name="egs-outbox", daemon=True)
         self._writer.start()
@@ -247,23 +280,33 @@ class Outbox:
                     items.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            try:
-                self._spool_items(items)
-            except (SpoolError, OSError) as e:
-                # The disk refused (full, read-only). Those items are lost; say so, count
-                # them, keep going: the next append may succeed once space is back. (OSError
-                # too: a writer thread that died here would stop the outbox silently.)
-                with self._progress:
-                    self._counts["spool_errors"] += len(items)
-                if str(e) != self._last_spool_error:
-                    self.log.error("%s (%d items lost)", e, len(items))
-                    self._last_spool_error = str(e)
+            self._spool_or_count(items)
             with self._progress:
                 self._counts["spooled"] += len(items)
                 self._progress.notify_all()
             client = self.client  # one read: reload may swap it meanwhile
             if client is not None:
                 client.notify()
+
+    def _spool_or_count(self, items: list) -> None:
+        """Spool one drain; when that fails, count its items as lost and say why, once per
+        episode. The writer carries on whatever happened: a writer thread that died here
+        would stop the outbox silently."""
+        try:
+            self._spool_items(items)
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            with self._progress:
+                self._counts["spool_errors"] += len(items)
+            if str(e) != self._last_spool_error:
+                if isinstance(e, (SpoolError, OSError)):  # the disk refused (full, read-only)
+                    self.log.error("%s (%d items lost)", e, len(items))
+                else:
+                    self.log.exception("stream: writing %d items to the spool failed (lost)", len(items))
+                self._last_spool_error = str(e)
+            return
+        if self._last_spool_error is not None:
+            self.log.info("stream: spooling works again")
+            self._last_spool_error = None
 
     def _spool_items(self, items: list) -> None:
         batches = self._build(items)
@@ -284,7 +327,8 @@ class Outbox:
     def _build(self, items: list) -> list[collector_pb2.Batch]:
         limit = self.settings.max_batch_points
         entries = self._entries
-        counts = {"nonfinite_points": 0, "recordings_sent": 0, "recordings_truncated": 0, "recording_errors": 0}
+        counts = {"nonfinite_points": 0, "invalid_items": 0, "recordings_sent": 0, "recordings_truncated": 0,
+                  "recording_errors": 0}
         batches = [self._new_batch()]
         for kind, value in items:
             batch = batches[-1][0]
@@ -294,12 +338,18 @@ class Outbox:
                         batches.append(self._new_batch())
                     # The collector refuses a batch holding a NaN or an infinity (and the
                     # agent would then drop all of it): such a point is left out and counted.
-                    if not _add_point(bucket, batches[-1][1], entries):
+                    try:
+                        finite = _add_point(bucket, batches[-1][1], entries)
+                    except _BAD_ITEM as e:
+                        self._invalid(f"a point of {_metric_of(bucket)}", e, counts)
+                        continue
+                    if not finite:
                         counts["nonfinite_points"] += 1
             elif kind == "event":
-                ev = batch.events.add(kind=value.kind, ts=float(value.ts),
-                                      data_json=json.dumps(value.data, sort_keys=True, default=str))
-                ev.labels.update({str(k): str(v) for k, v in value.labels.items()})
+                try:
+                    _add_event(batch, value)
+                except _BAD_ITEM as e:
+                    self._invalid(f"{getattr(value, 'kind', '?')} event", e, counts)
             elif kind == "nic":
                 batch.nic_json = json.dumps(value, sort_keys=True, default=str)
             elif kind in ("recording", "recording_file"):
@@ -318,6 +368,15 @@ class Outbox:
         for batch, columns in batches:
             columns.write_to(batch)
         return [batch for batch, _ in batches]
+
+    def _invalid(self, what: str, error: Exception, counts: dict[str, int]) -> None:
+        """An item a producer handed over with a field that cannot be encoded: left out and
+        counted, its neighbours still sent; said once for as long as it keeps coming."""
+        counts["invalid_items"] += 1
+        text = f"stream: left out {what} that cannot be encoded: {type(error).__name__}: {error}"
+        if text != self._last_invalid:
+            self.log.error("%s", text)
+            self._last_invalid = text
 
     def _recording_json(self, path: str, counts: dict[str, int]) -> str | None:
         """A flight-recorder file as the JSON a batch carries. One that would not fit in a
@@ -382,8 +441,11 @@ def _drops(spool: dict, client: dict, counts: dict) -> dict[str, int]:
             "spool_corrupt": spool.get("corrupt_records", 0),
             "spool_torn": spool.get("torn_tails", 0),
             "spool_write_failed": counts["spool_errors"],
+            "spool_missing": spool.get("missing_records", 0),
+            "spool_unreadable": spool.get("unreadable_records", 0),
             "queue_full": counts["queue_dropped"],
             "nonfinite_points": counts["nonfinite_points"],
+            "invalid_items": counts["invalid_items"],
             "rejected_batches": client.get("rejected_batches", 0),
             "oversized_batches": client.get("oversized_batches", 0),
             "recording_errors": counts["recording_errors"]}
@@ -397,8 +459,11 @@ def _figures(spool: dict, client: dict, counts: dict, drops: dict[str, int]) -> 
             (SPOOL_CORRUPT, drops["spool_corrupt"]),
             (SPOOL_TORN, drops["spool_torn"]),
             (SPOOL_WRITE_FAILED, drops["spool_write_failed"]),
+            (SPOOL_MISSING, drops["spool_missing"]),
+            (SPOOL_UNREADABLE, drops["spool_unreadable"]),
             (QUEUE_DROPPED, drops["queue_full"]),
             (NONFINITE, drops["nonfinite_points"]),
+            (INVALID, drops["invalid_items"]),
             (REJECTED, drops["rejected_batches"] + drops["oversized_batches"]),
             (RECORDING_ERRORS, drops["recording_errors"]),
             (DROPPED, sum(drops.values())),

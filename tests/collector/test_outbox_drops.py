@@ -6,6 +6,7 @@ next batch carries (header `dropped_records` and one metric per kind), and the t
 from __future__ import annotations
 
 import errno
+import logging
 import math
 import os
 import threading
@@ -92,6 +93,7 @@ def test_every_kind_of_loss_is_in_status_and_in_the_batch_figures_alike(tmp_path
         assert box.flush(5)
 
         expected = {"spool_full": 3, "spool_corrupt": 5, "spool_torn": 7, "spool_write_failed": 0,
+                    "spool_missing": 0, "spool_unreadable": 0, "invalid_items": 0,
                     "queue_full": 2, "nonfinite_points": 2, "rejected_batches": 11, "oversized_batches": 13,
                     "recording_errors": 1}
         st = box.status()
@@ -106,6 +108,49 @@ def test_every_kind_of_loss_is_in_status_and_in_the_batch_figures_alike(tmp_path
                    "stream_dropped_total": 44}
         assert {name: _figure(last, name) for name in figures} == figures
         assert {name: st["metrics"][name] for name in figures} == figures
+    finally:
+        box.stop()
+
+
+def test_an_item_that_cannot_be_encoded_is_left_out_named_and_counted(tmp_path, caplog):
+    # One bad bucket or event must not cost the others drained with it, nor the writer.
+    box = Outbox(_cfg().stream, tmp_path, host_id="h1", clock=lambda: 1000.0)
+    box.put_buckets([_bucket(1.0), dict(_bucket(2.0, gpu="1"), ts="soon"), dict(_bucket(2.0, gpu="3"), count=-1)])
+    box.put_event(Event("alarm", 999.0, None, {"state": "firing"}))
+    box.put_buckets([_bucket(3.0, gpu="2")])
+    with caplog.at_level(logging.ERROR, logger="egs.stream"):
+        box.start()  # all four drain together
+        try:
+            assert box.flush(5)
+            (batch,) = _spooled(box)
+            assert sorted(p.last for p in points_of(batch) if p.metric == "gpu_power_watts") == [1.0, 3.0]
+            assert list(batch.events) == []
+            st = box.status()
+            assert (st["drops"]["invalid_items"], st["dropped"]) == (3, 3)
+            assert box._writer.is_alive()
+        finally:
+            box.stop()
+    assert "gpu_power_watts" in caplog.text and "could not convert string to float: 'soon'" in caplog.text
+    assert "alarm event" in caplog.text and "NoneType" in caplog.text
+    assert "count -1 is not a uint64" in caplog.text
+
+
+def test_the_writer_outlives_an_unexpected_error_and_says_so(tmp_path, monkeypatch, caplog):
+    box = Outbox(_cfg().stream, tmp_path, host_id="h1", clock=lambda: 1000.0)
+    box.start()
+    try:
+        build = box._build
+        monkeypatch.setattr(box, "_build", lambda items: (_ for _ in ()).throw(RuntimeError("a bug")))
+        with caplog.at_level(logging.ERROR, logger="egs.stream"):
+            box.put_buckets([_bucket(1.0)])
+            assert box.flush(5)
+        assert "a bug" in caplog.text and "1 items" in caplog.text
+        monkeypatch.setattr(box, "_build", build)
+        box.put_buckets([_bucket(2.0)])
+        assert box.flush(5)
+        (batch,) = _spooled(box)
+        assert _figure(batch, "gpu_power_watts") == 2.0
+        assert box.status()["drops"]["spool_write_failed"] == 1
     finally:
         box.stop()
 

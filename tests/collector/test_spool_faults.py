@@ -24,6 +24,8 @@ import pytest
 from agent.config import parse
 from agent.proto import collector_pb2
 from agent.stream.client import StreamClient
+from agent.stream.columns import points_of
+from agent.stream.outbox import Outbox
 from agent.stream.spool import Spool, SpoolError, encode_record
 
 KB = 1024
@@ -425,3 +427,91 @@ def test_the_stream_carries_on_past_a_deleted_segment(tmp_path, caplog):
             collector.server.stop(0)
     assert str(victim) in caplog.text and "No such file or directory" in caplog.text
     assert spool.status()["missing_records"] == len(lost)
+
+
+# --- the outbox over a failing spool -------------------------------------------------------
+
+def _outbox(state_dir) -> Outbox:
+    cfg = parse('[stream]\nendpoints = ["127.0.0.1:9"]\nplaintext = true\nfsync = false\n', "a.toml")
+    return Outbox(cfg.stream, state_dir, host_id="h1", clock=lambda: 1000.0)
+
+
+def _bucket(value: float, gpu: str = "0") -> dict:
+    return {"metric": "gpu_power_watts", "labels": {"gpu": gpu}, "ts": 999, "count": 1, "sum": value,
+            "min": value, "max": value, "last": value}
+
+
+def _spooled(box) -> list[collector_pb2.Batch]:
+    return [collector_pb2.Batch.FromString(e.payload) for e in box.spool.read(box.spool.start(), limit=1000)]
+
+
+def _figure(batch, name) -> float:
+    (point,) = [p for p in points_of(batch) if p.metric == name]
+    return point.last
+
+
+def test_the_outbox_counts_a_deleted_segment_under_its_own_name(tmp_path):
+    box = _outbox(tmp_path)
+    box.start()
+    try:
+        for value in (1.0, 2.0):
+            box.put_buckets([_bucket(value)])
+            assert box.flush(5)
+        (segment,) = _segments(tmp_path / "spool")
+        segment.unlink()
+        for value in (3.0, 4.0):  # the loss is found by the first append, told by the next batch
+            box.put_buckets([_bucket(value)])
+            assert box.flush(5)
+        st = box.status()
+        assert (st["drops"]["spool_missing"], st["dropped"]) == (2, 2)
+        assert st["metrics"]["stream_spool_missing_records_total"] == 2
+        last = _spooled(box)[-1]
+        assert _figure(last, "gpu_power_watts") == 4.0
+        assert last.status.dropped_records == 2
+        assert _figure(last, "stream_spool_missing_records_total") == 2
+    finally:
+        box.stop()
+
+
+def test_a_spool_error_that_comes_back_after_a_recovery_is_logged_again(tmp_path, monkeypatch, caplog):
+    box = _outbox(tmp_path)
+    box.start()
+    real = os.write
+
+    def full(fd, data):
+        if fd == box.spool._fd:
+            raise _error(errno.ENOSPC)
+        return real(fd, data)
+    try:
+        with caplog.at_level(logging.INFO, logger="egs.stream"):
+            for broken in (True, False, True):
+                if broken:
+                    monkeypatch.setattr(os, "write", full)
+                box.put_buckets([_bucket(1.0)])
+                assert box.flush(5)
+                monkeypatch.undo()
+        said = [r.getMessage() for r in caplog.records if r.name == "egs.stream"]
+        assert len([m for m in said if "No space left on device" in m]) == 2, said
+        assert any("works again" in m for m in said), said
+        assert box.status()["drops"]["spool_write_failed"] == 2
+    finally:
+        box.stop()
+
+
+def test_a_start_that_fails_after_opening_the_spool_closes_it_again(tmp_path, monkeypatch):
+    # The daemon may retry a component whose start failed: nothing of the first try may linger.
+    def segment_fds() -> list[str]:
+        return [n for n in os.listdir("/proc/self/fd") if _fd_path(int(n)).startswith(str(tmp_path / "spool"))]
+    box = _outbox(tmp_path)
+    _refuse(monkeypatch, tmp_path / "stream-epoch.tmp", errno.ENOSPC)
+    with pytest.raises(OSError, match="No space left on device"):
+        box.start()
+    assert segment_fds() == []
+    monkeypatch.undo()
+    box.start()
+    try:
+        box.put_buckets([_bucket(1.0)])
+        assert box.flush(5)
+        assert len(segment_fds()) == 1
+    finally:
+        box.stop()
