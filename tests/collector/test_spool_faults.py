@@ -365,6 +365,24 @@ def test_a_segment_that_cannot_be_deleted_does_not_stop_acknowledgements(tmp_pat
     assert _read_all(spool) == [61]
 
 
+def test_a_spool_directory_that_cannot_be_listed_is_an_error_naming_it(tmp_path, monkeypatch):
+    # Path.glob swallows EACCES: the spool would start empty, its segments silently ignored.
+    spool = _spool(tmp_path)
+    _fill(spool, range(1, 4))
+    spool.close()
+
+    def refusing(real):
+        def listing(path="."):
+            if str(path) == str(tmp_path):
+                raise _error(errno.EACCES, path)
+            return real(path)
+        return listing
+    monkeypatch.setattr(os, "listdir", refusing(os.listdir))
+    monkeypatch.setattr(os, "scandir", refusing(os.scandir))
+    with pytest.raises(SpoolError, match=f"{tmp_path}.*Permission denied"):
+        _spool(tmp_path)
+
+
 # --- item 7, end to end: the stream client carries on -----------------------------------------
 
 class _Collector:
