@@ -424,7 +424,7 @@ class Spool:
             if seg.number < number:
                 continue
             keep, length = (count, size) if seg.number == number else (0, 0)
-            self._unacked -= max(0, len(seg.records) - keep)
+            self._unacked -= len(seg.records) - keep
             del seg.records[keep:], seg.offsets[keep:]
             seg.size = length
             try:
