@@ -10,7 +10,12 @@ from agent.alarms.rules import parse_rules
 from agent.config import Key, Section
 
 SECTIONS = [
-    Section("alarm", "Alarm rules, one `[[alarm]]` table each (keys in docs/alarms.md).",
+    Section("alarm", "Alarm rules, one `[[alarm]]` table each (keys in docs/alarms.md). Bounds: `window` 1s..1h "
+            "(and at most the longest of windows.sizes to be evaluated), `interval` 1s..1d, `silence` 0 or up to 30d, "
+            "`hook_timeout` 100ms..10m (a hook holds one of alarms.hook_workers that long), `consecutive`, `breaches`, "
+            "`of` and `recover_after` 1..1000, `description` 1024 characters, `command` 4096 characters or 256 "
+            "arguments of 4096, `timezone` 64, `nic` 15, `gpus` 256 items, `effective` 32 windows, `labels` as "
+            "agent.labels; numbers finite.",
             parse=parse_rules, default=()),
     Section("alarms", "Evaluating alarm rules on the node.", {
         "enabled": Key(True, bool, "Evaluate alarm rules (the built-in ones and every [[alarm]])."),

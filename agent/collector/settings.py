@@ -135,7 +135,11 @@ def parse_text(text: str, file: str = "<config>") -> SimpleNamespace:
     where = cfg.locator
     if cfg.tls.plaintext:
         for section in ("ingest", "consumers"):
-            if not is_loopback_endpoint(getattr(cfg, section).listen):
+            listen = getattr(cfg, section).listen
+            if not is_loopback_endpoint(listen):
+                if where.line((section, "listen")) is None:  # the default address: point at plaintext
+                    raise where.error(("tls", "plaintext"), f"plaintext is allowed only on loopback addresses, and "
+                                      f"{section}.listen is {listen!r} (the default); set it to e.g. 127.0.0.1:PORT")
                 raise where.error((section, "listen"), "plaintext is allowed only on loopback addresses (tls.plaintext = true)")
     else:
         for key in ("cert", "key", "client_ca"):

@@ -233,3 +233,23 @@ def test_long_lines_do_not_stall_the_locator_or_duration_parser():
     e = error_of('[windows]\nsizes = ["1' + " " * 200_000 + 'x"]\n')
     assert located(e, 2, "windows.sizes"), str(e)
     assert config.parse_duration("1" + " " * 200_000 + "x", strict=False) is None
+
+
+def test_line_numbers_count_newlines_only_not_unicode_line_separators():
+    # Found by the fuzz layer: str.splitlines() also splits at U+2028/U+0085, shifting lines.
+    e = error_of('[agent]\nhost_id = "a\u2028b\u0085c"\n[gpu]\nhz = 0\n')
+    assert located(e, 4, "gpu.hz"), str(e)
+
+
+@pytest.mark.timeout(30, method="thread")
+def test_a_fifo_or_a_directory_as_config_is_refused_not_waited_on(tmp_path):
+    import os
+
+    fifo = tmp_path / "agent.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(config.ConfigError) as info:
+        config.load(fifo, env={})  # opened for reading, a FIFO with no writer blocked forever
+    assert info.value.file == str(fifo) and "regular file" in info.value.message
+    with pytest.raises(config.ConfigError, match="regular file|directory"):
+        config.load(tmp_path, env={})
+    assert config.load("/dev/null", env={}).gpu.hz == 10.0  # an empty file: the defaults
