@@ -10,7 +10,7 @@ NATIVE_SRC := $(wildcard native/*.c native/*.h) native/build_native.py
 SIM_SRC  := $(wildcard native/sim/*.c native/sim/*.h native/sim/Makefile)
 CONFIG   ?=
 
-.PHONY: all venv native sim system-deps test run demo bench proto clean
+.PHONY: all venv native sim system-deps test fuzz run demo bench proto clean
 
 all: native sim
 
@@ -53,6 +53,18 @@ proto: venv
 
 test: venv native sim system-deps
 	$(PY) -m pytest -q tests
+
+# The fuzz layer on hypothesis' long profile: tests marked `fuzz` (or `fuzz_long`), then any
+# other test with "fuzz" in its name. Under a virtual-memory cap, so unbounded memory is a
+# failure rather than a swapping machine, and a wall-clock cap, so a stall is one too.
+FUZZ_TIMEOUT ?= 3600
+FUZZ_MEMORY_KB ?= 8388608
+fuzz: venv native sim
+	ulimit -v $(FUZZ_MEMORY_KB) && HYPOTHESIS_PROFILE=long timeout $(FUZZ_TIMEOUT) \
+	  $(PY) -m pytest -q -p no:cacheprovider -m "fuzz or fuzz_long" tests
+	ulimit -v $(FUZZ_MEMORY_KB) && HYPOTHESIS_PROFILE=long timeout $(FUZZ_TIMEOUT) \
+	  $(PY) -m pytest -q -p no:cacheprovider -k fuzz -m "not fuzz and not fuzz_long" tests; \
+	  status=$$?; [ $$status = 0 ] || [ $$status = 5 ]  # 5: no such test, nothing to run
 
 run: venv native
 	$(VENV)/bin/egs-agent run $(if $(CONFIG),--config $(CONFIG),--config dev/agent.toml)
