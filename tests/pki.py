@@ -45,7 +45,8 @@ class PKI:
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         return cert_path, key_path
 
-    def issue(self, name: str, cn: str, dns=(), ips=(), server=False, ca=None) -> tuple[Path, Path]:
+    def issue(self, name: str, cn: str | None, dns=(), ips=(), server=False, ca=None) -> tuple[Path, Path]:
+        """A certificate signed by the CA (or `ca`); `cn` None: a subject without a CN."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -53,7 +54,7 @@ class PKI:
         key = self._ec.generate_private_key(self._ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)] if cn else []))
                    .issuer_name(ca_cert.subject).public_key(key.public_key())
                    .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
                    .not_valid_after(now + datetime.timedelta(days=1))

@@ -6,12 +6,18 @@ transaction (group commit), then resolves each batch's future so its stream can 
 ack — an ack always follows a commit. Stored batches then go to the subscription hub on the
 loop. Queries read the store file through a StoreReader of their own.
 
-Per-sender failures stay with the sender: a batch that fails validation ends *that* stream
-with INVALID_ARGUMENT (after acking everything before it, and naming it in the
-`egs-rejected-seq` trailer so the agent drops it instead of resending it forever); an
-oversized message gets RESOURCE_EXHAUSTED from gRPC itself; a host id that the client
-certificate does not name gets PERMISSION_DENIED; a missing certificate UNAUTHENTICATED.
-Other streams and the committer carry on.
+Per-sender failures stay with the sender: a batch that fails validation
+(agent/collector/ingest.py) ends *that* stream with INVALID_ARGUMENT (after acking everything
+before it, and naming it in the `egs-rejected-seq` trailer so the agent drops it instead of
+resending it forever); an oversized message gets RESOURCE_EXHAUSTED from gRPC itself; a host
+id that the client certificate does not name gets PERMISSION_DENIED; a missing certificate
+UNAUTHENTICATED. Should a batch that passed validation still fail its group's commit, the
+committer writes that group's batches one by one, so the bystanders are stored and acked and
+only the batch the store cannot hold is refused. Other streams and the committer carry on.
+
+Consumers are bounded too (docs/collector.md, "Bounds"): how many subscribe at once, their
+heartbeat and filters, and what one query may cover, read and return, and how many queries
+run at once.
 """
 from __future__ import annotations
 
@@ -28,10 +34,11 @@ from pathlib import Path
 
 import grpc
 
+from agent.collector import ingest as ingest_rules
 from agent.collector.settings import retention_seconds
-from agent.collector.store import R10, R60, RAW, Store, StoreReader, check
+from agent.collector.store import R10, R60, RAW, QueryBounds, QueryTooLarge, Store, StoreReader
 from agent.collector.subscriptions import Hub, make_update
-from agent.collector.writer import WriterProcess
+from agent.collector.writer import WriterGone, WriterProcess
 from agent.config import parse_duration
 from agent.proto import collector_pb2, collector_pb2_grpc
 from agent.stream.columns import Points
@@ -40,6 +47,18 @@ log = logging.getLogger("egs-collector")
 REJECTED_TRAILER = "egs-rejected-seq"
 SNAPSHOT_CHUNK = 2000
 UPDATE_CHUNK = 5000
+# What a consumer may ask of Subscribe and Query (docs/collector.md, "Bounds").
+HEARTBEAT_MIN, HEARTBEAT_MAX = 0.5, 3600.0
+FILTER_ITEMS_MAX = 1000   # hosts, metrics or event kinds in one subscription
+FILTER_LABELS_MAX = 64
+NAME_MAX = 253            # any one host, metric, label or event kind named in a request
+QUERIES_RUNNING, QUERIES_WAITING = 2, 32
+MAX_SEND_BYTES = 64 << 20  # the largest response (a query's answer, a snapshot chunk)
+
+
+class StoreRefused(Exception):
+    """The store failed on this batch alone while others of its group were stored: the
+    sender's batch is refused (with the trailer) rather than retried forever."""
 
 
 class Committer:
@@ -52,7 +71,7 @@ class Committer:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="egs-committer", daemon=True)
         self.stats = {"commits": 0, "batches": 0, "duplicates": 0, "points": 0, "errors": 0,
-                      "last_group": 0, "largest_group": 0}
+                      "refused": 0, "last_group": 0, "largest_group": 0}
 
     def start(self) -> None:
         self._thread.start()
@@ -102,16 +121,45 @@ class Committer:
                 return
 
     def _commit(self, group: list) -> None:
+        try:
+            self._write(group)
+            return
+        except Exception as e:
+            error = e
+        self.stats["errors"] += 1
+        if len(group) == 1 or isinstance(error, WriterGone):  # the disk or the database failed: no ack
+            log.error("store write failed for %d batches: %s", len(group), error)
+            self._fail(group, error)
+            return
+        # One batch the checks let through may be what the store cannot hold: write them one
+        # by one, so the others are stored and only that one is refused.
+        log.error("store write failed for a group of %d batches (%s); writing them one by one", len(group), error)
+        failed = []
+        for item in group:
+            try:
+                self._write([item])
+            except Exception as e:
+                failed.append((item, e))
+        for item, e in failed:
+            if len(failed) < len(group):
+                self.stats["refused"] += 1
+                batch = item[0]
+                log.error("the store cannot hold batch %s/%s of %s, refused: %s (the ingest checks missed it)",
+                          batch.epoch, batch.seq, batch.host_id, e)
+                self._fail([item], StoreRefused(f"the store could not hold it: {e}"))
+            else:
+                self._fail([item], e)
+
+    def _fail(self, group: list, error: Exception) -> None:
+        for *_, fut in group:
+            self.loop.call_soon_threadsafe(_fail, fut, error)
+
+    def _write(self, group: list) -> None:
+        """Commit a group and hand its acks and stored batches to the loop; raises when the
+        store refused the whole group (nothing of it is stored then)."""
         received = time.time()
         batches, points, wire, _ = zip(*group)
-        try:
-            results = self.store.write(list(batches), received, list(wire), list(points))
-        except Exception as e:  # the disk or the database failed: nobody gets an ack
-            self.stats["errors"] += 1
-            log.error("store write failed for %d batches: %s", len(group), e)
-            for *_, fut in group:
-                self.loop.call_soon_threadsafe(_fail, fut, e)
-            return
+        results = self.store.write(list(batches), received, list(wire), list(points))
         self.stats["commits"] += 1
         self.stats["last_group"] = len(group)
         self.stats["largest_group"] = max(self.stats["largest_group"], len(group))
@@ -145,22 +193,26 @@ def _fail(fut: asyncio.Future, error: Exception) -> None:
 
 
 def peer_names(context) -> set[str] | None:
-    """Names the client certificate vouches for (CN and DNS SANs); None without TLS."""
+    """Names the client certificate vouches for: its CN and DNS SANs (gRPC's `peer_dns`),
+    not its IP, URI or e-mail SANs (`x509_subject_alternative_name` holds all of those, so a
+    certificate with only an IP SAN would otherwise publish as that IP); None without TLS."""
     auth = context.auth_context() or {}
     if b"ssl" not in auth.get("transport_security_type", ()):
         return None
     names = set()
-    for key in ("x509_common_name", "x509_subject_alternative_name"):
+    for key in ("x509_common_name", "peer_dns"):
         for value in auth.get(key, ()):
             names.add(value.decode() if isinstance(value, bytes) else str(value))
+    names.discard("")  # gRPC reports a subject without a CN as an empty x509_common_name
     return names
 
 
 class Ingest(collector_pb2_grpc.IngestServicer):
-    def __init__(self, committer: Committer, plaintext: bool, max_points: int, max_uncommitted: int = 4096):
+    def __init__(self, committer: Committer, plaintext: bool, limits: ingest_rules.Limits = ingest_rules.Limits(),
+                 max_uncommitted: int = 4096):
         self.committer = committer
         self.plaintext = plaintext
-        self.max_points = max_points
+        self.limits = limits
         self.connected: dict[str, str] = {}  # host -> peer
         self.counts: dict[str, dict[str, int]] = {}
         self.stats = {"rejected": 0, "refused_identity": 0, "unauthenticated": 0}
@@ -222,7 +274,16 @@ class Ingest(collector_pb2_grpc.IngestServicer):
                     log.warning("refused batch %s/%s from %s: %s", batch.epoch, batch.seq, peer, details)
                     await context.abort(code, details)
                 _, batch, fut = item
-                duplicate = await fut
+                try:
+                    duplicate = await fut
+                except StoreRefused as e:
+                    self.stats["rejected"] += 1
+                    context.set_trailing_metadata(((REJECTED_TRAILER, f"{batch.epoch}/{batch.seq}"),))
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.epoch}/{batch.seq}: {e}")
+                except WriterGone as e:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"the collector's store is down: {e}")
+                except Exception as e:  # the disk or the database failed: the agent sends it again later
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"the collector could not store the batch: {e}")
                 if host is None:
                     host = batch.host_id
                     self.connected[host] = peer
@@ -238,21 +299,23 @@ class Ingest(collector_pb2_grpc.IngestServicer):
         """The batch's points, or (status code, details) saying why it is refused."""
         if names is not None and batch.host_id not in names:
             return (grpc.StatusCode.PERMISSION_DENIED,
-                    f"host id {batch.host_id!r} is not a name of the client certificate ({', '.join(sorted(names))})")
-        if len(batch.ts) > self.max_points:
-            return grpc.StatusCode.INVALID_ARGUMENT, f"batch has {len(batch.ts)} points, over ingest.max_points ({self.max_points})"
+                    f"host id {batch.host_id[:NAME_MAX]!r} is not a name of the client certificate ({', '.join(sorted(names))})")
         try:
-            return check(batch)
-        except ValueError as e:
+            return ingest_rules.check(batch, time.time(), self.limits)
+        except ingest_rules.Refused as e:
             return grpc.StatusCode.INVALID_ARGUMENT, f"batch {batch.epoch}/{batch.seq}: {e}"
 
 
 class Consumers(collector_pb2_grpc.ConsumersServicer):
     def __init__(self, store: Store, hub: Hub, ingest: Ingest, tokens: list[str],
-                 heartbeat: float, max_pending: int):
+                 heartbeat: float, max_pending: int, max_subscribers: int = 256,
+                 bounds: QueryBounds = QueryBounds(), max_send_bytes: int = 64 << 20):
         self.store, self.hub, self.ingest = store, hub, ingest
         self.tokens = [t.encode() for t in tokens]
         self.heartbeat, self.max_pending = heartbeat, max_pending
+        self.max_subscribers, self.bounds, self.max_send_bytes = max_subscribers, bounds, max_send_bytes
+        self._running = asyncio.Semaphore(QUERIES_RUNNING)  # created on the loop that serves
+        self._queries = 0  # running or waiting
 
     async def _authorize(self, context) -> None:
         if not self.tokens:
@@ -262,8 +325,27 @@ class Consumers(collector_pb2_grpc.ConsumersServicer):
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), t) for t in self.tokens):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a valid consumer token is needed (authorization: Bearer TOKEN)")
 
+    def _subscribe_error(self, request) -> str | None:
+        """Why a SubscribeRequest is refused (INVALID_ARGUMENT), or None."""
+        beat = request.heartbeat_seconds
+        if beat and not HEARTBEAT_MIN <= beat <= HEARTBEAT_MAX:  # NaN fails the comparison too
+            return f"heartbeat_seconds must be 0 (the default) or {HEARTBEAT_MIN:g}..{HEARTBEAT_MAX:g}, not {beat}"
+        if request.max_pending > self.max_pending:
+            return f"max_pending may be at most {self.max_pending} (consumers.max_pending)"
+        for name in ("hosts", "metrics", "event_kinds"):
+            items = getattr(request, name)
+            if len(items) > FILTER_ITEMS_MAX or any(len(x) > NAME_MAX for x in items):
+                return f"{name}: at most {FILTER_ITEMS_MAX} items of at most {NAME_MAX} characters"
+        return _labels_error(request.labels)
+
     async def Subscribe(self, request, context):
         await self._authorize(context)
+        error = self._subscribe_error(request)
+        if error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error)
+        if len(self.hub.subscriptions) >= self.max_subscribers:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.max_subscribers} subscriptions are open (consumers.max_subscribers); try again later")
         heartbeat = request.heartbeat_seconds or self.heartbeat
         sub = self.hub.add(request, request.max_pending or self.max_pending)
         try:
@@ -286,21 +368,43 @@ class Consumers(collector_pb2_grpc.ConsumersServicer):
 
     async def Query(self, request, context):
         await self._authorize(context)
-        if not request.metric:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "metric is required")
-        loop = asyncio.get_running_loop()
+        if not 0 < len(request.metric) <= NAME_MAX or len(request.host) > NAME_MAX:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"metric is required; metric and host are at most {NAME_MAX} characters")
+        error = _labels_error(request.labels)
+        if error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error)
+        # A query holds its answer in memory while it runs: at most QUERIES_RUNNING of them
+        # at once, QUERIES_WAITING more queued, the rest refused.
+        if self._queries >= QUERIES_RUNNING + QUERIES_WAITING:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self._queries} queries are running or waiting; try again later")
+        self._queries += 1
         try:
-            resolution, found = await loop.run_in_executor(None, lambda: self.store.query(
-                request.metric, request.host, dict(request.labels), request.start, request.end,
-                request.resolution, request.limit or 10000))
+            async with self._running:
+                out = await asyncio.get_running_loop().run_in_executor(None, self._query, request)
         except ValueError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except QueryTooLarge as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        finally:
+            self._queries -= 1
+        return out
+
+    def _query(self, request) -> collector_pb2.QueryResponse:
+        resolution, found = self.store.query(
+            request.metric, request.host, dict(request.labels), request.start, request.end,
+            request.resolution, request.limit or 10000, self.bounds)
         out = collector_pb2.QueryResponse(resolution=resolution)
         for s in found:
             series = out.series.add(host=s.host, metric=s.metric)
             series.labels.update(s.labels)
             for ts, count, total, lo, hi, last in s.points:
                 series.points.add(ts=ts, count=count, sum=total, min=lo, max=hi, last=last)
+        size = out.ByteSize()
+        if size > self.max_send_bytes:
+            raise QueryTooLarge(f"the answer is {size} bytes, over the {self.max_send_bytes} a response may have; "
+                                "narrow the range, the series or the resolution")
         return out
 
     async def Agents(self, request, context):
@@ -321,6 +425,12 @@ class Consumers(collector_pb2_grpc.ConsumersServicer):
         return out
 
 
+def _labels_error(labels) -> str | None:
+    if len(labels) > FILTER_LABELS_MAX or any(len(k) > NAME_MAX or len(v) > NAME_MAX for k, v in labels.items()):
+        return f"labels: at most {FILTER_LABELS_MAX} pairs of at most {NAME_MAX} characters each"
+    return None
+
+
 def _parse_batch(wire: bytes) -> tuple[bytes, collector_pb2.Batch]:
     # The store keeps the bytes as they came (no re-encoding), the rest uses the message.
     return wire, collector_pb2.Batch.FromString(wire)
@@ -337,7 +447,7 @@ def ingest_handler(ingest: Ingest) -> grpc.GenericRpcHandler:
 def server_options(cfg) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", cfg.ingest.max_message_bytes),
-        ("grpc.max_send_message_length", 64 << 20),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
         # Agents ping every stream.keepalive_time (>= 10 s); allow that, and ping back.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
@@ -398,10 +508,14 @@ class Collector:
         self.hub = Hub()
         self.committer = Committer(self.writer, loop, self.hub, parse_duration(cfg.store.cleanup_interval))
         self.committer.start()
-        self.ingest = Ingest(self.committer, cfg.tls.plaintext, cfg.ingest.max_points,
-                             cfg.ingest.max_uncommitted)
+        limits = ingest_rules.Limits(cfg.ingest.max_points, parse_duration(cfg.ingest.max_future),
+                                     retention_seconds(cfg.ingest.max_age))
+        self.ingest = Ingest(self.committer, cfg.tls.plaintext, limits, cfg.ingest.max_uncommitted)
+        bounds = QueryBounds(max_span=parse_duration(cfg.consumers.max_query_span),
+                             max_points=cfg.consumers.max_query_points, max_series=cfg.consumers.max_query_series)
         self.consumers = Consumers(self.store, self.hub, self.ingest, cfg.consumers.all_tokens,
-                                   parse_duration(cfg.consumers.heartbeat), cfg.consumers.max_pending)
+                                   parse_duration(cfg.consumers.heartbeat), cfg.consumers.max_pending,
+                                   cfg.consumers.max_subscribers, bounds, MAX_SEND_BYTES)
         self.server = grpc.aio.server(options=server_options(cfg))
         self.server.add_generic_rpc_handlers((ingest_handler(self.ingest),))
         collector_pb2_grpc.add_ConsumersServicer_to_server(self.consumers, self.server)

@@ -35,6 +35,7 @@ import functools
 import heapq
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -98,6 +99,22 @@ class Flush:
     @property
     def finished(self) -> bool:
         return self.closed60 is not None and self.done60 == len(self.closed60)
+
+
+@dataclass(frozen=True)
+class QueryBounds:
+    """What one query may make the collector do (docs/collector.md, "Bounds"). The time range
+    is checked first (ValueError); the rest while the query runs (`QueryTooLarge`), so an
+    answer past a bound is never built in memory whole."""
+    max_span: float = 6 * 3600.0    # seconds a raw-resolution query may cover (consumers.max_query_span)
+    max_points: int = 1_000_000     # points returned, all series together (consumers.max_query_points)
+    max_series: int = 20_000        # series matched (consumers.max_query_series)
+    max_raw_batches: int = 100_000  # stored batches a raw query may decode (~40 us each)
+    max_future: float = 86400.0     # how far past now `end` may lie
+
+
+class QueryTooLarge(Exception):
+    """A query that would pass one of its bounds while running (RESOURCE_EXHAUSTED)."""
 
 
 @dataclass
@@ -288,7 +305,7 @@ class SQLiteStore:
                 cols = points[i] if points is not None else columns.read(batch)
                 arrival += 1
                 sids = self._fold(host, cols, arrival)
-                ts = cols.ts[0] if len(cols) else batch.created
+                ts = cols.ts[0] if len(cols) else (batch.created or received)
                 blob = wire[i] if wire is not None else batch.SerializeToString()
                 blob = b"z" + zlib.compress(blob, 1) if self.compress_raw else b"p" + blob
                 raw.setdefault(self._table(RAW, ts), []).append((arrival, host, ts, batch.epoch, batch.seq, blob))
@@ -656,31 +673,46 @@ class StoreReader:
         return R60
 
     def query(self, metric: str, host: str = "", labels: dict | None = None, start: float = 0,
-              end: float = 0, resolution: str = "", limit: int = 10000) -> tuple[str, list[StoredSeries]]:
+              end: float = 0, resolution: str = "", limit: int = 10000,
+              bounds: QueryBounds = QueryBounds()) -> tuple[str, list[StoredSeries]]:
+        """Stored history of one metric. ValueError for a range it will not look at,
+        `QueryTooLarge` when the answer would pass `bounds`."""
         now = time.time()
+        if not (math.isfinite(start) and math.isfinite(end)):
+            raise ValueError("start and end must be finite unix seconds")
         end = end or now
         start = start or end - 3600
+        if not 0 <= start <= end <= now + bounds.max_future:
+            raise ValueError(f"the range must satisfy 0 <= start <= end <= now + {bounds.max_future:g} s "
+                             f"(got start {start:.0f}, end {end:.0f}, now {now:.0f})")
         kind = self._pick(resolution, start, now)
+        if kind == RAW and end - start > bounds.max_span:
+            raise ValueError(f"a raw-resolution query may cover at most {bounds.max_span:g} s "
+                             f"(consumers.max_query_span); ask for resolution 10s or 1m")
         want = dict(labels or {})
         name = {RAW: "raw", R10: "10s", R60: "1m"}[kind]
         width = PARTITION_SECONDS[kind]
-        tables = [f"{kind}_{n}" for n in range(int(start // width), int(end // width) + 1)]
-        tables = [t for t in tables if t in self._partitions()]
+        first, last = int(start // width), int(end // width)
+        # Only partitions that exist: however wide the range, what is read is bounded by retention.
+        tables = sorted((t for t in self._partitions() if t.startswith(kind + "_")
+                         and first <= int(t.partition("_")[2]) <= last), key=lambda t: int(t.partition("_")[2]))
+        budget = _Budget(bounds, max(1, min(limit, bounds.max_points)))
         with self._reader_lock:
             if kind == RAW:
-                return name, self._query_raw(tables, metric, host, want, start, end, limit)
+                return name, self._query_raw(tables, metric, host, want, start, end, budget)
             db = self._reader
             sql, args = "SELECT id, host, labels FROM series WHERE metric=?", [metric]
             if host:
                 sql, args = sql + " AND host=?", args + [host]
             found = []
-            for sid, h, ltext in db.execute(sql, args).fetchall():
+            for sid, h, ltext in db.execute(sql, args):
                 lab = json.loads(ltext)
                 if all(lab.get(k) == v for k, v in want.items()):
                     found.append((sid, h, lab))
-            return name, self._query_rollups(tables, metric, found, start, end, limit)
+                    budget.series(len(found))
+            return name, self._query_rollups(tables, metric, found, start, end, budget)
 
-    def _query_rollups(self, tables, metric, found, start, end, limit) -> list[StoredSeries]:
+    def _query_rollups(self, tables, metric, found, start, end, budget: "_Budget") -> list[StoredSeries]:
         """The series `found` ((id, host, labels)) from rollup rows: each row holds a host's
         series for one bucket (see SQLiteStore, "rollups"); rows of the same bucket merge."""
         db = self._reader
@@ -703,6 +735,7 @@ class StoreReader:
                         v = values[p::n]
                         old = merged[k].get(ts)
                         if old is None:
+                            budget.point()
                             merged[k][ts] = list(v)
                         else:
                             old[0] += v[0]
@@ -713,10 +746,10 @@ class StoreReader:
         out = []
         for (_, h, lab), buckets in zip(found, merged):
             points = [(ts, int(c), total, lo, hi, last) for ts, (c, total, lo, hi, last, _) in sorted(buckets.items())]
-            out.append(StoredSeries(h, metric, lab, points[:limit]))
+            out.append(StoredSeries(h, metric, lab, points[:budget.limit]))
         return out
 
-    def _query_raw(self, tables, metric, host, want, start, end, limit) -> list[StoredSeries]:
+    def _query_raw(self, tables, metric, host, want, start, end, budget: "_Budget") -> list[StoredSeries]:
         # A batch is filed under its first point's second; its other points may be a little
         # later or earlier (a replayed backlog), hence the margin.
         series: dict[tuple, StoredSeries] = {}
@@ -725,6 +758,7 @@ class StoreReader:
             if host:
                 sql, args = sql + " AND host = ?", args + [host]
             for h, blob in self._reader.execute(sql + " ORDER BY ts", args):
+                budget.raw_batch()
                 for m, labels, ts, count, total, lo, hi, last in _decode(blob).rows():
                     if m != metric or not start <= ts <= end:
                         continue
@@ -734,7 +768,9 @@ class StoreReader:
                     s = series.get(key)
                     if s is None:
                         s = series[key] = StoredSeries(h, metric, dict(labels), [])
-                    if len(s.points) < limit:
+                        budget.series(len(series))
+                    if len(s.points) < budget.limit:
+                        budget.point()
                         s.points.append((ts, int(count), total, lo, hi, last))
         for s in series.values():
             s.points.sort()
@@ -750,7 +786,7 @@ class StoreReader:
         for row in rows:
             item = dict(zip(keys, row))
             item["labels"] = json.loads(item["labels"])
-            item["nic"] = json.loads(item["nic"]) if item["nic"] else None
+            item["nic"] = _json_or_invalid(item["nic"])
             out.append(item)
         return out
 
@@ -778,6 +814,42 @@ class StoreReader:
         self._reader.close()
 
 
+class _Budget:
+    """One query's running counts against its bounds."""
+
+    def __init__(self, bounds: QueryBounds, limit: int):
+        self.bounds, self.limit = bounds, limit  # limit: points per series
+        self.points = self.batches = 0
+
+    def series(self, n: int) -> None:
+        if n > self.bounds.max_series:
+            raise QueryTooLarge(f"the query matches more than {self.bounds.max_series} series "
+                                "(consumers.max_query_series); narrow it by host or labels")
+
+    def point(self) -> None:
+        self.points += 1
+        if self.points > self.bounds.max_points:
+            raise QueryTooLarge(f"the answer would hold more than {self.bounds.max_points} points "
+                                "(consumers.max_query_points); narrow the range, the series or the resolution")
+
+    def raw_batch(self) -> None:
+        self.batches += 1
+        if self.batches > self.bounds.max_raw_batches:
+            raise QueryTooLarge(f"a raw query may read at most {self.bounds.max_raw_batches} stored batches; "
+                                "narrow it by host or time, or ask for resolution 10s or 1m")
+
+
+def _json_or_invalid(text: str | None):
+    """A host's stored JSON, or {"invalid": why} when it does not parse (stored by an older
+    collector that did not check it): one host's bad row never fails a fleet-wide listing."""
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as e:
+        return {"invalid": f"stored value is not JSON ({e})"}
+
+
 def _merged(old: list, new: list) -> list:
     """Two accumulations of the same series (count, sum, min, max, last, last_ts columns) as one."""
     o_count, o_sum, o_min, o_max, o_last, o_ts = old
@@ -801,24 +873,6 @@ def _refuse_old_rollups(db: sqlite3.Connection, tables: set[str]) -> None:
             if "series" in cols:
                 raise ValueError(f"rollup table {name} has the per-series format of an earlier build; "
                                  "move this store aside (or drop its r10_*/r60_* tables) and start again")
-
-
-def check(batch: collector_pb2.Batch) -> Points:
-    """The batch's points when it can be stored as is; ValueError saying why not. (Run
-    before it joins a commit group: one bad batch must not fail the others' commit.)"""
-    if not batch.host_id:
-        raise ValueError("host_id is empty")
-    if batch.epoch == 0 or batch.seq == 0:
-        raise ValueError("epoch and seq must be > 0")
-    points = columns.read(batch)
-    for e in batch.events:
-        if e.data_json:
-            try:
-                if not isinstance(json.loads(e.data_json), dict):
-                    raise ValueError(f"event {e.kind}: data_json is not a JSON object")
-            except json.JSONDecodeError:
-                raise ValueError(f"event {e.kind}: data_json is not JSON") from None
-    return points
 
 
 def raw_points(db_path: str | Path, metric: str | None, host: str = "") -> list[tuple[str, collector_pb2.Point]]:

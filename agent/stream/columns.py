@@ -168,14 +168,30 @@ def layout(table: bytes) -> Layout:
     except Exception as e:  # protobuf's DecodeError, whatever its module
         raise ValueError(f"series_table does not parse as a SeriesTable ({e})") from None
     metrics = tuple(d.metric for d in parsed.series)
-    if "" in metrics:
-        raise ValueError(f"series_table entry {metrics.index('')} has no metric name")
-    found = Layout(metrics, tuple(dict(d.labels) for d in parsed.series))
+    labels = tuple(dict(d.labels) for d in parsed.series)
+    _check_layout(metrics, labels)
+    found = Layout(metrics, labels)
     with _layouts_lock:
         _layouts[table] = found
         if len(_layouts) > _LAYOUTS_KEPT:
             _layouts.popitem(last=False)
     return found
+
+
+# What one series of a table may be (ValueError past it): a metric name of 1..200
+# characters and at most 64 labels, keys 1..128 and values up to 1,024 characters.
+METRIC_MAX, LABELS_MAX, LABEL_KEY_MAX, LABEL_VALUE_MAX = 200, 64, 128, 1024
+
+
+def _check_layout(metrics: tuple[str, ...], labels: tuple[dict, ...]) -> None:
+    for i, (metric, pairs) in enumerate(zip(metrics, labels)):
+        if not 0 < len(metric) <= METRIC_MAX:
+            raise ValueError(f"series_table entry {i} has no metric name" if not metric else
+                             f"series_table entry {i}: metric name over {METRIC_MAX} characters")
+        if len(pairs) > LABELS_MAX or any(not 0 < len(k) <= LABEL_KEY_MAX or len(v) > LABEL_VALUE_MAX
+                                          for k, v in pairs.items()):
+            raise ValueError(f"series_table entry {i} ({metric}): at most {LABELS_MAX} labels, keys "
+                             f"1..{LABEL_KEY_MAX} and values up to {LABEL_VALUE_MAX} characters")
 
 
 def read(batch: collector_pb2.Batch) -> Points:

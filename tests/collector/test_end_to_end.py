@@ -160,7 +160,7 @@ def test_malformed_and_oversized_messages_get_an_error_for_that_sender_only(coll
 
 def test_a_slow_subscriber_does_not_slow_ingest_or_other_subscribers(collector_factory, agent_factory, wait):
     col = collector_factory().start()
-    request = collector_pb2.SubscribeRequest(hosts=["host-a"], max_pending=100_000)
+    request = collector_pb2.SubscribeRequest(hosts=["host-a"], max_pending=10_000)  # consumers.max_pending
     metadata = [("authorization", f"Bearer {col.token}")]
     slow_channel, fast_channel = col.consumer_channel(), col.consumer_channel()
     slow = col.stub(slow_channel).Subscribe(request, metadata=metadata)

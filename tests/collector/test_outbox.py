@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from agent.config import parse
 from agent.events import Event
@@ -106,10 +107,10 @@ def test_reload_moves_the_stream_to_new_endpoints(tmp_path, collector_factory, w
     box = Outbox(cfg.stream, tmp_path / "state", host_id="h1", labels={"rack": "r1"})
     box.start()
     try:
-        box.put_buckets([_bucket(metric="test_marker", value=1)])
+        box.put_buckets([_bucket(metric="test_marker", value=1, ts=time.time())])  # inside ingest's window
         wait(lambda: first.stored_markers("h1") == [1], what="the first collector")
         box.reload(parse(text.format(rack="r2", port=second.ingest_port), "a.toml"))
-        box.put_buckets([_bucket(metric="test_marker", value=2)])
+        box.put_buckets([_bucket(metric="test_marker", value=2, ts=time.time())])
         wait(lambda: second.stored_markers("h1") == [2], what="the second collector")
         assert first.stored_markers("h1") == [1]
         assert {a.host: dict(a.labels) for a in second.agents().agents}["h1"] == {"rack": "r2"}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from agent.collector.store import SQLiteStore, check
+from agent.collector.ingest import check
+from agent.collector.store import SQLiteStore
 from agent.proto import collector_pb2
 from agent.stream.columns import append_point, points_of
 
@@ -143,12 +144,12 @@ def test_events_are_stored_and_found(tmp_path):
 
 def _refusal(batch) -> str:
     with pytest.raises(ValueError) as e:
-        check(batch)
+        check(batch, T0)
     return str(e.value)
 
 
 def test_malformed_batches_are_named():
-    assert check(_batch()).layout.metrics == ("gpu_power_watts",)
+    assert check(_batch(), T0).layout.metrics == ("gpu_power_watts",)
     assert "host_id" in _refusal(collector_pb2.Batch(epoch=1, seq=1))
     assert "seq" in _refusal(collector_pb2.Batch(host_id="h", epoch=1))
     bad = _batch()
@@ -167,7 +168,7 @@ def test_malformed_batches_are_named():
     append_point(nameless, "", {}, ts=T0)
     assert "entry 1 has no metric name" in _refusal(nameless)
     ev = _batch()
-    ev.events.add(kind="alarm", data_json="[1]")
+    ev.events.add(kind="alarm", ts=T0, data_json="[1]")
     assert "JSON object" in _refusal(ev)
     ev.events[0].data_json = "{not json"
     assert "data_json is not JSON" in _refusal(ev)
@@ -176,7 +177,7 @@ def test_malformed_batches_are_named():
 def test_huge_finite_values_are_not_mistaken_for_non_finite_ones():
     big = collector_pb2.Batch(host_id="h1", epoch=1, seq=1)
     append_point(big, "gpu_energy_joules_total", ts=T0, sum=1e308, min=1e308, max=1e308, last=1e308)
-    assert len(check(big)) == 1  # the check's running sum overflows; every value is finite
+    assert len(check(big, T0)) == 1  # the check's running sum overflows; every value is finite
 
 
 def _mixed_batches():
