@@ -134,9 +134,12 @@ def _channel(args) -> tuple[grpc.Channel, list[tuple[str, str]]]:
             raise ConfigError(f"cannot read: {e.strerror}", args.token_file) from None
     token = token or os.environ.get("EGS_COLLECTOR_TOKEN", "")
     metadata = [("authorization", f"Bearer {token}")] if token else []
+    # As large an answer as the collector may send (server.MAX_SEND_BYTES), not gRPC's 4 MiB.
+    options = [("grpc.max_receive_message_length", 64 << 20)]
     if plaintext:
-        return grpc.insecure_channel(target), metadata
-    options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
+        return grpc.insecure_channel(target, options=options), metadata
+    if args.server_name:
+        options.append(("grpc.ssl_target_name_override", args.server_name))
     root = Path(ca).read_bytes() if ca else None
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(root), options=options), metadata
 

@@ -54,6 +54,11 @@ FILTER_LABELS_MAX = 64
 NAME_MAX = 253            # any one host, metric, label or event kind named in a request
 QUERIES_RUNNING, QUERIES_WAITING = 2, 32
 MAX_SEND_BYTES = 64 << 20  # the largest response (a query's answer, a snapshot chunk)
+# Peak memory a query's answer may cost the collector, per point it is allowed to return
+# (its rows, the response message, gRPC's copy of it): measured 667 B at 200,000 points
+# (tests/collector/test_hardening.py), bounded here with room. At the default
+# consumers.max_query_points (500,000) and QUERIES_RUNNING (2): at most ~760 MiB.
+QUERY_BYTES_PER_POINT = 800
 
 
 class StoreRefused(Exception):

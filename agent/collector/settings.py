@@ -91,8 +91,8 @@ SECTIONS = {s.name: s for s in [
                                min=1, max=100_000),
         "max_query_span": _duration_key("6h", "Longest time range one raw-resolution query may cover (10s and 1m queries are bounded by their retention).",
                                         60, 365 * DAY, days=True),
-        "max_query_points": Key(1_000_000, int, "Most points one query may return, all series together; past it RESOURCE_EXHAUSTED (ask for a coarser resolution or fewer series).",
-                                min=1000, max=50_000_000),
+        "max_query_points": Key(500_000, int, "Most points one query may return, all series together; past it RESOURCE_EXHAUSTED (ask for a coarser resolution or fewer series). A query costs the collector up to ~800 bytes of memory per point it may return, and two run at once.",
+                                min=1000, max=5_000_000),
         "max_query_series": Key(20_000, int, "Most series one query may match.", min=10, max=1_000_000),
     }),
     Section("tls", "Certificates. Agents must present a client certificate from client_ca whose CN or DNS SAN is their host id.", {

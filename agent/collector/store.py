@@ -107,7 +107,7 @@ class QueryBounds:
     is checked first (ValueError); the rest while the query runs (`QueryTooLarge`), so an
     answer past a bound is never built in memory whole."""
     max_span: float = 6 * 3600.0    # seconds a raw-resolution query may cover (consumers.max_query_span)
-    max_points: int = 1_000_000     # points returned, all series together (consumers.max_query_points)
+    max_points: int = 500_000       # points returned, all series together (consumers.max_query_points)
     max_series: int = 20_000        # series matched (consumers.max_query_series)
     max_raw_batches: int = 100_000  # stored batches a raw query may decode (~40 us each)
     max_future: float = 86400.0     # how far past now `end` may lie

@@ -97,10 +97,11 @@ class CollectorProc(_Process):
 
     def consumer_channel(self) -> grpc.Channel:
         target = f"127.0.0.1:{self.consumer_port}"
+        large = [("grpc.max_receive_message_length", 64 << 20)]  # as egs-collector's own consumer verbs
         if self.plaintext:
-            return grpc.insecure_channel(target)
+            return grpc.insecure_channel(target, options=large)
         creds = grpc.ssl_channel_credentials((self.pki.root / "ca.crt").read_bytes())
-        return grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+        return grpc.secure_channel(target, creds, options=large + [("grpc.ssl_target_name_override", "localhost")])
 
     def stub(self, channel) -> collector_pb2_grpc.ConsumersStub:
         return collector_pb2_grpc.ConsumersStub(channel)

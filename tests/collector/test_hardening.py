@@ -311,3 +311,40 @@ def test_a_certificate_with_only_an_ip_san_names_no_host(col, pki):
     assert acks == []
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
     assert "127.0.0.1" not in {a.host for a in col.agents().agents}
+
+
+# --- memory under the worst allowed query ----------------------------------------------------
+
+def _vm_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def test_the_worst_allowed_query_keeps_the_collector_under_its_memory_bound(collector_factory):
+    """A query answering exactly max_query_points points (200 series x 1,000 10 s buckets,
+    here with max_query_points = 200,000): the collector's peak RSS grows by at most
+    QUERY_BYTES_PER_POINT per point allowed (docs/collector.md, "Bounds")."""
+    from agent.collector.server import QUERY_BYTES_PER_POINT
+    allowed, series, buckets = 200_000, 200, 1000
+    c = collector_factory("worst-query", plaintext=True)
+    t0 = int(time.time()) // 60 * 60 - buckets * 10 - 600
+    store = SQLiteStore(c.data, flush_interval=3600)
+    for i in range(buckets):
+        b = collector_pb2.Batch(host_id="big", epoch=1, seq=i + 1)
+        for g in range(series):
+            append_point(b, "gpu_power_watts", {"gpu": str(g)}, ts=t0 + 10 * i, count=1, sum=g, min=g, max=g, last=g)
+        store.write([b], t0 + 10 * i)
+    store.flush()
+    store.close()
+    _with_consumer_keys(c, f"max_query_points = {allowed}\n").start()
+    request = collector_pb2.QueryRequest(metric="gpu_power_watts", start=t0 - 10, end=t0 + buckets * 10,
+                                         resolution="10s", limit=buckets)
+    with c.consumer_channel() as ch:
+        c.stub(ch).Agents(collector_pb2.AgentsRequest(), metadata=_metadata(c), timeout=10)  # warm
+        before = _vm_kib(c.proc.pid, "VmRSS")
+        out = c.stub(ch).Query(request, metadata=_metadata(c), timeout=60)
+        assert sum(len(s.points) for s in out.series) == allowed  # the worst allowed: exactly the bound
+        peak = _vm_kib(c.proc.pid, "VmHWM")
+    grown = (peak - before) * 1024
+    print(f"peak RSS grew {grown / 2**20:.1f} MiB for {allowed} points ({grown / allowed:.0f} B/point)")
+    assert grown <= allowed * QUERY_BYTES_PER_POINT
