@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
+import random
 import time
 
 import grpc
@@ -44,28 +44,39 @@ json_text = st.one_of(
 
 @st.composite
 def batches(draw) -> collector_pb2.Batch:
-    hostile = draw(st.integers(0, 3)) == 0  # one batch in four has hostile identity fields
-    b = collector_pb2.Batch(host_id=draw(text if hostile else st.just("fuzz-host")),
-                            epoch=draw(uint64 if hostile else sane_seq), seq=draw(uint64 if hostile else sane_seq),
-                            created=draw(st.one_of(st.just(0.0), recent, floats)))
-    b.labels.update(draw(labels))
-    n = draw(st.integers(0, 5))
-    for _ in range(n):
-        append_point(b, draw(st.one_of(st.just("gpu_power_watts"), text)), draw(labels),
-                     ts=draw(st.one_of(recent, floats)), count=draw(uint64), sum=draw(floats), min=draw(floats),
-                     max=draw(floats), last=draw(floats))
-    if draw(st.booleans()):  # columns of different lengths, or a table that is no table
+    # Which fields are hostile comes from a seeded Random: hypothesis' own draws lean towards
+    # their first choice, which made nearly every batch hostile somewhere.
+    rnd = random.Random(draw(st.integers(0, 1 << 32)))
+
+    def field(sane, hostile):
+        """Each field is hostile one time in eight, so that about a quarter of the batches
+        are wholly valid and get as far as the store."""
+        return draw(hostile if rnd.random() < 0.125 else sane)
+
+    sane_floats = st.floats(-1e6, 1e6)
+    sane_labels = st.dictionaries(st.sampled_from(["gpu", "uuid", "zone"]), st.text(max_size=8), max_size=3)
+    sane_json = st.sampled_from(["", "{}", '{"state": "ok"}'])
+    b = collector_pb2.Batch(host_id=field(st.just("fuzz-host"), text), epoch=field(sane_seq, uint64),
+                            seq=field(sane_seq, uint64), created=field(st.one_of(st.just(0.0), recent), floats))
+    b.labels.update(field(sane_labels, labels))
+    for _ in range(draw(st.integers(0, 5))):
+        append_point(b, field(st.just("gpu_power_watts"), text), field(sane_labels, labels),
+                     ts=field(recent, floats), count=field(st.integers(0, 1000), uint64), sum=field(sane_floats, floats),
+                     min=field(sane_floats, floats), max=field(sane_floats, floats), last=field(sane_floats, floats))
+    if field(st.just(False), st.just(True)):  # columns of different lengths
         getattr(b, draw(st.sampled_from(FIELDS))).append(1)
-    if draw(st.integers(0, 9)) == 0:
+    if field(st.just(False), st.just(True)):  # a table that is no table
         b.series_table = draw(st.binary(max_size=64))
     for _ in range(draw(st.integers(0, 3))):
-        e = b.events.add(kind=draw(text), ts=draw(st.one_of(recent, floats)), data_json=draw(json_text))
-        e.labels.update(draw(labels))
-    b.nic_json = draw(json_text)
-    b.recording_json = draw(json_text)
+        e = b.events.add(kind=field(st.just("alarm"), text), ts=field(recent, floats),
+                         data_json=field(sane_json, json_text))
+        e.labels.update(field(sane_labels, labels))
+    b.nic_json = field(sane_json, json_text)
+    b.recording_json = field(sane_json, json_text)
     b.status.spool_backlog_records, b.status.spool_backlog_bytes, b.status.dropped_records = (
-        draw(uint64), draw(uint64), draw(uint64))
-    b.status.health = draw(text)
+        field(st.integers(0, 1 << 40), uint64), field(st.integers(0, 1 << 40), uint64),
+        field(st.integers(0, 1 << 40), uint64))
+    b.status.health = field(st.just("ok"), text)
     return b
 
 
