@@ -250,10 +250,16 @@ def duration_seconds(value: Any, days: bool = False) -> float:
     return float(value)
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def _short(value: Any, limit: int = 80) -> str:  # also used by feature settings
     """repr() of a value, cut so a megabyte of garbage makes a one-line error."""
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _cut(message: str, limit: int = 500) -> str:
+    """A feature's own check message, kept to one readable line whatever value it quotes."""
+    message = " ".join(message.split())
+    return message if len(message) <= limit else f"{message[:limit]}... ({len(message)} characters)"
 
 
 def _short_name(name: Any, limit: int = 64) -> str:
@@ -421,7 +427,7 @@ def _check_value(key: Key, value: Any, path: tuple, where: Locator) -> Any:
     if key.check is not None:
         problem = key.check(value)
         if problem:
-            raise where.error(path, problem)
+            raise where.error(path, _cut(problem))
     return value
 
 
@@ -490,7 +496,7 @@ def parse(text: str, file: str = "<config>", known: dict[str, Section] | None = 
         values = SimpleNamespace(**values)
         problem = section.check(values) if section.check is not None else None
         if problem:
-            raise where.error((name, problem[0]), problem[1])
+            raise where.error((name, problem[0]), _cut(problem[1]))
         setattr(cfg, name, values)
     return cfg
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.config import Key, Section
+from agent.config import Key, Section, _short
 
 MODES = ("off", "verify", "apply")
 MAX_QUEUES = 256  # above any NIC in use; catches typos such as 40 for 4
@@ -25,9 +25,9 @@ def _check_overrides(value: dict[str, Any]) -> str | None:
         if len(name) > MAX_TYPE_NAME:
             return f"instance type names must be at most {MAX_TYPE_NAME} characters, got {len(name)}"
         if isinstance(queues, bool) or not isinstance(queues, int):
-            return f"{name!r}: queue count must be an integer (0 = no requirement), got {queues!r}"
+            return f"{name!r}: queue count must be an integer (0 = no requirement), got {_short(queues)}"
         if not 0 <= queues <= MAX_QUEUES:
-            return f"{name!r}: queue count must be 0..{MAX_QUEUES}, got {queues}"
+            return f"{name!r}: queue count must be 0..{MAX_QUEUES}, got {_short(queues)}"
     return None
 
 
