@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import gc
 import json
-import logging
 import os
 import sys
 import time
@@ -27,6 +26,7 @@ import grpc
 
 from agent.collector import settings
 from agent.config import ConfigError, parse_duration
+from agent.systemd import setup_logging
 from agent.proto import collector_pb2, collector_pb2_grpc
 
 
@@ -96,8 +96,7 @@ def cmd_check(args) -> int:
 
 def cmd_run(args) -> int:
     cfg = settings.load(args.config)
-    fmt = "%(levelname)s %(message)s" if os.environ.get("JOURNAL_STREAM") else "%(asctime)s %(levelname)s %(message)s"
-    logging.basicConfig(level=cfg.collector.log_level.upper(), format=fmt, stream=sys.stderr)
+    setup_logging(cfg.collector.log_level)
     from agent.collector.server import serve
     # At fleet rates the collector holds hundreds of thousands of live objects; with the
     # default thresholds a full GC pass over them runs every few seconds and stalls every

@@ -24,10 +24,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import os
 import queue
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -42,6 +40,7 @@ from agent.collector.writer import WriterGone, WriterProcess
 from agent.config import parse_duration
 from agent.proto import collector_pb2, collector_pb2_grpc
 from agent.stream.columns import Points
+from agent.systemd import sd_notify
 
 log = logging.getLogger("egs-collector")
 REJECTED_TRAILER = "egs-rejected-seq"
@@ -469,21 +468,6 @@ def _credentials(cfg, client_auth: bool) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials(pair, root_certificates=Path(cfg.tls.client_ca).read_bytes(),
                                            require_client_auth=True)
     return grpc.ssl_server_credentials(pair)
-
-
-def sd_notify(message: str) -> None:
-    """One sd_notify(3) datagram when systemd asked for it (Type=notify); else nothing."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(path)
-            s.send(message.encode())
-        except OSError as e:
-            log.warning("sd_notify failed: %s", e)
 
 
 class Collector:
