@@ -278,9 +278,6 @@ class SQLiteStore:
             self._max_series = max(self._max_series, sid)
         return sid
 
-    def is_duplicate(self, host: str, epoch: int, seq: int) -> bool:
-        return seq <= self._max_seq.get((host, epoch), 0)
-
     def write(self, batches: list[collector_pb2.Batch], received: float,
               wire: list[bytes] | None = None, points: list[Points] | None = None) -> list[WriteResult]:
         """Store a group of batches in one transaction. `wire`: their bytes as received,
