@@ -1,8 +1,7 @@
 """Alarm state that survives a restart, in `<state_dir>/alarms/state.json`.
 
-Written atomically (a temporary file in the same directory, fsync'd, renamed over the old
-one, then the directory fsync'd), so a crash or power loss leaves either the old state or
-the new, never half of one. A file that cannot be read is moved aside and reported, not
+Written with `agent.fsio.atomic_write`, so a crash or power loss leaves either the old state
+or the new, never half of one. A file that cannot be read is moved aside and reported, not
 fatal: the agent starts from scratch rather than refusing to monitor.
 """
 from __future__ import annotations
@@ -12,31 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from agent.fsio import atomic_write
+
 VERSION = 1
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers see the old or the new content, whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must reach the disk too
-    finally:
-        os.close(dir_fd)
 
 
 class StateStore:

@@ -30,10 +30,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from agent.fsio import atomic_write
 from agent.metrics import Metric, register
 from agent.proto import collector_pb2
 from agent.stream.client import StreamClient
-from agent.stream.columns import Columns, SeriesEntries
+from agent.wire.columns import Columns, SeriesEntries
 from agent.stream.spool import Spool, SpoolError
 
 # The outbox's own figures, sent with every batch and shown in `status`.
@@ -66,12 +67,7 @@ def next_epoch(state_dir: Path) -> int:
     except (FileNotFoundError, ValueError):
         previous = 0
     epoch = max(time.time_ns() // 1000, previous + 1)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(str(epoch))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, str(epoch).encode())
     return epoch
 
 
@@ -383,7 +379,7 @@ class Outbox:
         message goes as its header alone, marked truncated: the operator fetches the full
         samples from the node (`egs-agent recordings ID`), and the collector still learns
         that the recording exists."""
-        from agent.recorder import RecordingError, read_file
+        from agent.recorder.store import RecordingError, read_file
         try:
             recording = read_file(path)
         except (OSError, ValueError, RecordingError) as e:

@@ -54,6 +54,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.fsio import atomic_write, fsync_dir
+
 MAGIC = b"EGSr"
 HEADER = struct.Struct("<4sIIQQB")  # magic, length, crc, epoch, seq, flags
 FLAG_ZLIB = 0x01
@@ -319,13 +321,8 @@ class Spool:
                               str(self.dir))
 
     def _fsync_dir(self) -> None:
-        if not self.fsync:
-            return
-        fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if self.fsync:
+            fsync_dir(self.dir)
 
     # --- cursor --------------------------------------------------------------------------
 
@@ -346,22 +343,13 @@ class Spool:
         """Replace the cursor file atomically. A failure (full disk, read-only) is logged and
         tried again after `cursor_interval`, never raised: the acknowledgement holds in
         memory, and a cursor that lags on disk only costs resends after a restart."""
-        path, tmp = self.dir / "ack", self.dir / "ack.tmp"
+        path = self.dir / "ack"
         text = json.dumps({"segment": self._cursor.segment, "offset": self._cursor.offset}).encode()
         self._cursor_saved_at = time.monotonic()
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                _write_all(fd, text)
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            self._fsync_dir()
+            atomic_write(path, text, mode=0o600, durable=self.fsync)
         except OSError as e:
             self.counters["cursor_save_failures"] += 1
-            self._unlink(tmp)  # a partial file only holds space a full disk lacks
             if not self._cursor_failing:
                 self.log.error("spool: cannot save the acknowledgement cursor %s (%s); trying again every %g s",
                                path, e.strerror or e, self.cursor_interval)
