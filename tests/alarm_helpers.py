@@ -1,6 +1,6 @@
 """Helpers for the alarm tests: a virtual clock, a figure source set by hand, and rules
 written as the TOML an operator would write (parsed by the real config machinery).
-Imported by name: tests/alarms/conftest.py puts this folder on sys.path.
+Imported by name (pyproject's pytest `pythonpath` puts tests/ on sys.path).
 """
 from __future__ import annotations
 

@@ -1,35 +1,21 @@
-"""Helpers for the daemon's tests (imported by conftest.py and the test modules): short socket paths, config files, a daemon subprocess.
+"""Helpers for the tests that run the daemon (daemon, config, sources): config files, the CLI and
+a daemon subprocess, and the components the component-contract tests name ("daemon_helpers:build_...").
 
 Unix socket paths are limited to 107 bytes, so sockets live in a short directory under /tmp
-rather than pytest's long tmp_path.
+(the `short_dir` fixture, tests/conftest.py) rather than pytest's long tmp_path.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-TESTS = ROOT / "tests"
-sys.path.insert(0, str(TESTS))
-import sim_paths  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
-
-
-@pytest.fixture
-def short_dir():
-    path = Path(tempfile.mkdtemp(prefix="egsd-", dir="/tmp"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def write_config(directory: Path, extra: str = "", name: str = "agent.toml", socket: str | None = None,
@@ -100,37 +86,6 @@ class DaemonProcess:
                 self.proc.wait()
         self.stderr.close()
         return self.proc.returncode
-
-
-@pytest.fixture
-def start_daemon():
-    started: list[DaemonProcess] = []
-
-    def start(config: Path, socket: Path, env=None, prefix=None, ready=True) -> DaemonProcess:
-        d = DaemonProcess(config, socket, env, prefix)
-        started.append(d)
-        return d.wait_ready() if ready else d
-
-    yield start
-    for d in started:
-        d.stop()
-
-
-@pytest.fixture(scope="session")
-def sim_out():
-    # The native core is part of this project: `make test` builds it, so a missing build is
-    # a failure here, never a skip.
-    import agent.native  # noqa: F401
-    return sim_paths.build_sim()  # a failing build is a failure, not a skip
-
-
-@pytest.fixture
-def restore_procfs():
-    import psutil
-
-    before = psutil.PROCFS_PATH
-    yield
-    psutil.PROCFS_PATH = before
 
 
 # --- components used by the component-contract tests ("daemon_helpers:build_...") ---------

@@ -1,5 +1,5 @@
 """A throwaway PKI for mutual TLS on loopback: a CA, the collector's certificate and client
-certificates (tests/collector and bench/collector.py --tls). Needs `cryptography` (a test
+certificates (the `pki` fixture in tests/conftest.py, bench/collector.py --tls). Needs `cryptography` (a test
 extra: `make test` installs it)."""
 from __future__ import annotations
 

@@ -1,20 +1,14 @@
 """Where the simulated vendor libraries and scenarios live, and how to build them.
 
 Shared by every room whose tests run against the simulated libnvidia-ml.so.1 / libamd_smi.so
-(native/sim/). The tests directory is not a package (pytest runs with --import-mode=importlib),
-so a conftest imports this module by putting the tests directory on sys.path first:
+(native/sim/). Imported by name: pyproject's pytest `pythonpath` puts tests/ on sys.path (bench
+scripts put it there themselves); the `sim_out` fixture (tests/conftest.py) builds them once:
 
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import sim_paths
 
-    @pytest.fixture(scope="session")
-    def sim_out():
-        return sim_paths.build_sim()
-
-    env = sim_paths.nvml_env("constant")          # for a pynvml subprocess
-    lib = sim_paths.NVML_LIB                       # for EGS_NVML_LIBRARY / Core(nvml_library=...)
+    def test_something(sim_out):
+        env = sim_paths.nvml_env("constant")      # for a pynvml subprocess
+        lib = sim_paths.NVML_LIB                   # for EGS_NVML_LIBRARY / Core(nvml_library=...)
 
 The scenario file is chosen per process by EGS_SIM_SCENARIO, read at the library's init.
 """

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sim_paths  # noqa: E402  (tests/ is not a package; see sim_paths' docstring)
-
-from agent.native import Core  # noqa: E402  (fails with "run make native" when not built)
+import sim_paths
+from agent.native import Core  # (fails with "run make native" when not built)
 
 
 HERE = Path(__file__).resolve().parent
@@ -26,11 +24,6 @@ HERE = Path(__file__).resolve().parent
 def own_scenario(name: str) -> Path:
     """A scenario kept beside these tests (tests/native/scenarios/)."""
     return HERE / "scenarios" / f"{name}.toml"
-
-
-@pytest.fixture(scope="session")
-def sim_out():
-    return sim_paths.build_sim()
 
 
 @pytest.fixture

@@ -3,17 +3,8 @@ subprocesses (pynvml and amdsmi pick their library at process start, from the en
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sim_paths  # noqa: E402  (tests/ is not a package; see sim_paths' docstring)
-
-
-@pytest.fixture(scope="session")
-def sim_out():
-    return sim_paths.build_sim()
 
 
 def _run(code: str, env: dict, timeout: float) -> subprocess.CompletedProcess:
