@@ -41,8 +41,8 @@ import psutil  # noqa: E402
 
 from agent.proto import collector_pb2, collector_pb2_grpc  # noqa: E402
 from agent.stream.client import PUBLISH, StreamClient  # noqa: E402
-from agent.stream.columns import Columns, SeriesEntries  # noqa: E402
 from agent.stream.spool import Spool, encode_record  # noqa: E402
+from agent.wire.columns import Columns, SeriesEntries  # noqa: E402
 
 TOKEN = "bench-consumer-token-0123456789"
 METRICS = ["gpu_utilization_percent", "gpu_memory_busy_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes",

@@ -27,8 +27,8 @@ import math
 from dataclasses import dataclass
 
 from agent.proto import collector_pb2
-from agent.stream import columns
-from agent.stream.columns import LABEL_KEY_MAX, LABEL_VALUE_MAX, LABELS_MAX, Points
+from agent.wire import columns
+from agent.wire.columns import LABEL_KEY_MAX, LABEL_VALUE_MAX, LABELS_MAX, Points
 
 INT64_MAX = (1 << 63) - 1
 HOST_ID_MAX = 253

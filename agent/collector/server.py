@@ -39,8 +39,8 @@ from agent.collector.subscriptions import Hub, make_update
 from agent.collector.writer import WriterGone, WriterProcess
 from agent.config import parse_duration
 from agent.proto import collector_pb2, collector_pb2_grpc
-from agent.stream.columns import Points
 from agent.systemd import sd_notify
+from agent.wire.columns import Points
 
 log = logging.getLogger("egs-collector")
 REJECTED_TRAILER = "egs-rejected-seq"

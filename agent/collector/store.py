@@ -47,8 +47,8 @@ from pathlib import Path
 from typing import Iterable, Protocol
 
 from agent.proto import collector_pb2
-from agent.stream import columns
-from agent.stream.columns import Points
+from agent.wire import columns
+from agent.wire.columns import Points
 
 # Partition widths and bucket widths of the three point tables.
 RAW, R10, R60 = "raw", "r10", "r60"

@@ -19,7 +19,7 @@ import time
 from typing import Iterable
 
 from agent.proto import collector_pb2
-from agent.stream.columns import Points, to_point
+from agent.wire.columns import Points, to_point
 
 Key = int  # a series id: one per (host, metric, labels)
 

@@ -34,8 +34,8 @@ from agent.fsio import atomic_write
 from agent.metrics import Metric, register
 from agent.proto import collector_pb2
 from agent.stream.client import StreamClient
-from agent.wire.columns import Columns, SeriesEntries
 from agent.stream.spool import Spool, SpoolError
+from agent.wire.columns import Columns, SeriesEntries
 
 # The outbox's own figures, sent with every batch and shown in `status`.
 SPOOL_BACKLOG_RECORDS = register(Metric("stream_spool_backlog_records", "records", "Batches in the spool not yet acknowledged by the collector.", scope="agent"))

@@ -21,7 +21,7 @@ from agent.collector.server import _parse_batch
 from agent.collector.store import SQLiteStore
 from agent.proto import collector_pb2
 from agent.stream.client import PUBLISH
-from agent.stream.columns import FIELDS, append_point
+from agent.wire.columns import FIELDS, append_point
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.timeout(600)]
 NOW = time.time()

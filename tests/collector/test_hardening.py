@@ -16,7 +16,7 @@ from agent.collector.server import Committer, StoreRefused
 from agent.collector.store import QueryBounds, QueryTooLarge, SQLiteStore, StoreReader, WriteResult
 from agent.proto import collector_pb2
 from agent.stream.client import PUBLISH, REJECTED_TRAILER
-from agent.stream.columns import append_point
+from agent.wire.columns import append_point
 
 pytestmark = pytest.mark.timeout(120)
 INT64_OVER = 1 << 63

@@ -6,7 +6,7 @@ import pytest
 from agent.collector.ingest import check
 from agent.collector.store import SQLiteStore
 from agent.proto import collector_pb2
-from agent.stream.columns import append_point, points_of
+from agent.wire.columns import append_point, points_of
 
 T0 = 1_699_999_980.0  # a round 10 s and 60 s boundary
 

@@ -7,7 +7,7 @@ import pytest
 
 from agent.collector.subscriptions import Hub, make_update
 from agent.proto import collector_pb2
-from agent.stream.columns import append_point, read
+from agent.wire.columns import append_point, read
 
 
 def _batch(host: str, seq: int, gpus=(0, 1), metric="gpu_power_watts", rack="r1"):

@@ -13,8 +13,8 @@ import grpc
 import pytest
 
 from agent.proto import collector_pb2
-from agent.stream.columns import append_point
 from agent.stream.client import PUBLISH, REJECTED_TRAILER
+from agent.wire.columns import append_point
 
 pytestmark = pytest.mark.timeout(90)
 

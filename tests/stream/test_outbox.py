@@ -7,8 +7,8 @@ import time
 from agent.config import parse
 from agent.events import Event
 from agent.proto import collector_pb2
-from agent.stream.columns import points_of
 from agent.stream.outbox import Outbox, next_epoch
+from agent.wire.columns import points_of
 
 
 def _outbox(tmp_path, **extra):

@@ -16,8 +16,8 @@ import pytest
 from agent.config import parse
 from agent.events import Event
 from agent.proto import collector_pb2
-from agent.stream.columns import SeriesEntries, encode_entry, layout, points_of
 from agent.stream.outbox import Outbox
+from agent.wire.columns import SeriesEntries, encode_entry, layout, points_of
 
 TEXT = '[stream]\nendpoints = ["127.0.0.1:{port}"]\nplaintext = true\nfsync = false\n{extra}'
 

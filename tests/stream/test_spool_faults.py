@@ -24,9 +24,9 @@ import pytest
 from agent.config import parse
 from agent.proto import collector_pb2
 from agent.stream.client import StreamClient
-from agent.stream.columns import points_of
 from agent.stream.outbox import Outbox
 from agent.stream.spool import Spool, SpoolError, encode_record
+from agent.wire.columns import points_of
 
 KB = 1024
 
