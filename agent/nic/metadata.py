@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Callable
 
+from agent.backoff import Backoff
+
 _TYPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 MAX_BODY = 256
 
@@ -75,17 +77,17 @@ class MetadataLookup:
                     "attempts": self.attempts}
 
     def _run(self) -> None:
-        delay = self._retry_s
+        backoff = Backoff(self._retry_s, multiplier=2, jitter=0, maximum=self._max_retry_s)
         while not self._stop.is_set():
             try:
                 value = fetch(self.url, self.timeout)
             except MetadataError as e:
+                delay = backoff.next()
                 with self._lock:
                     self.attempts += 1
                     self.state, self.detail = "error", f"{e}; retrying in {delay:g} s"
                 if self._stop.wait(delay):
                     return
-                delay = min(delay * 2, self._max_retry_s)
                 continue
             with self._lock:
                 self.attempts += 1

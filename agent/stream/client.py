@@ -22,8 +22,8 @@ from pathlib import Path
 
 import grpc
 
+from agent.backoff import Backoff
 from agent.proto import collector_pb2
-from agent.stream.backoff import Backoff
 from agent.stream.settings import is_loopback_host
 from agent.stream.spool import Entry, Spool
 

@@ -1,8 +1,9 @@
-"""Reconnect delays: gRPC's connection-backoff algorithm (grpc/doc/connection-backoff.md).
+"""Retry delays that grow: gRPC's connection-backoff algorithm (grpc/doc/connection-backoff.md).
 
 The delay grows by `multiplier` per failed round up to `maximum`, and each delay is spread
 by +/- `jitter` of itself so that a fleet of agents cut off by the same collector restart
-does not reconnect in lock-step.
+does not reconnect in lock-step. Used by the stream's reconnects and the NIC room's
+metadata lookup (which asks a host-local service, so it needs no jitter).
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Reconnect delays follow gRPC's connection backoff: 1 s, x1.6, +/-20 %, at most 120 s."""
+"""Retry delays follow gRPC's connection backoff: 1 s, x1.6, +/-20 %, at most 120 s by default."""
 from __future__ import annotations
 
 import random
 
-from agent.stream.backoff import Backoff
+from agent.backoff import Backoff
 
 
 def test_delays_grow_by_the_multiplier_up_to_the_maximum_within_the_jitter():
@@ -26,3 +26,9 @@ def test_reset_starts_over():
         b.next()
     b.reset()
     assert b.next() == 1.0 and b.next() == 1.6
+
+
+def test_without_jitter_the_delays_are_exact_doublings_up_to_the_maximum():
+    # The NIC metadata lookup's retries: 5 s doubling to 300 s.
+    b = Backoff(5.0, multiplier=2, jitter=0, maximum=300.0)
+    assert [b.next() for _ in range(8)] == [5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0]
