@@ -1,10 +1,9 @@
 """The one Python wrapper of the native telemetry core (`agent._native`, built from native/).
 
-The C core samples NVML and AMD SMI on its own thread and hands back raw values in fixed
-units per field (mW, mJ, bytes, degrees C, MHz, percent); this module names them with the
-catalogue's metric names (`agent.metrics`), converts them to catalogue units (W, J, ...),
-derives `gpu_memory_used_percent`, and turns C status codes into exceptions in one place
-(`_check`). Nothing here runs per sample: Python only sees drained aggregates, ring blocks
+The C core samples NVML and AMD SMI on its own thread and hands back values in the
+catalogue's units (W, J, bytes, degrees C, MHz, percent); this module names them with the
+catalogue's metric names (`agent.metrics`), derives `gpu_memory_used_percent`, and turns C
+status codes into exceptions in one place (`_check`). Nothing here runs per sample: Python only sees drained aggregates, ring blocks
 and events.
 
 Fields come in two tiers (native/egs_core.h): utilisation, memory, temperature and power at
@@ -33,24 +32,24 @@ try:
 except ImportError as e:  # pragma: no cover - only when the extension was never built
     raise ImportError(f"agent._native is not built ({e}); run `make native`") from None
 
-# Field index (EGS_F_*) -> (catalogue metric, factor from the core's raw unit).
-FIELDS: tuple[tuple[str, float], ...] = (
-    ("gpu_utilization_percent", 1.0),
-    ("gpu_memory_busy_percent", 1.0),
-    ("gpu_memory_used_bytes", 1.0),
-    ("gpu_memory_total_bytes", 1.0),
-    ("gpu_temperature_celsius", 1.0),
-    ("gpu_power_watts", 1e-3),          # mW
-    ("gpu_sm_clock_mhz", 1.0),
-    ("gpu_memory_clock_mhz", 1.0),
-    ("gpu_energy_joules_total", 1e-3),  # mJ
-    ("gpu_fan_speed_percent", 1.0),
+# Field index (EGS_F_*) -> catalogue metric; the core's values are in the metric's unit.
+FIELDS: tuple[str, ...] = (
+    "gpu_utilization_percent",
+    "gpu_memory_busy_percent",
+    "gpu_memory_used_bytes",
+    "gpu_memory_total_bytes",
+    "gpu_temperature_celsius",
+    "gpu_power_watts",
+    "gpu_sm_clock_mhz",
+    "gpu_memory_clock_mhz",
+    "gpu_energy_joules_total",
+    "gpu_fan_speed_percent",
 )
 assert len(FIELDS) == lib.EGS_NFIELDS
-assert all(name in metrics.BY_NAME for name, _ in FIELDS)
+assert all(name in metrics.BY_NAME for name in FIELDS)
 MEMORY_PERCENT = "gpu_memory_used_percent"
 # Read at slow_hz rather than hz (the core's EGS_SLOW_FIELDS).
-SLOW_METRICS = frozenset(name for f, (name, _) in enumerate(FIELDS) if lib.EGS_SLOW_FIELDS & (1 << f))
+SLOW_METRICS = frozenset(name for f, name in enumerate(FIELDS) if lib.EGS_SLOW_FIELDS & (1 << f))
 _USED, _TOTAL = lib.EGS_F_MEMORY_USED, lib.EGS_F_MEMORY_TOTAL
 assert not lib.EGS_SLOW_FIELDS & (1 << _USED | 1 << _TOTAL)  # memory percent is fast
 assert _TOTAL == _USED + 1  # drain() pairs them by offset
@@ -193,7 +192,7 @@ class CoreEvent:
 
 
 def _unsupported_names(mask: int) -> frozenset[str]:
-    names = {FIELDS[f][0] for f in range(len(FIELDS)) if mask & (1 << f)}
+    names = {name for f, name in enumerate(FIELDS) if mask & (1 << f)}
     if mask & (1 << _USED | 1 << _TOTAL):
         names.add(MEMORY_PERCENT)
     return frozenset(names)
@@ -319,7 +318,7 @@ class _AmdgpuFallback:
     def ring(self, i: int, since: float | None) -> RingBlock:
         with self._lock:
             rows = [r for r in self._ring.get(i, []) if since is None or r[0] > since]
-        values: dict[str, list[float | None]] = {name: [] for name, _ in FIELDS}
+        values: dict[str, list[float | None]] = {name: [] for name in FIELDS}
         values[MEMORY_PERCENT] = []
         for _, row in rows:
             for name in values:
@@ -480,11 +479,9 @@ class Core:
         for dev, f, count, total, lo, hi, last, first_ts, last_ts, errors in rows:
             if count == 0:
                 if errors:  # every read failed: no values, but the failures must be seen
-                    out.append(FieldStats(dev, FIELDS[f][0], 0, None, None, None, None, None, None, errors))
+                    out.append(FieldStats(dev, FIELDS[f], 0, None, None, None, None, None, None, errors))
                 continue
-            name, k = FIELDS[f]
-            out.append(FieldStats(dev, name, count, total / count * k, lo * k, hi * k, last * k,
-                                  first_ts, last_ts, errors))
+            out.append(FieldStats(dev, FIELDS[f], count, total / count, lo, hi, last, first_ts, last_ts, errors))
             if f == _USED or f == _TOTAL:
                 used_total.setdefault(dev, [None, None])[f - _USED] = out[-1]
         for dev, (used, total) in used_total.items():
@@ -512,8 +509,8 @@ class Core:
         flat = ffi.unpack(vals, count * lib.EGS_NFIELDS)
         nf = lib.EGS_NFIELDS
         values: dict[str, list[float | None]] = {}
-        for f, (name, factor) in enumerate(FIELDS):
-            values[name] = [_nan_to_none(v * factor) for v in flat[f::nf]]
+        for f, name in enumerate(FIELDS):
+            values[name] = [_nan_to_none(v) for v in flat[f::nf]]
         used, total = values["gpu_memory_used_bytes"], values["gpu_memory_total_bytes"]
         values[MEMORY_PERCENT] = [u / t * 100.0 if u is not None and t else None
                                   for u, t in zip(used, total)]

@@ -1,7 +1,7 @@
 /*
  * native_run.c - runs the native core with no Python around it and prints what it read, as
  * one JSON object: backends (state, detail, symbols used), devices, per-field statistics in
- * the core's raw units, and the sampler's own figures. For hosts with a real driver but no
+ * the core's units, and the sampler's own figures. For hosts with a real driver but no
  * project virtualenv (a GPU box reached only for a measurement), next to bare_loop.c.
  *
  * build: cc -O2 -pthread -Inative -o native_run bench/native_run.c native/core.c native/nvml.c \
@@ -17,8 +17,8 @@
 
 static const char *FIELD[EGS_NFIELDS] = {
     "utilization_percent", "memory_busy_percent", "memory_used_bytes", "memory_total_bytes",
-    "temperature_celsius", "power_milliwatts", "sm_clock_mhz", "memory_clock_mhz",
-    "energy_millijoules", "fan_percent",
+    "temperature_celsius", "power_watts", "sm_clock_mhz", "memory_clock_mhz",
+    "energy_joules", "fan_percent",
 };
 
 static void json_string(const char *s)

@@ -1,9 +1,9 @@
 /*
  * amdsmi.c - the AMD backend: AMD SMI (libamd_smi.so) loaded with dlopen, never linked.
  *
- * AMD SMI reports VRAM in MB, power in W and energy as a counter times a resolution in uJ;
- * this file converts to the core's fixed raw units (bytes, mW, mJ) so Python sees one set of
- * units whatever the vendor. Only the narrow per-metric calls are used: reading the full
+ * AMD SMI reports VRAM in MiB (amdsmi.h calls them MB; they are units of 2^20 bytes), power
+ * in W and energy as a counter times a resolution in uJ; this file converts them to the
+ * core's units (bytes, W, J), so Python sees one set of units whatever the vendor. Only the narrow per-metric calls are used: reading the full
  * gpu_metrics blob wakes a runtime-suspended GPU on some parts and shows false activity.
  * AMD exposes no fan figure in the catalogue, so fan is unsupported here by design.
  * AMD SMI reports an activity it cannot measure as 0xFFFF (or 0xFFFFFFFF) inside a call that
@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "internal.h"
 
@@ -131,15 +130,14 @@ static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
 
+/* Per-backend state: the table (its role order is the enum above; first, as the core
+ * expects) and how many devices have event notification on. */
 struct am_lib {
     struct egs_role roles[R_COUNT_ROLES];
     int events_on;                  /* devices with notification initialised */
 };
 
-#define FN(lib, role, type) ((type)(lib)->roles[role].fn)
-
 typedef am_status (*fn_init)(uint64_t);
-typedef am_status (*fn_void)(void);
 typedef am_status (*fn_status_string)(am_status, const char **);
 typedef am_status (*fn_sockets)(uint32_t *, void **);
 typedef am_status (*fn_processors)(void *, uint32_t *, void **);
@@ -157,7 +155,7 @@ typedef am_status (*fn_event_get)(int, uint32_t *, struct am_event *);
 static const char *am_error(const struct am_lib *lib, am_status rc, char *buf, size_t cap)
 {
     const char *text = NULL;
-    fn_status_string fn = FN(lib, R_STATUS_STRING, fn_status_string);
+    fn_status_string fn = EGS_FN(lib, R_STATUS_STRING, fn_status_string);
     if (fn == NULL || fn(rc, &text) != AM_SUCCESS)
         text = NULL;
     snprintf(buf, cap, "%s (AMD SMI status %d)", text != NULL ? text : "AMD SMI error", rc);
@@ -185,21 +183,11 @@ static unsigned char am_classify(const struct am_lib *lib, am_status rc, const c
         return EGS_R_OK;
     if (rc == AM_NOT_SUPPORTED || rc == AM_NOT_YET_IMPLEMENTED)
         return EGS_R_UNSUPPORTED;
-    if (am_is_lost(rc)) {
-        if (!t->lost) {
-            t->lost = 1;
-            t->lost_code = rc;
-            snprintf(t->lost_reason, sizeof(t->lost_reason), "%s: %s", symbol,
-                     am_error(lib, rc, msg, sizeof(msg)));
-        }
-        return EGS_R_SKIPPED;
-    }
+    if (am_is_lost(rc))
+        return egs_tick_lost(t, rc, symbol, am_error(lib, rc, msg, sizeof(msg)));
     return EGS_R_ERROR;
 }
 
-/* Due this tick (the core's tier schedule and the unsupported mask, in t->want) and the
- * device not found lost by an earlier call of this tick. */
-#define WANT(f) (!t->lost && (t->want & (1u << (f))))
 #define MIB 1048576.0
 
 /* An activity figure from a call that succeeded: N/A sentinels make the field unsupported. */
@@ -215,78 +203,54 @@ static void am_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
     const struct am_lib *lib = b->impl;
     am_handle h = d->handle;
     am_status rc;
+    unsigned char s;
 
-    /* One call serves two fields; only the ones asked for get a status (see nvml.c). The
-     * catalogue has no multimedia-engine figure, so mm_activity is not read. */
-    int want_a = WANT(EGS_F_UTILIZATION), want_b = WANT(EGS_F_MEMORY_BUSY);
-    if (want_a || want_b) {
+    /* The catalogue has no multimedia-engine figure, so mm_activity is not read. */
+    if (egs_want(t, EGS_F_UTILIZATION) || egs_want(t, EGS_F_MEMORY_BUSY)) {
         struct am_engine_usage u;
         memset(&u, 0, sizeof(u));
-        rc = FN(lib, R_ACTIVITY, fn_ptr)(h, &u);
-        unsigned char s = am_classify(lib, rc, lib->roles[R_ACTIVITY].symbol, t);
-        if (want_a) {
-            t->status[EGS_F_UTILIZATION] = am_activity(s, u.gfx_activity);
-            t->values[EGS_F_UTILIZATION] = u.gfx_activity;
-        }
-        if (want_b) {
-            t->status[EGS_F_MEMORY_BUSY] = am_activity(s, u.umc_activity);
-            t->values[EGS_F_MEMORY_BUSY] = u.umc_activity;
-        }
+        rc = EGS_FN(lib, R_ACTIVITY, fn_ptr)(h, &u);
+        s = am_classify(lib, rc, lib->roles[R_ACTIVITY].symbol, t);
+        egs_put(t, EGS_F_UTILIZATION, am_activity(s, u.gfx_activity), u.gfx_activity);
+        egs_put(t, EGS_F_MEMORY_BUSY, am_activity(s, u.umc_activity), u.umc_activity);
     }
-    want_a = WANT(EGS_F_MEMORY_USED);
-    want_b = WANT(EGS_F_MEMORY_TOTAL);
-    if (want_a || want_b) {
+    if (egs_want(t, EGS_F_MEMORY_USED) || egs_want(t, EGS_F_MEMORY_TOTAL)) {
         struct am_vram_usage v;
         memset(&v, 0, sizeof(v));
-        rc = FN(lib, R_VRAM, fn_ptr)(h, &v);
-        unsigned char s = am_classify(lib, rc, lib->roles[R_VRAM].symbol, t);
-        if (want_a) {
-            t->status[EGS_F_MEMORY_USED] = s;
-            t->values[EGS_F_MEMORY_USED] = v.vram_used * MIB;
-        }
-        if (want_b) {
-            t->status[EGS_F_MEMORY_TOTAL] = s;
-            t->values[EGS_F_MEMORY_TOTAL] = v.vram_total * MIB;
-        }
+        rc = EGS_FN(lib, R_VRAM, fn_ptr)(h, &v);
+        s = am_classify(lib, rc, lib->roles[R_VRAM].symbol, t);
+        egs_put(t, EGS_F_MEMORY_USED, s, v.vram_used * MIB);
+        egs_put(t, EGS_F_MEMORY_TOTAL, s, v.vram_total * MIB);
     }
-    if (WANT(EGS_F_TEMPERATURE)) {
+    if (egs_want(t, EGS_F_TEMPERATURE)) {
         int64_t c = 0;
-        rc = FN(lib, R_TEMPERATURE, fn_temp)(h, AM_TEMP_EDGE, AM_TEMP_CURRENT, &c);
-        t->values[EGS_F_TEMPERATURE] = (double)c;
-        t->status[EGS_F_TEMPERATURE] = am_classify(lib, rc, lib->roles[R_TEMPERATURE].symbol, t);
+        rc = EGS_FN(lib, R_TEMPERATURE, fn_temp)(h, AM_TEMP_EDGE, AM_TEMP_CURRENT, &c);
+        egs_put(t, EGS_F_TEMPERATURE, am_classify(lib, rc, lib->roles[R_TEMPERATURE].symbol, t), (double)c);
     }
-    if (WANT(EGS_F_POWER)) {
+    if (egs_want(t, EGS_F_POWER)) {
         struct am_power_info p;
         memset(&p, 0, sizeof(p));
-        rc = FN(lib, R_POWER, fn_ptr)(h, &p);
-        t->values[EGS_F_POWER] = (double)p.socket_power * 1000.0;
-        t->status[EGS_F_POWER] = am_classify(lib, rc, lib->roles[R_POWER].symbol, t);
+        rc = EGS_FN(lib, R_POWER, fn_ptr)(h, &p);
+        egs_put(t, EGS_F_POWER, am_classify(lib, rc, lib->roles[R_POWER].symbol, t), (double)p.socket_power);
     }
-    if (WANT(EGS_F_SM_CLOCK)) {
+    if (egs_want(t, EGS_F_SM_CLOCK)) {
         struct am_clk_info c;
         memset(&c, 0, sizeof(c));
-        rc = FN(lib, R_CLOCK, fn_clock)(h, AM_CLK_GFX, &c);
-        t->values[EGS_F_SM_CLOCK] = c.clk;
-        t->status[EGS_F_SM_CLOCK] = am_classify(lib, rc, lib->roles[R_CLOCK].symbol, t);
+        rc = EGS_FN(lib, R_CLOCK, fn_clock)(h, AM_CLK_GFX, &c);
+        egs_put(t, EGS_F_SM_CLOCK, am_classify(lib, rc, lib->roles[R_CLOCK].symbol, t), c.clk);
     }
-    if (WANT(EGS_F_MEMORY_CLOCK)) {
+    if (egs_want(t, EGS_F_MEMORY_CLOCK)) {
         struct am_clk_info c;
         memset(&c, 0, sizeof(c));
-        rc = FN(lib, R_CLOCK, fn_clock)(h, AM_CLK_MEM, &c);
-        t->values[EGS_F_MEMORY_CLOCK] = c.clk;
-        t->status[EGS_F_MEMORY_CLOCK] = am_classify(lib, rc, lib->roles[R_CLOCK].symbol, t);
+        rc = EGS_FN(lib, R_CLOCK, fn_clock)(h, AM_CLK_MEM, &c);
+        egs_put(t, EGS_F_MEMORY_CLOCK, am_classify(lib, rc, lib->roles[R_CLOCK].symbol, t), c.clk);
     }
-    if (WANT(EGS_F_ENERGY)) {
+    if (egs_want(t, EGS_F_ENERGY)) {
         uint64_t counter = 0, stamp = 0;
         float resolution_uj = 0.0f;
-        rc = FN(lib, R_ENERGY, fn_energy)(h, &counter, &resolution_uj, &stamp);
-        t->values[EGS_F_ENERGY] = (double)counter * (double)resolution_uj / 1000.0;
-        t->status[EGS_F_ENERGY] = am_classify(lib, rc, lib->roles[R_ENERGY].symbol, t);
-    }
-    if (t->lost) {
-        for (int f = 0; f < EGS_NFIELDS; f++)
-            if (t->status[f] == EGS_R_OK)
-                t->status[f] = EGS_R_SKIPPED;
+        rc = EGS_FN(lib, R_ENERGY, fn_energy)(h, &counter, &resolution_uj, &stamp);
+        egs_put(t, EGS_F_ENERGY, am_classify(lib, rc, lib->roles[R_ENERGY].symbol, t),
+                (double)counter * (double)resolution_uj / 1e6);
     }
 }
 
@@ -314,35 +278,31 @@ static int am_wait_event(struct egs_backend *b, struct egs_core *core, int timeo
     struct am_event events[16];
     uint32_t n = 16;
     memset(events, 0, sizeof(events));
-    am_status rc = FN(lib, R_EVENT_GET, fn_event_get)(timeout_ms, &n, events);
+    am_status rc = EGS_FN(lib, R_EVENT_GET, fn_event_get)(timeout_ms, &n, events);
     if (rc != AM_SUCCESS) {
-        /* NO_DATA is the ordinary timeout; anything else returned at once, so pause. */
-        if (rc != AM_NO_DATA) {
-            struct timespec pause = {0, (long)timeout_ms * 1000000L};
-            nanosleep(&pause, NULL);
-        }
+        /* NO_DATA is the ordinary timeout; anything else returned at once. */
+        if (rc != AM_NO_DATA)
+            egs_pause_ms(timeout_ms);
         return 0;
     }
     for (uint32_t k = 0; k < n && k < 16; k++) {
-        for (unsigned int i = 0; i < core->ndevs; i++) {
-            struct egs_dev *d = &core->devs[i];
-            if (d->backend == b && d->handle == events[k].processor) {
-                char detail[EGS_TEXT];
-                snprintf(detail, sizeof(detail), "AMD event %u on %s: %.200s", events[k].event,
-                         d->info.pci_bus_id, events[k].message);
-                egs_push_event(core, EGS_EVENT_AMD, i, events[k].event, detail);
-                break;
-            }
-        }
+        struct egs_dev *d = egs_device_of(core, b, events[k].processor);
+        if (d == NULL)
+            continue;
+        char detail[EGS_TEXT];
+        snprintf(detail, sizeof(detail), "AMD event %u on %s: %.200s", events[k].event,
+                 d->info.pci_bus_id, events[k].message);
+        egs_push_event(core, EGS_EVENT_AMD, d->info.index, events[k].event, detail);
     }
     return (int)n;
 }
 
-static void am_open_events(struct egs_core *core, struct egs_backend *b, struct am_lib *lib)
+static int am_open_events(struct egs_core *core, struct egs_backend *b)
 {
+    struct am_lib *lib = b->impl;
     if (lib->roles[R_EVENT_INIT].fn == NULL || lib->roles[R_EVENT_MASK].fn == NULL ||
         lib->roles[R_EVENT_GET].fn == NULL || lib->roles[R_EVENT_STOP].fn == NULL)
-        return;
+        return 0;
     /* Bit (event - 1) selects an event, as AMD SMI's own mask macro does. */
     uint64_t mask = 1ull << (AM_EVT_VMFAULT - 1) | 1ull << (AM_EVT_THERMAL_THROTTLE - 1) |
                     1ull << (AM_EVT_GPU_PRE_RESET - 1) | 1ull << (AM_EVT_GPU_POST_RESET - 1);
@@ -350,26 +310,21 @@ static void am_open_events(struct egs_core *core, struct egs_backend *b, struct 
         struct egs_dev *d = &core->devs[i];
         if (d->backend != b || d->lost)
             continue;
-        if (FN(lib, R_EVENT_INIT, fn_handle)(d->handle) != AM_SUCCESS)
+        if (EGS_FN(lib, R_EVENT_INIT, fn_handle)(d->handle) != AM_SUCCESS)
             continue;
-        if (FN(lib, R_EVENT_MASK, fn_mask)(d->handle, mask) != AM_SUCCESS) {
-            FN(lib, R_EVENT_STOP, fn_handle)(d->handle);
+        if (EGS_FN(lib, R_EVENT_MASK, fn_mask)(d->handle, mask) != AM_SUCCESS) {
+            EGS_FN(lib, R_EVENT_STOP, fn_handle)(d->handle);
             continue;
         }
         d->events_on = 1;
         lib->events_on++;
     }
-    if (lib->events_on > 0) {
-        b->events = lib;
-        b->wait_event = am_wait_event;
-    }
+    return lib->events_on > 0;
 }
 
-static void am_close(struct egs_backend *b)
+static void am_close_events(struct egs_backend *b)
 {
     struct am_lib *lib = b->impl;
-    if (lib == NULL)
-        return;
     /* Every device whose notification was initialised, lost ones included: the library
      * keeps per-device event state (an fd and a buffer) until stop frees it, whether or not
      * the device still answers. Its status on a lost device is of no interest. */
@@ -377,17 +332,11 @@ static void am_close(struct egs_backend *b)
         for (unsigned int i = 0; i < b->core->ndevs; i++) {
             struct egs_dev *d = &b->core->devs[i];
             if (d->events_on) {
-                FN(lib, R_EVENT_STOP, fn_handle)(d->handle);
+                EGS_FN(lib, R_EVENT_STOP, fn_handle)(d->handle);
                 d->events_on = 0;
             }
         }
     }
-    if (b->initialised && lib->roles[R_SHUTDOWN].fn != NULL)
-        FN(lib, R_SHUTDOWN, fn_void)();
-    free(lib);
-    b->impl = NULL;
-    b->roles = NULL;
-    b->nroles = 0;
 }
 
 static void am_describe(struct am_lib *lib, struct egs_dev *d, unsigned int missing)
@@ -395,77 +344,54 @@ static void am_describe(struct am_lib *lib, struct egs_dev *d, unsigned int miss
     char uuid[EGS_NAME];
     uint32_t len = sizeof(uuid);
     memset(uuid, 0, sizeof(uuid));
-    if (lib->roles[R_UUID].fn != NULL && FN(lib, R_UUID, fn_uuid)(d->handle, &len, uuid) == AM_SUCCESS)
+    if (lib->roles[R_UUID].fn != NULL && EGS_FN(lib, R_UUID, fn_uuid)(d->handle, &len, uuid) == AM_SUCCESS)
         snprintf(d->info.uuid, sizeof(d->info.uuid), "%.*s", (int)sizeof(uuid) - 1, uuid);
     uint64_t bdf = 0;
-    if (lib->roles[R_BDF].fn != NULL && FN(lib, R_BDF, fn_u64)(d->handle, &bdf) == AM_SUCCESS) {
+    if (lib->roles[R_BDF].fn != NULL && EGS_FN(lib, R_BDF, fn_u64)(d->handle, &bdf) == AM_SUCCESS) {
         snprintf(d->info.pci_bus_id, sizeof(d->info.pci_bus_id), "%04llx:%02x:%02x.%x",
                  (unsigned long long)(bdf >> 16), (unsigned int)((bdf >> 8) & 0xff),
                  (unsigned int)((bdf >> 3) & 0x1f), (unsigned int)(bdf & 0x7));
     }
     struct am_asic_info *asic = calloc(1, sizeof(*asic));
-    if (asic != NULL && lib->roles[R_ASIC].fn != NULL && FN(lib, R_ASIC, fn_ptr)(d->handle, asic) == AM_SUCCESS)
+    if (asic != NULL && lib->roles[R_ASIC].fn != NULL && EGS_FN(lib, R_ASIC, fn_ptr)(d->handle, asic) == AM_SUCCESS)
         snprintf(d->info.name, sizeof(d->info.name), "%.*s", (int)sizeof(d->info.name) - 1, asic->market_name);
     free(asic);
     d->unsupported = d->info.unsupported = missing;
 }
 
-int egs_amdsmi_open(struct egs_core *core, struct egs_backend *b)
+static int am_open(struct egs_core *core, struct egs_backend *b)
 {
     char msg[EGS_TEXT - 64];
     int rc = EGS_OK;
     void **sockets = NULL, **procs = NULL;
-    struct am_lib *lib = calloc(1, sizeof(*lib));
-    if (lib == NULL)
-        return EGS_E_NOMEM;
-    memcpy(lib->roles, am_roles_template, sizeof(lib->roles));
-    b->impl = lib;
-    b->roles = lib->roles;
-    b->nroles = R_COUNT_ROLES;
-    b->close = am_close;
+    struct am_lib *lib = b->impl;
 
-    if (egs_load(b, core->amdsmi_path, "AMD SMI") != 0)
-        goto out;
-    int need[] = {R_INIT, R_SOCKETS, R_PROCESSORS};
-    for (int k = 0; k < 3; k++) {
-        if (lib->roles[need[k]].fn == NULL) {
-            b->info.state = EGS_BSTATE_ERROR;
-            snprintf(b->info.detail, sizeof(b->info.detail), "%s exports no %s", core->amdsmi_path,
-                     lib->roles[need[k]].candidates[0]);
-            goto out;
-        }
-    }
-    am_status st = FN(lib, R_INIT, fn_init)(AM_INIT_AMD_GPUS);
+    am_status st = EGS_FN(lib, R_INIT, fn_init)(AM_INIT_AMD_GPUS);
     if (st != AM_SUCCESS) {
-        b->info.state = EGS_BSTATE_ERROR;
-        b->info.status = st;
-        snprintf(b->info.detail, sizeof(b->info.detail), "amdsmi_init failed: %s", am_error(lib, st, msg, sizeof(msg)));
+        egs_backend_failed(b, st, lib->roles[R_INIT].symbol, am_error(lib, st, msg, sizeof(msg)));
         goto out;
     }
     b->initialised = 1;
 
     uint32_t nsock = 0;
-    st = FN(lib, R_SOCKETS, fn_sockets)(&nsock, NULL);
+    st = EGS_FN(lib, R_SOCKETS, fn_sockets)(&nsock, NULL);
     if (st == AM_SUCCESS && nsock > 0) {
         sockets = calloc(nsock, sizeof(*sockets));
         if (sockets == NULL) {
             rc = EGS_E_NOMEM;
             goto out;
         }
-        st = FN(lib, R_SOCKETS, fn_sockets)(&nsock, sockets);
+        st = EGS_FN(lib, R_SOCKETS, fn_sockets)(&nsock, sockets);
     }
     if (st != AM_SUCCESS) {
-        b->info.state = EGS_BSTATE_ERROR;
-        b->info.status = st;
-        snprintf(b->info.detail, sizeof(b->info.detail), "amdsmi_get_socket_handles failed: %s",
-                 am_error(lib, st, msg, sizeof(msg)));
+        egs_backend_failed(b, st, lib->roles[R_SOCKETS].symbol, am_error(lib, st, msg, sizeof(msg)));
         goto out;
     }
     unsigned int missing = am_missing_fields(lib);
     unsigned int found = 0;
     for (uint32_t s = 0; s < nsock; s++) {
         uint32_t nproc = 0;
-        if (FN(lib, R_PROCESSORS, fn_processors)(sockets[s], &nproc, NULL) != AM_SUCCESS || nproc == 0)
+        if (EGS_FN(lib, R_PROCESSORS, fn_processors)(sockets[s], &nproc, NULL) != AM_SUCCESS || nproc == 0)
             continue;
         free(procs);
         procs = calloc(nproc, sizeof(*procs));
@@ -473,11 +399,11 @@ int egs_amdsmi_open(struct egs_core *core, struct egs_backend *b)
             rc = EGS_E_NOMEM;
             goto out;
         }
-        if (FN(lib, R_PROCESSORS, fn_processors)(sockets[s], &nproc, procs) != AM_SUCCESS)
+        if (EGS_FN(lib, R_PROCESSORS, fn_processors)(sockets[s], &nproc, procs) != AM_SUCCESS)
             continue;
         for (uint32_t p = 0; p < nproc; p++) {
             uint32_t type = AM_PROCESSOR_AMD_GPU;
-            if (lib->roles[R_TYPE].fn != NULL && FN(lib, R_TYPE, fn_u32)(procs[p], &type) == AM_SUCCESS &&
+            if (lib->roles[R_TYPE].fn != NULL && EGS_FN(lib, R_TYPE, fn_u32)(procs[p], &type) == AM_SUCCESS &&
                 type != AM_PROCESSOR_AMD_GPU)
                 continue;
             struct egs_dev *d = egs_add_device(core, b);
@@ -490,20 +416,32 @@ int egs_amdsmi_open(struct egs_core *core, struct egs_backend *b)
             am_describe(lib, d, missing);
             if (b->info.driver_version[0] == '\0' && lib->roles[R_DRIVER].fn != NULL) {
                 struct am_driver_info *drv = calloc(1, sizeof(*drv));
-                if (drv != NULL && FN(lib, R_DRIVER, fn_ptr)(d->handle, drv) == AM_SUCCESS)
+                if (drv != NULL && EGS_FN(lib, R_DRIVER, fn_ptr)(d->handle, drv) == AM_SUCCESS)
                     snprintf(b->info.driver_version, sizeof(b->info.driver_version), "%.*s",
                              (int)sizeof(b->info.driver_version) - 1, drv->driver_version);
                 free(drv);
             }
         }
     }
-    b->read = am_read;
-    b->info.state = EGS_BSTATE_OK;
-    snprintf(b->info.detail, sizeof(b->info.detail), "AMD SMI, %u device(s)", found);
-    if (core->cfg.events)
-        am_open_events(core, b, lib);
 out:
     free(sockets);
     free(procs);
     return rc;
 }
+
+static const unsigned int am_needed[] = {R_INIT, R_SOCKETS, R_PROCESSORS};
+
+const struct egs_vendor egs_amdsmi = {
+    .what = "AMD SMI",
+    .roles = am_roles_template,
+    .nroles = R_COUNT_ROLES,
+    .state_size = sizeof(struct am_lib),
+    .needed = am_needed,
+    .nneeded = sizeof(am_needed) / sizeof(am_needed[0]),
+    .shutdown = R_SHUTDOWN,
+    .open = am_open,
+    .read = am_read,
+    .open_events = am_open_events,
+    .wait_event = am_wait_event,
+    .close_events = am_close_events,
+};

@@ -34,16 +34,16 @@ static double ts_seconds(const struct timespec *t)
     return (double)t->tv_sec + (double)t->tv_nsec * 1e-9;
 }
 
-double egs_now_mono(void)
+static double now_mono(void)
 {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return ts_seconds(&t);
 }
 
-double egs_unix_time(const struct egs_core *core)
+static double unix_time(const struct egs_core *core)
 {
-    return egs_now_mono() + core->realtime_offset;
+    return now_mono() + core->realtime_offset;
 }
 
 void egs_copy(char *dst, size_t cap, const char *src)
@@ -55,28 +55,14 @@ void egs_copy(char *dst, size_t cap, const char *src)
     snprintf(dst, cap, "%s", src);
 }
 
-int egs_stopping(struct egs_core *core)
+static int stopping(struct egs_core *core)
 {
     return atomic_load_explicit(&core->stop, memory_order_relaxed);
 }
 
 /* Fills each role's fn with the first candidate the library exports. A role left without a
  * symbol is reported (empty symbol name) and its fields become unsupported, never a crash. */
-int egs_load(struct egs_backend *b, const char *path, const char *what)
-{
-    dlerror();
-    b->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    if (b->lib == NULL) {
-        const char *why = dlerror();
-        b->info.state = EGS_BSTATE_UNAVAILABLE;
-        snprintf(b->info.detail, sizeof(b->info.detail), "cannot load %s: %s", what, why ? why : path);
-        return -1;
-    }
-    egs_resolve(b);
-    return 0;
-}
-
-void egs_resolve(struct egs_backend *b)
+static void resolve_roles(struct egs_backend *b)
 {
     for (unsigned int i = 0; i < b->nroles && i < EGS_MAX_ROLES; i++) {
         struct egs_role *r = &b->roles[i];
@@ -117,8 +103,41 @@ struct egs_dev *egs_add_device(struct egs_core *core, struct egs_backend *b)
     return d;
 }
 
-void egs_push_event_locked(struct egs_core *core, int kind, unsigned int device,
-                           unsigned long long code, const char *detail)
+struct egs_dev *egs_device_of(struct egs_core *core, const struct egs_backend *b, const void *handle)
+{
+    for (unsigned int i = 0; i < core->ndevs; i++) {
+        struct egs_dev *d = &core->devs[i];
+        if (d->backend == b && d->handle == handle)
+            return d;
+    }
+    return NULL;
+}
+
+void egs_backend_failed(struct egs_backend *b, int status, const char *symbol, const char *message)
+{
+    b->info.state = EGS_BSTATE_ERROR;
+    b->info.status = status;
+    snprintf(b->info.detail, sizeof(b->info.detail), "%s failed: %s", symbol, message);
+}
+
+unsigned char egs_tick_lost(struct egs_tick *t, long long code, const char *symbol, const char *message)
+{
+    if (!t->lost) {
+        t->lost = 1;
+        t->lost_code = code;
+        snprintf(t->lost_reason, sizeof(t->lost_reason), "%s: %s", symbol, message);
+    }
+    return EGS_R_SKIPPED;
+}
+
+void egs_pause_ms(int ms)
+{
+    struct timespec pause = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&pause, NULL);
+}
+
+static void push_event_locked(struct egs_core *core, int kind, unsigned int device,
+                              unsigned long long code, const char *detail)
 {
     if (core->ev_count == EGS_EVENT_QUEUE) {
         /* Keep the newest: drop the oldest and count it. */
@@ -130,7 +149,7 @@ void egs_push_event_locked(struct egs_core *core, int kind, unsigned int device,
     e->kind = kind;
     e->device = device;
     e->code = code;
-    e->ts = egs_unix_time(core);
+    e->ts = unix_time(core);
     egs_copy(e->detail, sizeof(e->detail), detail);
     core->ev_count++;
 }
@@ -139,7 +158,7 @@ void egs_push_event(struct egs_core *core, int kind, unsigned int device,
                     unsigned long long code, const char *detail)
 {
     pthread_mutex_lock(&core->lock);
-    egs_push_event_locked(core, kind, device, code, detail);
+    push_event_locked(core, kind, device, code, detail);
     pthread_mutex_unlock(&core->lock);
 }
 
@@ -189,6 +208,22 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
     return EGS_OK;
 }
 
+/* Undoes open_backend on `b`: the vendor's events, the library's shutdown when its init
+ * succeeded, the vendor state, the library itself. */
+static void close_backend(struct egs_backend *b)
+{
+    if (b->impl != NULL) {
+        const struct egs_vendor *v = b->vendor;
+        if (v->close_events != NULL)
+            v->close_events(b);
+        if (b->initialised && b->roles[v->shutdown].fn != NULL)
+            EGS_FN(b, v->shutdown, int (*)(void))();
+        free(b->impl);
+    }
+    if (b->lib != NULL)
+        dlclose(b->lib);
+}
+
 /* Shuts the vendor libraries down and unloads them. Called with no thread of ours running.
  * The backends are detached under the lock (queries then see a closed backend, its info and
  * resolved symbols kept) and closed after it is released: nvmlShutdown / amdsmi_shut_down can
@@ -201,26 +236,20 @@ static void close_backends(struct egs_core *core)
     for (int i = 0; i < EGS_NBACKENDS; i++) {
         struct egs_backend *b = &core->backends[i];
         closing[i] = *b;
+        b->vendor = NULL;
         b->lib = NULL;
         b->impl = NULL;
         b->roles = NULL;
         b->nroles = 0;
-        b->close = NULL;
         b->read = NULL;
         b->wait_event = NULL;
-        b->events = NULL;
         b->initialised = 0;
     }
     pthread_mutex_unlock(&core->lock);
-    /* The copies keep b->core, so am_close still finds this run's devices (nothing frees the
-     * device table before the next start, which the life mutex keeps out). */
-    for (int i = 0; i < EGS_NBACKENDS; i++) {
-        struct egs_backend *b = &closing[i];
-        if (b->close != NULL)
-            b->close(b);
-        if (b->lib != NULL)
-            dlclose(b->lib);
-    }
+    /* The copies keep b->core, so AMD SMI's close_events still finds this run's devices
+     * (nothing frees the device table before the next start, which the life mutex keeps out). */
+    for (int i = 0; i < EGS_NBACKENDS; i++)
+        close_backend(&closing[i]);
 }
 
 /* One run's tables: what start builds privately and swaps into the core under the lock. */
@@ -276,6 +305,50 @@ static void free_buffers(struct egs_core *core)
     free_tables(&none);
 }
 
+/* Opens one vendor library into `b`: the vendor state with its copy of the role table, dlopen
+ * and symbol lookup, the entry points nothing works without, then the vendor's own init and
+ * enumeration, and its events. Every outcome but out-of-memory is a backend state, with the
+ * reason in b->info.detail; whatever was opened is left for close_backend. */
+static int open_backend(struct egs_core *core, struct egs_backend *b, const struct egs_vendor *v,
+                        const char *path)
+{
+    b->impl = calloc(1, v->state_size);
+    if (b->impl == NULL)
+        return EGS_E_NOMEM;
+    b->vendor = v;
+    b->roles = b->impl;
+    b->nroles = v->nroles;
+    memcpy(b->roles, v->roles, v->nroles * sizeof(*b->roles));
+
+    dlerror();
+    b->lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (b->lib == NULL) {
+        const char *why = dlerror();
+        b->info.state = EGS_BSTATE_UNAVAILABLE;
+        snprintf(b->info.detail, sizeof(b->info.detail), "cannot load %s: %s", v->what, why ? why : path);
+        return EGS_OK;
+    }
+    resolve_roles(b);
+    for (unsigned int k = 0; k < v->nneeded; k++) {
+        const struct egs_role *r = &b->roles[v->needed[k]];
+        if (r->fn == NULL) {
+            b->info.state = EGS_BSTATE_ERROR;
+            snprintf(b->info.detail, sizeof(b->info.detail), "%s exports no %s entry point (%s)",
+                     path, r->role, r->candidates[0]);
+            return EGS_OK;
+        }
+    }
+    int rc = v->open(core, b);
+    if (rc != EGS_OK || b->info.state == EGS_BSTATE_ERROR)
+        return rc;
+    b->read = v->read;
+    b->info.state = EGS_BSTATE_OK;
+    snprintf(b->info.detail, sizeof(b->info.detail), "%s, %u device(s)", v->what, b->info.ndevices);
+    if (core->cfg.events && v->open_events(core, b))
+        b->wait_event = v->wait_event;
+    return EGS_OK;
+}
+
 /* Loads and enumerates both backends into `stage`, a core that no other thread can see, so
  * dlopen, nvmlInit / amdsmi_init (seconds on a big host), enumeration and event registration
  * run with no lock held. The vendor files only ever see `stage`; start moves the result into
@@ -287,28 +360,25 @@ static int open_backends(const struct egs_core *core, struct egs_core *stage)
     egs_copy(stage->amdsmi_path, sizeof(stage->amdsmi_path), core->amdsmi_path);
     stage->cfg.nvml_library = stage->nvml_path;
     stage->cfg.amdsmi_library = stage->amdsmi_path;
+    const struct egs_vendor *vendors[EGS_NBACKENDS] = {&egs_nvml, &egs_amdsmi};
+    const char *paths[EGS_NBACKENDS] = {stage->nvml_path, stage->amdsmi_path};
+    const int wanted[EGS_NBACKENDS] = {stage->cfg.nvidia, stage->cfg.amd};
     for (int i = 0; i < EGS_NBACKENDS; i++) {
         struct egs_backend *b = &stage->backends[i];
         b->id = i;
         b->core = stage;
         b->info.state = EGS_BSTATE_UNAVAILABLE;
+        egs_copy(b->info.library, EGS_TEXT, paths[i]);
     }
-    struct egs_backend *nv = &stage->backends[EGS_BACKEND_NVIDIA];
-    struct egs_backend *amd = &stage->backends[EGS_BACKEND_AMD];
-    egs_copy(nv->info.library, EGS_TEXT, stage->nvml_path);
-    egs_copy(amd->info.library, EGS_TEXT, stage->amdsmi_path);
-    int rc;
-    if (stage->cfg.nvidia) {
-        if ((rc = egs_nvml_open(stage, nv)) != EGS_OK)
+    for (int i = 0; i < EGS_NBACKENDS; i++) {
+        struct egs_backend *b = &stage->backends[i];
+        if (!wanted[i]) {
+            egs_copy(b->info.detail, sizeof(b->info.detail), "disabled by configuration");
+            continue;
+        }
+        int rc = open_backend(stage, b, vendors[i], paths[i]);
+        if (rc != EGS_OK)
             return rc;
-    } else {
-        egs_copy(nv->info.detail, sizeof(nv->info.detail), "disabled by configuration");
-    }
-    if (stage->cfg.amd) {
-        if ((rc = egs_amdsmi_open(stage, amd)) != EGS_OK)
-            return rc;
-    } else {
-        egs_copy(amd->info.detail, sizeof(amd->info.detail), "disabled by configuration");
     }
     return EGS_OK;
 }
@@ -316,13 +386,8 @@ static int open_backends(const struct egs_core *core, struct egs_core *stage)
 /* Closes what open_backends left in `stage` (on a failed start) and frees it. */
 static void discard_stage(struct egs_core *stage)
 {
-    for (int i = 0; i < EGS_NBACKENDS; i++) {
-        struct egs_backend *b = &stage->backends[i];
-        if (b->close != NULL)
-            b->close(b);
-        if (b->lib != NULL)
-            dlclose(b->lib);
-    }
+    for (int i = 0; i < EGS_NBACKENDS; i++)
+        close_backend(&stage->backends[i]);
     free(stage->devs);
     free(stage);
 }
@@ -441,7 +506,7 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->thread_cpu_s = 0.0;
     core->have_sampler_clock = 0;
     core->realtime_offset = ts_seconds(&real) - ts_seconds(&mono);
-    core->start_mono = egs_now_mono();
+    core->start_mono = now_mono();
     core->stop_mono = 0.0;
     pthread_mutex_unlock(&core->lock);
     free_tables(&fresh);            /* now the previous run's */
@@ -459,7 +524,7 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     pthread_mutex_unlock(&core->lock);
     int want_events = 0;
     for (int i = 0; i < EGS_NBACKENDS; i++)
-        want_events |= core->backends[i].events != NULL;
+        want_events |= core->backends[i].wait_event != NULL;
     if (core->cfg.events && want_events) {
         if (pthread_create(&core->eventer, NULL, eventer_main, core) != 0) {
             rc = EGS_E_THREAD;
@@ -500,7 +565,7 @@ EGS_EXPORT int egs_core_stop(struct egs_core *core)
         atomic_store(&core->stop, 1);
         unsigned int abandoned = join_threads(core);
         pthread_mutex_lock(&core->lock);
-        core->stop_mono = egs_now_mono();
+        core->stop_mono = now_mono();
         core->have_sampler_clock = 0;
         core->abandoned += abandoned;
         pthread_mutex_unlock(&core->lock);
@@ -595,8 +660,8 @@ static void fold_tick(struct egs_core *core, const struct egs_tick *ticks, doubl
         if (t->lost) {
             d->info.state = EGS_DSTATE_LOST;
             egs_copy(d->info.lost_reason, sizeof(d->info.lost_reason), t->lost_reason);
-            egs_push_event_locked(core, EGS_EVENT_LOST, i, (unsigned long long)t->lost_code,
-                                  t->lost_reason);
+            push_event_locked(core, EGS_EVENT_LOST, i, (unsigned long long)t->lost_code,
+                              t->lost_reason);
         }
     }
 }
@@ -655,7 +720,7 @@ static void *sampler_main(void *arg)
      * wake-ups are the product, so ask for 1 us (per-thread, needs no privilege). */
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     clock_gettime(CLOCK_MONOTONIC, &deadline);
-    while (!egs_stopping(core)) {
+    while (!stopping(core)) {
         clock_gettime(CLOCK_MONOTONIC, &now);
         double late = ts_diff(&now, &deadline);
         unsigned int reads_fast = 0, reads_slow = 0;
@@ -680,6 +745,13 @@ static void *sampler_main(void *arg)
             if (t->want == 0)
                 continue;
             d->backend->read(d->backend, d, t);
+            if (t->lost) {
+                /* A read that failed because the device went away is not a value. */
+                d->lost = 1;
+                for (int f = 0; f < EGS_NFIELDS; f++)
+                    if (t->status[f] == EGS_R_OK)
+                        t->status[f] = EGS_R_SKIPPED;
+            }
             for (int f = 0; f < EGS_NFIELDS; f++) {
                 if (t->status[f] != EGS_R_SKIPPED) {
                     if (EGS_SLOW_FIELDS & (1u << f))
@@ -690,8 +762,6 @@ static void *sampler_main(void *arg)
                 if (t->status[f] == EGS_R_UNSUPPORTED)
                     d->unsupported |= 1u << f;
             }
-            if (t->lost)
-                d->lost = 1;
         }
 
         struct timespec read_end, fold_end;
@@ -742,7 +812,7 @@ static void *sampler_main(void *arg)
             }
             while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &wake, NULL) == EINTR)
                 ;
-            if (egs_stopping(core) || (wake.tv_sec == deadline.tv_sec && wake.tv_nsec == deadline.tv_nsec))
+            if (stopping(core) || (wake.tv_sec == deadline.tv_sec && wake.tv_nsec == deadline.tv_nsec))
                 break;
         }
     }
@@ -759,11 +829,11 @@ static void *sampler_main(void *arg)
 static void *eventer_main(void *arg)
 {
     struct egs_core *core = arg;
-    while (!egs_stopping(core)) {
+    while (!stopping(core)) {
         int waited = 0;
         for (int i = 0; i < EGS_NBACKENDS; i++) {
             struct egs_backend *b = &core->backends[i];
-            if (b->events != NULL && b->wait_event != NULL) {
+            if (b->wait_event != NULL) {
                 b->wait_event(b, core, 50);
                 waited = 1;
             }
@@ -936,7 +1006,7 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
         if (clock_gettime(core->sampler_clock, &cpu) == 0)
             out->thread_cpu_s = ts_seconds(&cpu);
     }
-    double end = core->stop_mono > 0 ? core->stop_mono : egs_now_mono();
+    double end = core->stop_mono > 0 ? core->stop_mono : now_mono();
     out->elapsed_s = core->start_mono > 0 ? end - core->start_mono : 0.0;
     out->achieved_hz = out->elapsed_s > 0 ? (double)core->ticks / out->elapsed_s : 0.0;
     if (core->fold_hist != NULL) {

@@ -4,9 +4,9 @@
  * This is the one header cffi parses (native/build_native.py), so it stays plain C with no
  * #include and no #ifdef: fixed-size types are spelled with the base types cffi knows.
  * Every structure is allocated by the caller; every function returns an int status
- * (EGS_OK or a negative EGS_E_* code). Values cross this boundary in fixed raw units per
- * field, whatever the vendor (see EGS_F_*); names, labels and catalogue units belong to
- * Python (agent/native.py).
+ * (EGS_OK or a negative EGS_E_* code). Values cross this boundary in the catalogue's units
+ * (bytes, degrees Celsius, W, J, MHz, percent: see EGS_F_*), whatever the vendor, so Python
+ * scales nothing; names and labels belong to Python (agent/native.py).
  */
 
 /* Status codes. */
@@ -31,7 +31,7 @@
 #define EGS_DSTATE_OK    0
 #define EGS_DSTATE_LOST  1        /* GPU_IS_LOST / RESET_REQUIRED (or AMD equivalent): no longer read */
 
-/* Fields and their raw units. Bit i of egs_device_info.unsupported is field i.
+/* Fields and their units. Bit i of egs_device_info.unsupported is field i.
  *
  * Two tiers, on one deadline grid. The fast tier is read every tick (egs_config.hz): the
  * figures that move within a second and matter at full resolution. The slow tier is read on
@@ -51,10 +51,10 @@
 #define EGS_F_MEMORY_USED   2     /* fast; bytes */
 #define EGS_F_MEMORY_TOTAL  3     /* fast; bytes */
 #define EGS_F_TEMPERATURE   4     /* fast; degrees Celsius */
-#define EGS_F_POWER         5     /* fast; milliwatts */
+#define EGS_F_POWER         5     /* fast; watts */
 #define EGS_F_SM_CLOCK      6     /* slow; MHz */
 #define EGS_F_MEMORY_CLOCK  7     /* slow; MHz */
-#define EGS_F_ENERGY        8     /* slow; millijoules, counter since driver load */
+#define EGS_F_ENERGY        8     /* slow; joules, counter since driver load */
 #define EGS_F_FAN           9     /* slow; percent */
 #define EGS_NFIELDS        10
 #define EGS_SLOW_FIELDS    0x3C0  /* bits of SM_CLOCK, MEMORY_CLOCK, ENERGY, FAN (a literal:

@@ -1,11 +1,12 @@
 /*
  * internal.h - what core.c, nvml.c and amdsmi.c share and nobody else sees.
  *
- * The core owns the device table, the sampler thread, the accumulators, the ring buffers and
- * the event queue; each vendor file owns its library: the dlopen handle, the symbol table
- * filled once at open, enumeration, and one function that reads every field of one device.
- * Vendor types are declared in the vendor files in our own words (API-FACTS.md), never
- * included from vendor headers, because no vendor SDK is present at build time.
+ * The core owns the device table, the sampler thread, the accumulators, the ring buffers, the
+ * event queue and the steps every vendor library goes through (load, symbol lookup, close);
+ * each vendor file describes its library in a struct egs_vendor: the symbol table, init and
+ * enumeration, one function that reads every field of one device, and its events.
+ * Vendor types are declared in the vendor files in our own words, from the vendors' public API
+ * descriptions, never included from vendor headers: no vendor SDK is present at build time.
  */
 #ifndef EGS_INTERNAL_H
 #define EGS_INTERNAL_H
@@ -54,6 +55,7 @@ struct egs_tick {
 };
 
 struct egs_backend;
+struct egs_vendor;
 
 struct egs_dev {
     struct egs_device_info info;    /* published view; written under core->lock */
@@ -71,19 +73,67 @@ struct egs_backend {
     int id;                         /* EGS_BACKEND_* */
     struct egs_core *core;
     struct egs_backend_info info;
+    const struct egs_vendor *vendor;/* NULL until the core opens this backend */
     void *lib;                      /* dlopen handle */
-    void *impl;                     /* the vendor file's own state */
-    struct egs_role *roles;         /* the vendor file's symbol table */
+    void *impl;                     /* the vendor file's own state, its role table first */
+    struct egs_role *roles;         /* that table */
     unsigned int nroles;
-    /* What egs_resolve found, kept after stop so it can still be reported. */
+    /* What the symbol lookup found, kept after stop so it can still be reported. */
     struct egs_symbol_info resolved[EGS_MAX_ROLES];
     int initialised;                /* the vendor init succeeded: shut down on close */
-    void *events;                   /* vendor event state, NULL when events are not available */
-    /* Vendor operations. */
+    /* Set by the core once the vendor's open (and its event registration) succeeded. */
     void (*read)(struct egs_backend *b, struct egs_dev *d, struct egs_tick *out);
     int (*wait_event)(struct egs_backend *b, struct egs_core *core, int timeout_ms);
-    void (*close)(struct egs_backend *b);
 };
+
+/* What a vendor file hands the core: its library's symbol table and the steps the core runs,
+ * in this order, to open it (egs_open_backend), sample it and close it (close_backend in
+ * core.c). The steps every library shares - allocating the vendor state, dlopen and symbol
+ * lookup, the check for entry points nothing works without, the backend's "ok" summary, the
+ * library's shutdown and unload - are the core's, so a vendor file holds only what its
+ * library does differently. */
+struct egs_vendor {
+    const char *what;               /* "NVML": how messages name the library */
+    const struct egs_role *roles;   /* template of the symbol table, in the vendor's role order */
+    unsigned int nroles;
+    size_t state_size;              /* the vendor state (b->impl): a struct whose first member is
+                                     * its copy of the role table */
+    const unsigned int *needed;     /* roles without which the library is of no use */
+    unsigned int nneeded;
+    unsigned int shutdown;          /* the role that undoes a successful init */
+    /* Initialises the library (b->initialised on success) and adds its devices with
+     * egs_add_device. EGS_OK or EGS_E_NOMEM; a failure of the library itself is
+     * egs_backend_failed, which the core reads as "stop here". */
+    int (*open)(struct egs_core *core, struct egs_backend *b);
+    /* Reads the fields of t->want (egs_want) of one device into t (egs_put). */
+    void (*read)(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t);
+    /* Registers for events on the devices; nonzero when at least one accepted. */
+    int (*open_events)(struct egs_core *core, struct egs_backend *b);
+    int (*wait_event)(struct egs_backend *b, struct egs_core *core, int timeout_ms);
+    /* Releases what open_events set up (lost devices included); runs before the shutdown. */
+    void (*close_events)(struct egs_backend *b);
+};
+
+/* The vendor's function behind `role` in a state struct `lib` (its `roles` table), as `type`. */
+#define EGS_FN(lib, role, type) ((type)(lib)->roles[role].fn)
+
+/* Field f is due this tick (the core's tier schedule and the unsupported mask, in t->want)
+ * and the device was not found lost by an earlier call of this tick. */
+static inline int egs_want(const struct egs_tick *t, int f)
+{
+    return !t->lost && (t->want & (1u << f));
+}
+
+/* Records one field's outcome, if the tick asked for it: a call that serves two fields gives
+ * a status only to the ones asked for, so a field known unsupported is never counted again
+ * because its partner is still read. */
+static inline void egs_put(struct egs_tick *t, int f, unsigned char status, double value)
+{
+    if (t->want & (1u << f)) {
+        t->status[f] = status;
+        t->values[f] = value;
+    }
+}
 
 struct egs_acc {
     unsigned long long count, errors;
@@ -134,24 +184,27 @@ struct egs_core {
 };
 
 /* core.c helpers the vendor files use. */
-EGS_HIDDEN double egs_now_mono(void);
-EGS_HIDDEN double egs_unix_time(const struct egs_core *core);
 EGS_HIDDEN void egs_copy(char *dst, size_t cap, const char *src);
-/* dlopen `path` into b->lib and resolve its roles; on failure the backend is unavailable
- * with "cannot load <what>: <dlerror>" as its detail and -1 is returned. */
-EGS_HIDDEN int egs_load(struct egs_backend *b, const char *path, const char *what);
-EGS_HIDDEN void egs_resolve(struct egs_backend *b);
 EGS_HIDDEN struct egs_dev *egs_add_device(struct egs_core *core, struct egs_backend *b);
+/* The device of backend `b` whose vendor handle is `handle`, or NULL. */
+EGS_HIDDEN struct egs_dev *egs_device_of(struct egs_core *core, const struct egs_backend *b,
+                                         const void *handle);
+/* The library failed at `symbol` with its own `status` and `message`: the backend is in
+ * error and its open stops. */
+EGS_HIDDEN void egs_backend_failed(struct egs_backend *b, int status, const char *symbol,
+                                   const char *message);
+/* The device went away during this tick's read (the first such call gives the reason);
+ * returns the status of the field that call served: EGS_R_SKIPPED. */
+EGS_HIDDEN unsigned char egs_tick_lost(struct egs_tick *t, long long code, const char *symbol,
+                                       const char *message);
 /* Queues an event; the caller must NOT hold core->lock. */
 EGS_HIDDEN void egs_push_event(struct egs_core *core, int kind, unsigned int device,
                                unsigned long long code, const char *detail);
-EGS_HIDDEN void egs_push_event_locked(struct egs_core *core, int kind, unsigned int device,
-                                      unsigned long long code, const char *detail);
-EGS_HIDDEN int egs_stopping(struct egs_core *core);
+/* Sleeps `ms` milliseconds: an event wait that failed at once pauses instead of spinning. */
+EGS_HIDDEN void egs_pause_ms(int ms);
 
-/* Vendor entry points: load the library, initialise, enumerate into core->devs. They always
- * leave b->info describing what happened; they fail only on out-of-memory. */
-EGS_HIDDEN int egs_nvml_open(struct egs_core *core, struct egs_backend *b);
-EGS_HIDDEN int egs_amdsmi_open(struct egs_core *core, struct egs_backend *b);
+/* The vendor files. */
+EGS_HIDDEN extern const struct egs_vendor egs_nvml;
+EGS_HIDDEN extern const struct egs_vendor egs_amdsmi;
 
 #endif

@@ -13,9 +13,7 @@
  */
 #define _GNU_SOURCE
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "internal.h"
 
@@ -133,7 +131,8 @@ static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
 
-/* Per-backend state: the table (its role order is the enum above) and the event set. */
+/* Per-backend state: the table (its role order is the enum above; first, as the core
+ * expects) and the event set. */
 struct nv_lib {
     struct egs_role roles[R_COUNT_ROLES];
     int temperature_v;              /* R_TEMPERATURE resolved to nvmlDeviceGetTemperatureV */
@@ -141,8 +140,6 @@ struct nv_lib {
     int pci_legacy;                 /* only the oldest nvmlDeviceGetPciInfo: bus id in the first 16 bytes */
     nv_event_set event_set;
 };
-
-#define FN(lib, role, type) ((type)(lib)->roles[role].fn)
 
 typedef nv_return (*fn_void)(void);
 typedef const char *(*fn_error_string)(nv_return);
@@ -163,7 +160,7 @@ typedef nv_return (*fn_set_free)(nv_event_set);
 
 static const char *nv_error(const struct nv_lib *lib, nv_return rc, char *buf, size_t cap)
 {
-    fn_error_string fn = FN(lib, R_ERROR_STRING, fn_error_string);
+    fn_error_string fn = EGS_FN(lib, R_ERROR_STRING, fn_error_string);
     const char *text = fn != NULL ? fn(rc) : NULL;
     snprintf(buf, cap, "%s (NVML code %d)", text != NULL ? text : "NVML error", rc);
     return buf;
@@ -182,13 +179,7 @@ static unsigned char nv_classify(const struct nv_lib *lib, nv_return rc, const c
         return EGS_R_UNSUPPORTED;
     case NV_GPU_IS_LOST:
     case NV_RESET_REQUIRED:
-        if (!t->lost) {
-            t->lost = 1;
-            t->lost_code = rc;
-            snprintf(t->lost_reason, sizeof(t->lost_reason), "%s: %s", symbol,
-                     nv_error(lib, rc, msg, sizeof(msg)));
-        }
-        return EGS_R_SKIPPED;
+        return egs_tick_lost(t, rc, symbol, nv_error(lib, rc, msg, sizeof(msg)));
     default:
         return EGS_R_ERROR;
     }
@@ -208,120 +199,91 @@ static double nv_value_as_double(int type, const union nv_value *v)
     }
 }
 
-/* Due this tick (the core's tier schedule and the unsupported mask, in t->want) and the
- * device not found lost by an earlier call of this tick. */
-#define WANT(f) (!t->lost && (t->want & (1u << (f))))
-
 static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t)
 {
     const struct nv_lib *lib = b->impl;
     nv_device h = d->handle;
     nv_return rc;
+    unsigned char s;
 
-    /* One call serves two fields; only the ones asked for get a status, so a field already
-     * known unsupported is never counted again because its partner is still read. */
-    int want_a = WANT(EGS_F_UTILIZATION), want_b = WANT(EGS_F_MEMORY_BUSY);
-    if (want_a || want_b) {
+    if (egs_want(t, EGS_F_UTILIZATION) || egs_want(t, EGS_F_MEMORY_BUSY)) {
         struct nv_utilization u = {0, 0};
-        rc = FN(lib, R_UTILIZATION, fn_dev_ptr)(h, &u);
-        unsigned char s = nv_classify(lib, rc, lib->roles[R_UTILIZATION].symbol, t);
-        if (want_a) {
-            t->status[EGS_F_UTILIZATION] = s;
-            t->values[EGS_F_UTILIZATION] = u.gpu;
-        }
-        if (want_b) {
-            t->status[EGS_F_MEMORY_BUSY] = s;
-            t->values[EGS_F_MEMORY_BUSY] = u.memory;
-        }
+        rc = EGS_FN(lib, R_UTILIZATION, fn_dev_ptr)(h, &u);
+        s = nv_classify(lib, rc, lib->roles[R_UTILIZATION].symbol, t);
+        egs_put(t, EGS_F_UTILIZATION, s, u.gpu);
+        egs_put(t, EGS_F_MEMORY_BUSY, s, u.memory);
     }
-    want_a = WANT(EGS_F_MEMORY_USED);
-    want_b = WANT(EGS_F_MEMORY_TOTAL);
-    if (want_a || want_b) {
+    if (egs_want(t, EGS_F_MEMORY_USED) || egs_want(t, EGS_F_MEMORY_TOTAL)) {
         unsigned long long used = 0, total = 0;
         if (lib->memory_v2) {
             struct nv_memory_v2 m = {.version = NV_MEMORY_V2};
-            rc = FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
+            rc = EGS_FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
             used = m.used;
             total = m.total;
         } else {
             struct nv_memory m;
-            rc = FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
+            rc = EGS_FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
             used = m.used;
             total = m.total;
         }
-        unsigned char s = nv_classify(lib, rc, lib->roles[R_MEMORY].symbol, t);
-        if (want_a) {
-            t->status[EGS_F_MEMORY_USED] = s;
-            t->values[EGS_F_MEMORY_USED] = (double)used;
-        }
-        if (want_b) {
-            t->status[EGS_F_MEMORY_TOTAL] = s;
-            t->values[EGS_F_MEMORY_TOTAL] = (double)total;
-        }
+        s = nv_classify(lib, rc, lib->roles[R_MEMORY].symbol, t);
+        egs_put(t, EGS_F_MEMORY_USED, s, (double)used);
+        egs_put(t, EGS_F_MEMORY_TOTAL, s, (double)total);
     }
-    if (WANT(EGS_F_TEMPERATURE)) {
+    if (egs_want(t, EGS_F_TEMPERATURE)) {
+        double c;
         if (lib->temperature_v) {
             struct nv_temperature v = {.version = NV_TEMPERATURE_V1, .sensor_type = NV_TEMPERATURE_GPU};
-            rc = FN(lib, R_TEMPERATURE, fn_dev_ptr)(h, &v);
-            t->values[EGS_F_TEMPERATURE] = v.temperature;
+            rc = EGS_FN(lib, R_TEMPERATURE, fn_dev_ptr)(h, &v);
+            c = v.temperature;
         } else {
-            unsigned int c = 0;
-            rc = FN(lib, R_TEMPERATURE, fn_temperature)(h, NV_TEMPERATURE_GPU, &c);
-            t->values[EGS_F_TEMPERATURE] = c;
+            unsigned int ui = 0;
+            rc = EGS_FN(lib, R_TEMPERATURE, fn_temperature)(h, NV_TEMPERATURE_GPU, &ui);
+            c = ui;
         }
-        t->status[EGS_F_TEMPERATURE] = nv_classify(lib, rc, lib->roles[R_TEMPERATURE].symbol, t);
+        egs_put(t, EGS_F_TEMPERATURE, nv_classify(lib, rc, lib->roles[R_TEMPERATURE].symbol, t), c);
     }
-    if (WANT(EGS_F_POWER)) {
+    /* NVML gives power in mW and energy in mJ; the core hands out W and J. */
+    if (egs_want(t, EGS_F_POWER)) {
         if (d->power_via_fields) {
             struct nv_field_value fv = {.field_id = NV_FI_POWER_INSTANT};
-            rc = FN(lib, R_FIELD_VALUES, fn_field_values)(h, 1, &fv);
+            rc = EGS_FN(lib, R_FIELD_VALUES, fn_field_values)(h, 1, &fv);
             /* The call can succeed while the entry fails: the entry's own code decides. */
             if (rc == NV_SUCCESS)
                 rc = fv.ret;
-            t->values[EGS_F_POWER] = nv_value_as_double(fv.value_type, &fv.value);
-            t->status[EGS_F_POWER] = nv_classify(lib, rc, lib->roles[R_FIELD_VALUES].symbol, t);
+            s = nv_classify(lib, rc, lib->roles[R_FIELD_VALUES].symbol, t);
+            egs_put(t, EGS_F_POWER, s, nv_value_as_double(fv.value_type, &fv.value) / 1000.0);
             /* POWER_INSTANT can stop answering mid-run (a driver update, a MIG change) while
              * the older averaged call still works: switch to it for good, at once, and let
              * power be unsupported only when that call says so too. */
-            if (t->status[EGS_F_POWER] == EGS_R_UNSUPPORTED && lib->roles[R_POWER].fn != NULL)
+            if (s == EGS_R_UNSUPPORTED && lib->roles[R_POWER].fn != NULL)
                 d->power_via_fields = 0;
         }
         if (!d->power_via_fields) {
             unsigned int mw = 0;
-            rc = FN(lib, R_POWER, fn_dev_uint)(h, &mw);
-            t->values[EGS_F_POWER] = mw;
-            t->status[EGS_F_POWER] = nv_classify(lib, rc, lib->roles[R_POWER].symbol, t);
+            rc = EGS_FN(lib, R_POWER, fn_dev_uint)(h, &mw);
+            egs_put(t, EGS_F_POWER, nv_classify(lib, rc, lib->roles[R_POWER].symbol, t), mw / 1000.0);
         }
     }
-    if (WANT(EGS_F_SM_CLOCK)) {
+    if (egs_want(t, EGS_F_SM_CLOCK)) {
         unsigned int mhz = 0;
-        rc = FN(lib, R_CLOCK, fn_clock)(h, NV_CLOCK_SM, &mhz);
-        t->values[EGS_F_SM_CLOCK] = mhz;
-        t->status[EGS_F_SM_CLOCK] = nv_classify(lib, rc, lib->roles[R_CLOCK].symbol, t);
+        rc = EGS_FN(lib, R_CLOCK, fn_clock)(h, NV_CLOCK_SM, &mhz);
+        egs_put(t, EGS_F_SM_CLOCK, nv_classify(lib, rc, lib->roles[R_CLOCK].symbol, t), mhz);
     }
-    if (WANT(EGS_F_MEMORY_CLOCK)) {
+    if (egs_want(t, EGS_F_MEMORY_CLOCK)) {
         unsigned int mhz = 0;
-        rc = FN(lib, R_CLOCK, fn_clock)(h, NV_CLOCK_MEM, &mhz);
-        t->values[EGS_F_MEMORY_CLOCK] = mhz;
-        t->status[EGS_F_MEMORY_CLOCK] = nv_classify(lib, rc, lib->roles[R_CLOCK].symbol, t);
+        rc = EGS_FN(lib, R_CLOCK, fn_clock)(h, NV_CLOCK_MEM, &mhz);
+        egs_put(t, EGS_F_MEMORY_CLOCK, nv_classify(lib, rc, lib->roles[R_CLOCK].symbol, t), mhz);
     }
-    if (WANT(EGS_F_ENERGY)) {
+    if (egs_want(t, EGS_F_ENERGY)) {
         unsigned long long mj = 0;
-        rc = FN(lib, R_ENERGY, fn_dev_ull)(h, &mj);
-        t->values[EGS_F_ENERGY] = (double)mj;
-        t->status[EGS_F_ENERGY] = nv_classify(lib, rc, lib->roles[R_ENERGY].symbol, t);
+        rc = EGS_FN(lib, R_ENERGY, fn_dev_ull)(h, &mj);
+        egs_put(t, EGS_F_ENERGY, nv_classify(lib, rc, lib->roles[R_ENERGY].symbol, t), (double)mj / 1000.0);
     }
-    if (WANT(EGS_F_FAN)) {
+    if (egs_want(t, EGS_F_FAN)) {
         unsigned int pct = 0;
-        rc = FN(lib, R_FAN, fn_dev_uint)(h, &pct);
-        t->values[EGS_F_FAN] = pct;
-        t->status[EGS_F_FAN] = nv_classify(lib, rc, lib->roles[R_FAN].symbol, t);
-    }
-    if (t->lost) {
-        /* A read that failed because the device went away is not a value. */
-        for (int f = 0; f < EGS_NFIELDS; f++)
-            if (t->status[f] == EGS_R_OK)
-                t->status[f] = EGS_R_SKIPPED;
+        rc = EGS_FN(lib, R_FAN, fn_dev_uint)(h, &pct);
+        egs_put(t, EGS_F_FAN, nv_classify(lib, rc, lib->roles[R_FAN].symbol, t), pct);
     }
 }
 
@@ -352,7 +314,7 @@ static int nv_power_via_fields(const struct nv_lib *lib, nv_device h)
     if (lib->roles[R_FIELD_VALUES].fn == NULL)
         return 0;
     struct nv_field_value fv = {.field_id = NV_FI_POWER_INSTANT};
-    nv_return rc = FN(lib, R_FIELD_VALUES, fn_field_values)(h, 1, &fv);
+    nv_return rc = EGS_FN(lib, R_FIELD_VALUES, fn_field_values)(h, 1, &fv);
     return rc == NV_SUCCESS && fv.ret == NV_SUCCESS;
 }
 
@@ -361,68 +323,54 @@ static int nv_wait_event(struct egs_backend *b, struct egs_core *core, int timeo
     struct nv_lib *lib = b->impl;
     struct nv_event_data ev;
     memset(&ev, 0, sizeof(ev));
-    nv_return rc = FN(lib, R_EVENT_WAIT, fn_wait)(lib->event_set, &ev, (unsigned int)timeout_ms);
+    nv_return rc = EGS_FN(lib, R_EVENT_WAIT, fn_wait)(lib->event_set, &ev, (unsigned int)timeout_ms);
     if (rc == NV_TIMEOUT)
         return 0;
     if (rc != NV_SUCCESS) {
-        /* Not a timeout, so the wait returned at once: pause instead of spinning on it. */
-        struct timespec pause = {0, (long)timeout_ms * 1000000L};
-        nanosleep(&pause, NULL);
+        /* Not a timeout, so the wait returned at once. */
+        egs_pause_ms(timeout_ms);
         return 0;
     }
-    if (!(ev.event_type & NV_EVENT_XID_CRITICAL))
+    struct egs_dev *d = egs_device_of(core, b, ev.device);
+    if (!(ev.event_type & NV_EVENT_XID_CRITICAL) || d == NULL)
         return 0;
-    for (unsigned int i = 0; i < core->ndevs; i++) {
-        struct egs_dev *d = &core->devs[i];
-        if (d->backend == b && d->handle == ev.device) {
-            char detail[EGS_TEXT];
-            snprintf(detail, sizeof(detail), "XID %llu on %s (%s)", ev.event_data, d->info.uuid,
-                     d->info.pci_bus_id);
-            egs_push_event(core, EGS_EVENT_XID, i, ev.event_data, detail);
-            return 1;
-        }
-    }
-    return 0;
+    char detail[EGS_TEXT];
+    snprintf(detail, sizeof(detail), "XID %llu on %s (%s)", ev.event_data, d->info.uuid,
+             d->info.pci_bus_id);
+    egs_push_event(core, EGS_EVENT_XID, d->info.index, ev.event_data, detail);
+    return 1;
 }
 
 /* Registers XID critical errors on every device that accepts them; none → no events. */
-static void nv_open_events(struct egs_core *core, struct egs_backend *b, struct nv_lib *lib)
+static int nv_open_events(struct egs_core *core, struct egs_backend *b)
 {
+    struct nv_lib *lib = b->impl;
     if (lib->roles[R_EVENT_SET_CREATE].fn == NULL || lib->roles[R_REGISTER_EVENTS].fn == NULL ||
         lib->roles[R_EVENT_WAIT].fn == NULL || lib->roles[R_EVENT_SET_FREE].fn == NULL)
-        return;
+        return 0;
     nv_event_set set = NULL;
-    if (FN(lib, R_EVENT_SET_CREATE, fn_set_create)(&set) != NV_SUCCESS)
-        return;
+    if (EGS_FN(lib, R_EVENT_SET_CREATE, fn_set_create)(&set) != NV_SUCCESS)
+        return 0;
     int registered = 0;
     for (unsigned int i = 0; i < core->ndevs; i++) {
         struct egs_dev *d = &core->devs[i];
         if (d->backend == b && !d->lost &&
-            FN(lib, R_REGISTER_EVENTS, fn_register)(d->handle, NV_EVENT_XID_CRITICAL, set) == NV_SUCCESS)
+            EGS_FN(lib, R_REGISTER_EVENTS, fn_register)(d->handle, NV_EVENT_XID_CRITICAL, set) == NV_SUCCESS)
             registered++;
     }
     if (registered == 0) {
-        FN(lib, R_EVENT_SET_FREE, fn_set_free)(set);
-        return;
+        EGS_FN(lib, R_EVENT_SET_FREE, fn_set_free)(set);
+        return 0;
     }
     lib->event_set = set;
-    b->events = set;
-    b->wait_event = nv_wait_event;
+    return 1;
 }
 
-static void nv_close(struct egs_backend *b)
+static void nv_close_events(struct egs_backend *b)
 {
     struct nv_lib *lib = b->impl;
-    if (lib == NULL)
-        return;
     if (lib->event_set != NULL)
-        FN(lib, R_EVENT_SET_FREE, fn_set_free)(lib->event_set);
-    if (b->initialised && lib->roles[R_SHUTDOWN].fn != NULL)
-        FN(lib, R_SHUTDOWN, fn_void)();
-    free(lib);
-    b->impl = NULL;
-    b->roles = NULL;
-    b->nroles = 0;
+        EGS_FN(lib, R_EVENT_SET_FREE, fn_set_free)(lib->event_set);
 }
 
 /* One text label of a device. A failed call (or a missing symbol) leaves the reason in
@@ -434,7 +382,7 @@ static void nv_label(const struct nv_lib *lib, int role, nv_device h, char *out,
         snprintf(out, cap, "unknown (no %s in this NVML)", lib->roles[role].candidates[0]);
         return;
     }
-    nv_return rc = FN(lib, role, fn_dev_text)(h, out, (unsigned int)cap);
+    nv_return rc = EGS_FN(lib, role, fn_dev_text)(h, out, (unsigned int)cap);
     if (rc != NV_SUCCESS)
         snprintf(out, cap, "unknown (%s)", nv_error(lib, rc, msg, sizeof(msg)));
     else if (out[0] == '\0')
@@ -451,7 +399,7 @@ static void nv_describe(const struct nv_lib *lib, struct egs_dev *d, unsigned in
     if (lib->roles[R_PCI].fn != NULL) {
         struct nv_pci_info pci;
         memset(&pci, 0, sizeof(pci));
-        if (FN(lib, R_PCI, fn_dev_ptr)(h, &pci) == NV_SUCCESS) {
+        if (EGS_FN(lib, R_PCI, fn_dev_ptr)(h, &pci) == NV_SUCCESS) {
             const char *id = lib->pci_legacy ? pci.bus_id_legacy : pci.bus_id;
             size_t cap = lib->pci_legacy ? sizeof(pci.bus_id_legacy) : sizeof(pci.bus_id);
             snprintf(d->info.pci_bus_id, sizeof(d->info.pci_bus_id), "%.*s", (int)cap, id);
@@ -464,20 +412,10 @@ static void nv_describe(const struct nv_lib *lib, struct egs_dev *d, unsigned in
     d->info.unsupported = d->unsupported;
 }
 
-int egs_nvml_open(struct egs_core *core, struct egs_backend *b)
+static int nv_open(struct egs_core *core, struct egs_backend *b)
 {
     char msg[EGS_TEXT - 64];
-    struct nv_lib *lib = calloc(1, sizeof(*lib));
-    if (lib == NULL)
-        return EGS_E_NOMEM;
-    memcpy(lib->roles, nv_roles_template, sizeof(lib->roles));
-    b->impl = lib;
-    b->roles = lib->roles;
-    b->nroles = R_COUNT_ROLES;
-    b->close = nv_close;
-
-    if (egs_load(b, core->nvml_path, "NVML") != 0)
-        return EGS_OK;
+    struct nv_lib *lib = b->impl;
     lib->temperature_v = lib->roles[R_TEMPERATURE].symbol != NULL &&
                          strcmp(lib->roles[R_TEMPERATURE].symbol, "nvmlDeviceGetTemperatureV") == 0;
     lib->memory_v2 = lib->roles[R_MEMORY].symbol != NULL &&
@@ -485,23 +423,9 @@ int egs_nvml_open(struct egs_core *core, struct egs_backend *b)
     lib->pci_legacy = lib->roles[R_PCI].symbol != NULL &&
                       strcmp(lib->roles[R_PCI].symbol, "nvmlDeviceGetPciInfo") == 0;
 
-    const char *needed[] = {"init", "device_count", "device_handle"};
-    int need_roles[] = {R_INIT, R_COUNT, R_HANDLE};
-    for (int k = 0; k < 3; k++) {
-        if (lib->roles[need_roles[k]].fn == NULL) {
-            b->info.state = EGS_BSTATE_ERROR;
-            snprintf(b->info.detail, sizeof(b->info.detail), "%s exports no %s entry point (%s)",
-                     core->nvml_path, needed[k], lib->roles[need_roles[k]].candidates[0]);
-            return EGS_OK;
-        }
-    }
-
-    nv_return rc = FN(lib, R_INIT, fn_void)();
+    nv_return rc = EGS_FN(lib, R_INIT, fn_void)();
     if (rc != NV_SUCCESS) {
-        b->info.state = EGS_BSTATE_ERROR;
-        b->info.status = rc;
-        snprintf(b->info.detail, sizeof(b->info.detail), "%s failed: %s", lib->roles[R_INIT].symbol,
-                 nv_error(lib, rc, msg, sizeof(msg)));
+        egs_backend_failed(b, rc, lib->roles[R_INIT].symbol, nv_error(lib, rc, msg, sizeof(msg)));
         return EGS_OK;
     }
     b->initialised = 1;
@@ -511,25 +435,22 @@ int egs_nvml_open(struct egs_core *core, struct egs_backend *b)
                  "unknown (no nvmlSystemGetDriverVersion)");
     } else {
         char vmsg[EGS_NAME - 16];
-        rc = FN(lib, R_DRIVER_VERSION, fn_text)(b->info.driver_version, sizeof(b->info.driver_version));
+        rc = EGS_FN(lib, R_DRIVER_VERSION, fn_text)(b->info.driver_version, sizeof(b->info.driver_version));
         if (rc != NV_SUCCESS)
             snprintf(b->info.driver_version, sizeof(b->info.driver_version), "unknown (%s)",
                      nv_error(lib, rc, vmsg, sizeof(vmsg)));
     }
 
     unsigned int count = 0;
-    rc = FN(lib, R_COUNT, fn_count)(&count);
+    rc = EGS_FN(lib, R_COUNT, fn_count)(&count);
     if (rc != NV_SUCCESS) {
-        b->info.state = EGS_BSTATE_ERROR;
-        b->info.status = rc;
-        snprintf(b->info.detail, sizeof(b->info.detail), "%s failed: %s", lib->roles[R_COUNT].symbol,
-                 nv_error(lib, rc, msg, sizeof(msg)));
+        egs_backend_failed(b, rc, lib->roles[R_COUNT].symbol, nv_error(lib, rc, msg, sizeof(msg)));
         return EGS_OK;
     }
     unsigned int missing = nv_missing_fields(lib);
     for (unsigned int i = 0; i < count; i++) {
         nv_device h = NULL;
-        rc = FN(lib, R_HANDLE, fn_handle)(i, &h);
+        rc = EGS_FN(lib, R_HANDLE, fn_handle)(i, &h);
         struct egs_dev *d = egs_add_device(core, b);
         if (d == NULL)
             return EGS_E_NOMEM;
@@ -545,10 +466,22 @@ int egs_nvml_open(struct egs_core *core, struct egs_backend *b)
         }
         nv_describe(lib, d, i, h, missing);
     }
-    b->read = nv_read;
-    b->info.state = EGS_BSTATE_OK;
-    snprintf(b->info.detail, sizeof(b->info.detail), "NVML, %u device(s)", count);
-    if (core->cfg.events)
-        nv_open_events(core, b, lib);
     return EGS_OK;
 }
+
+static const unsigned int nv_needed[] = {R_INIT, R_COUNT, R_HANDLE};
+
+const struct egs_vendor egs_nvml = {
+    .what = "NVML",
+    .roles = nv_roles_template,
+    .nroles = R_COUNT_ROLES,
+    .state_size = sizeof(struct nv_lib),
+    .needed = nv_needed,
+    .nneeded = sizeof(nv_needed) / sizeof(nv_needed[0]),
+    .shutdown = R_SHUTDOWN,
+    .open = nv_open,
+    .read = nv_read,
+    .open_events = nv_open_events,
+    .wait_event = nv_wait_event,
+    .close_events = nv_close_events,
+};
