@@ -23,8 +23,8 @@ from pathlib import Path
 import grpc
 
 from agent.backoff import Backoff
+from agent.netaddr import is_loopback_endpoint
 from agent.proto import collector_pb2
-from agent.stream.settings import is_loopback_host
 from agent.stream.spool import Entry, Spool
 
 PUBLISH = "/egs.collector.v1.Ingest/Publish"
@@ -48,8 +48,7 @@ def channel_options(settings) -> list[tuple[str, int | str]]:
 def make_channel(target: str, settings) -> grpc.aio.Channel:
     options = channel_options(settings)
     if settings.plaintext:
-        host = target.rsplit(":", 1)[0]
-        if not is_loopback_host(host):
+        if not is_loopback_endpoint(target):
             raise ValueError(f"stream.plaintext is only allowed to loopback endpoints, not {target}")
         return grpc.aio.insecure_channel(target, options=options)
     creds = grpc.ssl_channel_credentials(

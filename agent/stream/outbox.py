@@ -200,8 +200,6 @@ class Outbox:
     def reload(self, cfg) -> None:
         """SIGHUP: new endpoints, TLS files, timeouts and labels apply now (the stream
         reconnects, resuming at the spool's cursor); the rest waits for a restart."""
-        from agent.stream.component import check
-        check(cfg)
         new = cfg.stream
         self.labels = {str(k): str(v) for k, v in (cfg.agent.labels or {}).items()}
         later = [k for k in self.RESTART_KEYS if getattr(new, k) != getattr(self.settings, k)]

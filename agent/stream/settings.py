@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 from agent.config import Key, Section
-from agent.netaddr import is_loopback_host, split_host_port  # noqa: F401  (is_loopback_host: the name client.py uses)
+from agent.netaddr import is_loopback_endpoint
 
 _ENDPOINT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 MAX_ENDPOINTS = 16  # a failover list, tried in order; more is a mistake, not a fleet
@@ -34,7 +34,7 @@ def check_section(s) -> tuple[str, str] | None:
     """Rules across the keys of [stream], so `check-config` refuses what `run` cannot do."""
     if s.plaintext:
         for endpoint in s.endpoints:
-            if not is_loopback_host(split_host_port(endpoint)[0]):
+            if not is_loopback_endpoint(endpoint):
                 return ("plaintext", f"plaintext is only allowed when every endpoint is loopback (an IP address in "
                                      f"127.0.0.0/8, ::1 or localhost); {endpoint} is not")
     if s.spool_segment_bytes * 2 > s.spool_max_bytes:

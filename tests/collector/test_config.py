@@ -9,7 +9,6 @@ import pytest
 
 from agent.collector import settings
 from agent.config import ConfigError, parse
-from agent.stream.component import check
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD = """\
@@ -75,7 +74,7 @@ def test_agent_stream_plaintext_is_refused_for_a_remote_endpoint():
     # Refused by the [stream] section itself, so `check-config` refuses it too (issue 10).
     with pytest.raises(ConfigError, match=r"a\.toml:3: stream\.plaintext: .*collector\.example:7443"):
         parse('[stream]\nendpoints = ["127.0.0.1:7443", "collector.example:7443"]\nplaintext = true\n', "a.toml")
-    check(parse('[stream]\nendpoints = ["127.0.0.1:7443", "[::1]:7443"]\nplaintext = true\n', "a.toml"))
+    parse('[stream]\nendpoints = ["127.0.0.1:7443", "[::1]:7443"]\nplaintext = true\n', "a.toml")
 
 
 def test_agent_stream_endpoints_must_be_host_port():
