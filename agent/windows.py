@@ -306,14 +306,6 @@ class Windows:
                 out[series.stamp[i] - first] = series.sum[i] / series.count[i]
             return out
 
-    def forget(self, metric: str, labels: dict[str, str]) -> None:
-        """Drop a series (a NIC that went away); its closed buckets were already handed out."""
-        key = (metric, labels_key(labels))
-        with self._lock:
-            series = self._series.pop(key, None)
-            if series is not None:
-                self._by_metric[metric].remove(series)
-
     def expire(self, now: float) -> int:
         """Drop every series with no sample for longer than the longest window: a NIC or
         container veth that went away, a GPU removed. Without this, label churn grows the

@@ -233,9 +233,6 @@ class Outbox:
     def put_nic(self, state: dict) -> bool:
         return self._put(("nic", state))
 
-    def put_recording(self, recording: dict) -> bool:
-        return self._put(("recording", recording))
-
     def _put(self, item) -> bool:
         try:
             self._queue.put_nowait(item)
@@ -346,9 +343,8 @@ class Outbox:
                     self._invalid(f"{getattr(value, 'kind', '?')} event", e, counts)
             elif kind == "nic":
                 batch.nic_json = json.dumps(value, sort_keys=True, default=str)
-            elif kind in ("recording", "recording_file"):
-                text = self._recording_json(value, counts) if kind == "recording_file" else \
-                    json.dumps(value, sort_keys=True, default=str)
+            elif kind == "recording_file":
+                text = self._recording_json(value, counts)
                 if text is None:
                     continue
                 if batch.recording_json:
