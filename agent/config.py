@@ -55,9 +55,11 @@ MAX_LABEL_VALUE = 256
 _LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-# Packages whose `settings` module declares further sections (a list `SECTIONS`).
+# Modules that declare further sections (a list `SECTIONS`), each beside the code that uses them.
 SECTION_MODULES: tuple[str, ...] = (
     "agent.alarms.settings",
+    "agent.sources.health",
+    "agent.recorder.settings",
     "agent.nic.settings",
     "agent.stream.settings",
 )

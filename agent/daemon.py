@@ -1,18 +1,20 @@
 """The node daemon: wires sources, windows, feature components and the local API.
 
 One main loop, about once a second on the wall-clock second: collect every source into the
-windows, hand the closed 1-second buckets to the components, tick the components, publish
-an update to `Watch` clients, mark the `Status` document stale (it is assembled when
-asked for, at most once a tick), and tell systemd we are alive.
-The GPU source's fault events (XID, lost, AMD) are emitted as `Event(kind="gpu")` every
-tick and delivered before the components tick, so health sees a fault in the tick it came.
+windows (GPU, host, then health, which reads what the GPU source saw), emit the sources'
+events (GPU faults, health changes), hand the closed 1-second buckets to the components,
+tick the components, publish an update to `Watch` clients, hand the main loop's parts of
+the `Status` document over (`agent.api.status`: it is assembled when asked for, at most
+once a tick), and tell systemd we are alive. Data flows one way: sources -> windows and
+events -> components -> events; no component feeds a source or another component.
 The GPU hot path never runs here (it is the native core's C thread); this loop touches one
 aggregate per (device, metric) per second, which is why its CPU does not grow with the
 sampling rate.
 
-Features (alarms, NIC tuning, the stream to the collector, health) plug in as components,
-listed in `COMPONENTS` as "module:function" strings. Each factory is `build(cfg, ctx)` and
-returns None (off), a list of components that belong together (alarms and health), or an
+Sources are registered in `agent.sources.SOURCES`; features (alarms, the flight recorder, NIC
+tuning, the stream to the collector) plug in as components, listed in `COMPONENTS` as
+"module:function" strings. Each factory is `build(cfg, ctx)` and returns None (off), a list
+of components that belong together (alarms and the recorder, which share a gRPC service), or an
 object with `name`, `start()`, `stop()`, `tick(now)`, `status()`, and optionally
 `grpc_services()`, `on_event(event)`, `on_buckets(buckets)`, `reload(cfg)`
 (docs/internals.md, "Components"). A component that fails to build, start or tick is logged
@@ -24,12 +26,12 @@ Threads: components' `tick`, `status`, `on_event` and `on_buckets` are all calle
 main loop's thread (events emitted from other threads are queued and delivered there), so a
 component needs no locking against the daemon. The gRPC server reads only what the main loop
 publishes (the parts of the Status document that come from the core and the components), the
-(locked) windows and the sources' status objects; it never calls the core or a component.
+(locked) windows and the sources' status objects (`agent.api.server.AgentView`); it never
+calls the core or a component.
 """
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import math
 import os
@@ -45,15 +47,17 @@ from typing import Any, Callable
 
 from agent import __version__
 from agent import config as config_mod
+from agent.api.status import StatusDocument
 from agent.events import Event
+from agent.sources import SOURCES
+from agent.sources.base import Source, SourceContext, collect_safely
 from agent.systemd import sd_notify, setup_logging, simulated_env, watchdog_interval
-from agent.sources.base import Source, collect_safely
 from agent.windows import Bucket, Windows
 
 # Feature components, "module:function"; each room adds its own line.
 COMPONENTS: tuple[str, ...] = (
     "agent.nic.component:build",
-    "agent.alarms.component:build",  # the "alarms" and "health" components, linked
+    "agent.alarms.component:build",  # the "alarms" and "recorder" components, one gRPC service
     "agent.stream.component:build",
 )
 
@@ -80,6 +84,9 @@ class Context:
     # index, uuid, vendor, name, state, lost_reason, ...). Read it rather than core.devices():
     # the source already walked the core this tick.
     gpu_devices: Callable[[], list] = lambda: []
+    # gpu_health(): the health source's per-GPU health as of its latest collection (the list
+    # `status --json` shows under "health"); any thread.
+    gpu_health: Callable[[], list] = lambda: []
 
 
 # --- components ------------------------------------------------------------------------------
@@ -193,6 +200,24 @@ def build_components(specs: tuple[str, ...], cfg: SimpleNamespace, ctx: Context,
     return slots
 
 
+def build_sources(specs: tuple[str, ...], cfg: SimpleNamespace, core_factory: Callable | None = None) -> dict[str, Source]:
+    """The sources of `specs` ("module:function"), in order, by name. A factory gets the ones
+    built before it; one that fails to build is logged and left out, the others carry on."""
+    built: dict[str, Source] = {}
+    for spec in specs:
+        try:
+            module_name, _, function = spec.partition(":")
+            factory = getattr(importlib.import_module(module_name), function or "build")
+            source = factory(cfg, SourceContext(dict(built), core_factory))
+        except Exception as e:
+            log.error("source %s cannot be built: %s: %s; the daemon carries on without it",
+                      spec, type(e).__name__, e, exc_info=e)
+            continue
+        if source is not None:
+            built[source.name] = source
+    return built
+
+
 # --- the daemon ------------------------------------------------------------------------------
 
 class Daemon:
@@ -214,6 +239,7 @@ class Daemon:
         self.state_dir = Path(cfg.agent.state_dir)
         self.windows = Windows(self._window_sizes(cfg), clock)
         self.sources: list[Source] = []
+        self.source_specs = SOURCES
         self.core = None
         self.slots: list[_Slot] = []
         self.api = None
@@ -226,14 +252,10 @@ class Daemon:
         self._stopped = False
         self._last_tick_at = -math.inf
         self.gpu_source = None
-        self.host_source = None
+        self.health_source = None
         # The Status document: its main-loop parts are gathered every tick (`_publish`), the
-        # rest is read and the JSON written only when someone asks (`status_json`), at most
-        # once per tick. `_snapshot_lock` guards the three.
-        self._snapshot_lock = threading.Lock()
-        self._snapshot_parts: dict | None = None
-        self._snapshot_json: str | None = "{}"
-        self._snapshot: dict = {}
+        # rest is read and the JSON written only when someone asks, at most once per tick.
+        self.status: StatusDocument | None = None
         self._ticks = 0
         self._tick_seconds = 0.0
         self._last_watchdog = 0.0
@@ -246,33 +268,37 @@ class Daemon:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        from agent.api.server import ApiServer
+        from agent.api.server import AgentView, ApiServer
         from agent.api.watch import WatchHub
-        from agent.sources.gpu import GpuSource
-        from agent.sources.host import HostSource
 
         cfg = self.cfg
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log.info("egs-agent %s starting: config %s, host %s%s", __version__,
                  self.config_path or "(defaults)", self.host_id, ", SIMULATED GPUs" if self.simulated else "")
 
-        gpu = GpuSource(cfg.gpu, core_factory=self.core_factory)
-        host = HostSource(cfg.host)
-        self.gpu_source, self.host_source = gpu, host
-        self.sources = [gpu, host]
+        built = build_sources(self.source_specs, cfg, self.core_factory)
+        self.sources = list(built.values())
+        self.gpu_source, self.health_source = built.get("gpu"), built.get("health")
+        self.status = StatusDocument(windows=self.windows, sources=built, host_id=self.host_id,
+                                     started_at=self.started_at, config_path=self.config_path,
+                                     simulated=self.simulated, labels=lambda: self.cfg.agent.labels)
         for source in self.sources:
             try:
                 source.start()
             except Exception as e:
                 source.status.state, source.status.last_error = "failed", f"{type(e).__name__}: {e}"
                 log.exception("source %s failed to start; the others carry on", source.name)
-        self.core = gpu.core
-        self._log_gpu_backends(gpu)
+        gpu, health = self.gpu_source, self.health_source
+        self.core = gpu.core if gpu is not None else None
+        if gpu is not None:
+            self._log_gpu_backends(gpu)
 
         self.ctx = Context(windows=self.windows, core=self.core, emit=self.emit, state_dir=self.state_dir,
                            clock=self.clock, host_id=self.host_id, labels=dict(cfg.agent.labels),
                            log=logging.getLogger("egs-agent.component"), simulated=self.simulated,
-                           status_of=self._component_status, gpu_devices=lambda: gpu.devices)
+                           status_of=self._component_status,
+                           gpu_devices=(lambda: gpu.devices) if gpu is not None else (lambda: []),
+                           gpu_health=health.gpus if health is not None else (lambda: []))
         self.slots = build_components(self.component_specs, cfg, self.ctx, self.clock)
         for slot in self.slots:
             slot.call("start")
@@ -281,7 +307,8 @@ class Daemon:
         services = []
         for slot in self.slots:
             services += slot.call("grpc_services") or []
-        self.api = ApiServer(cfg.api, self, services, locator=getattr(cfg, "locator", None))
+        view = AgentView(self.status_json, self.windows, self.hub, self.clock, self.simulated)
+        self.api = ApiServer(cfg.api, view, services, locator=getattr(cfg, "locator", None))
         # Fill the windows once before serving so the first Status has figures in it.
         self.tick(self.clock())
         self.api.start()
@@ -361,8 +388,11 @@ class Daemon:
         self._last_tick_at = now
         for source in self.sources:
             self.windows.add_all(collect_safely(source, now, log))
-        self._emit_gpu_events()
-        # Delivered before the components tick, so health folds a fault in the tick it came.
+        for source in self.sources:
+            for event in source.tick_events:
+                self.emit(event)
+        # Delivered before the components tick, so the recorder and the outbox see a fault in
+        # the tick it came (the alarm rules already see its health gauges in the windows).
         events = self._deliver_events()
         self._retry_failed(now)
         takers = [slot for slot in self.slots if slot.state == "ok" and hasattr(slot.component, "on_buckets")]
@@ -426,16 +456,6 @@ class Daemon:
         except Exception as e:
             log.warning("component %s failed to stop cleanly: %s: %s", slot.name, type(e).__name__, e)
 
-    def _emit_gpu_events(self) -> None:
-        """Every core event the GPU source drained this tick, as `Event(kind="gpu")` (see
-        agent.sources.gpu.gpu_event), whether or not any component wants them."""
-        source = self.gpu_source
-        if source is None:
-            return
-        from agent.sources.gpu import gpu_event
-        for event in source.take_events():
-            self.emit(gpu_event(event, source.labels.get(event.gpu)))
-
     def emit(self, event: Event) -> None:
         """Any thread may emit; events are logged now and delivered from the main loop."""
         log.info("%s", event.log_line())
@@ -459,9 +479,8 @@ class Daemon:
         and invalidate the Status document; it is assembled and serialised on demand, so a
         tick nobody asks about costs no JSON. Watch subscribers that want the document get it
         through the same once-per-tick cache."""
-        parts = self._main_loop_parts(now)
-        with self._snapshot_lock:
-            self._snapshot_parts, self._snapshot_json = parts, None
+        if self.status is not None:
+            self.status.publish(self._main_loop_parts(now))
         if self.hub is not None:
             self.hub.publish(now, events, self.status_json)
         if self.env.get("NOTIFY_SOCKET"):
@@ -470,24 +489,11 @@ class Daemon:
     # --- status ------------------------------------------------------------------------------
     def status_json(self) -> str:
         """The latest `status --json` document (refreshed every tick; safe from any thread)."""
-        with self._snapshot_lock:
-            if self._snapshot_json is None:
-                snapshot = self._assemble_status(self._snapshot_parts)
-                try:
-                    text = json.dumps(snapshot, default=str, allow_nan=False)
-                except ValueError:  # a NaN/inf somewhere (a component's figure): null it, as JSON has none
-                    snapshot = _json_ready(snapshot)
-                    text = json.dumps(snapshot, default=str, allow_nan=False)
-                self._snapshot, self._snapshot_json = snapshot, text
-            return self._snapshot_json
-
-    def build_status(self, now: float) -> dict:
-        """The `status --json` document as of now (main loop only: it calls the components)."""
-        return self._assemble_status(self._main_loop_parts(now))
+        return self.status.json() if self.status is not None else "{}"
 
     def _main_loop_parts(self, now: float) -> dict:
         """The parts of the Status document read from the core and the components, which only
-        the main loop may call. The component list is taken before their `status()` calls, as
+        the main loop may call (`agent.api.status.StatusDocument.publish`). The component list is taken before their `status()` calls, as
         one document always has it."""
         gpu_source = self.gpu_source
         parts: dict[str, Any] = {
@@ -510,51 +516,6 @@ class Daemon:
                 own.setdefault(slot.name, {"state": slot.state, "error": slot.error})
         parts["own"] = own
         return parts
-
-    def _assemble_status(self, parts: dict | None) -> dict:
-        """The document from the main loop's parts plus what any thread may read (the locked
-        windows, the sources' status)."""
-        if parts is None:  # before the first tick
-            return {}
-        gpu_source = self.gpu_source
-        status: dict[str, Any] = {
-            "simulated": self.simulated,
-            "agent": {"version": __version__, "host_id": self.host_id, "pid": os.getpid(),
-                      "config": self.config_path, "uptime_s": round(parts["now"] - self.started_at, 1),
-                      "ticks": parts["ticks"], "tick_avg_ms": parts["tick_avg_ms"], "windows": self.windows.stats(),
-                      "labels": dict(self.cfg.agent.labels)},
-            "host": self._host_status(),
-            "gpus": gpu_source.gpu_status(self.windows, *parts["gpus"]) if gpu_source is not None else [],
-            "backends": parts["backends"],
-            "sources": {s.name: s.status.to_dict() for s in self.sources},
-            "components": parts["components"],
-            "events": parts["events"],
-            "alarms": [],
-            "nic": {},
-        }
-        status.update(parts["own"])
-        return status
-
-    def _host_status(self) -> dict:
-        w = self.windows
-        host: dict[str, Any] = {"hostname": socket.gethostname()}
-        host["cpu_utilization_percent"] = w.latest("cpu_utilization_percent", {})
-        host["cpu_count"] = len([ls for ls in w.label_sets("cpu_utilization_percent") if "cpu" in ls])
-        host["memory_used_percent"] = w.latest("memory_used_percent", {})
-        for name in ("memory_used_bytes", "memory_total_bytes", "load1", "load5", "load15"):
-            host[name] = w.latest(name, {})
-        # Only the NICs of the latest reading: a NIC that went away keeps its series in the
-        # windows (its last minutes still answer queries) but is no longer shown as current.
-        present = self.host_source.nics if self.host_source is not None else None
-        nics: dict[str, dict] = {}
-        for metric in w.metrics():
-            if metric.startswith("net_"):
-                for labels in w.label_sets(metric):
-                    nic = labels.get("nic")
-                    if nic is not None and (present is None or nic in present):
-                        nics.setdefault(nic, {})[metric] = w.latest(metric, labels)
-        host["nics"] = dict(sorted(nics.items()))
-        return host
 
     def summary(self) -> str:
         """One line for systemd's STATUS= and `systemctl status`, from the live state (not the
@@ -630,17 +591,6 @@ class Daemon:
         self.cfg = new
         log.info("reloaded %s", self.config_path or new.file)
         return True
-
-
-def _json_ready(value: Any) -> Any:
-    """NaN/inf have no JSON spelling: they become null, like an unsupported metric."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return value
 
 
 def run(config_path: str | None, socket_override: str | None = None) -> int:

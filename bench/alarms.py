@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.alarms.engine import Engine  # noqa: E402
 from agent.alarms.rules import Level, Rule  # noqa: E402
-from agent.recorder import Recorder  # noqa: E402
+from agent.recorder.store import Recorder  # noqa: E402
 from agent.sources.base import Sample  # noqa: E402
 from agent.windows import Windows  # noqa: E402
 

@@ -111,9 +111,11 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 
 from agent.alarms.component import build  # noqa: E402
+from agent.config import duration_seconds  # noqa: E402
 from agent.daemon import Context  # noqa: E402
+from agent.sources.base import Sample, collect_safely  # noqa: E402
 from agent.sources.gpu import gpu_event  # noqa: E402
-from agent.sources.base import Sample  # noqa: E402
+from agent.sources.health import HealthSource  # noqa: E402
 from agent.windows import Windows  # noqa: E402
 
 CONFIG = """
@@ -136,8 +138,25 @@ command = ["{python}", "-c", "import sys; open('{hook_out}', 'a').write(sys.stdi
 """
 
 
+class _CoreSource:
+    """The GPU source's part the health source reads: the core's devices and this tick's
+    faults as `Event(kind="gpu")`."""
+
+    def __init__(self, core, labels_of):
+        self.core, self.labels_of, self.tick_events = core, labels_of, []
+
+    @property
+    def devices(self):
+        return self.core.devices() if self.core is not None else []
+
+    def collect(self):
+        events = self.core.events() if self.core is not None else []
+        self.tick_events = [gpu_event(ev, self.labels_of(ev.gpu)) for ev in events]
+
+
 class Daemonish:
-    """Just enough of the daemon: windows, a context, an emit that collects, a tick loop."""
+    """Just enough of the daemon: windows, the health source, a context, an emit that
+    collects, the alarms and recorder components and a tick loop in the daemon's order."""
 
     def __init__(self, tmp_path, text=CONFIG, core=True):
         self.clock = Clock(1_700_000_000.0)
@@ -146,13 +165,21 @@ class Daemonish:
                                             hook_out=self.hook_out), "agent.toml")
         self.windows = Windows([10, 60, 300], self.clock)
         self.core = FakeCore(clock=self.clock) if core else None
+        self.gpu = _CoreSource(self.core, self.labels)
+        self.health = HealthSource(self.gpu, duration_seconds(self.cfg.health.xid_hold))
+        self.health.start()
         self.events = []
         self.ctx = Context(windows=self.windows, core=self.core, emit=self.events.append,
                            state_dir=tmp_path / "state", clock=self.clock, host_id="h", labels={},
                            log=logging.getLogger("test"),
-                           gpu_devices=self.core.devices if self.core is not None else (lambda: []))
-        self.alarms, self.health = build(self.cfg, self.ctx)
-        self.alarms.start()
+                           gpu_devices=self.core.devices if self.core is not None else (lambda: []),
+                           gpu_health=self.health.gpus)
+        components = build(self.cfg, self.ctx)
+        self.alarms = components[0]
+        self.recorder = components[1] if len(components) > 1 else None
+        self.components = components
+        for c in components:
+            c.start()
 
     def labels(self, gpu):
         return {"gpu": str(gpu), "uuid": f"GPU-{gpu:08d}", "vendor": "nvidia", "model": "Tesla P100-PCIE-16GB"}
@@ -162,11 +189,27 @@ class Daemonish:
             now = self.clock.advance(1.0)
             for gpu, t in temps.items():
                 self.windows.add(Sample.reading("gpu_temperature_celsius", self.labels(gpu), t, now))
-            # As the daemon does: the core's events become Event(kind="gpu"), delivered before
-            # the components tick.
-            for ev in self.core.events() if self.core is not None else ():
-                self.alarms.on_event(gpu_event(ev, self.labels(ev.gpu)))
-            self.alarms.tick(now)
+            # As the daemon does: the sources are collected into the windows (GPU, then
+            # health), their events delivered, then the components tick; what they emit is
+            # delivered at the end of the tick.
+            self.gpu.collect()
+            self.windows.add_all(collect_safely(self.health, now))
+            arrived = self.gpu.tick_events + self.health.tick_events  # the faults, then health's changes
+            self.events += arrived
+            self._deliver(arrived)
+            seen = len(self.events)
+            for c in self.components:
+                c.tick(now)
+            self._deliver(self.events[seen:])
+
+    def _deliver(self, events):
+        if self.recorder is not None:
+            for event in events:
+                self.recorder.on_event(event)
+
+    def stop(self):
+        for c in self.components:
+            c.stop()
 
     def of(self, kind, **data):
         return [e for e in self.events if e.kind == kind and all(e.data.get(k) == v for k, v in data.items())]

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import agent.health  # noqa: F401  (declares the health metrics the built-in rules watch)
+import agent.sources.health  # noqa: F401  (declares the health metrics the built-in rules watch)
 from agent import metrics
 from agent.alarms.schedule import Schedule, parse_days, parse_window, parse_zone
 from agent.config import MAX_WINDOW_S, Locator, check_labels, format_duration, parse_duration

@@ -1,4 +1,6 @@
-"""The `Alarms` gRPC service on the local socket: thin, over the component's published view.
+"""The `Alarms` gRPC service on the local socket: thin, over the alarms component's published
+view and the flight recorder's files (the recorder is a component of its own, built beside
+the alarms one; None when `[recorder] enabled = false`).
 
 Reads come from the copy the component publishes each tick, so a slow client never holds
 up evaluation; `Record` waits for its file on the recorder's own thread, not the main loop.
@@ -11,28 +13,29 @@ import json
 import grpc
 
 from agent.proto import alarms_pb2, alarms_pb2_grpc
-from agent.recorder import NoSuchRecording, RecordingError
+from agent.recorder.store import NoSuchRecording, RecordingError
 
 CHUNK = 256 * 1024
 MAX_RECORD_SECONDS = 3600.0
 
 
 class AlarmsService(alarms_pb2_grpc.AlarmsServicer):
-    def __init__(self, component):
+    def __init__(self, component, recorder=None):
         self.component = component
+        self.recorder = recorder  # agent.recorder.component.RecorderComponent, or None
 
     def ListAlarms(self, request, context):
         view = dict(self.component.view())
+        view["recorder"] = self.recorder.recorder.status() if self.recorder is not None else {"available": False}
         if request.active_only:
             view["states"] = [s for s in view.get("states", []) if s.get("state") != "ok"]
         return alarms_pb2.ListAlarmsReply(json=json.dumps(view),
                                           simulated=bool(getattr(self.component.ctx, "simulated", False)))
 
     def _recorder(self, context):
-        recorder = self.component.recorder
-        if recorder is None:
+        if self.recorder is None:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, "the flight recorder is off ([recorder] enabled = false)")
-        return recorder
+        return self.recorder.recorder
 
     def ListRecordings(self, request, context):
         recorder = self._recorder(context)
@@ -72,5 +75,5 @@ class AlarmsService(alarms_pb2_grpc.AlarmsServicer):
         return alarms_pb2.RecordReply(header_json=json.dumps(header))
 
 
-def add_to_server(server, component) -> None:
-    alarms_pb2_grpc.add_AlarmsServicer_to_server(AlarmsService(component), server)
+def add_to_server(server, component, recorder=None) -> None:
+    alarms_pb2_grpc.add_AlarmsServicer_to_server(AlarmsService(component, recorder), server)

@@ -1,8 +1,7 @@
-"""The alarm, health and flight-recorder settings, declared beside the code that uses them.
+"""The alarm settings, declared beside the code that uses them.
 
 `[[alarm]]` tables are rules (validated by `agent.alarms.rules.parse_rules`, which names the
-file, line and key of any mistake); `[alarms]`, `[health]` and `[recorder]` are ordinary
-sections of declared keys. docs/alarms.md describes the rule keys with examples.
+file, line and key of any mistake); `[alarms]` is an ordinary section of declared keys. docs/alarms.md describes the rule keys with examples.
 """
 from __future__ import annotations
 
@@ -23,18 +22,5 @@ SECTIONS = [
         "builtin_critical_xid": Key(True, bool, "Built-in rule gpu-critical-xid: alarm while a critical XID is in its hold period."),
         "hook_workers": Key(2, int, "Hook commands run at the same time at most.", min=1, max=32),
         "hook_queue": Key(32, int, "Hooks waiting for a worker at most; more are dropped and counted.", min=0, max=10000),
-    }),
-    Section("health", "GPU health from XID errors and lost devices.", {
-        "xid_hold": Key("15m", (str, int, float), "How long a critical XID keeps a GPU degraded/failed after its last occurrence "
-                        "(a duration or seconds, 1s..1d).", duration=True, min=1, max=86400),
-    }),
-    Section("recorder", "The flight recorder: raw samples around alarms and health events.", {
-        "enabled": Key(True, bool, "Record when a rule fires or a GPU's health changes."),
-        "before": Key("30s", (str, int, float), "Seconds of samples kept from before the event (before + after must fit "
-                      "gpu.ring_seconds; 100ms..1h, the largest ring).", duration=True, min=0.1, max=3600),
-        "after": Key("10s", (str, int, float), "Seconds of samples kept from after the event (100ms..1h).", duration=True,
-                     min=0.1, max=3600),
-        "max_bytes": Key(64 << 20, int, "Total size of the recordings directory; the oldest are deleted first. At most 1 TiB.",
-                         min=1 << 16, max=1 << 40),
     }),
 ]

@@ -20,13 +20,15 @@ import socket
 import stat
 from concurrent import futures
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import grpc
 
 from agent.config import ConfigError
 from agent.metrics import BY_NAME
 from agent.proto import agent_pb2, agent_pb2_grpc
-from agent.windows import STATS
+from agent.api.watch import WatchHub
+from agent.windows import STATS, Windows
 
 log = logging.getLogger("egs-agent")
 
@@ -80,15 +82,25 @@ def _matches(labels: dict[str, str], wanted: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
+class AgentView(NamedTuple):
+    """What the local API reads of the agent; every part is safe to use from any thread."""
+
+    status_json: Callable[[], str]  # the Status document (agent.api.status.StatusDocument.json)
+    windows: Windows
+    hub: WatchHub
+    clock: Callable[[], float]
+    simulated: bool
+
+
 class AgentServicer(agent_pb2_grpc.AgentServicer):
-    def __init__(self, daemon):
-        self.daemon = daemon
+    def __init__(self, view: AgentView):
+        self.view = view
 
     def Status(self, request, context):
-        return agent_pb2.StatusReply(json=self.daemon.status_json(), simulated=self.daemon.simulated)
+        return agent_pb2.StatusReply(json=self.view.status_json(), simulated=self.view.simulated)
 
     def Query(self, request, context):
-        windows = self.daemon.windows
+        windows = self.view.windows
         metric = request.metric
         if metric not in BY_NAME and metric not in windows.metrics():
             context.abort(grpc.StatusCode.NOT_FOUND,
@@ -101,9 +113,9 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"window {window:g} s is outside what is kept (1..{windows.retention - 1} s; configured: "
                           f"{', '.join(f'{s} s' for s in windows.sizes)})")
-        now = self.daemon.clock()
+        now = self.view.clock()
         reply = agent_pb2.QueryReply(metric=metric, unit=BY_NAME[metric].unit if metric in BY_NAME else "",
-                                     window_seconds=window, stat=stat_name, ts=now, simulated=self.daemon.simulated)
+                                     window_seconds=window, stat=stat_name, ts=now, simulated=self.view.simulated)
         wanted = dict(request.labels)
         for labels in sorted(windows.label_sets(metric), key=lambda ls: sorted(ls.items())):
             if not _matches(labels, wanted):
@@ -117,7 +129,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         return reply
 
     def Watch(self, request, context):
-        hub = self.daemon.hub
+        hub = self.view.hub
         sub = hub.subscribe(request.interval_seconds, request.metrics, dict(request.labels),
                             min(int(request.history_seconds), 900), request.include_status)
         if sub is None:
@@ -136,7 +148,7 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
     def _to_proto(self, update) -> agent_pb2.WatchUpdate:
         msg = agent_pb2.WatchUpdate(ts=update.ts, events_json=update.events, coalesced=update.coalesced,
                                     events_dropped=update.events_dropped, status_json=update.status_json,
-                                    simulated=self.daemon.simulated)
+                                    simulated=self.view.simulated)
         for metric, labels, value in update.points:
             point = msg.points.add(metric=metric, labels=labels)
             if value is not None:
@@ -150,16 +162,15 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
 class ApiServer:
     """The gRPC server on the Unix socket; `start()` binds and sets the socket's permissions."""
 
-    def __init__(self, settings, daemon, extra_services=(), locator=None, max_workers: int = 16):
+    def __init__(self, settings, view: AgentView, extra_services=(), locator=None, max_workers: int = 16):
         self.settings = settings
-        self.daemon = daemon
         self.locator = locator
         self.path = settings.socket
         # Each Watch client holds a worker thread for its stream; the hub caps watchers well
         # below the pool size so Status and Query always find a free worker.
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="api"),
                                   options=[("grpc.max_receive_message_length", 1 << 20)])
-        agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(daemon), self.server)
+        agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(view), self.server)
         for add in extra_services:
             add(self.server)
         self.started = False

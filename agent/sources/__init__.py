@@ -1,1 +1,11 @@
-"""Sources of figures: one module per source behind `agent.sources.base.Source`."""
+"""Sources of figures: one module per source behind `agent.sources.base.Source`.
+
+`SOURCES` is the registry the daemon builds them from, in order: a source may read what one
+before it collected in the same tick (health reads the GPU source's devices and faults).
+"""
+
+SOURCES: tuple[str, ...] = (
+    "agent.sources.gpu:build",
+    "agent.sources.host:build",
+    "agent.sources.health:build",
+)

@@ -8,6 +8,10 @@ one record per (device, metric) per second.
 
 A source that raises is marked failed with the error and the others carry on (the same
 rule node_exporter applies to its collectors): `collect_safely` is that rule, in one place.
+
+Sources are registered like the daemon's components: `agent.sources.SOURCES` lists
+"module:function" factories, `build(cfg, ctx) -> Source | None` (None: switched off), built
+and collected in that order; `ctx` (`SourceContext`) holds the sources built before.
 """
 from __future__ import annotations
 
@@ -38,6 +42,14 @@ class Sample(NamedTuple):
         return cls(metric, labels, 1, value, value, value, value, ts)
 
 
+class SourceContext(NamedTuple):
+    """What a source factory gets: the sources built before it, by name, and how to make the
+    native core (the daemon's, or a test's stand-in)."""
+
+    sources: dict[str, "Source"]
+    core_factory: Any = None
+
+
 @dataclass
 class SourceStatus:
     state: str = "starting"  # starting | ok | failed | stopped | disabled
@@ -53,12 +65,18 @@ class SourceStatus:
 
 
 class Source:
-    """Base class: subclasses set `name` and implement `collect`; start/stop are optional."""
+    """Base class: subclasses set `name` and implement `collect`; start/stop are optional.
+
+    A source with something to tell besides samples (the GPU source's faults, the health
+    source's changes) puts the `agent.events.Event`s of a collection in `tick_events`; the
+    daemon emits them once every source was collected, and a source later in the order may
+    read an earlier one's (the health source reads the GPU source's)."""
 
     name = "source"
 
     def __init__(self) -> None:
         self.status = SourceStatus()
+        self.tick_events: list = []  # this collection's events (reset before each)
 
     def start(self) -> None:
         pass
@@ -78,6 +96,7 @@ def collect_safely(source: Source, now: float, log=None) -> list[Sample]:
     """
     started = time.perf_counter()
     before = source.status.state
+    source.tick_events = []
     try:
         samples = source.collect(now)
     except Exception as e:  # a source's bug must not stop the daemon or the other sources

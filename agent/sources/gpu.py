@@ -9,8 +9,8 @@ It also keeps what a reading can say besides its value: failed reads (counted pe
 metric, shown in `status --json` and as the `gpu_read_errors_total` counter), how long each
 metric has gone without a sample (a metric past its staleness bound is shown as null and
 named in `stale`, never as its last good value), and the core's fault events (XID, lost,
-AMD events), drained every tick so the C queue never overflows; the daemon emits them as
-`Event(kind="gpu")` (`gpu_event`) whichever components run.
+AMD events), drained every tick so the C queue never overflows and handed on as this tick's
+`Event(kind="gpu")`s (`gpu_event`): the health source reads them, the daemon emits them.
 
 Missing vendor libraries are not failures (DESIGN.md): the core reports those backends as
 `unavailable` with the reason, and this source stays up with no devices. If the native
@@ -71,14 +71,6 @@ def gpu_event(event: Any, labels: dict[str, str] | None) -> Event:
                   "detail": event.detail or ""})
 
 
-def core_event_of(event: Event) -> SimpleNamespace:
-    """Back from an `Event(kind="gpu")` to the (kind, gpu, code, ts, detail) shape of a core
-    event, as `agent.health.Health.observe` takes it."""
-    d = event.data
-    return SimpleNamespace(kind=d["event"], gpu=int(d["gpu"]), code=int(d.get("code", 0)), ts=event.ts,
-                           detail=d.get("detail", ""))
-
-
 def default_core_factory(settings: SimpleNamespace):
     from agent.native import Core  # the native extension may be missing on a bare checkout
 
@@ -99,7 +91,6 @@ class GpuSource(Source):
         self._identity: list[tuple] = []
         self._device_states: list[tuple] = []
         self._backends: dict[str, dict] | None = None  # cached: rebuilt when a device state changes
-        self._events: list = []  # core events drained, not yet taken by the daemon
         self._last_seen: dict[tuple[int, str], float] = {}
         self._watched_since: dict[int, float] = {}
         self._errors: dict[tuple[int, str], int] = {}
@@ -175,11 +166,11 @@ class GpuSource(Source):
             return []
         # Events first: the queue in C is bounded, and nothing else reads it.
         events = getattr(self.core, "events", None)
-        if events is not None:
-            self._events.extend(events())
+        faults = list(events()) if events is not None else []
         stats = self.core.drain()
         # Device states change (lost) between drains; re-read them, it is one short C call.
         self._refresh_devices()
+        self.tick_events = [gpu_event(e, self._labels.get(e.gpu)) for e in faults]
         for d in self._devices:
             self._watched_since.setdefault(d.index, now)
         out = []
@@ -224,11 +215,6 @@ class GpuSource(Source):
                 labels = self._error_labels[key] = {**base, "metric": key[1]}
             out.append(Sample.reading(GPU_READ_ERRORS.name, labels, float(total), now))
         return out
-
-    def take_events(self) -> list:
-        """The core events drained since the previous call (oldest first); the daemon emits each."""
-        events, self._events = self._events, []
-        return events
 
     # --- for Status --------------------------------------------------------------------------
     def backend_status(self) -> dict[str, dict]:
@@ -300,3 +286,9 @@ class GpuSource(Source):
                         "read_errors": dict(sorted(read_errors.items())),
                         "last_errors": dict(sorted(last_errors.items()))})
         return out
+
+
+def build(cfg, ctx) -> GpuSource:
+    """The GPU source (`agent.sources.SOURCES`); with `gpu.enabled = false` it reports itself
+    disabled rather than being absent, so `status` says why there are no GPUs."""
+    return GpuSource(cfg.gpu, core_factory=ctx.core_factory)

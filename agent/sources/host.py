@@ -172,3 +172,8 @@ class HostSource(Source):
     def nics(self) -> set[str] | None:
         """The NICs of the latest reading (None before the first)."""
         return None if self._net is None else set(self._net)
+
+
+def build(cfg, ctx) -> HostSource:
+    """The host source (`agent.sources.SOURCES`)."""
+    return HostSource(cfg.host)

@@ -1,4 +1,5 @@
-"""The alarms component inside a daemon context: windows in, events, recordings, hooks out."""
+"""The alarms and recorder components inside a daemon context: windows in, events, hooks and
+recordings out (the recorder triggered by the events alone)."""
 from __future__ import annotations
 
 import json
@@ -8,14 +9,14 @@ import time
 import pytest
 
 from agent import config
-from agent.recorder import read_file
+from agent.recorder.store import read_file
 from alarm_helpers import CONFIG, Daemonish, FakeCoreEvent
 
 @pytest.fixture
 def d(tmp_path):
     d = Daemonish(tmp_path)
     yield d
-    d.alarms.stop()
+    d.stop()
 
 
 def wait_for(predicate, timeout=10.0):
@@ -31,29 +32,29 @@ def test_hot_gpu_fires_once_with_a_recording_and_the_hook(d):
     d.run(30, {0: 85.0, 1: 40.0})
     fired = d.of("alarm", notify="firing")
     assert [(e.data["rule"], e.labels["gpu"]) for e in fired] == [("gpu-hot", "0")]
-    rid = fired[0].data["recording"]
-    d.alarms.recorder._worker.submit(lambda: None).result()
-    rec = d.alarms.recorder.read(rid)
-    assert rec["gpus"] == [0] and rec["reason"]["rule"] == "gpu-hot"
-    assert rec["from"] == fired[0].ts - 5 and rec["to"] == fired[0].ts + 2 and rec["samples"] == 700
+    assert fired[0].data["record"] is True  # the rule asks; the recorder decides from the event
+    d.recorder.recorder._worker.submit(lambda: None).result()
+    assert wait_for(lambda: d.of("recording"))
     (ready,) = d.of("recording")  # what the outbox ships to the collector
-    assert ready.data["id"] == rid and ready.labels["gpu"] == "0"
+    rec = d.recorder.recorder.read(ready.data["id"])
+    assert rec["gpus"] == [0] and rec["reason"]["rule"] == "gpu-hot" and ready.labels["gpu"] == "0"
+    assert rec["from"] == fired[0].ts - 5 and rec["to"] == fired[0].ts + 2 and rec["samples"] == 700
     assert read_file(ready.data["path"])["data"][0]["timestamps"] == rec["data"][0]["timestamps"]
     assert wait_for(lambda: d.hook_out.exists() and d.hook_out.read_text().strip())
     hooked = json.loads(d.hook_out.read_text().splitlines()[0])
-    assert hooked["data"]["recording"] == rid and hooked["labels"]["gpu"] == "0"
+    assert hooked["data"]["rule"] == "gpu-hot" and hooked["labels"]["gpu"] == "0"
     assert [s["labels"]["gpu"] for s in d.alarms.status()] == ["0"]  # only the label set not ok
 
 
 def test_state_is_saved_and_a_rebuilt_component_does_not_refire(tmp_path):
     d = Daemonish(tmp_path)
     d.run(10, {0: 85.0})
-    d.alarms.stop()
+    d.stop()
     assert len(d.of("alarm", notify="firing")) == 1
     again = Daemonish(tmp_path)
     again.clock.now = d.clock.now
     again.run(30, {0: 85.0})
-    again.alarms.stop()
+    again.stop()
     assert again.of("alarm", notify="firing") == []
     assert [s["state"] for s in again.alarms.view()["states"] if s["rule"] == "gpu-hot"] == ["alarm"]
 
@@ -66,8 +67,11 @@ def test_xid_gives_a_health_event_and_the_builtin_rule_fires_sharing_one_recordi
     assert (health.labels["gpu"], health.data["state"], health.data["cause"]["code"]) == ("1", "failed", 79)
     (fired,) = d.of("alarm", notify="firing")
     assert (fired.data["rule"], fired.labels["gpu"]) == ("gpu-critical-xid", "1")
-    assert fired.data["recording"] == health.data["recording"]
-    assert [g["state"] for g in d.health.status()] == ["ok", "failed"]
+    assert [g["state"] for g in d.health.gpus()] == ["ok", "failed"]
+    d.stop()  # writes what is pending
+    (ready,) = d.of("recording")  # one incident, one recording: health's, the alarm's too
+    assert ready.data["reason"]["kind"] == "health" and ready.data["gpus"] == [1]
+    assert [r["rule"] for r in ready.data["reason"]["also"]] == ["gpu-critical-xid"]
     assert d.windows.latest("gpu_xid_critical", d.labels(1)) == 1.0  # the gauge is a metric too
 
 
@@ -76,7 +80,7 @@ def test_builtin_rules_can_be_switched_off(tmp_path):
     try:
         assert sorted(d.alarms.engine.rules) == ["gpu-hot"]
     finally:
-        d.alarms.stop()
+        d.stop()
 
 
 def test_a_rule_window_longer_than_the_daemon_keeps_is_reported_not_evaluated(tmp_path):
@@ -87,17 +91,18 @@ def test_a_rule_window_longer_than_the_daemon_keeps_is_reported_not_evaluated(tm
         assert "longer than the 300s the daemon keeps" in errors["gpu-hot"]
         assert d.of("alarm", rule="gpu-hot") == []
     finally:
-        d.alarms.stop()
+        d.stop()
 
 
-def test_without_a_core_rules_still_run_and_events_carry_no_recording(tmp_path):
+def test_without_a_core_rules_still_run_and_no_recording_is_made(tmp_path):
     d = Daemonish(tmp_path, core=False)
     try:
         d.run(5, {0: 90.0})
         (fired,) = d.of("alarm", notify="firing")
-        assert "recording" not in fired.data
+        assert fired.data["record"] is True and d.recorder.status()["available"] is False
     finally:
-        d.alarms.stop()
+        d.stop()
+    assert d.of("recording") == []
 
 
 def test_reload_keeps_an_active_alarm(d):

@@ -17,15 +17,15 @@ from alarm_helpers import Daemonish
 def served(tmp_path):
     d = Daemonish(tmp_path)
     d.run(12, {0: 85.0, 1: 40.0})
-    d.alarms.recorder._worker.submit(lambda: None).result()
+    d.recorder.recorder._worker.submit(lambda: None).result()
     socket = str(tmp_path / "agent.sock")
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    add_to_server(server, d.alarms)
+    add_to_server(server, d.alarms, d.recorder)
     server.add_insecure_port(f"unix:{socket}")
     server.start()
     yield d, socket
     server.stop(0).wait()
-    d.alarms.stop()
+    d.stop()
 
 
 def run_cli(capsys, *argv):

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import sim_paths
-from agent.health import Health
+from agent.sources.gpu import gpu_event
+from agent.sources.health import Health
 
 import agent.native as native  # built by `make test`: its absence is a failure
 
@@ -50,7 +51,8 @@ def health_events(core, until, seconds=8.0):
     events = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        events += h.observe(core.events(), core.devices(), time.time())
+        faults = [gpu_event(e, None) for e in core.events()]  # as the GPU source hands them on
+        events += h.observe(faults, core.devices(), time.time())
         if until(events):
             break
         time.sleep(0.1)
@@ -143,7 +145,8 @@ def test_daemon_fires_once_for_the_hot_gpu_with_a_recording_of_the_crossing(sim_
     lines = log.read_text().splitlines()
     fired = [ln for ln in lines if "event=alarm" in ln and '"gpu-hot"' in ln and 'notify="firing"' in ln]
     assert len(fired) == 1, "\n".join(lines[-40:])
-    assert "gpu=0," in fired[0] and f'recording="{recording["id"]}"' in fired[0]
+    assert "gpu=0," in fired[0] and 'record=true' in fired[0]
+    assert recording["reason"]["labels"]["gpu"] == "0"  # the recording the firing asked for
     states = {s["labels"]["gpu"]: s["state"] for s in doc["states"] if s["rule"] == "gpu-hot"}
     assert states == {"0": "alarm", "1": "ok"}
 

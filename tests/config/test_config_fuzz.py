@@ -27,11 +27,11 @@ from hypothesis import given, strategies as st
 
 from agent import config
 from agent.alarms import rules as rules_mod
-from agent.alarms.component import _seconds
+from agent.config import duration_seconds as _seconds
 from agent.backoff import Backoff
 from agent.collector import settings as collector_settings
 from agent.daemon import Daemon
-from agent.health import Health
+from agent.sources.health import Health
 from agent.windows import Windows
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"

@@ -1,7 +1,7 @@
 """What the GPU source tells besides values: failed reads counted per GPU and metric, a
 metric with no recent sample shown null and stale (never its last good value), the core's
-fault events emitted by the daemon as `Event(kind="gpu")` whichever components run, and the
-backends described once rather than every tick."""
+fault events emitted by the daemon as `Event(kind="gpu")` whichever components run (with the
+health source's changes after them), and the backends described once rather than every tick."""
 import json
 import logging
 from types import SimpleNamespace
@@ -11,7 +11,7 @@ import pytest
 from agent import config
 from agent.daemon import Daemon
 from agent.native import SLOW_METRICS, Backend, CoreEvent, Device, FieldStats
-from agent.sources.gpu import GpuSource, core_event_of, gpu_event, stale_bound
+from agent.sources.gpu import GpuSource, gpu_event, stale_bound
 from agent.windows import Windows
 from daemon_helpers import BUILT, FakeGpuCore, write_config
 
@@ -125,13 +125,12 @@ def test_backends_are_described_once_and_again_after_a_device_state_changes(rig)
     assert core.calls["backends"] == 2
 
 
-def test_gpu_events_round_trip_to_the_core_event_shape_health_reads():
+def test_a_core_event_becomes_an_event_of_kind_gpu_with_the_gpus_labels():
     ev = CoreEvent("xid", 1, 79, T0 + 0.25, "fallen off the bus")
     out = gpu_event(ev, {"gpu": "1", "uuid": "GPU-1"})
     assert (out.kind, out.ts, out.labels) == ("gpu", T0 + 0.25, {"gpu": "1", "uuid": "GPU-1"})
     assert out.data == {"event": "xid", "gpu": 1, "code": 79, "detail": "fallen off the bus"}
-    back = core_event_of(out)
-    assert (back.kind, back.gpu, back.code, back.ts, back.detail) == ("xid", 1, 79, T0 + 0.25, "fallen off the bus")
+    assert gpu_event(ev, None).labels == {"gpu": "1"}  # a device the source does not know
     assert stale_bound(0.01) == 300.0 and stale_bound(100.0) == 10.0
 
 
@@ -147,7 +146,8 @@ def test_the_daemon_emits_core_events_and_walks_devices_once_a_tick_with_no_alar
         assert (first.ctx, second.ctx) == (d.ctx, d.ctx)
         assert [s.name for s in d.slots] == ["first", "second"]
         assert d.ctx.gpu_devices() == core.devices_
-        core.queued = [CoreEvent("xid", 1, 79, T0, "fallen off the bus"), CoreEvent("amd", 0, 2, T0, "")]
+        now = d.clock()
+        core.queued = [CoreEvent("xid", 1, 79, now, "fallen off the bus"), CoreEvent("amd", 0, 2, now, "")]
         walks, described = core.calls["devices"], core.calls["backends"]
         with caplog.at_level(logging.INFO, logger="egs-agent"):
             d.tick(d.clock())
@@ -158,8 +158,12 @@ def test_the_daemon_emits_core_events_and_walks_devices_once_a_tick_with_no_alar
         assert [(e.data["event"], e.data["gpu"], e.data["code"]) for e in gpu] == [("xid", 1, 79), ("amd", 0, 2)]
         assert gpu[0].labels["uuid"] == "GPU-1"
         assert any("event=gpu" in r.getMessage() and "79" in r.getMessage() for r in caplog.records)
+        # The health source read the same faults in the same tick: its changes follow them.
+        health = [(e.labels["gpu"], e.data["state"]) for e in first.events if e.kind == "health"]
+        assert health == [("1", "failed"), ("0", "degraded")]
         doc = json.loads(d.status_json())
-        assert [e["kind"] for e in doc["events"]][-2:] == ["gpu", "gpu"]
+        assert [e["kind"] for e in doc["events"]][-4:] == ["gpu", "gpu", "health", "health"]
+        assert [g["state"] for g in doc["health"]] == ["degraded", "failed"]
         assert doc["gpus"][0]["read_errors"] == {} and "stale" in doc["gpus"][0]
     finally:
         d.stop()

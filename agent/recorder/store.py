@@ -1,4 +1,4 @@
-"""The flight recorder: full-resolution samples around an alarm or a health event.
+"""The flight recorder's files: full-resolution samples around an alarm or a health event.
 
 A 5-minute average says a GPU ran hot; the raw 100 Hz samples say whether power spiked first,
 the fan stalled, or the clock dropped. The native core keeps the last `gpu.ring_seconds` of raw
@@ -218,14 +218,20 @@ class Recorder:
                 out.append({"id": f.name[:-len(SUFFIX)], "error": str(e)})
         return out
 
-    def status(self) -> dict[str, Any]:
-        files = list(self.dir.glob("*" + SUFFIX))
+    def summary(self) -> dict[str, Any]:
+        """What the recorder knows without reading its directory (cheap enough for every tick)."""
         with self._lock:
             pending = len(self._pending)
-        return {"available": self.available, "count": len(files),
-                "bytes": sum(f.stat().st_size for f in files), "max_bytes": self.max_bytes,
-                "pending": pending, "dropped_total": self.dropped_total, "failed": self.failed,
+        return {"available": self.available, "max_bytes": self.max_bytes, "pending": pending,
+                "dropped_total": self.dropped_total, "failed": self.failed,
                 "before_s": self.before_s, "after_s": self.after_s}
+
+    def status(self) -> dict[str, Any]:
+        """`summary()` plus the recordings kept (`count`, `bytes`): lists the directory."""
+        files = list(self.dir.glob("*" + SUFFIX))
+        summary = self.summary()
+        return {"available": summary.pop("available"), "count": len(files),
+                "bytes": sum(f.stat().st_size for f in files), **summary}
 
     def stop(self) -> None:
         """Write what is pending with the samples there are (a shortened `after`), then stop."""

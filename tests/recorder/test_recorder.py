@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.recorder import NoSuchRecording, Recorder, RecordingError
+from agent.recorder.store import NoSuchRecording, Recorder, RecordingError
 from alarm_helpers import Clock, FakeCore
 
 

@@ -1,9 +1,11 @@
-"""GPU health: ok, degraded, failed or lost, with the reasons and since when.
+"""The health source: GPU health (ok, degraded, failed or lost), with the reasons and since when.
 
-The native core reports XID errors (NVML's event API on its own thread), AMD SMI event
-notifications and devices that stopped answering (GPU_IS_LOST) as `CoreEvent`s; this module turns them into a health state
-per GPU, an `Event(kind="health")` on every change, and gauges the built-in alarm rules watch
-(`gpu_lost`, `gpu_xid_critical`).
+It reads what the GPU source collected this tick: the fault events (`Event(kind="gpu")`: XID
+errors from NVML's event API, AMD SMI event notifications, devices that stopped answering)
+and the device list. From them it keeps a health state per GPU, and yields like any source:
+gauges for the windows (`gpu_lost`, `gpu_xid_critical`, `gpu_health_state`,
+`gpu_xid_errors_total`, which the built-in alarm rules watch there like any metric) and
+events (the GPU's fault events as they came, then an `Event(kind="health")` per change).
 
 Recovery (docs/alarms.md, "Health"): an XID is an event, not a state of the hardware, so its
 effect on health lasts `hold` seconds after the latest occurrence and then lapses; the
@@ -17,10 +19,19 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from agent.config import Key, Section, duration_seconds
 from agent.events import Event
 from agent.metrics import Metric, register
+from agent.sources.base import Sample, Source
 
 log = logging.getLogger("egs-agent.health")
+
+SECTIONS = [
+    Section("health", "GPU health from XID errors and lost devices.", {
+        "xid_hold": Key("15m", (str, int, float), "How long a critical XID keeps a GPU degraded/failed after its last occurrence "
+                        "(a duration or seconds, 1s..1d).", duration=True, min=1, max=86400),
+    }),
+]
 
 STATES = ("ok", "degraded", "failed", "lost")  # ascending gravity
 
@@ -110,8 +121,8 @@ class GpuHealth:
 
 
 class Health:
-    """Per-GPU health from core events. `observe(events, devices, now)` returns the Events to
-    emit; `stat`/`label_sets` let the alarm engine read the gauges like any metric."""
+    """Per-GPU health from fault events. `observe(events, devices, now)` returns the health
+    Events to emit; `samples(now)` the gauges."""
 
     def __init__(self, hold_s: float = 900.0, labels_of: Callable[[int], dict[str, str]] | None = None):
         self.hold_s = hold_s
@@ -133,29 +144,31 @@ class Health:
                 "gpu": str(d.index), "uuid": str(getattr(d, "uuid", "") or ""),
                 "vendor": str(getattr(d, "vendor", "") or ""), "model": str(getattr(d, "name", "") or "")}
 
-    def observe(self, events: Iterable[Any], devices: Iterable[Any] | None, now: float) -> list[Event]:
-        """Fold core events (kind 'xid'/'lost', gpu, code, ts, detail) and the devices' current
-        states into health; lapse XIDs past their hold. Returns the events to emit."""
+    def observe(self, events: Iterable[Event], devices: Iterable[Any] | None, now: float) -> list[Event]:
+        """Fold GPU fault events (`Event(kind="gpu")`: `data.event` "xid" | "lost" | "amd",
+        `data.gpu`, `data.code`, `data.detail`) and the devices' current states into health;
+        lapse XIDs past their hold. Returns the health events to emit."""
         out: list[Event] = []
         devices = list(devices or ())
         self.know(devices, now)
         for ev in events:
-            g = self._gpu(ev.gpu, now)
-            ts = float(getattr(ev, "ts", None) or now)
-            if ev.kind == "xid":
-                out += self._xid(g, int(ev.code), ts, getattr(ev, "detail", "") or "")
-            elif ev.kind == "lost":
-                out += self._lost(g, ts, getattr(ev, "detail", "") or "device stopped answering")
-            elif ev.kind == "amd" and int(ev.code) in AMD_EVENTS:
-                out += self._amd(g, int(ev.code), ts, getattr(ev, "detail", "") or "")
-            elif ev.kind == "amd":
+            d = ev.data
+            kind, gpu, code, detail = d["event"], int(d["gpu"]), int(d.get("code") or 0), d.get("detail") or ""
+            g = self._gpu(gpu, now)
+            ts = float(ev.ts or now)
+            if kind == "xid":
+                out += self._xid(g, code, ts, detail)
+            elif kind == "lost":
+                out += self._lost(g, ts, detail or "device stopped answering")
+            elif kind == "amd" and code in AMD_EVENTS:
+                out += self._amd(g, code, ts, detail)
+            elif kind == "amd":
                 # Routine notifications (process start/end, queue eviction, ...) or codes newer
                 # than this table: no health effect, but not dropped unseen.
                 log.info("GPU %d: AMD SMI event %d not known to affect health (%s); health unchanged",
-                         ev.gpu, int(ev.code), getattr(ev, "detail", "") or "no detail")
+                         gpu, code, detail or "no detail")
             else:
-                log.warning("GPU %d: core event of unknown kind %r (code %s) ignored by health",
-                            ev.gpu, ev.kind, getattr(ev, "code", None))
+                log.warning("GPU %d: fault event of unknown kind %r (code %s) ignored by health", gpu, kind, code)
         for d in devices:
             g = self.gpus[d.index]
             lost = getattr(d, "state", "ok") == "lost"
@@ -230,10 +243,7 @@ class Health:
             "state": g.state, "previous": previous, "cause": cause,
             "reasons": [r.to_dict() for r in g.reasons.values()]})
 
-    # --- the gauges, read by the alarm engine like windowed metrics -------------------------
-    def label_sets(self, metric: str) -> list[dict[str, str]]:
-        return [dict(g.labels) for g in self.gpus.values()] if metric in METRICS else []
-
+    # --- the gauges ----------------------------------------------------------------------------
     def value(self, metric: str, g: GpuHealth) -> float:
         if metric == GPU_LOST.name:
             return 1.0 if ("lost", None) in g.reasons else 0.0
@@ -245,13 +255,47 @@ class Health:
             return float(g.xid_total)
         raise KeyError(metric)
 
-    def stat(self, metric: str, labels: dict[str, str], window_s: float, stat: str,
-             now: float | None = None) -> float | None:
-        """The gauge's current value (health is a state, so every statistic of it is its value)."""
-        for g in self.gpus.values():
-            if g.labels == labels:
-                return self.value(metric, g)
-        return None
+    def samples(self, now: float) -> list[Sample]:
+        """Every GPU's gauges as of `now`, one reading each."""
+        return [Sample.reading(metric, g.labels, self.value(metric, g), now)
+                for g in self.gpus.values() for metric in METRICS]
 
     def status(self) -> list[dict[str, Any]]:
         return [self.gpus[i].to_dict() for i in sorted(self.gpus)]
+
+
+class HealthSource(Source):
+    """Health as a source, read after the GPU source in the same tick (`SOURCES` order).
+
+    `gpus()` is the per-GPU health as of the latest collection (`status --json` "health",
+    `egs-agent alarms`): a list built once per collection and never changed afterwards, so
+    any thread may read it."""
+
+    name = "health"
+
+    def __init__(self, gpu: Source, hold_s: float):
+        super().__init__()
+        self.gpu = gpu
+        self.health = Health(hold_s=hold_s)
+        self._gpus: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        self.health.know(self.gpu.devices, 0.0)
+        self._gpus = self.health.status()
+
+    def collect(self, now: float) -> list[Sample]:
+        # The faults themselves are the GPU source's events (the daemon emits those first).
+        self.tick_events = self.health.observe(self.gpu.tick_events, self.gpu.devices, now)
+        self._gpus = self.health.status()
+        return self.health.samples(now)
+
+    def gpus(self) -> list[dict[str, Any]]:
+        return self._gpus
+
+
+def build(cfg, ctx) -> HealthSource | None:
+    """The health source, over the GPU source (`agent.sources.SOURCES`)."""
+    gpu = ctx.sources.get("gpu")
+    if gpu is None:
+        return None
+    return HealthSource(gpu, duration_seconds(cfg.health.xid_hold))
