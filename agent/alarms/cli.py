@@ -7,7 +7,6 @@ resolution and "not running" message the daemon room's client gives every verb
 """
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import sys
@@ -15,13 +14,10 @@ import time
 
 import grpc
 
+from agent.api.cli import client_args
+
 
 def register(sub) -> None:
-    def client_args(p):
-        p.add_argument("--config", help="read the socket path from this config file")
-        # SUPPRESS keeps `egs-agent --socket X alarms` working: a default here would clobber it.
-        p.add_argument("--socket", default=argparse.SUPPRESS, help="local API socket")
-
     p = sub.add_parser("alarms", help="alarm rules, the state of each label set, GPU health")
     client_args(p)
     p.add_argument("--json", action="store_true", help="rules, states, health, hooks and recorder as JSON")

@@ -21,15 +21,17 @@ SPARKS = "▁▂▃▄▅▆▇█"
 SIM_BANNER = "SIMULATED — these GPUs are simulated (EGS_SIMULATED=1), not real hardware"
 
 
+def client_args(p: argparse.ArgumentParser) -> None:
+    """The options of every verb that talks to the running daemon (here and in other rooms)."""
+    p.add_argument("--config", help="read the socket path from this config file")
+    # SUPPRESS keeps `egs-agent --socket X status` working: a default here would clobber it.
+    p.add_argument("--socket", default=argparse.SUPPRESS, help="local API socket")
+
+
 def register(sub) -> None:
     p = sub.add_parser("run", help="run the daemon in the foreground (logs to stderr)")
     p.add_argument("--config", help=f"config file (default {config_mod.DEFAULT_PATH}; none there: defaults)")
     p.set_defaults(func=cmd_run)
-
-    def client_args(p):
-        p.add_argument("--config", help="read the socket path from this config file")
-        # SUPPRESS keeps `egs-agent --socket X status` working: a default here would clobber it.
-        p.add_argument("--socket", default=argparse.SUPPRESS, help="local API socket")
 
     p = sub.add_parser("status", help="devices, their state and latest values, backends, host, alarms, NIC")
     client_args(p)
@@ -84,6 +86,15 @@ def _unavailable(e) -> int:
     return 1
 
 
+def _duration_option(option: str, text: str) -> float | None:
+    """A duration given on the command line, or None after saying why it is not one."""
+    try:
+        return config_mod.parse_duration(text)
+    except ValueError as e:
+        print(f"egs-agent: {option}: {e}", file=sys.stderr)
+        return None
+
+
 def cmd_status(args) -> int:
     from agent.api.client import DaemonUnavailable
 
@@ -102,10 +113,8 @@ def cmd_status(args) -> int:
 def cmd_query(args) -> int:
     from agent.api.client import DaemonUnavailable
 
-    try:
-        window = config_mod.parse_duration(args.window)
-    except ValueError as e:
-        print(f"egs-agent: --window: {e}", file=sys.stderr)
+    window = _duration_option("--window", args.window)
+    if window is None:
         return 2
     labels = {}
     for item in args.label:
@@ -145,10 +154,8 @@ def cmd_query(args) -> int:
 def cmd_watch(args) -> int:
     from agent.api.client import DaemonUnavailable
 
-    try:
-        interval = config_mod.parse_duration(args.interval)
-    except ValueError as e:
-        print(f"egs-agent: --interval: {e}", file=sys.stderr)
+    interval = _duration_option("--interval", args.interval)
+    if interval is None:
         return 2
     tty = sys.stdout.isatty() and not args.json
     history: dict[str, list] = {}
