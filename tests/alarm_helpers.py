@@ -111,8 +111,8 @@ import logging  # noqa: E402
 import sys  # noqa: E402
 
 from agent.alarms.component import build  # noqa: E402
-from agent.config import duration_seconds  # noqa: E402
-from agent.daemon import Context  # noqa: E402
+from agent.config import parse_duration  # noqa: E402
+from agent.components import Context  # noqa: E402
 from agent.sources.base import Sample, collect_safely  # noqa: E402
 from agent.sources.gpu import gpu_event  # noqa: E402
 from agent.sources.health import HealthSource  # noqa: E402
@@ -166,7 +166,7 @@ class Daemonish:
         self.windows = Windows([10, 60, 300], self.clock)
         self.core = FakeCore(clock=self.clock) if core else None
         self.gpu = _CoreSource(self.core, self.labels)
-        self.health = HealthSource(self.gpu, duration_seconds(self.cfg.health.xid_hold))
+        self.health = HealthSource(self.gpu, parse_duration(self.cfg.health.xid_hold))
         self.health.start()
         self.events = []
         self.ctx = Context(windows=self.windows, core=self.core, emit=self.events.append,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agent.config import duration_seconds
+from agent.config import parse_duration
 from agent.events import Event
 from agent.recorder.store import Recorder
 
@@ -25,7 +25,7 @@ class RecorderComponent:
 
     def __init__(self, cfg, ctx):
         self.ctx = ctx
-        before, after = duration_seconds(cfg.recorder.before), duration_seconds(cfg.recorder.after)
+        before, after = parse_duration(cfg.recorder.before), parse_duration(cfg.recorder.after)
         ring = float(cfg.gpu.ring_seconds)
         if before + after > ring:
             # The ring would already have overwritten the start by the time we copy it.

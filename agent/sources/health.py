@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from agent.config import Key, Section, duration_seconds
+from agent.config import Key, Section, parse_duration
 from agent.events import Event
 from agent.metrics import Metric, register
 from agent.sources.base import Sample, Source
@@ -298,4 +298,4 @@ def build(cfg, ctx) -> HealthSource | None:
     gpu = ctx.sources.get("gpu")
     if gpu is None:
         return None
-    return HealthSource(gpu, duration_seconds(cfg.health.xid_hold))
+    return HealthSource(gpu, parse_duration(cfg.health.xid_hold))

@@ -27,7 +27,7 @@ from hypothesis import given, strategies as st
 
 from agent import config
 from agent.alarms import rules as rules_mod
-from agent.config import duration_seconds as _seconds
+from agent.config import parse_duration
 from agent.backoff import Backoff
 from agent.collector import settings as collector_settings
 from agent.daemon import Daemon
@@ -159,8 +159,8 @@ def usable_agent(cfg) -> None:
     sizes = Daemon._window_sizes(cfg)
     assert sizes and all(1 <= size <= config.MAX_WINDOW_S for size in sizes)
     Windows(sizes, clock=lambda: 0.0).stats()
-    Health(hold_s=_seconds(cfg.health.xid_hold))
-    for seconds in (_seconds(cfg.health.xid_hold), _seconds(cfg.recorder.before), _seconds(cfg.recorder.after)):
+    Health(hold_s=parse_duration(cfg.health.xid_hold))
+    for seconds in (parse_duration(cfg.health.xid_hold), parse_duration(cfg.recorder.before), parse_duration(cfg.recorder.after)):
         assert 0 < seconds <= 86400
     for labels in (cfg.agent.labels,):
         assert len(labels) <= config.MAX_LABELS and all(isinstance(v, str) for v in labels.values())

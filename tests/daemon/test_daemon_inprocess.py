@@ -12,7 +12,8 @@ import pytest
 
 from agent import config
 from agent.api.client import Client
-from agent.daemon import Context, Daemon
+from agent.components import Context
+from agent.daemon import Daemon
 from agent.events import Event
 from agent.proto import agent_pb2, agent_pb2_grpc
 import daemon_helpers
