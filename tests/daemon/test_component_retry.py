@@ -185,3 +185,30 @@ def test_a_restarted_component_gets_the_config_reloaded_while_it_was_down(daemon
     tick(d, clock, 1.0)
     assert component(d, "flaky-start")["state"] == "ok"
     assert flaky.reloads and flaky.reloads[-1].windows.sizes == ["10s"]  # ...until they run again
+
+
+class NoTick:
+    name = "no-tick"
+
+    def start(self):
+        pass
+
+    def stop(self):
+        pass
+
+    def status(self):
+        return {}
+
+
+def build_no_tick(cfg, ctx):
+    return [Flaky("start", 0), NoTick()]
+
+
+def test_a_factory_returning_something_that_is_not_a_component_fails_its_build_saying_what_is_missing():
+    from agent.components import Context, build_slots
+
+    ctx = Context(windows=None, core=None, emit=lambda e: None, state_dir=None, clock=Clock(), host_id="h",
+                  labels={}, log=logging.getLogger("test"))
+    (slot,) = build_slots(f"{__name__}:build_no_tick", None, ctx, Clock())
+    assert slot.state == "failed" and slot.component is None
+    assert slot.error == "build: TypeError: NoTick is not a component: it has no tick"
