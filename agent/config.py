@@ -92,10 +92,9 @@ class Key:
     max_len: int | None = None  # strings (and a list's string items): None means MAX_STRING
     max_items: int | None = None  # lists and tables: None means MAX_ITEMS
     # A duration (a string such as "30s", or a number of seconds where `type` allows one):
-    # `min` and `max` are then seconds, and `zero` also admits 0 ("off").
+    # `min` and `max` are then seconds; `parse_duration` reads the value.
     duration: bool = False
     days: bool = False  # the duration may use a `d` suffix
-    zero: bool = False
 
 
 @dataclass
@@ -196,18 +195,23 @@ _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)[ \t]*(ms|s|m|h|d)?")
 _SCALE = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
-def parse_duration(text: str, strict: bool = True, days: bool = False) -> float | None:
-    """'10s', '1m', '5m', '1h', '250ms' or a bare number of seconds -> seconds; with `days`,
-    also '30d'. A zero, negative or non-finite duration is not one. (The text is stripped
-    first and the pattern has one variable-length gap, so this is linear in the length.)"""
-    m = _DURATION.fullmatch(str(text).strip())
+def parse_duration(value: str | float, strict: bool = True, days: bool = False) -> float | None:
+    """The one reader of durations (config keys, rules, command-line options): '10s', '1m',
+    '5m', '1h', '250ms' or a bare number of seconds, written or as an int or float (keys that
+    also take a number) -> seconds; with `days`, also '30d'. A zero, negative or non-finite
+    duration is not one: None, or ValueError when `strict`. (The text is stripped first and
+    the pattern has one variable-length gap, so this is linear in the length.)"""
     seconds = None
-    if m and (days or m.group(2) != "d"):
-        seconds = float(m.group(1)) * _SCALE[m.group(2)]
-        if not 0 < seconds < math.inf:
-            seconds = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = _DURATION.fullmatch(str(value).strip())
+        if m and (days or m.group(2) != "d"):
+            seconds = float(m.group(1)) * _SCALE[m.group(2)]
+    if seconds is not None and not 0 < seconds < math.inf:
+        seconds = None
     if seconds is None and strict:
-        raise ValueError(f"not a duration: {_short(text)} (use e.g. 10s, 1m, 5m)")
+        raise ValueError(f"not a duration: {_short(value)} (use e.g. 10s, 1m, 5m)")
     return seconds
 
 
@@ -219,37 +223,26 @@ def format_duration(seconds: float) -> str:
     return f"{seconds * 1000:g}ms"
 
 
-def duration_error(value: Any, low: float, high: float, *, zero: bool = False, days: bool = False,
+def duration_error(value: Any, low: float, high: float, *, days: bool = False,
                    numbers: bool = False) -> str | None:
     """Why `value` is not a duration in [low, high] seconds (None when it is). `numbers`
-    admits a bare number of seconds, `zero` the value 0 (meaning "off"), `days` a 'd' suffix."""
+    admits a bare number of seconds, `days` a 'd' suffix."""
     if numbers and isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
         if not math.isfinite(seconds):
             return f"must be a finite number of seconds, got {value!r}"
     elif isinstance(value, str):
-        seconds = 0.0 if zero and value.strip() in ("0", "0s") else parse_duration(value, strict=False, days=days)
+        seconds = parse_duration(value, strict=False, days=days)
         if seconds is None:
             units = "ms, s, m, h" + (", d" if days else "")
             return f"must be a duration like 30s or 5m ({units} suffixes), got {_short(value)}"
     else:
         return f"must be a duration string like '30s'{' or a number of seconds' if numbers else ''}, got {_short(value)}"
-    if zero and seconds == 0:
-        return None
     if seconds < low:
         return f"must be at least {format_duration(low)}, got {_short(value)}"
     if seconds > high:
         return f"must be at most {format_duration(high)}, got {_short(value)}"
     return None
-
-
-def duration_seconds(value: Any, days: bool = False) -> float:
-    """A validated duration (string or number of seconds) -> seconds."""
-    if isinstance(value, str):
-        if value.strip() in ("0", "0s"):
-            return 0.0
-        return parse_duration(value, days=days)
-    return float(value)
 
 
 def _short(value: Any, limit: int = 80) -> str:  # also used by feature settings
@@ -338,7 +331,7 @@ CORE_SECTIONS: list[Section] = [
         "amd": Key(True, bool, "Use the AMD backend (AMD SMI, else pyamdgpuinfo)."),
         "nvml_library": Key("libnvidia-ml.so.1", str, "NVML library path or soname (env EGS_NVML_LIBRARY overrides).", check=_nonempty),
         "amdsmi_library": Key("", str, "AMD SMI library path; empty means libamd_smi.so under $ROCM_PATH/lib or /opt/rocm/lib (env EGS_AMDSMI_LIBRARY overrides)."),
-        "hz": Key(10.0, (int, float), "Sampling rate of the fast fields (utilization, memory busy, memory used/total, temperature, power), reads per second. 10 by default because a real driver is costly: NVML 580 on an H100 spent ~400 us of CPU per read, so every field at 100 Hz took ~40 % of a core per GPU, and NVML refreshes utilization itself only every 1/6 to 1 s.", min=1, max=5000),
+        "hz": Key(10.0, (int, float), "Sampling rate of the fast fields (utilization, memory busy, memory used/total, temperature, power), reads per second. Every read costs CPU in the vendor driver (docs/benchmarks.md has the figures), and NVML refreshes utilization itself only every 1/6 to 1 s.", min=1, max=5000),
         "slow_hz": Key(1.0, (int, float), "Sampling rate of the slow fields (SM and memory clocks, energy counter, fan): read on every round(hz / slow_hz)-th tick of the same grid, so at most gpu.hz.", min=0.1, max=5000),
         "ring_seconds": Key(60.0, (int, float), "Seconds of raw samples kept per GPU for the flight recorder.", min=1, max=3600),
     }, check=lambda g: ("slow_hz", f"must be <= gpu.hz ({g.hz!r}), got {g.slow_hz!r}") if g.slow_hz > g.hz else None),
@@ -416,7 +409,7 @@ def _check_value(key: Key, value: Any, path: tuple, where: Locator) -> Any:
                     raise where.error(path, f"item {i}: {problem}")
     if key.duration:
         problem = duration_error(value, key.min or 0.0, math.inf if key.max is None else key.max,
-                                 zero=key.zero, days=key.days, numbers=int in accepted or float in accepted)
+                                 days=key.days, numbers=int in accepted or float in accepted)
         if problem:
             raise where.error(path, problem)
     else:
@@ -594,7 +587,7 @@ def section_markdown(s: Section, heading: str) -> list[str]:
             rng = ""
             if spec.duration:
                 low = format_duration(spec.min) if spec.min else ""
-                rng = f" ({'0 or ' if spec.zero else ''}{low}..{format_duration(spec.max) if spec.max is not None else ''})"
+                rng = f" ({low}..{format_duration(spec.max) if spec.max is not None else ''})"
             elif spec.min is not None or spec.max is not None:
                 rng = f" ({spec.min if spec.min is not None else ''}..{spec.max if spec.max is not None else ''})"
             if spec.choices:

@@ -83,6 +83,25 @@ def test_environment_overrides_the_file_for_libraries_and_socket(tmp_path):
     assert (cfg.gpu.nvml_library, cfg.gpu.amdsmi_library, cfg.api.socket) == ("/b/lib.so", "/c/libamd_smi.so", "/b.sock")
 
 
+@pytest.mark.parametrize("value, seconds", [
+    ("250ms", 0.25), ("30s", 30.0), (" 5 m ", 300.0), ("1h", 3600.0), ("90", 90.0), ("1.5", 1.5),
+    (90, 90.0), (0.25, 0.25),  # keys that also take a number of seconds
+])
+def test_parse_duration_reads_strings_and_numbers_of_seconds(value, seconds):
+    assert config.parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "-1s", "1x", "", "30d", 0, -5, float("inf"), float("nan"), True])
+def test_parse_duration_refuses_what_is_not_a_positive_finite_duration(value):
+    assert config.parse_duration(value, strict=False) is None
+    with pytest.raises(ValueError, match="not a duration"):
+        config.parse_duration(value)
+
+
+def test_parse_duration_takes_days_only_where_a_key_allows_them():
+    assert config.parse_duration("30d", days=True) == 30 * 86400.0
+
+
 def test_docs_config_md_is_generated_from_the_declarations():
     fresh = subprocess.run([sys.executable, "-m", "agent.config", "--markdown"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout
