@@ -172,7 +172,7 @@ class Daemon:
         for slot in self.slots:
             services += slot.call("grpc_services") or []
         view = AgentView(self.status_json, self.windows, self.hub, self.clock, self.simulated)
-        self.api = ApiServer(cfg.api, view, services, locator=getattr(cfg, "locator", None))
+        self.api = ApiServer(cfg.api, view, services, locator=cfg.locator)
         # Fill the windows once before serving so the first Status has figures in it.
         self.tick(self.clock())
         self.api.start()
@@ -181,7 +181,7 @@ class Daemon:
         sd_notify("READY=1\nSTATUS=" + self.summary(), self.env)
 
     def _component_status(self, name: str) -> Any:
-        for slot in getattr(self, "slots", ()):
+        for slot in self.slots:
             if slot.name == name and slot.state == "ok":
                 return slot.call("status")
         return None

@@ -160,9 +160,11 @@ def build_pair(cfg, ctx):
 # --- a stand-in native core for the GPU source ----------------------------------------------
 
 class FakeGpuCore:
-    """`agent.native.Core`'s surface with scripted drains and events, counting its C-side calls."""
+    """`agent.native.Core`'s surface (`agent.sources.gpu.GpuCore`) with scripted drains and
+    events, counting its C-side calls."""
 
     hz = 10.0
+    fallback_hz = 1.0
 
     def __init__(self, devices, backends=None):
         self.devices_ = list(devices)
@@ -189,6 +191,9 @@ class FakeGpuCore:
         self.calls["events"] += 1
         out, self.queued = self.queued, []
         return out
+
+    def sampler_stats(self):
+        return {"ticks": 0, "late_ticks": 0}
 
     @property
     def backends(self):

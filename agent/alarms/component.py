@@ -54,24 +54,20 @@ class AlarmsComponent:
 
     # --- rules -------------------------------------------------------------------------------
     def _rules(self, cfg) -> list[Rule]:
-        configured = list(getattr(cfg, "alarm", ()) or ())
+        configured = list(cfg.alarm)
         names = {r.name for r in configured}
         rules = [r for r in builtin_rules(cfg.alarms) if r.name not in names] + configured
-        kept = self._window_limit()
+        kept = float(self.ctx.windows.retention - 1)
         self.rule_errors = {}
         out = []
         for r in rules:
-            if kept is not None and r.window_s > kept:
+            if r.window_s > kept:
                 self.rule_errors[r.name] = (f"window {r.window_s:g}s is longer than the {kept:g}s the daemon keeps "
                                             f"(the longest of windows.sizes); the rule is not evaluated")
                 self.log.error("alarm rule %s: %s", r.name, self.rule_errors[r.name])
                 continue
             out.append(r)
         return out if self.enabled else []
-
-    def _window_limit(self) -> float | None:
-        retention = getattr(self.ctx.windows, "retention", None)
-        return None if retention is None else float(retention - 1)
 
     # --- the component contract --------------------------------------------------------------
     def start(self) -> None:

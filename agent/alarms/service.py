@@ -30,7 +30,7 @@ class AlarmsService(alarms_pb2_grpc.AlarmsServicer):
         if request.active_only:
             view["states"] = [s for s in view.get("states", []) if s.get("state") != "ok"]
         return alarms_pb2.ListAlarmsReply(json=json.dumps(view),
-                                          simulated=bool(getattr(self.component.ctx, "simulated", False)))
+                                          simulated=self.component.ctx.simulated)
 
     def _recorder(self, context):
         if self.recorder is None:

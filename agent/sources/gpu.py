@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from types import SimpleNamespace
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Protocol
 
 from agent.events import Event
 from agent.metrics import GPU_METRICS, Metric, register
@@ -71,6 +71,21 @@ def gpu_event(event: Any, labels: dict[str, str] | None) -> Event:
                   "detail": event.detail or ""})
 
 
+class GpuCore(Protocol):
+    """What the GPU source needs of the native core (`agent.native.Core`; tests give it
+    stand-ins with the same surface)."""
+
+    backends: dict[str, Any]      # name -> agent.native.Backend
+    fallback_hz: float            # the rate of devices read through the pyamdgpuinfo fallback
+
+    def start(self) -> Any: ...
+    def stop(self) -> None: ...
+    def devices(self) -> list: ...           # agent.native.Device
+    def drain(self) -> list: ...             # agent.native.FieldStats
+    def events(self) -> list: ...            # agent.native.CoreEvent
+    def sampler_stats(self) -> dict: ...
+
+
 def default_core_factory(settings: SimpleNamespace):
     from agent.native import Core  # the native extension may be missing on a bare checkout
 
@@ -80,11 +95,11 @@ def default_core_factory(settings: SimpleNamespace):
 class GpuSource(Source):
     name = "gpu"
 
-    def __init__(self, settings: SimpleNamespace, core_factory: Callable[[SimpleNamespace], Any] | None = None):
+    def __init__(self, settings: SimpleNamespace, core_factory: Callable[[SimpleNamespace], GpuCore] | None = None):
         super().__init__()
         self.settings = settings
         self.core_factory = core_factory or default_core_factory
-        self.core = None
+        self.core: GpuCore | None = None
         self._why_no_core: str | None = None
         self._devices: list = []
         self._labels: dict[int, dict[str, str]] = {}
@@ -118,7 +133,7 @@ class GpuSource(Source):
             self._slow = frozenset(SLOW_METRICS)
         except ImportError:  # a stand-in core without the extension: every metric is fast
             self._slow = frozenset()
-        self._fallback_hz = getattr(core, "fallback_hz", None)
+        self._fallback_hz = core.fallback_hz
         self._refresh_devices()
         self.status.state = "ok" if self._devices else "unavailable"
 
@@ -154,19 +169,16 @@ class GpuSource(Source):
         `stale_bound(rate)` = max(10 s, 3 / rate), the rate being `gpu.slow_hz` for the slow tier
         (`agent.native.SLOW_METRICS`: clocks, energy, fan), `gpu.hz` for the others, and the
         core's `fallback_hz` for devices read through the pyamdgpuinfo fallback."""
-        if device is not None and getattr(device, "source", "native") == "pyamdgpuinfo" and self._fallback_hz:
+        if device is not None and device.source == "pyamdgpuinfo" and self._fallback_hz:
             return stale_bound(float(self._fallback_hz))
-        hz = float(getattr(self.settings, "hz", 1.0) or 1.0)
-        if metric in self._slow:
-            hz = float(getattr(self.settings, "slow_hz", hz) or hz)
+        hz = float(self.settings.slow_hz if metric in self._slow else self.settings.hz)
         return stale_bound(hz)
 
     def collect(self, now: float) -> list[Sample]:
         if self.core is None:
             return []
         # Events first: the queue in C is bounded, and nothing else reads it.
-        events = getattr(self.core, "events", None)
-        faults = list(events()) if events is not None else []
+        faults = self.core.events()
         stats = self.core.drain()
         # Device states change (lost) between drains; re-read them, it is one short C call.
         self._refresh_devices()
@@ -179,11 +191,10 @@ class GpuSource(Source):
             labels = self._labels.get(s.gpu)
             if labels is None:
                 continue
-            failed = getattr(s, "errors", 0) or 0
-            if failed:
+            if s.errors:
                 key = (s.gpu, s.metric)
-                self._errors[key] = self._errors.get(key, 0) + int(failed)
-                text = getattr(s, "error", None)
+                self._errors[key] = self._errors.get(key, 0) + int(s.errors)
+                text = s.error
                 if text:
                     self._last_error[key] = text
                 errors_changed = True
@@ -197,9 +208,7 @@ class GpuSource(Source):
                                 dict(self._errors) if errors_changed else self._reads.errors,
                                 dict(self._last_error) if errors_changed else self._reads.last_error)
         self.status.state = "ok" if self._devices else "unavailable"
-        sampler = getattr(self.core, "sampler_stats", None)
-        if sampler is not None:
-            self.status.detail = {"devices": len(self._devices), "sampler": sampler()}
+        self.status.detail = {"devices": len(self._devices), "sampler": self.core.sampler_stats()}
         return out
 
     def _error_samples(self, now: float) -> list[Sample]:
@@ -226,12 +235,8 @@ class GpuSource(Source):
         if self._backends is None:
             out = {}
             for name, b in self.core.backends.items():
-                entry = {"state": b.state, "detail": b.detail}
-                for attr in ("library", "driver_version", "symbols"):
-                    value = getattr(b, attr, None)
-                    if value is not None:
-                        entry[attr] = dict(value) if isinstance(value, dict) else value
-                out[name] = entry
+                out[name] = {"state": b.state, "detail": b.detail, "library": b.library,
+                             "driver_version": b.driver_version, "symbols": dict(b.symbols)}
             self._backends = out
         return {name: dict(entry) for name, entry in self._backends.items()}
 
@@ -262,7 +267,7 @@ class GpuSource(Source):
         now = reads.now if now is None else now
         for d in self._devices if devices is None else devices:
             labels = labels_of[d.index]
-            unsupported = frozenset(getattr(d, "unsupported", ()) or ())
+            unsupported = d.unsupported
             lost = d.state != "ok"
             since = reads.watched_since.get(d.index)
             metrics: dict[str, float | None] = {}
@@ -280,8 +285,7 @@ class GpuSource(Source):
             read_errors = {m: n for (gpu, m), n in reads.errors.items() if gpu == d.index}
             last_errors = {m: t for (gpu, m), t in reads.last_error.items() if gpu == d.index}
             out.append({"index": d.index, "uuid": d.uuid, "vendor": d.vendor, "name": d.name,
-                        "pci_bus_id": getattr(d, "pci_bus_id", None), "state": d.state,
-                        "lost_reason": getattr(d, "lost_reason", None),
+                        "pci_bus_id": d.pci_bus_id, "state": d.state, "lost_reason": d.lost_reason,
                         "unsupported": sorted(unsupported), "metrics": metrics, "stale": stale,
                         "read_errors": dict(sorted(read_errors.items())),
                         "last_errors": dict(sorted(last_errors.items()))})

@@ -136,13 +136,12 @@ class Health:
         return g
 
     def know(self, devices: Iterable[Any], now: float) -> None:
-        """Register devices (anything with .index, and ideally uuid, vendor, name) so every
-        GPU has a health state and gauges from the start, not only after its first fault."""
+        """Register devices (`agent.native.Device`: index, uuid, vendor, name) so every GPU
+        has a health state and gauges from the start, not only after its first fault."""
         for d in devices:
             # The same labels the GPU source gives its samples, so events and alarms match.
             self._gpu(d.index, now).labels = {
-                "gpu": str(d.index), "uuid": str(getattr(d, "uuid", "") or ""),
-                "vendor": str(getattr(d, "vendor", "") or ""), "model": str(getattr(d, "name", "") or "")}
+                "gpu": str(d.index), "uuid": d.uuid, "vendor": d.vendor, "model": d.name}
 
     def observe(self, events: Iterable[Event], devices: Iterable[Any] | None, now: float) -> list[Event]:
         """Fold GPU fault events (`Event(kind="gpu")`: `data.event` "xid" | "lost" | "amd",
@@ -171,9 +170,9 @@ class Health:
                 log.warning("GPU %d: fault event of unknown kind %r (code %s) ignored by health", gpu, kind, code)
         for d in devices:
             g = self.gpus[d.index]
-            lost = getattr(d, "state", "ok") == "lost"
+            lost = d.state == "lost"
             if lost and ("lost", None) not in g.reasons:
-                out += self._lost(g, now, getattr(d, "lost_reason", None) or "device reported lost")
+                out += self._lost(g, now, d.lost_reason or "device reported lost")
             elif not lost and ("lost", None) in g.reasons:
                 del g.reasons[("lost", None)]
                 out += self._settle(g, now, "device answers again")
