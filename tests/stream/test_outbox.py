@@ -122,7 +122,7 @@ def _recording_file(tmp_path, rows: int):
     import gzip
     import json
 
-    from agent.recorder import FORMAT
+    from agent.recorder.store import FORMAT
     path = tmp_path / "rec.jsonl.gz"
     with gzip.open(path, "wt") as f:
         f.write(json.dumps({"format": FORMAT, "id": "r1", "gpus": [0]}) + "\n")
