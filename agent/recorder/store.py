@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from agent.alarms.store import atomic_write
+from agent.fsio import atomic_write
 
 FORMAT = "egs-recording/1"
 SUFFIX = ".jsonl.gz"
