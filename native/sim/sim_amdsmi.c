@@ -13,11 +13,12 @@
  * thing AMD SMI has to NVML's GPU_IS_LOST); an "xid" fault on an AMD GPU raises an event
  * notification whose type is the fault's code (1 VMFAULT ... 13 PROCESS_END).
  *
- * Thread safety as in sim_nvml.c: init/shutdown under a write lock, queries under a read lock,
- * event-notification state under its own mutex, no lock held while sleeping.
+ * Init, shutdown, the device table and the query prologue are the simulators' shared code
+ * (sim_lib.c, which says how they are thread-safe); the event-notification state has its own
+ * mutex, and no lock is held while sleeping.
  */
 #define _GNU_SOURCE
-#include "scenario.h"
+#include "sim_lib.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -26,8 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define SIM_EXPORT __attribute__((visibility("default")))
 
 typedef uint32_t amdsmi_status_t;
 
@@ -143,13 +142,8 @@ _Static_assert(sizeof(amdsmi_evt_notification_data_t) == 272, "evt_notification 
 _Static_assert(sizeof(amdsmi_vram_usage_t) == 16, "amdsmi_vram_usage_t layout");
 _Static_assert(sizeof(amdsmi_driver_info_t) == 768, "amdsmi_driver_info_t layout");
 
-struct amd_dev {
-    const struct sim_gpu *gpu;
-    unsigned int index;
-};
-
 struct amd_socket {
-    struct amd_dev *dev;
+    struct sim_dev *dev;
 };
 
 /* Per-device event notification state (amdsmi_init_gpu_event_notification and friends). */
@@ -160,20 +154,16 @@ struct amd_notif {
     uint32_t delivered;    /* bit i: fault i was delivered */
 };
 
-static pthread_rwlock_t g_lock = PTHREAD_RWLOCK_INITIALIZER;
+static struct sim_lib g_sim = {
+    .name = "libamd_smi",
+    .vendor = SIM_VENDOR_AMD,
+    .codes = {AMDSMI_STATUS_SUCCESS, AMDSMI_STATUS_NOT_INIT, AMDSMI_STATUS_INVAL,
+              AMDSMI_STATUS_NOT_FOUND, AMDSMI_STATUS_INIT_ERROR},
+    .lock = PTHREAD_RWLOCK_INITIALIZER,
+};
 static pthread_mutex_t g_notif_mu = PTHREAD_MUTEX_INITIALIZER;
-static struct sim_scenario g_scn;
-static struct amd_dev g_devs[SIM_MAX_GPUS];
 static struct amd_socket g_sockets[SIM_MAX_GPUS];
 static struct amd_notif g_notif[SIM_MAX_GPUS];
-static unsigned int g_ndevs;
-static int g_refcount;
-static double g_t0;
-
-static double scenario_time(void)
-{
-    return sim_now() - g_t0;
-}
 
 static const char *event_name(uint32_t type)
 {
@@ -188,7 +178,7 @@ static const char *event_name(uint32_t type)
 /* ------------------------------------------------------------------------------------------ */
 /* Init and shutdown                                                                          */
 
-static amdsmi_status_t init_error_code(const struct sim_scenario *s)
+static int init_error_code(const struct sim_scenario *s)
 {
     if (s->amd_init_error_set)
         return (amdsmi_status_t)s->amd_init_error;
@@ -198,51 +188,25 @@ static amdsmi_status_t init_error_code(const struct sim_scenario *s)
                                                    : AMDSMI_STATUS_INIT_ERROR;
 }
 
-SIM_EXPORT amdsmi_status_t amdsmi_init(uint64_t flags)
+/* Under the init's write lock: each device is its own socket; no notification is on. */
+static void setup_sockets(void)
 {
-    amdsmi_status_t rc = AMDSMI_STATUS_SUCCESS;
-    pthread_rwlock_wrlock(&g_lock);
-    if (g_refcount > 0) {
-        g_refcount++;
-        goto out;
-    }
-    if (sim_scenario_from_env("libamd_smi", &g_scn) != 0) {
-        rc = AMDSMI_STATUS_INIT_ERROR;
-        goto out;
-    }
-    rc = init_error_code(&g_scn);
-    if (rc != AMDSMI_STATUS_SUCCESS)
-        goto out;
-    g_ndevs = 0;
-    /* Without the GPU flag (a CPU-only init) no GPU is enumerated, as with the real library. */
-    for (int i = 0; (flags & AMDSMI_INIT_AMD_GPUS) && i < g_scn.ngpus; i++) {
-        if (g_scn.gpus[i].vendor != SIM_VENDOR_AMD)
-            continue;
-        g_devs[g_ndevs].gpu = &g_scn.gpus[i];
-        g_devs[g_ndevs].index = g_ndevs;
-        g_sockets[g_ndevs].dev = &g_devs[g_ndevs];
-        g_ndevs++;
-    }
+    for (unsigned int i = 0; i < g_sim.ndevs; i++)
+        g_sockets[i].dev = &g_sim.devs[i];
     pthread_mutex_lock(&g_notif_mu);
     memset(g_notif, 0, sizeof g_notif);
     pthread_mutex_unlock(&g_notif_mu);
-    g_t0 = sim_now();
-    g_refcount = 1;
-out:
-    pthread_rwlock_unlock(&g_lock);
-    return rc;
+}
+
+/* Without the GPU flag (a CPU-only init) no GPU is enumerated, as with the real library. */
+SIM_EXPORT amdsmi_status_t amdsmi_init(uint64_t flags)
+{
+    return sim_init(&g_sim, (flags & AMDSMI_INIT_AMD_GPUS) != 0, init_error_code, setup_sockets);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_shut_down(void)
 {
-    amdsmi_status_t rc = AMDSMI_STATUS_SUCCESS;
-    pthread_rwlock_wrlock(&g_lock);
-    if (g_refcount == 0)
-        rc = AMDSMI_STATUS_NOT_INIT;
-    else
-        g_refcount--;
-    pthread_rwlock_unlock(&g_lock);
-    return rc;
+    return sim_shut_down(&g_sim);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_status_code_to_string(amdsmi_status_t status, const char **out)
@@ -278,64 +242,11 @@ SIM_EXPORT amdsmi_status_t amdsmi_status_code_to_string(amdsmi_status_t status, 
  */
 SIM_EXPORT const char *egs_sim_amdsmi_scenario(void)
 {
-    const char *path = NULL;
-    pthread_rwlock_rdlock(&g_lock);
-    if (g_refcount > 0)
-        path = g_scn.path;
-    pthread_rwlock_unlock(&g_lock);
-    return path;
+    return sim_scenario_in_use(&g_sim);
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Query prologue                                                                             */
-
-static amdsmi_status_t lock_initialized(void)
-{
-    pthread_rwlock_rdlock(&g_lock);
-    if (g_refcount == 0) {
-        pthread_rwlock_unlock(&g_lock);
-        return AMDSMI_STATUS_NOT_INIT;
-    }
-    return AMDSMI_STATUS_SUCCESS;
-}
-
-static amdsmi_status_t end_query(amdsmi_status_t rc)
-{
-    pthread_rwlock_unlock(&g_lock);
-    return rc;
-}
-
-static int valid_in(const void *h, const void *base, size_t size, unsigned int n)
-{
-    uintptr_t b = (uintptr_t)base, p = (uintptr_t)h;
-    return p >= b && p < b + n * size && (p - b) % size == 0;
-}
-
-static struct amd_dev *as_dev(void *h)
-{
-    return valid_in(h, g_devs, sizeof g_devs[0], g_ndevs) ? (struct amd_dev *)h : NULL;
-}
-
-/* On success holds the read lock; applies latency and the lost fault. */
-static amdsmi_status_t begin_query(void *h, const void *out, struct amd_dev **d, double *t)
-{
-    amdsmi_status_t rc = lock_initialized();
-    if (rc != AMDSMI_STATUS_SUCCESS)
-        return rc;
-    *d = as_dev(h);
-    if (!*d || !out)
-        return end_query(AMDSMI_STATUS_INVAL);
-    *t = scenario_time();
-    sim_sleep_us(sim_query_latency_us(&g_scn, (*d)->gpu, *t));
-    if (sim_gpu_lost((*d)->gpu, *t))
-        return end_query(AMDSMI_STATUS_NOT_FOUND);
-    return AMDSMI_STATUS_SUCCESS;
-}
-
-static uint32_t to_u32(double v)
-{
-    return v >= 4294967295.0 ? UINT32_MAX : (uint32_t)llround(v);
-}
+/* Query helpers                                                                              */
 
 /* Fills a caller array of handles with the count idiom: NULL array -> just the count. */
 static amdsmi_status_t fill_handles(uint32_t *count, void **handles, void *const *items,
@@ -360,26 +271,26 @@ static amdsmi_status_t fill_handles(uint32_t *count, void **handles, void *const
 SIM_EXPORT amdsmi_status_t amdsmi_get_socket_handles(uint32_t *count, void **handles)
 {
     void *items[SIM_MAX_GPUS];
-    amdsmi_status_t rc = lock_initialized();
+    amdsmi_status_t rc = sim_lock_initialized(&g_sim);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
-    for (unsigned int i = 0; i < g_ndevs; i++)
+    for (unsigned int i = 0; i < g_sim.ndevs; i++)
         items[i] = &g_sockets[i];
-    return end_query(fill_handles(count, handles, items, g_ndevs));
+    return sim_end_query(&g_sim, fill_handles(count, handles, items, g_sim.ndevs));
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_socket_info(void *socket, size_t len, char *name)
 {
-    amdsmi_status_t rc = lock_initialized();
+    amdsmi_status_t rc = sim_lock_initialized(&g_sim);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
-    if (!valid_in(socket, g_sockets, sizeof g_sockets[0], g_ndevs) || !name || len == 0)
-        return end_query(AMDSMI_STATUS_INVAL);
+    if (!sim_handle_in(socket, g_sockets, sizeof g_sockets[0], g_sim.ndevs) || !name || len == 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_INVAL);
     /* The real library names a GPU socket by its PCI address. */
     const struct sim_gpu *g = ((struct amd_socket *)socket)->dev->gpu;
     snprintf(name, len, "%04x:%02x:%02x.%x", g->pci_domain, g->pci_bus, g->pci_device,
              g->pci_function);
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_processor_handles(void *socket, uint32_t *count,
@@ -387,124 +298,123 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_processor_handles(void *socket, uint32_t *
 {
     void *items[SIM_MAX_GPUS];
     uint32_t n = 0;
-    amdsmi_status_t rc = lock_initialized();
+    amdsmi_status_t rc = sim_lock_initialized(&g_sim);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
     if (socket == NULL) { /* no socket: every processor */
-        for (unsigned int i = 0; i < g_ndevs; i++)
-            items[n++] = &g_devs[i];
-    } else if (valid_in(socket, g_sockets, sizeof g_sockets[0], g_ndevs)) {
+        for (unsigned int i = 0; i < g_sim.ndevs; i++)
+            items[n++] = &g_sim.devs[i];
+    } else if (sim_handle_in(socket, g_sockets, sizeof g_sockets[0], g_sim.ndevs)) {
         items[n++] = ((struct amd_socket *)socket)->dev;
     } else {
-        return end_query(AMDSMI_STATUS_INVAL);
+        return sim_end_query(&g_sim, AMDSMI_STATUS_INVAL);
     }
-    return end_query(fill_handles(count, handles, items, n));
+    return sim_end_query(&g_sim, fill_handles(count, handles, items, n));
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_processor_type(void *h, uint32_t *type)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t;
-    amdsmi_status_t rc = begin_query(h, type, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, type, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
     *type = AMDSMI_PROCESSOR_TYPE_AMD_GPU;
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_device_uuid(void *h, uint32_t *len, char *uuid)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t;
-    amdsmi_status_t rc = begin_query(h, uuid, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, uuid, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
-    size_t n = strlen(d->gpu->uuid);
+    size_t n = strlen(g->uuid);
     if (!len)
-        return end_query(AMDSMI_STATUS_INVAL);
+        return sim_end_query(&g_sim, AMDSMI_STATUS_INVAL);
     if (*len < n + 1) {
         *len = (uint32_t)(n + 1);
-        return end_query(AMDSMI_STATUS_INSUFFICIENT_SIZE);
+        return sim_end_query(&g_sim, AMDSMI_STATUS_INSUFFICIENT_SIZE);
     }
-    memcpy(uuid, d->gpu->uuid, n + 1);
+    memcpy(uuid, g->uuid, n + 1);
     *len = (uint32_t)n;
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_device_bdf(void *h, uint64_t *bdf)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t;
-    amdsmi_status_t rc = begin_query(h, bdf, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, bdf, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
-    const struct sim_gpu *g = d->gpu;
     /* amdsmi_bdf_t: function bits 0-2, device 3-7, bus 8-15, domain 16-63. */
     *bdf = (uint64_t)(g->pci_function & 0x7) | ((uint64_t)(g->pci_device & 0x1f) << 3) |
            ((uint64_t)(g->pci_bus & 0xff) << 8) | ((uint64_t)g->pci_domain << 16);
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_id(void *h, uint16_t *id)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t;
-    amdsmi_status_t rc = begin_query(h, id, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, id, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
     *id = SIM_AMD_DEVICE_ID;
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_vendor_name(void *h, char *name, size_t len)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t;
-    amdsmi_status_t rc = begin_query(h, name, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, name, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
     if (len == 0)
-        return end_query(AMDSMI_STATUS_INVAL);
+        return sim_end_query(&g_sim, AMDSMI_STATUS_INVAL);
     snprintf(name, len, "%s", "Advanced Micro Devices, Inc. [AMD/ATI]");
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_driver_info(void *h, amdsmi_driver_info_t *info)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t;
-    amdsmi_status_t rc = begin_query(h, info, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, info, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
     memset(info, 0, sizeof *info);
     /* The amdgpu kernel module's version and date, as the real call reports them. */
-    snprintf(info->driver_version, sizeof info->driver_version, "%s", g_scn.amd_driver_version);
+    snprintf(info->driver_version, sizeof info->driver_version, "%s", g_sim.scn.amd_driver_version);
     snprintf(info->driver_date, sizeof info->driver_date, "%s", "2015/01/01 00:00");
     snprintf(info->driver_name, sizeof info->driver_name, "%s", "amdgpu");
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_asic_info(void *h, amdsmi_asic_info_t *info)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t;
-    amdsmi_status_t rc = begin_query(h, info, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, info, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
     memset(info, 0, sizeof *info);
-    snprintf(info->market_name, sizeof info->market_name, "%s", d->gpu->name);
+    snprintf(info->market_name, sizeof info->market_name, "%s", g->name);
     info->vendor_id = SIM_AMD_VENDOR_ID;
     snprintf(info->vendor_name, sizeof info->vendor_name, "%s", "Advanced Micro Devices Inc. [AMD/ATI]");
     info->subvendor_id = SIM_AMD_VENDOR_ID;
     info->device_id = SIM_AMD_DEVICE_ID;
     info->rev_id = 0;
     /* A hex string: the Python reader parses it with int(..., 16). */
-    snprintf(info->asic_serial, sizeof info->asic_serial, "5AD0%012X", d->gpu->index);
+    snprintf(info->asic_serial, sizeof info->asic_serial, "5AD0%012X", g->index);
     info->oam_id = NA_U32;
     info->num_of_compute_units = SIM_AMD_COMPUTE_UNITS;
     info->target_graphics_version = SIM_AMD_GFX_VERSION;
     info->subsystem_id = SIM_AMD_SUBSYSTEM_ID;
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -513,51 +423,51 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_asic_info(void *h, amdsmi_asic_info_t 
 SIM_EXPORT amdsmi_status_t amdsmi_get_temp_metric(void *h, uint32_t type, uint32_t metric,
                                                   int64_t *value)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t, v;
-    amdsmi_status_t rc = begin_query(h, value, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, value, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
     /* The simulated boards have an edge sensor only, read as its current value. */
     if (type != AMDSMI_TEMPERATURE_TYPE_EDGE || metric != AMDSMI_TEMP_CURRENT ||
-        sim_gpu_field(d->gpu, SIM_F_TEMPERATURE, t, &v) != 0)
-        return end_query(AMDSMI_STATUS_NOT_SUPPORTED);
+        sim_gpu_field(g, SIM_F_TEMPERATURE, t, &v) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
     *value = llround(v); /* °C */
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_activity(void *h, amdsmi_engine_usage_t *usage)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t, gfx, umc;
-    amdsmi_status_t rc = begin_query(h, usage, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, usage, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
-    if (sim_gpu_field(d->gpu, SIM_F_UTILIZATION, t, &gfx) != 0)
-        return end_query(AMDSMI_STATUS_NOT_SUPPORTED);
+    if (sim_gpu_field(g, SIM_F_UTILIZATION, t, &gfx) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
     memset(usage, 0, sizeof *usage);
-    usage->gfx_activity = to_u32(gfx);
+    usage->gfx_activity = sim_to_u32(gfx);
     /* A missing engine reads as the library's N/A marker, not as 0 % busy. */
-    usage->umc_activity = sim_gpu_field(d->gpu, SIM_F_MEMORY_BUSY, t, &umc) == 0 ? to_u32(umc) : NA_U16;
+    usage->umc_activity = sim_gpu_field(g, SIM_F_MEMORY_BUSY, t, &umc) == 0 ? sim_to_u32(umc) : NA_U16;
     usage->mm_activity = NA_U16;
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_vram_usage(void *h, amdsmi_vram_usage_t *vram)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t, mib;
-    amdsmi_status_t rc = begin_query(h, vram, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, vram, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
-    if (sim_gpu_field(d->gpu, SIM_F_MEMORY_USED_MIB, t, &mib) != 0)
-        return end_query(AMDSMI_STATUS_NOT_SUPPORTED);
+    if (sim_gpu_field(g, SIM_F_MEMORY_USED_MIB, t, &mib) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
     memset(vram, 0, sizeof *vram);
-    vram->vram_total = (uint32_t)d->gpu->memory_total_mib;  /* "MB" here means MiB */
-    vram->vram_used = to_u32(mib);
+    vram->vram_total = (uint32_t)g->memory_total_mib;  /* "MB" here means MiB */
+    vram->vram_used = sim_to_u32(mib);
     if (vram->vram_used > vram->vram_total)
         vram->vram_used = vram->vram_total;
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 /* Average power over the last second: the power wave's integral over [t-1, t]. */
@@ -572,30 +482,30 @@ static double power_average_w(const struct sim_gpu *g, double t, double instant)
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_power_info(void *h, amdsmi_power_info_t *info)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t, w;
-    amdsmi_status_t rc = begin_query(h, info, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, info, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
-    if (sim_gpu_field(d->gpu, SIM_F_POWER, t, &w) != 0)
-        return end_query(AMDSMI_STATUS_NOT_SUPPORTED);
+    if (sim_gpu_field(g, SIM_F_POWER, t, &w) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
     memset(info, 0, sizeof *info);
-    info->socket_power = to_u32(w);
-    info->current_socket_power = to_u32(w);
-    info->average_socket_power = to_u32(power_average_w(d->gpu, t, w));
+    info->socket_power = sim_to_u32(w);
+    info->current_socket_power = sim_to_u32(w);
+    info->average_socket_power = sim_to_u32(power_average_w(g, t, w));
     info->gfx_voltage = NA_U16; /* voltages are not simulated */
     info->soc_voltage = NA_U16;
     info->mem_voltage = NA_U16;
     info->power_limit = SIM_AMD_POWER_LIMIT_W;
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_clock_info(void *h, uint32_t type, amdsmi_clk_info_t *info)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t, mhz;
     int field;
-    amdsmi_status_t rc = begin_query(h, info, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, info, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
     if (type == AMDSMI_CLK_TYPE_GFX)
@@ -603,35 +513,35 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_clock_info(void *h, uint32_t type, amdsmi_
     else if (type == AMDSMI_CLK_TYPE_MEM)
         field = SIM_F_MEMORY_CLOCK;
     else
-        return end_query(AMDSMI_STATUS_NOT_SUPPORTED);
-    if (sim_gpu_field(d->gpu, field, t, &mhz) != 0)
-        return end_query(AMDSMI_STATUS_NOT_SUPPORTED);
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
+    if (sim_gpu_field(g, field, t, &mhz) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
     memset(info, 0, sizeof *info);
-    info->clk = to_u32(mhz);
+    info->clk = sim_to_u32(mhz);
     info->min_clk = NA_U32; /* clock limits are not simulated */
     info->max_clk = NA_U32;
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_energy_count(void *h, uint64_t *accumulator,
                                                    float *resolution, uint64_t *timestamp)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t, joules;
     struct timespec now;
-    amdsmi_status_t rc = begin_query(h, accumulator, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, accumulator, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
     if (!resolution || !timestamp)
-        return end_query(AMDSMI_STATUS_INVAL);
-    if (sim_gpu_field(d->gpu, SIM_F_ENERGY, t, &joules) != 0)
-        return end_query(AMDSMI_STATUS_NOT_SUPPORTED);
+        return sim_end_query(&g_sim, AMDSMI_STATUS_INVAL);
+    if (sim_gpu_field(g, SIM_F_ENERGY, t, &joules) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
     /* The counter ticks in steps of `resolution` µJ; energy = accumulator × resolution. */
     *resolution = SIM_ENERGY_RESOLUTION_UJ;
     *accumulator = (uint64_t)llround(joules * 1e6 / (double)SIM_ENERGY_RESOLUTION_UJ);
     clock_gettime(CLOCK_REALTIME, &now);
     *timestamp = (uint64_t)now.tv_sec * 1000000000ull + (uint64_t)now.tv_nsec;
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -639,100 +549,92 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_energy_count(void *h, uint64_t *accumulato
 
 SIM_EXPORT amdsmi_status_t amdsmi_init_gpu_event_notification(void *h)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t;
-    amdsmi_status_t rc = begin_query(h, h, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, h, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
+    const unsigned int i = ((const struct sim_dev *)h)->index;
     pthread_mutex_lock(&g_notif_mu);
-    if (!g_notif[d->index].active) {
-        g_notif[d->index] = (struct amd_notif){.active = 1, .mask = 0, .since = t};
+    if (!g_notif[i].active) {
+        g_notif[i] = (struct amd_notif){.active = 1, .mask = 0, .since = t};
     }
     pthread_mutex_unlock(&g_notif_mu);
-    return end_query(AMDSMI_STATUS_SUCCESS);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_set_gpu_event_notification_mask(void *h, uint64_t mask)
 {
-    struct amd_dev *d;
+    const struct sim_gpu *g;
     double t;
-    amdsmi_status_t rc = begin_query(h, h, &d, &t);
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, h, &g, &t);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
+    const unsigned int i = ((const struct sim_dev *)h)->index;
     pthread_mutex_lock(&g_notif_mu);
     /* As in the real library, the mask needs notification initialised on the device first. */
-    if (!g_notif[d->index].active)
+    if (!g_notif[i].active)
         rc = AMDSMI_STATUS_INIT_ERROR;
     else
-        g_notif[d->index].mask = mask;
+        g_notif[i].mask = mask;
     pthread_mutex_unlock(&g_notif_mu);
-    return end_query(rc);
+    return sim_end_query(&g_sim, rc);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_stop_gpu_event_notification(void *h)
 {
-    struct amd_dev *d;
-    amdsmi_status_t rc = lock_initialized();
+    amdsmi_status_t rc = sim_lock_initialized(&g_sim);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
-    d = as_dev(h);
-    if (!d)
-        return end_query(AMDSMI_STATUS_INVAL);
+    /* No sim_begin_query: stopping works on a lost device too, and takes no call latency. */
+    if (!sim_handle_in(h, g_sim.devs, sizeof g_sim.devs[0], g_sim.ndevs))
+        return sim_end_query(&g_sim, AMDSMI_STATUS_INVAL);
+    const unsigned int i = ((const struct sim_dev *)h)->index;
     pthread_mutex_lock(&g_notif_mu);
-    if (!g_notif[d->index].active)
+    if (!g_notif[i].active)
         rc = AMDSMI_STATUS_INVAL;
-    g_notif[d->index].active = 0;
+    g_notif[i].active = 0;
     pthread_mutex_unlock(&g_notif_mu);
-    return end_query(rc);
+    return sim_end_query(&g_sim, rc);
 }
 
-/*
- * Moves due, undelivered events of active devices into `data` (earliest first) and reports
- * when the next one falls due. Caller holds the read lock.
- */
-static uint32_t collect_events(double t, uint32_t room, amdsmi_evt_notification_data_t *data,
-                               double *next)
+static int xid_wanted(const void *arg, unsigned int i, int f, const struct sim_fault *fault)
 {
+    (void)arg;
+    const struct amd_notif *nt = &g_notif[i];
+    return nt->active && fault->at >= nt->since && !(nt->delivered & (1u << f)) &&
+           (nt->mask & (1ull << (fault->code - 1)));
+}
+
+struct collect {
+    uint32_t room;
+    amdsmi_evt_notification_data_t *data;
+};
+
+/* Moves due, undelivered events of active devices into the caller's array (earliest first;
+ * sim_wait_events' claim). */
+static int collect_events(void *arg, double t, double *next)
+{
+    struct collect *c = arg;
     uint32_t n = 0;
-    *next = INFINITY;
     pthread_mutex_lock(&g_notif_mu);
-    while (n < room) {
-        int best_dev = -1, best_fault = -1;
-        double best_at = INFINITY;
-        for (unsigned int i = 0; i < g_ndevs; i++) {
-            const struct amd_notif *nt = &g_notif[i];
-            if (!nt->active)
-                continue;
-            const struct sim_gpu *g = g_devs[i].gpu;
-            for (int f = 0; f < g->nfaults; f++) {
-                const struct sim_fault *fl = &g->faults[f];
-                if (fl->kind != SIM_FAULT_XID || fl->at < nt->since ||
-                    (nt->delivered & (1u << f)) || !(nt->mask & (1ull << (fl->code - 1))))
-                    continue;
-                if (fl->at > t) {
-                    if (fl->at < *next)
-                        *next = fl->at;
-                } else if (fl->at < best_at) {
-                    best_at = fl->at;
-                    best_dev = (int)i;
-                    best_fault = f;
-                }
-            }
-        }
-        if (best_dev < 0)
+    while (n < c->room) {
+        int dev, fault;
+        sim_due_xid(&g_sim, t, xid_wanted, NULL, &dev, &fault, next);
+        if (dev < 0)
             break;
-        const struct sim_fault *fl = &g_devs[best_dev].gpu->faults[best_fault];
-        g_notif[best_dev].delivered |= 1u << best_fault;
-        memset(&data[n], 0, sizeof data[n]);
-        data[n].processor_handle = &g_devs[best_dev];
-        data[n].event = (uint32_t)fl->code;
+        const struct sim_fault *fl = &g_sim.devs[dev].gpu->faults[fault];
+        amdsmi_evt_notification_data_t *e = &c->data[n];
+        g_notif[dev].delivered |= 1u << fault;
+        memset(e, 0, sizeof *e);
+        e->processor_handle = &g_sim.devs[dev];
+        e->event = (uint32_t)fl->code;
         /* KFD messages are one word; this one says what and when. */
-        snprintf(data[n].message, sizeof data[n].message, "%s@t=%.3f", event_name(data[n].event),
-                 fl->at);
+        snprintf(e->message, sizeof e->message, "%s@t=%.3f", event_name(e->event), fl->at);
         n++;
     }
     pthread_mutex_unlock(&g_notif_mu);
-    return n;
+    return (int)n;
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_event_notification(int32_t timeout_ms, uint32_t *num_elem,
@@ -741,26 +643,14 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_event_notification(int32_t timeout_ms,
     if (!num_elem || !data || *num_elem == 0)
         return AMDSMI_STATUS_INVAL;
     double deadline = sim_now() + (timeout_ms > 0 ? timeout_ms : 0) / 1000.0;
-    uint32_t room = *num_elem;
+    struct collect c = {*num_elem, data};
+    int found;
     *num_elem = 0;
-    for (;;) {
-        double next, now;
-        amdsmi_status_t rc = lock_initialized();
-        if (rc != AMDSMI_STATUS_SUCCESS)
-            return rc;
-        uint32_t n = collect_events(scenario_time(), room, data, &next);
-        now = sim_now();
-        next += g_t0;
-        pthread_rwlock_unlock(&g_lock);
-        if (n > 0) {
-            *num_elem = n;
-            return AMDSMI_STATUS_SUCCESS;
-        }
-        if (now >= deadline)
-            return AMDSMI_STATUS_NO_DATA; /* what the real call returns when the poll times out */
-        double wake = next < deadline ? next : deadline;
-        if (wake > now + 0.1)
-            wake = now + 0.1;
-        sim_sleep_us((long)ceil((wake - now) * 1e6));
-    }
+    amdsmi_status_t rc = sim_wait_events(&g_sim, deadline, collect_events, &c, &found);
+    if (rc != AMDSMI_STATUS_SUCCESS)
+        return rc;
+    if (found == 0)
+        return AMDSMI_STATUS_NO_DATA; /* what the real call returns when the poll times out */
+    *num_elem = (uint32_t)found;
+    return AMDSMI_STATUS_SUCCESS;
 }

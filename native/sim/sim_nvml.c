@@ -13,12 +13,11 @@
  * nvmlDeviceGetMemoryInfo_v2, nvmlDeviceGetFieldValues), standing in for an old driver so the
  * core's fallback to older symbols can be tested.
  *
- * Thread safety: the scenario and device table are written only by init/shutdown under a
- * write lock; every query holds the read lock, and values are pure functions of the scenario
- * time, so the sampler thread and an event-waiting thread can call concurrently.
+ * Init, shutdown, the device table and the query prologue are the simulators' shared code
+ * (sim_lib.c), which also says how they are thread-safe.
  */
 #define _GNU_SOURCE
-#include "scenario.h"
+#include "sim_lib.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -27,8 +26,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#define SIM_EXPORT __attribute__((visibility("default")))
 
 typedef int nvmlReturn_t;
 
@@ -93,11 +90,7 @@ enum {
 #define SIM_PCI_DEVICE_ID 0x15F810DEu
 #define SIM_PCI_SUBSYS_ID 0x118F10DEu
 
-struct nvml_dev {
-    const struct sim_gpu *gpu;
-    unsigned int index;
-};
-typedef struct nvml_dev *nvmlDevice_t;
+typedef struct sim_dev *nvmlDevice_t;
 
 typedef struct {
     char busIdLegacy[16];
@@ -190,50 +183,26 @@ struct nvml_event_set {
 };
 typedef struct nvml_event_set *nvmlEventSet_t;
 
-static pthread_rwlock_t g_lock = PTHREAD_RWLOCK_INITIALIZER;
-static struct sim_scenario g_scn;
-static struct nvml_dev g_devs[SIM_MAX_GPUS];
-static unsigned int g_ndevs;
-static int g_refcount;
-static double g_t0;
-
-static double scenario_time(void)
-{
-    return sim_now() - g_t0;
-}
+static struct sim_lib g_sim = {
+    .name = "libnvidia-ml",
+    .vendor = SIM_VENDOR_NVIDIA,
+    .codes = {NVML_SUCCESS, NVML_ERROR_UNINITIALIZED, NVML_ERROR_INVALID_ARGUMENT,
+              NVML_ERROR_GPU_IS_LOST, NVML_ERROR_UNKNOWN},
+    .lock = PTHREAD_RWLOCK_INITIALIZER,
+};
 
 /* ------------------------------------------------------------------------------------------ */
 /* Init and shutdown                                                                          */
 
+/* The scenario's init_error is an NVML return code. */
+static int init_error(const struct sim_scenario *s)
+{
+    return s->init_error;
+}
+
 static nvmlReturn_t init_common(void)
 {
-    nvmlReturn_t rc = NVML_SUCCESS;
-    pthread_rwlock_wrlock(&g_lock);
-    if (g_refcount > 0) {
-        g_refcount++;
-        goto out;
-    }
-    if (sim_scenario_from_env("libnvidia-ml", &g_scn) != 0) {
-        rc = NVML_ERROR_UNKNOWN;
-        goto out;
-    }
-    if (g_scn.init_error != 0) {
-        rc = g_scn.init_error;
-        goto out;
-    }
-    g_ndevs = 0;
-    for (int i = 0; i < g_scn.ngpus; i++) {
-        if (g_scn.gpus[i].vendor != SIM_VENDOR_NVIDIA)
-            continue;
-        g_devs[g_ndevs].gpu = &g_scn.gpus[i];
-        g_devs[g_ndevs].index = g_ndevs;
-        g_ndevs++;
-    }
-    g_t0 = sim_now();
-    g_refcount = 1;
-out:
-    pthread_rwlock_unlock(&g_lock);
-    return rc;
+    return sim_init(&g_sim, 1, init_error, NULL);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlInit(void)
@@ -256,14 +225,7 @@ SIM_EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags)
 
 SIM_EXPORT nvmlReturn_t nvmlShutdown(void)
 {
-    nvmlReturn_t rc = NVML_SUCCESS;
-    pthread_rwlock_wrlock(&g_lock);
-    if (g_refcount == 0)
-        rc = NVML_ERROR_UNINITIALIZED;
-    else
-        g_refcount--;
-    pthread_rwlock_unlock(&g_lock);
-    return rc;
+    return sim_shut_down(&g_sim);
 }
 
 SIM_EXPORT const char *nvmlErrorString(nvmlReturn_t result)
@@ -308,84 +270,24 @@ SIM_EXPORT const char *nvmlErrorString(nvmlReturn_t result)
  */
 SIM_EXPORT const char *egs_sim_nvml_scenario(void)
 {
-    const char *path = NULL;
-    pthread_rwlock_rdlock(&g_lock);
-    if (g_refcount > 0)
-        path = g_scn.path;
-    pthread_rwlock_unlock(&g_lock);
-    return path;
+    return sim_scenario_in_use(&g_sim);
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Common query prologue                                                                      */
-
-static nvmlReturn_t lock_initialized(void)
-{
-    pthread_rwlock_rdlock(&g_lock);
-    if (g_refcount == 0) {
-        pthread_rwlock_unlock(&g_lock);
-        return NVML_ERROR_UNINITIALIZED;
-    }
-    return NVML_SUCCESS;
-}
-
-static int valid_handle(nvmlDevice_t d)
-{
-    uintptr_t base = (uintptr_t)g_devs, p = (uintptr_t)d;
-    return p >= base && p < base + g_ndevs * sizeof g_devs[0] &&
-           (p - base) % sizeof g_devs[0] == 0;
-}
-
-/*
- * On success holds the read lock (release with pthread_rwlock_unlock) and gives the device's
- * scenario entry and the scenario time. Applies the scenario's call latency and lost state.
- */
-static nvmlReturn_t begin_query(nvmlDevice_t d, const void *out, const struct sim_gpu **g,
-                                double *t)
-{
-    nvmlReturn_t rc = lock_initialized();
-    if (rc != NVML_SUCCESS)
-        return rc;
-    if (!valid_handle(d) || !out) {
-        rc = NVML_ERROR_INVALID_ARGUMENT;
-        goto error;
-    }
-    *g = d->gpu;
-    *t = scenario_time();
-    sim_sleep_us(sim_query_latency_us(&g_scn, *g, *t));
-    if (sim_gpu_lost(*g, *t)) {
-        rc = NVML_ERROR_GPU_IS_LOST;
-        goto error;
-    }
-    return NVML_SUCCESS;
-error:
-    pthread_rwlock_unlock(&g_lock);
-    return rc;
-}
-
-static nvmlReturn_t end_query(nvmlReturn_t rc)
-{
-    pthread_rwlock_unlock(&g_lock);
-    return rc;
-}
-
-static unsigned int to_uint(double v)
-{
-    return v >= 4294967295.0 ? 4294967295u : (unsigned int)llround(v);
-}
+/* Common query helpers                                                                       */
 
 /* One scalar field, converted by `scale` and rounded; NOT_SUPPORTED when the scenario says so. */
 static nvmlReturn_t read_uint(nvmlDevice_t d, int field, double scale, unsigned int *out)
 {
     const struct sim_gpu *g;
     double t, v;
-    nvmlReturn_t rc = begin_query(d, out, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, out, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     if (sim_gpu_field(g, field, t, &v) != 0)
-        return end_query(NVML_ERROR_NOT_SUPPORTED);
-    *out = to_uint(v * scale);
-    return end_query(NVML_SUCCESS);
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    *out = sim_to_u32(v * scale);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 static nvmlReturn_t copy_string(const char *src, char *dst, unsigned int len)
@@ -402,34 +304,34 @@ static nvmlReturn_t copy_string(const char *src, char *dst, unsigned int len)
 
 SIM_EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length)
 {
-    nvmlReturn_t rc = lock_initialized();
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
-    rc = version ? copy_string(g_scn.driver_version, version, length) : NVML_ERROR_INVALID_ARGUMENT;
-    return end_query(rc);
+    rc = version ? copy_string(g_sim.scn.driver_version, version, length) : NVML_ERROR_INVALID_ARGUMENT;
+    return sim_end_query(&g_sim, rc);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length)
 {
     char buf[96];
-    nvmlReturn_t rc = lock_initialized();
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
     /* NVML's own version is the CUDA major version followed by the driver version. */
-    snprintf(buf, sizeof buf, "12.%s", g_scn.driver_version);
+    snprintf(buf, sizeof buf, "12.%s", g_sim.scn.driver_version);
     rc = version ? copy_string(buf, version, length) : NVML_ERROR_INVALID_ARGUMENT;
-    return end_query(rc);
+    return sim_end_query(&g_sim, rc);
 }
 
 static nvmlReturn_t cuda_version(int *v)
 {
-    nvmlReturn_t rc = lock_initialized();
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
     if (!v)
-        return end_query(NVML_ERROR_INVALID_ARGUMENT);
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
     *v = 12020;
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *v) { return cuda_version(v); }
@@ -440,14 +342,14 @@ SIM_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *v) { return cuda_
 
 static nvmlReturn_t device_count(unsigned int *count)
 {
-    nvmlReturn_t rc = lock_initialized();
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
     if (!count)
-        return end_query(NVML_ERROR_INVALID_ARGUMENT);
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
     /* A lost device stays counted, as on a real host until the driver is reloaded. */
-    *count = g_ndevs;
-    return end_query(NVML_SUCCESS);
+    *count = g_sim.ndevs;
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) { return device_count(count); }
@@ -457,15 +359,15 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) { return devi
 
 static nvmlReturn_t handle_by_index(unsigned int index, nvmlDevice_t *device)
 {
-    nvmlReturn_t rc = lock_initialized();
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
-    if (!device || index >= g_ndevs)
-        return end_query(NVML_ERROR_INVALID_ARGUMENT);
-    if (sim_gpu_lost(g_devs[index].gpu, scenario_time()))
-        return end_query(NVML_ERROR_GPU_IS_LOST);
-    *device = &g_devs[index];
-    return end_query(NVML_SUCCESS);
+    if (!device || index >= g_sim.ndevs)
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
+    if (sim_gpu_lost(g_sim.devs[index].gpu, sim_scenario_time(&g_sim)))
+        return sim_end_query(&g_sim, NVML_ERROR_GPU_IS_LOST);
+    *device = &g_sim.devs[index];
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device)
@@ -502,22 +404,22 @@ static int same_bus_id(const struct sim_gpu *g, const char *key)
 /* Finds a device by UUID (which == 0) or PCI address (which == 1). */
 static nvmlReturn_t handle_by(const char *key, int which, nvmlDevice_t *device)
 {
-    nvmlReturn_t rc = lock_initialized();
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
     if (!key || !device)
-        return end_query(NVML_ERROR_INVALID_ARGUMENT);
-    for (unsigned int i = 0; i < g_ndevs; i++) {
-        const struct sim_gpu *g = g_devs[i].gpu;
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
+    for (unsigned int i = 0; i < g_sim.ndevs; i++) {
+        const struct sim_gpu *g = g_sim.devs[i].gpu;
         int match = which == 0 ? strcmp(g->uuid, key) == 0 : same_bus_id(g, key);
         if (!match)
             continue;
-        if (sim_gpu_lost(g, scenario_time()))
-            return end_query(NVML_ERROR_GPU_IS_LOST);
-        *device = &g_devs[i];
-        return end_query(NVML_SUCCESS);
+        if (sim_gpu_lost(g, sim_scenario_time(&g_sim)))
+            return sim_end_query(&g_sim, NVML_ERROR_GPU_IS_LOST);
+        *device = &g_sim.devs[i];
+        return sim_end_query(&g_sim, NVML_SUCCESS);
     }
-    return end_query(NVML_ERROR_NOT_FOUND);
+    return sim_end_query(&g_sim, NVML_ERROR_NOT_FOUND);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device)
@@ -539,49 +441,49 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *index)
 {
     const struct sim_gpu *g;
     double t;
-    nvmlReturn_t rc = begin_query(d, index, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, index, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     *index = d->index;
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int length)
 {
     const struct sim_gpu *g;
     double t;
-    nvmlReturn_t rc = begin_query(d, name, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, name, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
-    return end_query(copy_string(g->name, name, length));
+    return sim_end_query(&g_sim, copy_string(g->name, name, length));
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int length)
 {
     const struct sim_gpu *g;
     double t;
-    nvmlReturn_t rc = begin_query(d, uuid, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, uuid, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
-    return end_query(copy_string(g->uuid, uuid, length));
+    return sim_end_query(&g_sim, copy_string(g->uuid, uuid, length));
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t d, unsigned int *minor)
 {
     const struct sim_gpu *g;
     double t;
-    nvmlReturn_t rc = begin_query(d, minor, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, minor, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     *minor = d->index;
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *pci)
 {
     const struct sim_gpu *g;
     double t;
-    nvmlReturn_t rc = begin_query(d, pci, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, pci, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     memset(pci, 0, sizeof *pci);
@@ -594,7 +496,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *p
     pci->device = g->pci_device;
     pci->pciDeviceId = SIM_PCI_DEVICE_ID;
     pci->pciSubSystemId = SIM_PCI_SUBSYS_ID;
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -629,16 +531,16 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtiliz
 {
     const struct sim_gpu *g;
     double t, gpu, mem;
-    nvmlReturn_t rc = begin_query(d, util, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, util, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     /* One call reports both engines, so it is supported only when both are. */
     if (sim_gpu_field(g, SIM_F_UTILIZATION, t, &gpu) != 0 ||
         sim_gpu_field(g, SIM_F_MEMORY_BUSY, t, &mem) != 0)
-        return end_query(NVML_ERROR_NOT_SUPPORTED);
-    util->gpu = to_uint(gpu);
-    util->memory = to_uint(mem);
-    return end_query(NVML_SUCCESS);
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    util->gpu = sim_to_u32(gpu);
+    util->memory = sim_to_u32(mem);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 /* Memory figures in bytes; used is clamped to the total. */
@@ -647,21 +549,21 @@ static nvmlReturn_t memory_bytes(nvmlDevice_t d, const void *out, unsigned long 
 {
     const struct sim_gpu *g;
     double t, mib;
-    nvmlReturn_t rc = begin_query(d, out, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, out, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     if (sim_gpu_field(g, SIM_F_MEMORY_USED_MIB, t, &mib) != 0)
-        return end_query(NVML_ERROR_NOT_SUPPORTED);
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
     *total = g->memory_total_mib << 20;
     *used = (unsigned long long)llround(mib) << 20;
     if (*used > *total)
         *used = *total;
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *mem)
 {
-    unsigned long long total, used;
+    unsigned long long total = 0, used = 0;
     nvmlReturn_t rc = memory_bytes(d, mem, &total, &used);
     if (rc != NVML_SUCCESS)
         return rc;
@@ -674,7 +576,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *me
 #ifndef SIM_NVML_LEGACY
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *mem)
 {
-    unsigned long long total, used;
+    unsigned long long total = 0, used = 0;
     nvmlReturn_t rc;
     if (!mem)
         return NVML_ERROR_INVALID_ARGUMENT;
@@ -714,8 +616,8 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigne
          * INVALID_ARGUMENT) to clock types it does not know; validate the handle first. */
         const struct sim_gpu *g;
         double t;
-        nvmlReturn_t rc = begin_query(d, mhz, &g, &t);
-        return rc != NVML_SUCCESS ? rc : end_query(NVML_ERROR_NOT_SUPPORTED);
+        nvmlReturn_t rc = sim_begin_query(&g_sim, d, mhz, &g, &t);
+        return rc != NVML_SUCCESS ? rc : sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
     }
     }
 }
@@ -737,13 +639,13 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t d, unsigned int *num)
 {
     const struct sim_gpu *g;
     double t, v;
-    nvmlReturn_t rc = begin_query(d, num, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, num, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     if (sim_gpu_field(g, SIM_F_FAN, t, &v) != 0)
-        return end_query(NVML_ERROR_NOT_SUPPORTED);
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
     *num = 1;
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t d,
@@ -751,13 +653,13 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t d,
 {
     const struct sim_gpu *g;
     double t, joules;
-    nvmlReturn_t rc = begin_query(d, millijoules, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, millijoules, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     if (sim_gpu_field(g, SIM_F_ENERGY, t, &joules) != 0)
-        return end_query(NVML_ERROR_NOT_SUPPORTED);
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
     *millijoules = (unsigned long long)llround(joules * 1000.0);
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 #ifndef SIM_NVML_LEGACY
@@ -791,11 +693,11 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvml
     nvmlReturn_t rc;
     if (count <= 0 || !values)
         return NVML_ERROR_INVALID_ARGUMENT;
-    rc = begin_query(d, values, &g, &t);
+    rc = sim_begin_query(&g_sim, d, values, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     long long now_us = unix_us();
-    long latency = sim_query_latency_us(&g_scn, g, t);
+    long latency = sim_query_latency_us(&g_sim.scn, g, t);
     for (int i = 0; i < count; i++) {
         nvmlFieldValue_t *fv = &values[i];
         fv->timestamp = now_us;
@@ -808,7 +710,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvml
                 fv->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
                 break;
             }
-            fv->value.uiVal = to_uint(v * 1000.0);
+            fv->value.uiVal = sim_to_u32(v * 1000.0);
             fv->nvmlReturn = NVML_SUCCESS;
             break;
         case NVML_FI_DEV_POWER_AVERAGE:
@@ -817,7 +719,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvml
                 fv->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
                 break;
             }
-            fv->value.uiVal = to_uint(v * 1000.0);
+            fv->value.uiVal = sim_to_u32(v * 1000.0);
             fv->nvmlReturn = NVML_SUCCESS;
             break;
         case NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION:
@@ -839,7 +741,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvml
             break;
         }
     }
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 #endif
 
@@ -851,41 +753,41 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t d,
 {
     const struct sim_gpu *g;
     double t;
-    nvmlReturn_t rc = begin_query(d, types, &g, &t);
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, types, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     *types = SUPPORTED_EVENT_TYPES;
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set)
 {
     struct nvml_event_set *s;
-    nvmlReturn_t rc = lock_initialized();
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
     if (!set)
-        return end_query(NVML_ERROR_INVALID_ARGUMENT);
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
     s = calloc(1, sizeof *s);
     if (!s)
-        return end_query(NVML_ERROR_MEMORY);
+        return sim_end_query(&g_sim, NVML_ERROR_MEMORY);
     s->magic = EVENT_SET_MAGIC;
     pthread_mutex_init(&s->mu, NULL);
     *set = s;
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set)
 {
-    nvmlReturn_t rc = lock_initialized();
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
     if (!set || set->magic != EVENT_SET_MAGIC)
-        return end_query(NVML_ERROR_INVALID_ARGUMENT);
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
     set->magic = 0;
     pthread_mutex_destroy(&set->mu);
     free(set);
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types,
@@ -896,59 +798,49 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long l
     nvmlReturn_t rc;
     if (!set || set->magic != EVENT_SET_MAGIC)
         return NVML_ERROR_INVALID_ARGUMENT;
-    rc = begin_query(d, set, &g, &t);
+    rc = sim_begin_query(&g_sim, d, set, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     if (types & ~SUPPORTED_EVENT_TYPES)
-        return end_query(NVML_ERROR_NOT_SUPPORTED);
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
     pthread_mutex_lock(&set->mu);
     /* Like the driver, a set sees only events raised after it registered for them. */
     if (set->mask[d->index] == 0)
         set->registered_at[d->index] = t;
     set->mask[d->index] |= types;
     pthread_mutex_unlock(&set->mu);
-    return end_query(NVML_SUCCESS);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
-/*
- * Claims the earliest due, undelivered XID for `set`, or reports when the next one falls due
- * (`*next`, +inf when none). Caller holds the global read lock.
- */
-static int claim_event(struct nvml_event_set *set, double t, nvmlEventData_t *out, double *next)
+static int xid_wanted(const void *arg, unsigned int i, int f, const struct sim_fault *fault)
 {
-    int best_dev = -1, best_fault = -1;
-    double best_at = INFINITY;
-    *next = INFINITY;
-    pthread_mutex_lock(&set->mu);
-    for (unsigned int i = 0; i < g_ndevs; i++) {
-        if (!(set->mask[i] & NVML_EVENT_TYPE_XID_CRITICAL_ERROR))
-            continue;
-        const struct sim_gpu *g = g_devs[i].gpu;
-        for (int f = 0; f < g->nfaults; f++) {
-            const struct sim_fault *fl = &g->faults[f];
-            if (fl->kind != SIM_FAULT_XID || fl->at < set->registered_at[i] ||
-                (set->delivered[i] & (1u << f)))
-                continue;
-            if (fl->at > t) {
-                if (fl->at < *next)
-                    *next = fl->at;
-            } else if (fl->at < best_at) {
-                best_at = fl->at;
-                best_dev = (int)i;
-                best_fault = f;
-            }
-        }
+    const struct nvml_event_set *set = arg;
+    return (set->mask[i] & NVML_EVENT_TYPE_XID_CRITICAL_ERROR) && fault->at >= set->registered_at[i] &&
+           !(set->delivered[i] & (1u << f));
+}
+
+struct claim {
+    struct nvml_event_set *set;
+    nvmlEventData_t *out;
+};
+
+/* Claims the earliest due, undelivered XID for the set (sim_wait_events' claim). */
+static int claim_event(void *arg, double t, double *next)
+{
+    struct claim *c = arg;
+    int dev, fault;
+    pthread_mutex_lock(&c->set->mu);
+    sim_due_xid(&g_sim, t, xid_wanted, c->set, &dev, &fault, next);
+    if (dev >= 0) {
+        c->set->delivered[dev] |= 1u << fault;
+        c->out->device = &g_sim.devs[dev];
+        c->out->eventType = NVML_EVENT_TYPE_XID_CRITICAL_ERROR;
+        c->out->eventData = g_sim.devs[dev].gpu->faults[fault].code;
+        c->out->gpuInstanceId = NVML_NO_INSTANCE;
+        c->out->computeInstanceId = NVML_NO_INSTANCE;
     }
-    if (best_dev >= 0) {
-        set->delivered[best_dev] |= 1u << best_fault;
-        out->device = &g_devs[best_dev];
-        out->eventType = NVML_EVENT_TYPE_XID_CRITICAL_ERROR;
-        out->eventData = g_devs[best_dev].gpu->faults[best_fault].code;
-        out->gpuInstanceId = NVML_NO_INSTANCE;
-        out->computeInstanceId = NVML_NO_INSTANCE;
-    }
-    pthread_mutex_unlock(&set->mu);
-    return best_dev >= 0;
+    pthread_mutex_unlock(&c->set->mu);
+    return dev >= 0;
 }
 
 static nvmlReturn_t event_wait(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeout_ms)
@@ -956,25 +848,12 @@ static nvmlReturn_t event_wait(nvmlEventSet_t set, nvmlEventData_t *data, unsign
     double deadline = sim_now() + timeout_ms / 1000.0;
     if (!set || !data || set->magic != EVENT_SET_MAGIC)
         return NVML_ERROR_INVALID_ARGUMENT;
-    for (;;) {
-        double next, now;
-        /* The read lock is held only while looking, never while sleeping, so a shutdown on
-         * another thread is not held up by a long wait. */
-        nvmlReturn_t rc = lock_initialized();
-        if (rc != NVML_SUCCESS)
-            return rc;
-        if (claim_event(set, scenario_time(), data, &next))
-            return end_query(NVML_SUCCESS);
-        now = sim_now();
-        next += g_t0; /* scenario time -> monotonic */
-        pthread_rwlock_unlock(&g_lock);
-        if (now >= deadline)
-            return NVML_ERROR_TIMEOUT;
-        double wake = next < deadline ? next : deadline;
-        if (wake > now + 0.1)
-            wake = now + 0.1; /* re-check the library state now and then */
-        sim_sleep_us((long)ceil((wake - now) * 1e6));
-    }
+    struct claim c = {set, data};
+    int found;
+    nvmlReturn_t rc = sim_wait_events(&g_sim, deadline, claim_event, &c, &found);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    return found ? NVML_SUCCESS : NVML_ERROR_TIMEOUT;
 }
 
 SIM_EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data,

@@ -1,6 +1,6 @@
 /*
- * Concurrency stress for the simulated libraries, compiled by test_sanitizers.py together
- * with sim_nvml.c, sim_amdsmi.c and scenario.c under ThreadSanitizer or AddressSanitizer.
+ * Concurrency stress for the simulated libraries, compiled by test_sanitizers.py together with
+ * sim_nvml.c, sim_amdsmi.c, sim_lib.c and scenario.c under ThreadSanitizer or AddressSanitizer.
  *
  * It does what the agent does: sampler threads query every field of every device while
  * another thread waits on NVML events and AMD event notifications, and a third keeps taking

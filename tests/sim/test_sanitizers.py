@@ -61,7 +61,7 @@ def test_concurrent_use_is_clean_under_sanitizer(tmp_path, sanitizer):
         [cc, "-O1", "-g", f"-fsanitize={sanitizer}", "-fno-sanitize-recover=all",
          "-Wall", "-Wextra", "-Werror", "-pthread", f"-I{src}", "-o", str(exe),
          str(sim_paths.ROOT / "tests" / "sim" / "stress_sim.c"), str(src / "sim_nvml.c"),
-         str(src / "sim_amdsmi.c"), str(src / "scenario.c"), "-lm"],
+         str(src / "sim_amdsmi.c"), str(src / "sim_lib.c"), str(src / "scenario.c"), "-lm"],
         capture_output=True, text=True)
     if build.returncode != 0 and "cannot find" in build.stderr:
         pytest.skip(f"the {sanitizer} sanitizer runtime is not installed: {build.stderr.strip()}")

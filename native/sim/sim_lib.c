@@ -1,0 +1,155 @@
+/*
+ * The code every simulated vendor library shares (sim_lib.h).
+ */
+#define _GNU_SOURCE
+#include "sim_lib.h"
+
+#include <math.h>
+
+int sim_init(struct sim_lib *lib, int enumerate, int (*init_error)(const struct sim_scenario *),
+             void (*setup)(void))
+{
+    int rc = lib->codes.success;
+    pthread_rwlock_wrlock(&lib->lock);
+    if (lib->refcount > 0) {
+        lib->refcount++;
+        goto out;
+    }
+    if (sim_scenario_from_env(lib->name, &lib->scn) != 0) {
+        rc = lib->codes.bad_scenario;
+        goto out;
+    }
+    rc = init_error(&lib->scn);
+    if (rc != lib->codes.success)
+        goto out;
+    lib->ndevs = 0;
+    for (int i = 0; enumerate && i < lib->scn.ngpus; i++) {
+        if (lib->scn.gpus[i].vendor != lib->vendor)
+            continue;
+        lib->devs[lib->ndevs].gpu = &lib->scn.gpus[i];
+        lib->devs[lib->ndevs].index = lib->ndevs;
+        lib->ndevs++;
+    }
+    if (setup != NULL)
+        setup();
+    lib->t0 = sim_now();
+    lib->refcount = 1;
+out:
+    pthread_rwlock_unlock(&lib->lock);
+    return rc;
+}
+
+int sim_shut_down(struct sim_lib *lib)
+{
+    int rc = lib->codes.success;
+    pthread_rwlock_wrlock(&lib->lock);
+    if (lib->refcount == 0)
+        rc = lib->codes.uninitialised;
+    else
+        lib->refcount--;
+    pthread_rwlock_unlock(&lib->lock);
+    return rc;
+}
+
+const char *sim_scenario_in_use(struct sim_lib *lib)
+{
+    const char *path = NULL;
+    pthread_rwlock_rdlock(&lib->lock);
+    if (lib->refcount > 0)
+        path = lib->scn.path;
+    pthread_rwlock_unlock(&lib->lock);
+    return path;
+}
+
+double sim_scenario_time(const struct sim_lib *lib)
+{
+    return sim_now() - lib->t0;
+}
+
+int sim_lock_initialized(struct sim_lib *lib)
+{
+    pthread_rwlock_rdlock(&lib->lock);
+    if (lib->refcount == 0) {
+        pthread_rwlock_unlock(&lib->lock);
+        return lib->codes.uninitialised;
+    }
+    return lib->codes.success;
+}
+
+int sim_end_query(struct sim_lib *lib, int rc)
+{
+    pthread_rwlock_unlock(&lib->lock);
+    return rc;
+}
+
+int sim_handle_in(const void *h, const void *base, size_t size, unsigned int n)
+{
+    uintptr_t b = (uintptr_t)base, p = (uintptr_t)h;
+    return p >= b && p < b + n * size && (p - b) % size == 0;
+}
+
+int sim_begin_query(struct sim_lib *lib, const void *h, const void *out, const struct sim_gpu **g,
+                    double *t)
+{
+    int rc = sim_lock_initialized(lib);
+    if (rc != lib->codes.success)
+        return rc;
+    if (!sim_handle_in(h, lib->devs, sizeof lib->devs[0], lib->ndevs) || !out)
+        return sim_end_query(lib, lib->codes.invalid);
+    *g = ((const struct sim_dev *)h)->gpu;
+    *t = sim_scenario_time(lib);
+    sim_sleep_us(sim_query_latency_us(&lib->scn, *g, *t));
+    if (sim_gpu_lost(*g, *t))
+        return sim_end_query(lib, lib->codes.lost);
+    return lib->codes.success;
+}
+
+void sim_due_xid(const struct sim_lib *lib, double t, sim_fault_wanted wanted, const void *arg,
+                 int *dev, int *fault, double *next)
+{
+    double best_at = INFINITY;
+    *dev = *fault = -1;
+    *next = INFINITY;
+    for (unsigned int i = 0; i < lib->ndevs; i++) {
+        const struct sim_gpu *g = lib->devs[i].gpu;
+        for (int f = 0; f < g->nfaults; f++) {
+            const struct sim_fault *fl = &g->faults[f];
+            if (fl->kind != SIM_FAULT_XID || !wanted(arg, i, f, fl))
+                continue;
+            if (fl->at > t) {
+                if (fl->at < *next)
+                    *next = fl->at;
+            } else if (fl->at < best_at) {
+                best_at = fl->at;
+                *dev = (int)i;
+                *fault = f;
+            }
+        }
+    }
+}
+
+int sim_wait_events(struct sim_lib *lib, double deadline, int (*claim)(void *arg, double t, double *next),
+                    void *arg, int *found)
+{
+    for (;;) {
+        double next, now;
+        int rc = sim_lock_initialized(lib);
+        if (rc != lib->codes.success)
+            return rc;
+        *found = claim(arg, sim_scenario_time(lib), &next);
+        now = sim_now();
+        next += lib->t0; /* scenario time -> monotonic */
+        pthread_rwlock_unlock(&lib->lock);
+        if (*found > 0 || now >= deadline)
+            return lib->codes.success;
+        double wake = next < deadline ? next : deadline;
+        if (wake > now + 0.1)
+            wake = now + 0.1; /* re-check the library state now and then */
+        sim_sleep_us((long)ceil((wake - now) * 1e6));
+    }
+}
+
+uint32_t sim_to_u32(double v)
+{
+    return v >= 4294967295.0 ? UINT32_MAX : (uint32_t)llround(v);
+}
