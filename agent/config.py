@@ -34,6 +34,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
+from agent.libraries import AMDSMI_DEFAULT, AMDSMI_ENV, NVML_ENV, NVML_LIBRARY
+
 DEFAULT_PATH = "/etc/egs-agent/agent.toml"
 
 # A generous config (a few hundred [[alarm]] rules, a large instance-type table) is tens of
@@ -329,8 +331,8 @@ CORE_SECTIONS: list[Section] = [
         "enabled": Key(True, bool, "Sample GPUs at all."),
         "nvidia": Key(True, bool, "Use the NVIDIA backend (NVML)."),
         "amd": Key(True, bool, "Use the AMD backend (AMD SMI, else pyamdgpuinfo)."),
-        "nvml_library": Key("libnvidia-ml.so.1", str, "NVML library path or soname (env EGS_NVML_LIBRARY overrides).", check=_nonempty),
-        "amdsmi_library": Key("", str, "AMD SMI library path; empty means libamd_smi.so under $ROCM_PATH/lib or /opt/rocm/lib (env EGS_AMDSMI_LIBRARY overrides)."),
+        "nvml_library": Key(NVML_LIBRARY, str, f"NVML library path or soname (env {NVML_ENV} overrides).", check=_nonempty),
+        "amdsmi_library": Key("", str, f"AMD SMI library path; empty means {AMDSMI_DEFAULT} (env {AMDSMI_ENV} overrides)."),
         "hz": Key(10.0, (int, float), "Sampling rate of the fast fields (utilization, memory busy, memory used/total, temperature, power), reads per second. Every read costs CPU in the vendor driver (docs/benchmarks.md has the figures), and NVML refreshes utilization itself only every 1/6 to 1 s.", min=1, max=5000),
         "slow_hz": Key(1.0, (int, float), "Sampling rate of the slow fields (SM and memory clocks, energy counter, fan): read on every round(hz / slow_hz)-th tick of the same grid, so at most gpu.hz.", min=0.1, max=5000),
         "ring_seconds": Key(60.0, (int, float), "Seconds of raw samples kept per GPU for the flight recorder.", min=1, max=3600),

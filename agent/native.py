@@ -11,8 +11,8 @@ Fields come in two tiers (native/egs_core.h): utilisation, memory, temperature a
 slow metric when no slow tick fell in its interval, and a ring sample holds None for a slow
 metric on the ticks that did not read it: "not sampled", never an older value repeated.
 
-AMD hosts without the AMD SMI library fall back to `pyamdgpuinfo` (libdrm), polled from a
-Python thread at a low rate (`fallback_hz`), and the backend says so in its detail.
+This module is the wrapper of the C core only: AMD hosts without the AMD SMI library are read
+through pyamdgpuinfo by `agent.sources.amdgpuinfo`, on top of this Core.
 """
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ import math
 import os
 import struct
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from agent import metrics
+from agent import libraries, metrics
 
 try:
     from agent._native import ffi, lib
@@ -63,18 +62,10 @@ _BACKEND_STATES = {lib.EGS_BSTATE_UNAVAILABLE: "unavailable", lib.EGS_BSTATE_OK:
 _EVENT_KINDS = {lib.EGS_EVENT_XID: "xid", lib.EGS_EVENT_LOST: "lost", lib.EGS_EVENT_AMD: "amd"}
 _VENDORS = {lib.EGS_BACKEND_NVIDIA: "nvidia", lib.EGS_BACKEND_AMD: "amd"}
 
-DEFAULT_NVML_LIBRARY = "libnvidia-ml.so.1"
 # Raw samples kept per GPU at most, whatever hz x ring_seconds asks: 88 bytes each, so the
 # ring of one GPU stays under 24 MiB (about 4.5 minutes at 1 kHz, an hour at 72 Hz).
 RING_MAX_SAMPLES = 1 << 18
-FALLBACK_HZ = 1.0
 SLOW_HZ = 1.0  # the slow tier's default rate (config key gpu.slow_hz)
-
-
-def default_amdsmi_library(env: dict[str, str] | None = None) -> str:
-    """`libamd_smi.so` under $ROCM_PATH/lib, else /opt/rocm/lib (DESIGN.md)."""
-    env = os.environ if env is None else env
-    return os.path.join(env.get("ROCM_PATH") or "/opt/rocm", "lib", "libamd_smi.so")
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -202,138 +193,6 @@ def _nan_to_none(v: float) -> float | None:
     return None if math.isnan(v) else v
 
 
-# --- the pyamdgpuinfo fallback --------------------------------------------------------------
-
-class _AmdgpuFallback:
-    """AMD GPUs read through libdrm (pyamdgpuinfo) when AMD SMI is not installed.
-
-    Slower and narrower than AMD SMI (no memory-busy, energy or fan figures), so it runs in
-    Python at a low rate; its accumulators have the same meaning as the core's.
-    """
-
-    FIELDS = ("gpu_utilization_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes",
-              "gpu_temperature_celsius", "gpu_power_watts", "gpu_sm_clock_mhz", "gpu_memory_clock_mhz")
-
-    def __init__(self, first_index: int, hz: float, ring_len: int):
-        self.first_index, self.hz, self.ring_len = first_index, hz, ring_len
-        self.gpus: list[Any] = []
-        self.devices: list[Device] = []
-        self.detail = ""
-        self._lock = threading.Lock()
-        self._acc: dict[tuple[int, str], list[float]] = {}
-        self._errors: dict[tuple[int, str], int] = {}
-        self._error_text: dict[str, str] = {}  # metric -> the latest failure, by _read
-        self._last_error: dict[tuple[int, str], str] = {}
-        self._ring: dict[int, list[tuple[float, dict[str, float | None]]]] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def open(self) -> bool:
-        try:
-            import pyamdgpuinfo
-        except ImportError as e:
-            self.detail = f"pyamdgpuinfo fallback unavailable ({e})"
-            return False
-        try:
-            count = pyamdgpuinfo.detect_gpus()
-            self.gpus = [pyamdgpuinfo.get_gpu(i) for i in range(count)]
-        except (OSError, RuntimeError) as e:  # no /dev/dri, no permission on the render node
-            self.detail = f"pyamdgpuinfo fallback (libdrm) found no AMD GPU ({e})"
-            return False
-        if not self.gpus:
-            self.detail = "pyamdgpuinfo fallback (libdrm) found no AMD GPU"
-            return False
-        unsupported = frozenset(set(metrics.GPU_METRICS) - set(self.FIELDS) - {MEMORY_PERCENT})
-        for i, gpu in enumerate(self.gpus):
-            self.devices.append(Device(
-                index=self.first_index + i, vendor="amd", uuid="", name=gpu.name or "AMD GPU",
-                pci_bus_id=gpu.pci_slot or "", state="ok", unsupported=unsupported,
-                vendor_index=i, source="pyamdgpuinfo"))
-        self.detail = f"pyamdgpuinfo fallback (libdrm), {self.hz:g} Hz, {len(self.gpus)} device(s)"
-        self._thread = threading.Thread(target=self._run, name="egs-amdgpu-fallback", daemon=True)
-        self._thread.start()
-        return True
-
-    def _read(self, gpu: Any) -> dict[str, float | None]:
-        readers = {
-            "gpu_utilization_percent": lambda: gpu.query_load() * 100.0,
-            "gpu_memory_used_bytes": gpu.query_vram_usage,
-            "gpu_memory_total_bytes": lambda: gpu.memory_info["vram_size"],
-            "gpu_temperature_celsius": gpu.query_temperature,
-            "gpu_power_watts": gpu.query_power,
-            "gpu_sm_clock_mhz": lambda: gpu.query_sclk() / 1e6,
-            "gpu_memory_clock_mhz": lambda: gpu.query_mclk() / 1e6,
-        }
-        out: dict[str, float | None] = {}
-        for name, read in readers.items():
-            try:
-                value = read()
-                out[name] = None if value is None else float(value)
-            except (RuntimeError, OSError, TypeError, KeyError) as e:
-                out[name] = None
-                self._error_text[name] = f"{type(e).__name__}: {e}"
-        return out
-
-    def _run(self) -> None:
-        period = 1.0 / self.hz
-        deadline = time.monotonic()
-        while not self._stop.is_set():
-            now = time.time()
-            for i, gpu in enumerate(self.gpus):
-                values = self._read(gpu)
-                with self._lock:
-                    for name, v in values.items():
-                        key = (i, name)
-                        if v is None:
-                            self._errors[key] = self._errors.get(key, 0) + 1
-                            self._last_error[key] = self._error_text.pop(name, "no value")
-                            continue
-                        a = self._acc.get(key)
-                        if a is None:
-                            self._acc[key] = [1, v, v, v, v, now, now]
-                        else:
-                            a[0] += 1
-                            a[1] += v
-                            a[2] = min(a[2], v)
-                            a[3] = max(a[3], v)
-                            a[4], a[6] = v, now
-                    ring = self._ring.setdefault(i, [])
-                    ring.append((now, values))
-                    del ring[:-self.ring_len]
-            deadline += period
-            self._stop.wait(max(0.0, deadline - time.monotonic()))
-
-    def drain(self) -> list[FieldStats]:
-        with self._lock:
-            acc, errors, texts = self._acc, self._errors, self._last_error
-            self._acc, self._errors, self._last_error = {}, {}, {}
-        out = []
-        for (i, name), (count, total, lo, hi, last, first_ts, last_ts) in acc.items():
-            out.append(FieldStats(self.first_index + i, name, int(count), total / count, lo, hi,
-                                  last, first_ts, last_ts, errors.get((i, name), 0), texts.get((i, name), "")))
-        # A metric none of whose reads succeeded is left out here (unlike the core's records):
-        # its failures only show once a read of it works again.
-        return out
-
-    def ring(self, i: int, since: float | None) -> RingBlock:
-        with self._lock:
-            rows = [r for r in self._ring.get(i, []) if since is None or r[0] > since]
-        values: dict[str, list[float | None]] = {name: [] for name in FIELDS}
-        values[MEMORY_PERCENT] = []
-        for _, row in rows:
-            for name in values:
-                values[name].append(row.get(name))
-            used, total = row.get("gpu_memory_used_bytes"), row.get("gpu_memory_total_bytes")
-            values[MEMORY_PERCENT][-1] = used / total * 100.0 if used is not None and total else None
-        return RingBlock(self.first_index + i, [r[0] for r in rows], values)
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
-            self._thread = None
-
-
 # --- the core --------------------------------------------------------------------------------
 
 class Core:
@@ -341,8 +200,7 @@ class Core:
 
     def __init__(self, nvml_library: str | None = None, amdsmi_library: str | None = None,
                  hz: float = 10.0, ring_seconds: float = 60.0, nvidia: bool = True,
-                 amd: bool = True, events: bool = True, fallback_hz: float = FALLBACK_HZ,
-                 slow_hz: float | None = None):
+                 amd: bool = True, events: bool = True, slow_hz: float | None = None):
         """`slow_hz` is the slow tier's rate (None: SLOW_HZ, or hz when hz is lower); the
         core reads it every round(hz / slow_hz) ticks of the `hz` grid."""
         if not hz > 0:
@@ -353,13 +211,12 @@ class Core:
             raise ValueError(f"slow_hz must be > 0 and <= hz ({hz!r}), got {slow_hz!r}")
         if ring_seconds < 0:
             raise ValueError(f"ring_seconds must not be negative, got {ring_seconds!r}")
-        self.nvml_library = nvml_library or os.environ.get("EGS_NVML_LIBRARY") or DEFAULT_NVML_LIBRARY
-        self.amdsmi_library = (amdsmi_library or os.environ.get("EGS_AMDSMI_LIBRARY")
-                               or default_amdsmi_library())
+        self.nvml_library = nvml_library or os.environ.get(libraries.NVML_ENV) or libraries.NVML_LIBRARY
+        self.amdsmi_library = (amdsmi_library or os.environ.get(libraries.AMDSMI_ENV)
+                               or libraries.default_amdsmi_library())
         self.hz, self.slow_hz, self.ring_seconds = float(hz), float(slow_hz), float(ring_seconds)
         self.ring_len = min(RING_MAX_SAMPLES, int(math.ceil(self.hz * self.ring_seconds)))
         self.nvidia, self.amd, self.want_events = bool(nvidia), bool(amd), bool(events)
-        self.fallback_hz = min(float(fallback_hz), self.hz)
         # cffi keeps these alive as long as the config struct refers to them.
         self._paths = (ffi.new("char[]", self.nvml_library.encode()),
                        ffi.new("char[]", self.amdsmi_library.encode()))
@@ -370,10 +227,8 @@ class Core:
         out = ffi.new("struct egs_core **")
         _check(lib.egs_core_new(cfg, out), "egs_core_new")
         self._core = ffi.gc(out[0], lib.egs_core_free)
-        self._lock = threading.Lock()  # start/stop against each other and the fallback
-        self._fallback: _AmdgpuFallback | None = None
+        self._lock = threading.Lock()  # start and stop against each other
         self._ndev = 0
-        self._fallback_detail = ""
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Core":
@@ -394,22 +249,12 @@ class Core:
             n = ffi.new("unsigned int *")
             _check(lib.egs_device_count(self._core, n), "egs_device_count")
             self._ndev = n[0]
-            self._fallback, self._fallback_detail = None, ""
-            info = ffi.new("struct egs_backend_info *")
-            _check(lib.egs_backend_get(self._core, lib.EGS_BACKEND_AMD, info), "egs_backend_get")
-            if self.amd and info.state == lib.EGS_BSTATE_UNAVAILABLE:
-                fallback = _AmdgpuFallback(self._ndev, self.fallback_hz, self.ring_len)
-                if fallback.open():
-                    self._fallback = fallback
-                self._fallback_detail = fallback.detail
         return self
 
     def stop(self) -> None:
         """Idempotent; device and backend descriptions stay readable afterwards."""
         with self._lock:
             _check(lib.egs_core_stop(self._core), "egs_core_stop")
-            if self._fallback is not None:
-                self._fallback.close()
         abandoned = self.sampler_stats()["abandoned_threads"]
         if abandoned:
             # A vendor call never returned (a GPU gone from the bus can do that): the core
@@ -439,14 +284,9 @@ class Core:
             for i in range(info.nsymbols):
                 if lib.egs_backend_symbol(self._core, bid, i, sym) == lib.EGS_OK:
                     symbols[_text(sym.role)] = _text(sym.symbol) or None
-            state, detail, ndev = _BACKEND_STATES[info.state], _text(info.detail), info.ndevices
-            if name == "amd" and self._fallback_detail:
-                detail = f"{detail}; {self._fallback_detail}"
-                if self._fallback is not None:
-                    state, ndev = "ok", len(self._fallback.devices)
-            out[name] = Backend(name=name, state=state, detail=detail, library=_text(info.library),
-                                driver_version=_text(info.driver_version), symbols=symbols,
-                                devices=ndev, status=info.status)
+            out[name] = Backend(name=name, state=_BACKEND_STATES[info.state], detail=_text(info.detail),
+                                library=_text(info.library), driver_version=_text(info.driver_version),
+                                symbols=symbols, devices=info.ndevices, status=info.status)
         return out
 
     def devices(self) -> list[Device]:
@@ -460,8 +300,6 @@ class Core:
                 state="lost" if info.state == lib.EGS_DSTATE_LOST else "ok",
                 lost_reason=_text(info.lost_reason), unsupported=_unsupported_names(info.unsupported),
                 vendor_index=info.vendor_index))
-        if self._fallback is not None:
-            out.extend(self._fallback.devices)
         return out
 
     # -- data --
@@ -491,14 +329,10 @@ class Core:
             out.append(used._replace(metric=MEMORY_PERCENT, mean=used.mean * scale,
                                      min=used.min * scale, max=used.max * scale,
                                      last=used.last * scale))
-        if self._fallback is not None:
-            out.extend(self._fallback.drain())
         return out
 
     def ring(self, gpu: int, since: float | None = None) -> RingBlock:
         """Raw samples of one GPU newer than `since` (unix s), oldest first; None = not read."""
-        if self._fallback is not None and gpu >= self._ndev:
-            return self._fallback.ring(gpu - self._ndev, since)
         cap = max(1, self.ring_len)
         ts = ffi.new("double[]", cap)
         vals = ffi.new("double[]", cap * lib.EGS_NFIELDS)

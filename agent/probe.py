@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Any
 
-from agent import metrics
+from agent import libraries, metrics
 
 STATS = ("count", "mean", "min", "max", "last")
 
@@ -22,9 +22,10 @@ STATS = ("count", "mean", "min", "max", "last")
 def run_probe(seconds: float, hz: float, nvml_library: str | None = None,
               amdsmi_library: str | None = None, slow_hz: float | None = None) -> dict[str, Any]:
     """Samples for `seconds` and returns the report as a JSON-ready dict."""
-    from agent.native import Core  # the extension may be missing; the caller reports it
+    # The extension may be missing; the caller reports it.
+    from agent.sources.amdgpuinfo import CoreWithFallback
 
-    core = Core(nvml_library=nvml_library, amdsmi_library=amdsmi_library, hz=hz,
+    core = CoreWithFallback(nvml_library=nvml_library, amdsmi_library=amdsmi_library, hz=hz,
                 slow_hz=slow_hz, ring_seconds=0.0)
     core.start()
     try:
@@ -129,7 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="rate of the slow fields: clocks, energy, fan (default 1, or 1/--seconds "
                         "when that is more; at most --hz)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
-    p.add_argument("--nvml-library", help="NVML path (default $EGS_NVML_LIBRARY or libnvidia-ml.so.1)")
+    p.add_argument("--nvml-library", help=f"NVML path (default ${libraries.NVML_ENV} or {libraries.NVML_LIBRARY})")
     p.add_argument("--amdsmi-library",
-                   help="AMD SMI path (default $EGS_AMDSMI_LIBRARY or $ROCM_PATH/lib/libamd_smi.so)")
+                   help=f"AMD SMI path (default ${libraries.AMDSMI_ENV} or $ROCM_PATH/lib/{libraries.AMDSMI_FILE})")
     p.set_defaults(func=_cmd)

@@ -87,9 +87,10 @@ class GpuCore(Protocol):
 
 
 def default_core_factory(settings: SimpleNamespace):
-    from agent.native import Core  # the native extension may be missing on a bare checkout
+    # The native extension may be missing on a bare checkout: ImportError, which start reports.
+    from agent.sources.amdgpuinfo import CoreWithFallback
 
-    return Core.from_settings(settings)
+    return CoreWithFallback.from_settings(settings)
 
 
 class GpuSource(Source):

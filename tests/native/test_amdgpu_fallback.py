@@ -1,4 +1,4 @@
-"""The pyamdgpuinfo (libdrm) fallback for AMD hosts without AMD SMI.
+"""The pyamdgpuinfo (libdrm) fallback for AMD hosts without AMD SMI (agent.sources.amdgpuinfo).
 
 No AMD GPU or /dev/dri exists on the build machines, so the library is replaced by a stand-in
 exposing pyamdgpuinfo 2.x's interface (detect_gpus, get_gpu, GPUInfo.query_*): these tests
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from agent.native import Core
+from agent.sources.amdgpuinfo import CoreWithFallback
 
 
 class FakeGpu:
@@ -46,7 +46,7 @@ def fake_pyamdgpuinfo(monkeypatch):
 
 
 def test_fallback_samples_amd_gpus_and_says_so(fake_pyamdgpuinfo):
-    core = Core(nvidia=False, amdsmi_library="/nonexistent/libamd_smi.so", hz=100, fallback_hz=50)
+    core = CoreWithFallback(nvidia=False, amdsmi_library="/nonexistent/libamd_smi.so", hz=100, fallback_hz=50)
     core.start()
     try:
         time.sleep(0.3)
@@ -75,7 +75,24 @@ def test_fallback_samples_amd_gpus_and_says_so(fake_pyamdgpuinfo):
 
 
 def test_fallback_is_not_used_when_amd_is_switched_off(fake_pyamdgpuinfo):
-    core = Core(nvidia=False, amd=False).start()
+    core = CoreWithFallback(nvidia=False, amd=False).start()
     core.stop()
     assert core.devices() == []
     assert "pyamdgpuinfo" not in core.backends["amd"].detail
+
+
+def test_amd_without_amd_smi_reports_the_pyamdgpuinfo_fallback():
+    """With the real pyamdgpuinfo (or its absence) of this host."""
+    core = CoreWithFallback(nvidia=False, amdsmi_library="/nonexistent/libamd_smi.so").start()
+    try:
+        amd = core.backends["amd"]
+        devices = core.devices()
+    finally:
+        core.stop()
+    assert "/nonexistent/libamd_smi.so" in amd.detail
+    assert "pyamdgpuinfo fallback" in amd.detail
+    if amd.state == "ok":  # a host with an AMD GPU and libdrm, no AMD SMI
+        assert any(d.source == "pyamdgpuinfo" for d in devices)
+    else:
+        assert amd.state == "unavailable"
+        assert devices == []

@@ -97,18 +97,6 @@ def test_switched_off_backends_say_so(make_core):
     assert core.devices() == []
 
 
-def test_amd_without_amd_smi_reports_the_pyamdgpuinfo_fallback(make_core):
-    core = make_core("constant", nvidia=False, amdsmi_library="/nonexistent/libamd_smi.so")
-    amd = core.backends["amd"]
-    assert "/nonexistent/libamd_smi.so" in amd.detail
-    assert "pyamdgpuinfo fallback" in amd.detail
-    if amd.state == "ok":  # a host with an AMD GPU and libdrm, no AMD SMI
-        assert any(d.source == "pyamdgpuinfo" for d in core.devices())
-    else:
-        assert amd.state == "unavailable"
-        assert core.devices() == []
-
-
 def test_probe_json_has_every_backend_gpu_and_metric(sim_out):
     env = dict(os.environ, EGS_SIM_SCENARIO=str(sim_paths.scenario("nvidia-unsupported")))
     result = subprocess.run(
