@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from agent.collector.store import SQLiteStore  # noqa: E402
+from agent.collector.store.sqlite import SQLiteStore  # noqa: E402
 from agent.proto import collector_pb2  # noqa: E402
 from collector import make_batch  # noqa: E402  (bench/collector.py: the same batches)
 
@@ -58,8 +58,8 @@ def main() -> int:
                 wire_cpu += time.process_time() - w0
             store.write(group, now[0], wire)
             if second % 10 == 0:
-                store.flush_interval = 0.0  # flush on simulated time, not wall time
-                store._last_flush = 0.0
+                store.rollups.flush_interval = 0.0  # flush on simulated time, not wall time
+                store.rollups._last_flush = 0.0
         store.flush()
         cpu = time.process_time() - cpu - wire_cpu
         wall = time.perf_counter() - wall

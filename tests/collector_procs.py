@@ -103,7 +103,7 @@ class CollectorProc(_Process):
 
     def stored_markers(self, host: str = "") -> list[int]:
         """The `test_marker` values of every per-second point stored (one per spooled batch)."""
-        from agent.collector.store import raw_points
+        from store_file import raw_points
         db = self.data / "collector.db"
         if not db.exists():
             return []

@@ -4,7 +4,7 @@ Threads: the gRPC servicers run on one asyncio loop; the committer thread takes 
 waiting and has the store writer process (agent/collector/writer.py) commit them in one
 transaction (group commit), then resolves each batch's future so its stream can send the
 ack — an ack always follows a commit. Stored batches then go to the subscription hub on the
-loop. Queries read the store file through a StoreReader of their own.
+loop. Queries read the store file through a reader of their own.
 
 Per-sender failures stay with the sender: a batch that fails validation
 (agent/collector/ingest.py) ends *that* stream with INVALID_ARGUMENT (after acking everything
@@ -34,7 +34,9 @@ import grpc
 
 from agent.collector import ingest as ingest_rules
 from agent.collector.settings import retention_seconds
-from agent.collector.store import R10, R60, RAW, QueryBounds, QueryTooLarge, Store, StoreReader
+from agent.collector.store import QueryBounds, QueryTooLarge, StoreReader, StoreRefused, StoreWriter
+from agent.collector.store.reader import SQLiteReader
+from agent.collector.store.schema import R10, R60, RAW
 from agent.collector.subscriptions import Hub, make_update
 from agent.collector.writer import WriterGone, WriterProcess
 from agent.config import parse_duration
@@ -60,15 +62,10 @@ MAX_SEND_BYTES = 64 << 20  # the largest response (a query's answer, a snapshot 
 QUERY_BYTES_PER_POINT = 800
 
 
-class StoreRefused(Exception):
-    """The store failed on this batch alone while others of its group were stored: the
-    sender's batch is refused (with the trailer) rather than retried forever."""
-
-
 class Committer:
     """The one thread that has the store written: group commit, then resolve the acks."""
 
-    def __init__(self, store: Store, loop: asyncio.AbstractEventLoop, hub: Hub,
+    def __init__(self, store: StoreWriter, loop: asyncio.AbstractEventLoop, hub: Hub,
                  cleanup_interval: float = 60.0):
         self.store, self.loop, self.hub = store, loop, hub
         self.cleanup_interval = cleanup_interval
@@ -311,7 +308,7 @@ class Ingest(collector_pb2_grpc.IngestServicer):
 
 
 class Consumers(collector_pb2_grpc.ConsumersServicer):
-    def __init__(self, store: Store, hub: Hub, ingest: Ingest, tokens: list[str],
+    def __init__(self, store: StoreReader, hub: Hub, ingest: Ingest, tokens: list[str],
                  heartbeat: float, max_pending: int, max_subscribers: int = 256,
                  bounds: QueryBounds = QueryBounds(), max_send_bytes: int = 64 << 20):
         self.store, self.hub, self.ingest = store, hub, ingest
@@ -493,7 +490,7 @@ class Collector:
         self.writer = await loop.run_in_executor(None, lambda: WriterProcess(store_args, cfg.collector.log_level))
         if self.writer.recovered:
             log.info("store: refolded %d batches whose rollups were not flushed before the last stop", self.writer.recovered)
-        self.store = StoreReader(self.writer.path, retention)
+        self.store = SQLiteReader(self.writer.path, retention)
         self.hub = Hub()
         self.committer = Committer(self.writer, loop, self.hub, parse_duration(cfg.store.cleanup_interval))
         self.committer.start()
@@ -523,7 +520,7 @@ class Collector:
         await self.server.start()
         log.info("serving: ingest on %s (port %d), consumers on %s (port %d), store %s%s",
                  cfg.ingest.listen, self.ports["ingest"], cfg.consumers.listen, self.ports["consumers"],
-                 self.store.path, ", PLAINTEXT" if cfg.tls.plaintext else ", mutual TLS")
+                 self.writer.path, ", PLAINTEXT" if cfg.tls.plaintext else ", mutual TLS")
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:

@@ -47,7 +47,7 @@ class WriterError(RuntimeError):
 
 
 class WriterProcess:
-    """A `SQLiteStore` in a child process, with the writing half of its interface."""
+    """A `SQLiteStore` in a child process: a `StoreWriter` (agent/collector/store)."""
 
     def __init__(self, store_args: dict, log_level: str = "warning", start_timeout: float = 600.0):
         ctx = multiprocessing.get_context("spawn")  # never fork a process that runs gRPC
@@ -131,7 +131,7 @@ def _child(conn, store_args: dict, log_level: str, parent: int) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s writer: %(message)s")
     gc.set_threshold(20_000, 100, 1000)  # as in the parent: see agent/collector/cli.py
 
-    from agent.collector.store import SQLiteStore
+    from agent.collector.store.sqlite import SQLiteStore
     from agent.proto import collector_pb2
     try:
         store = SQLiteStore(**store_args)

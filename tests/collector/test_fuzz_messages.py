@@ -18,7 +18,7 @@ from hypothesis import given, strategies as st
 
 from agent.collector.ingest import Refused, check
 from agent.collector.server import _parse_batch
-from agent.collector.store import SQLiteStore
+from agent.collector.store.sqlite import SQLiteStore
 from agent.proto import collector_pb2
 from agent.stream.client import PUBLISH
 from agent.wire.columns import FIELDS, append_point

@@ -12,8 +12,10 @@ import grpc
 import pytest
 
 from agent.collector.ingest import Limits, Refused, check
-from agent.collector.server import Committer, StoreRefused
-from agent.collector.store import QueryBounds, QueryTooLarge, SQLiteStore, StoreReader, WriteResult
+from agent.collector.server import Committer
+from agent.collector.store import QueryBounds, QueryTooLarge, StoreRefused, WriteResult
+from agent.collector.store.reader import SQLiteReader
+from agent.collector.store.sqlite import SQLiteStore
 from agent.proto import collector_pb2
 from agent.stream.client import PUBLISH, REJECTED_TRAILER
 from agent.wire.columns import append_point
@@ -272,7 +274,7 @@ def _filled(tmp_path, hosts=1, series=20, seconds=30, t0=None):
 @pytest.mark.parametrize("resolution", ["raw", "10s"])
 def test_a_query_past_its_point_or_series_bound_is_resource_exhausted_before_it_is_built(tmp_path, resolution):
     store, t0 = _filled(tmp_path)
-    reader = StoreReader(store.path, store.retention)
+    reader = SQLiteReader(store.path, store.retention)
     args = ("gpu_power_watts", "", {}, t0 - 60, t0 + 120, resolution)
     _, series = reader.query(*args, bounds=QueryBounds(max_points=10_000))
     assert len(series) == 20

@@ -4,9 +4,11 @@ from __future__ import annotations
 import pytest
 
 from agent.collector.ingest import check
-from agent.collector.store import SQLiteStore
+from agent.collector.store import wal
+from agent.collector.store.sqlite import SQLiteStore
 from agent.proto import collector_pb2
 from agent.wire.columns import append_point, points_of
+from store_file import raw_points
 
 T0 = 1_699_999_980.0  # a round 10 s and 60 s boundary
 
@@ -22,14 +24,14 @@ def test_a_replayed_batch_is_acknowledged_as_duplicate_and_not_stored_again(tmp_
     store = SQLiteStore(tmp_path)
     assert [r.duplicate for r in store.write([_batch(seq=1), _batch(seq=2, ts=T0 + 1)], T0)] == [False, False]
     assert [r.duplicate for r in store.write([_batch(seq=2, ts=T0 + 1), _batch(seq=3, ts=T0 + 2)], T0)] == [True, False]
-    assert store.count_raw() == 3
+    assert len(raw_points(store.path, None)) == 3
 
 
 def test_duplicates_within_one_commit_group_are_caught(tmp_path):
     store = SQLiteStore(tmp_path)
     results = store.write([_batch(seq=5), _batch(seq=5)], T0)
     assert [r.duplicate for r in results] == [False, True]
-    assert store.count_raw() == 1
+    assert len(raw_points(store.path, None)) == 1
 
 
 def test_dedup_survives_a_restart_and_is_per_host_and_epoch(tmp_path):
@@ -85,7 +87,7 @@ def test_a_flush_cut_short_by_a_crash_is_finished_once_on_restart(tmp_path):
     store.write(many, T0)  # freezes the first accumulators, later writes carry chunks
     store.write([_batch(seq=21, ts=T0 + 3, value=3, gpu="0")], T0)  # freeze the rest
     store.write([_batch(seq=22, ts=T0 + 12, value=4, gpu="0")], T0)  # chunk 1 of the second flush
-    assert store._flushing is not None and 0 < store._flushing.done10 < len(store._flushing.closed10), "mid-flush"
+    assert store.rollups.flushing is not None and 0 < store.rollups.flushing.done10 < len(store.rollups.flushing.closed10), "mid-flush"
     after = SQLiteStore(tmp_path, flush_interval=3600)  # the crash: restart from the file
     after.flush()
     _, series = after.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="10s")
@@ -117,7 +119,7 @@ def test_retention_drops_whole_partitions(tmp_path):
     store.flush()
     done = store.cleanup(T0 + 3 * 3600 + 10)
     assert [t for t in done["dropped_tables"] if t.startswith("raw_")] == [f"raw_{int(T0 // 3600)}"]
-    assert store.count_raw() == 1
+    assert len(raw_points(store.path, None)) == 1
     # The rollups of the same hour stay (their retention is longer).
     assert store.query("gpu_power_watts", start=T0, end=T0 + 10, resolution="10s")[1][0].points
 
@@ -244,7 +246,7 @@ def test_rollups_rebuilt_after_a_crash_mid_flush_equal_a_plain_computation(tmp_p
     store = SQLiteStore(tmp_path, flush_interval=0, chunk_rows=1)
     for i in range(0, len(batches), 3):
         store.write(batches[i:i + 3], T0)
-    assert store._flushing is not None, "mid-flush when the process dies"
+    assert store.rollups.flushing is not None, "mid-flush when the process dies"
     after = SQLiteStore(tmp_path, flush_interval=3600)
     after.flush()
     _close(_found(after, "10s"), _expected(batches, 10))
@@ -331,7 +333,7 @@ def test_a_minute_still_open_keeps_its_oldest_points_through_a_crash(tmp_path):
     store.write([_batch(seq=4, ts=T0 + 58, value=4)], now[0])  # writes it: minute T0 starts with arrival 2
     store.write([_batch(seq=5, ts=T0 + 59, value=5)], now[0])  # freezes bucket T0+40 (arrivals 1, 3)
     store.write([_batch(seq=6, ts=T0 + 59, value=6)], now[0])  # writes it into the open minute
-    assert store._flushing is None and store._marks.held == 1, "the minute holds arrival 1 when the process dies"
+    assert store.rollups.flushing is None and store.rollups.marks.held == 1, "the minute holds arrival 1 when the process dies"
     after = SQLiteStore(tmp_path, flush_interval=3600)
     after.flush()
     (m,) = after.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="1m")[1]
@@ -372,9 +374,9 @@ def test_the_wal_starts_over_while_commits_keep_coming(tmp_path, monkeypatch):
     # grows (measured: 333 MB after 4 s of this loop). Past WAL_RESTART_BYTES the checkpoint
     # thread makes it start over, and journal_size_limit trims the file.
     import time
-    monkeypatch.setattr(SQLiteStore, "WAL_RESTART_BYTES", 1 << 20)
+    monkeypatch.setattr(wal, "WAL_RESTART_BYTES", 1 << 20)
     store = SQLiteStore(tmp_path)
-    wal = tmp_path / "collector.db-wal"
+    wal_file = tmp_path / "collector.db-wal"
     sizes, seq = [], 0
     try:
         end, sample = time.monotonic() + 4, time.monotonic() + 0.25
@@ -382,7 +384,7 @@ def test_the_wal_starts_over_while_commits_keep_coming(tmp_path, monkeypatch):
             seq += 1
             store.write([_batch(seq=seq, ts=T0 + seq)], T0)
             if time.monotonic() >= sample:
-                sizes.append(wal.stat().st_size)
+                sizes.append(wal_file.stat().st_size)
                 sample += 0.25
     finally:
         store.close()

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def _stored_metrics(db: Path, host: str) -> set[str]:
-    from agent.collector.store import raw_points
+    from store_file import raw_points
     return {p.metric for _, p in raw_points(db, None, host)} if db.exists() else set()
 
 
