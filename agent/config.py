@@ -22,16 +22,18 @@ file, since an operator sets them to override one run.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import importlib
 import math
+import operator
 import os
 import re
 import stat
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 from agent.libraries import AMDSMI_DEFAULT, AMDSMI_ENV, NVML_ENV, NVML_LIBRARY
@@ -110,7 +112,55 @@ class Section:
     parse: Callable[[Any, "Locator"], Any] | None = None
     default: Any = None  # value of a `parse` section when the file has none
     # Rules across keys of one section: gets the validated values, returns (key, message) or None.
-    check: Callable[[SimpleNamespace], tuple[str, str] | None] | None = None
+    check: Callable[[Any], tuple[str, str] | None] | None = None
+
+    def settings_type(self) -> type:
+        """The type of this section's values, generated from its keys: a dataclass with one
+        typed field per key and the key's default, so a misspelt key is an AttributeError
+        where it is read or set, and code never probes for a key that might be absent."""
+        made = _SETTINGS_TYPES.get(id(self))
+        if made is None or made[0] is not self:
+            fields = [(name, _annotation(key.type), field(default_factory=_copier(key.default))
+                       if isinstance(key.default, (list, dict, set)) else field(default=key.default))
+                      for name, key in self.keys.items()]
+            cls = make_dataclass(_camel(self.name) + "Settings", fields, slots=True,
+                                 namespace={"__doc__": f"[{self.name}]: {self.doc}"})
+            cls.__module__ = __name__
+            made = _SETTINGS_TYPES[id(self)] = (self, cls)
+        return made[1]
+
+    def defaults(self) -> Any:
+        """This section's settings with every key at its default."""
+        return self.settings_type()()
+
+
+_SETTINGS_TYPES: dict[int, tuple[Section, type]] = {}
+_CONFIG_TYPES: dict[tuple[str, ...], type] = {}
+
+
+def config_type(known: dict[str, Section]) -> type:
+    """The type of a whole parsed file: `file`, `locator`, then one attribute per section
+    (its settings type's instance, or what a `parse` section returns)."""
+    names = tuple(known)
+    cls = _CONFIG_TYPES.get(names)
+    if cls is None:
+        fields = [("file", str, field(default="<config>")), ("locator", Any, field(default=None))]
+        fields += [(name, Any, field(default=None)) for name in names]
+        cls = _CONFIG_TYPES[names] = make_dataclass("Config", fields, namespace={"__doc__": "A parsed config file."})
+        cls.__module__ = __name__
+    return cls
+
+
+def _annotation(t: type | tuple[type, ...]) -> Any:
+    return functools.reduce(operator.or_, t) if isinstance(t, tuple) else t
+
+
+def _copier(value: Any) -> Callable[[], Any]:
+    return lambda: copy.deepcopy(value)
+
+
+def _camel(name: str) -> str:
+    return "".join(part.capitalize() for part in re.split(r"[_\W]+", name) if part)
 
 
 class Locator:
@@ -453,7 +503,7 @@ def _first_line(text: str, pattern: str, longest: int) -> int | None:
     return None
 
 
-def parse(text: str, file: str = "<config>", known: dict[str, Section] | None = None) -> SimpleNamespace:
+def parse(text: str, file: str = "<config>", known: dict[str, Section] | None = None) -> Any:
     """Validate TOML text; returns a namespace per section (`cfg.gpu.hz`).
 
     `known` replaces the agent's sections (the collector validates its own file this way)."""
@@ -475,7 +525,7 @@ def parse(text: str, file: str = "<config>", known: dict[str, Section] | None = 
     for name in raw:
         if name not in known:
             raise where.error((name,), f"unknown section (known: {', '.join(sorted(known))})")
-    cfg = SimpleNamespace(file=file, locator=where)
+    cfg = config_type(known)(file=file, locator=where)
     for name, section in known.items():
         given = raw.get(name)
         if section.parse is not None:
@@ -488,9 +538,10 @@ def parse(text: str, file: str = "<config>", known: dict[str, Section] | None = 
         for key in given:
             if key not in section.keys:
                 raise where.error((name, key), f"unknown key in [{name}] (known: {', '.join(section.keys)})")
-        values = {k: _check_value(spec, given[k], (name, k), where) if k in given else spec.default
+        # A default list or table is copied: a caller changing one parse's must not change the next's.
+        values = {k: _check_value(spec, given[k], (name, k), where) if k in given else copy.deepcopy(spec.default)
                   for k, spec in section.keys.items()}
-        values = SimpleNamespace(**values)
+        values = section.settings_type()(**values)
         problem = section.check(values) if section.check is not None else None
         if problem:
             raise where.error((name, problem[0]), _cut(problem[1]))
@@ -534,7 +585,7 @@ def read(path: str | os.PathLike | None, default_path: str) -> tuple[str, str]:
                                line) from None
 
 
-def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> SimpleNamespace:
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Any:
     """Read and validate the config file; with no file at the default path, the defaults.
 
     An explicitly named file that is missing or unreadable is an error; the default path

@@ -41,7 +41,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable
 
 from agent import __version__
@@ -64,7 +63,7 @@ COMPONENTS: tuple[str, ...] = (
 log = logging.getLogger("egs-agent")
 
 
-def build_sources(specs: tuple[str, ...], cfg: SimpleNamespace, core_factory: Callable | None = None) -> dict[str, Source]:
+def build_sources(specs: tuple[str, ...], cfg: Any, core_factory: Callable | None = None) -> dict[str, Source]:
     """The sources of `specs` ("module:function"), in order, by name. A factory gets the ones
     built before it; one that fails to build is logged and left out, the others carry on."""
     built: dict[str, Source] = {}
@@ -87,7 +86,7 @@ def build_sources(specs: tuple[str, ...], cfg: SimpleNamespace, core_factory: Ca
 class Daemon:
     """The agent. `start()`, then `run()` until `request_stop()`; or `tick(now)` by hand in tests."""
 
-    def __init__(self, cfg: SimpleNamespace, config_path: str | None = None,
+    def __init__(self, cfg: Any, config_path: str | None = None,
                  env: dict[str, str] | None = None, clock: Callable[[], float] = time.time,
                  components: tuple[str, ...] | None = None, core_factory: Callable | None = None):
         self.cfg = cfg

@@ -499,7 +499,7 @@ class Collector:
         self.ingest = Ingest(self.committer, cfg.tls.plaintext, limits, cfg.ingest.max_uncommitted)
         bounds = QueryBounds(max_span=parse_duration(cfg.consumers.max_query_span),
                              max_points=cfg.consumers.max_query_points, max_series=cfg.consumers.max_query_series)
-        self.consumers = Consumers(self.store, self.hub, self.ingest, cfg.consumers.all_tokens,
+        self.consumers = Consumers(self.store, self.hub, self.ingest, cfg.consumer_tokens,
                                    parse_duration(cfg.consumers.heartbeat), cfg.consumers.max_pending,
                                    cfg.consumers.max_subscribers, bounds, MAX_SEND_BYTES)
         self.server = grpc.aio.server(options=server_options(cfg))

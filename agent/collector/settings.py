@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
-from types import SimpleNamespace
+from typing import Any
 
-from agent.config import MAX_FILE_BYTES, ConfigError, Key, Section, parse, parse_duration, read, section_markdown
+from agent.config import MAX_FILE_BYTES, Key, Section, parse, parse_duration, read, section_markdown
 from agent.netaddr import is_loopback_endpoint
 
 DEFAULT_PATH = "/etc/egs-collector/collector.toml"
@@ -109,7 +108,7 @@ SECTIONS = {s.name: s for s in [
         "synchronous": Key("normal", str, "SQLite synchronous mode: 'normal' survives a collector crash (kill -9) with WAL; 'full' also a power cut, at one fsync per commit.",
                            choices=("normal", "full")),
         "cleanup_interval": _duration_key("60s", "How often expired rows are deleted.", 1, DAY),
-        "compress_raw": Key(True, bool, "zlib the per-second records (about 4.6x less disk, about 0.75 us of CPU per point)."),
+        "compress_raw": Key(True, bool, "zlib the per-second records (less disk for some CPU per point; the figures are in docs/benchmarks.md)."),
         "rollup_flush": _duration_key("10s", "How often the 10 s / 1 min buckets that have ended are written (a bucket reaches queries 5 s plus up to this long after it ends).", 1, 600),
         "cache_mib": Key(256, int, "SQLite page cache of the writer, MiB.", min=2, max=65536),
     }),
@@ -130,7 +129,7 @@ def load_tokens(path: str) -> list[str]:
     return tokens
 
 
-def parse_text(text: str, file: str = "<config>") -> SimpleNamespace:
+def parse_text(text: str, file: str = "<config>") -> Any:
     cfg = parse(text, file, known=SECTIONS)
     where = cfg.locator
     if cfg.tls.plaintext:
@@ -164,7 +163,7 @@ def parse_text(text: str, file: str = "<config>") -> SimpleNamespace:
         raise where.error(("consumers",), "tokens or tokens_file must give at least one token unless tls.plaintext = true")
     if any(len(t) < 16 for t in tokens):
         raise where.error(("consumers", "tokens"), "every token must be at least 16 characters")
-    cfg.consumers.all_tokens = tokens
+    cfg.consumer_tokens = tokens  # consumers.tokens and the tokens_file's, checked
     return cfg
 
 
@@ -173,7 +172,7 @@ def markdown() -> str:
     return "\n".join(line for sec in SECTIONS.values() for line in section_markdown(sec, "###"))
 
 
-def load(path: str | os.PathLike | None = None) -> SimpleNamespace:
+def load(path: str | os.PathLike | None = None) -> Any:
     return parse_text(*read(path, DEFAULT_PATH))
 
 

@@ -8,7 +8,6 @@ threads; `tick` only copies the latest figures into the windows. The component r
 from __future__ import annotations
 
 import threading
-from types import SimpleNamespace
 from typing import Any
 
 from agent.events import Event
@@ -19,7 +18,7 @@ from agent.nic.metadata import MetadataLookup
 from agent.sources.base import Sample
 
 
-def build(cfg: SimpleNamespace, ctx: Any) -> "NicComponent | None":
+def build(cfg: Any, ctx: Any) -> "NicComponent | None":
     if cfg.nic.mode == "off":
         return None
     return NicComponent(cfg.nic, ctx)
@@ -28,7 +27,7 @@ def build(cfg: SimpleNamespace, ctx: Any) -> "NicComponent | None":
 class NicComponent:
     name = "nic"
 
-    def __init__(self, settings: SimpleNamespace, ctx: Any):
+    def __init__(self, settings: Any, ctx: Any):
         self.ctx = ctx
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -40,7 +39,7 @@ class NicComponent:
         self._error: str | None = None
         self._configure(settings)
 
-    def _configure(self, settings: SimpleNamespace) -> None:
+    def _configure(self, settings: Any) -> None:
         self.settings = settings
         self.manager = NicManager(settings, InstanceTable.load(settings.instance_types),
                                   clock=self.ctx.clock, emit=self._emit)
@@ -62,7 +61,7 @@ class NicComponent:
         if self._thread is not None:
             self._thread.join(timeout=5.0)
 
-    def reload(self, cfg: SimpleNamespace) -> None:
+    def reload(self, cfg: Any) -> None:
         """New [nic] settings take effect on the next pass; drift counts restart with them."""
         with self._lock:
             self._configure(cfg.nic)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable
 
 from agent.nic import affinity, ethtool, interfaces, sandbox
@@ -61,7 +60,7 @@ class _Memory:
 
 
 class NicManager:
-    def __init__(self, settings: SimpleNamespace, table: InstanceTable | None = None,
+    def __init__(self, settings: Any, table: InstanceTable | None = None,
                  clock: Callable[[], float] = time.time,
                  emit: Callable[[str, dict[str, Any]], None] | None = None):
         """`settings` is the `[nic]` section; `emit(interface, data)` receives each event."""

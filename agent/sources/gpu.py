@@ -19,7 +19,6 @@ extension itself is not built, both backends are reported unavailable with that 
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 from typing import Any, Callable, NamedTuple, Protocol
 
 from agent.events import Event
@@ -86,7 +85,7 @@ class GpuCore(Protocol):
     def sampler_stats(self) -> dict: ...
 
 
-def default_core_factory(settings: SimpleNamespace):
+def default_core_factory(settings: Any):
     # The native extension may be missing on a bare checkout: ImportError, which start reports.
     from agent.sources.amdgpuinfo import CoreWithFallback
 
@@ -96,7 +95,7 @@ def default_core_factory(settings: SimpleNamespace):
 class GpuSource(Source):
     name = "gpu"
 
-    def __init__(self, settings: SimpleNamespace, core_factory: Callable[[SimpleNamespace], GpuCore] | None = None):
+    def __init__(self, settings: Any, core_factory: Callable[[Any], GpuCore] | None = None):
         super().__init__()
         self.settings = settings
         self.core_factory = core_factory or default_core_factory

@@ -12,8 +12,9 @@ than a huge or negative one.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from pathlib import Path
-from types import SimpleNamespace
 
 import psutil
 
@@ -71,7 +72,7 @@ def utilization(before, after) -> float | None:
 class HostSource(Source):
     name = "host"
 
-    def __init__(self, settings: SimpleNamespace):
+    def __init__(self, settings: Any):
         super().__init__()
         self.settings = settings
         self._cpu = None
@@ -86,7 +87,7 @@ class HostSource(Source):
             return
         self._apply_procfs()
 
-    def reconfigure(self, settings: SimpleNamespace) -> None:
+    def reconfigure(self, settings: Any) -> None:
         self.settings = settings
         if settings.enabled and self.status.state == "disabled":
             self.status.state = "starting"

@@ -28,7 +28,7 @@ def _error(text: str) -> str:
 def test_a_good_file_parses_with_defaults():
     cfg = settings.parse_text(GOOD, "c.toml")
     assert cfg.ingest.listen == "[::]:7443" and cfg.store.synchronous == "normal"
-    assert cfg.consumers.all_tokens == ["0123456789abcdef-token"]
+    assert cfg.consumer_tokens == ["0123456789abcdef-token"]
 
 
 @pytest.mark.parametrize("text, where", [
@@ -49,14 +49,14 @@ def test_errors_name_file_line_and_key(text, where):
 def test_plaintext_on_loopback_needs_no_certificates_or_tokens():
     cfg = settings.parse_text('[tls]\nplaintext = true\n[ingest]\nlisten = "127.0.0.1:1"\n'
                               '[consumers]\nlisten = "[::1]:2"\n', "c.toml")
-    assert cfg.consumers.all_tokens == []
+    assert cfg.consumer_tokens == []
 
 
 def test_tokens_file_is_read_and_a_missing_one_is_located(tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text("# consumers\nabcdefghijklmnopqrstuvwxyz\n")
     cfg = settings.parse_text(f'[consumers]\ntokens_file = "{tokens}"\n', "c.toml")
-    assert cfg.consumers.all_tokens == ["abcdefghijklmnopqrstuvwxyz"]
+    assert cfg.consumer_tokens == ["abcdefghijklmnopqrstuvwxyz"]
     assert "c.toml:2: consumers.tokens_file: cannot read" in _error('[consumers]\ntokens_file = "/nonexistent"\n')
 
 

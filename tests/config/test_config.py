@@ -112,3 +112,17 @@ def test_docs_config_md_is_generated_from_the_declarations():
 def test_the_dev_and_demo_configs_are_valid():
     for name in ("agent.toml", "demo.toml"):
         config.load(ROOT / "dev" / name, env={})
+
+
+def test_each_section_has_a_settings_type_generated_from_its_keys():
+    import dataclasses
+
+    cfg = config.parse("[gpu]\nhz = 20\n", "t.toml")
+    assert type(cfg.gpu).__name__ == "GpuSettings" and cfg.gpu.hz == 20.0
+    assert [f.name for f in dataclasses.fields(cfg.gpu)] == list(config.sections()["gpu"].keys)
+    assert config.sections()["gpu"].defaults().hz == config.sections()["gpu"].keys["hz"].default
+    with pytest.raises(AttributeError):
+        cfg.gpu.hzz = 1.0  # a misspelt key fails where it is set, not later as a silent default
+    a, b = config.parse("", "a.toml"), config.parse("", "b.toml")
+    a.agent.labels["x"] = "y"
+    assert b.agent.labels == {}  # mutable defaults are not shared between parses

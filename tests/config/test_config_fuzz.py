@@ -191,7 +191,7 @@ def usable_collector(cfg) -> None:
             if spec.duration:
                 seconds = collector_settings.retention_seconds(value)
                 assert seconds is not None and 0 < seconds <= spec.max and now - seconds > 0, f"{name}.{key}"
-    assert all(16 <= len(t) <= 4096 and t.isascii() for t in cfg.consumers.all_tokens)
+    assert all(16 <= len(t) <= 4096 and t.isascii() for t in cfg.consumer_tokens)
 
 
 def outcome(kind: str, path: Path, lines: dict[tuple, int], given: dict[tuple, object]) -> str:

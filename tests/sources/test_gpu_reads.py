@@ -2,9 +2,9 @@
 metric with no recent sample shown null and stale (never its last good value), the core's
 fault events emitted by the daemon as `Event(kind="gpu")` whichever components run (with the
 health source's changes after them), and the backends described once rather than every tick."""
+import dataclasses
 import json
 import logging
-from types import SimpleNamespace
 
 import pytest
 
@@ -33,8 +33,7 @@ def failed(gpu, metric, errors, text=""):
 
 
 def settings(**over):
-    base = vars(config.parse("", "test.toml").gpu) | {"hz": 10.0, "slow_hz": 1.0}
-    return SimpleNamespace(**(base | over))
+    return dataclasses.replace(config.parse("", "test.toml").gpu, **({"hz": 10.0, "slow_hz": 1.0} | over))
 
 
 class Clock:

@@ -1,8 +1,8 @@
 """The GPU source on the real native core and the simulated libraries: samples and labels as
 the scenario defines them, unsupported fields null, a lost GPU marked while the other keeps
 reporting, and both backends' status."""
+import dataclasses
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -14,11 +14,9 @@ from agent.windows import Windows
 
 def settings(**over):
     """The `[gpu]` section as the config machinery declares it, pointed at the simulators."""
-    base = vars(config.parse("", "test.toml").gpu) | dict(
-        nvml_library=str(sim_paths.NVML_LIB), amdsmi_library=str(sim_paths.AMDSMI_LIB),
-        hz=100.0, ring_seconds=10.0)
-    base.update(over)
-    return SimpleNamespace(**base)
+    base = dict(nvml_library=str(sim_paths.NVML_LIB), amdsmi_library=str(sim_paths.AMDSMI_LIB),
+                hz=100.0, ring_seconds=10.0)
+    return dataclasses.replace(config.parse("", "test.toml").gpu, **(base | over))
 
 
 @pytest.fixture
