@@ -1,7 +1,7 @@
 """`egs-agent`: one entry point, one sub-command per verb.
 
 Each feature registers its own verbs (`register(subparsers)` in its `cli` module) so the
-code for a verb lives beside the feature. Exit codes (DESIGN.md): 0 ok, 1 runtime failure,
+code for a verb lives beside the feature. Exit codes, the same for every verb: 0 ok, 1 runtime failure,
 2 bad usage or bad config.
 """
 from __future__ import annotations

@@ -16,8 +16,8 @@ unless the key says less) and free of control characters, every list and table a
 key's count (256 unless the key says otherwise), and `agent.labels` follows the label rules
 below (`check_labels`). docs/config.md states each bound beside its key.
 
-Where a key is given in the file, the file wins; the few environment variables DESIGN.md
-names (EGS_NVML_LIBRARY, EGS_AMDSMI_LIBRARY, EGS_SOCKET) are applied by `load()` after the
+Where a key is given in the file, the file wins; the few environment variables of the
+agent's contract (EGS_NVML_LIBRARY, EGS_AMDSMI_LIBRARY, EGS_SOCKET) are applied by `load()` after the
 file, since an operator sets them to override one run.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The metric catalogue: every name the agent emits, its unit and help text.
 
-Names follow DESIGN.md (base units, unit suffixes, `_total` for counters); the help
+Names are in base units with a unit suffix, `_total` for counters (Prometheus' rules); the help
 strings are the metric documentation. GPU metrics carry the labels gpu, uuid, vendor,
 model; per-NIC metrics carry nic. Other modules refer to metrics by these names only.
 """

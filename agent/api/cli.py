@@ -1,8 +1,8 @@
 """The daemon's verbs: `run`, `status`, `query`, `watch`, `check-config`.
 
 `status` reads like nvidia-smi (one row per GPU, then backends, host and NIC lines) because
-that is what operators of GPU hosts reach for first; `--json` gives the DESIGN.md document
-for scripts. `watch` redraws in place with a short per-GPU history so a person sees the trend,
+that is what operators of GPU hosts reach for first; `--json` gives the whole document
+(agent/api/status.py) for scripts. `watch` redraws in place with a short per-GPU history so a person sees the trend,
 not just a number. When the daemon is unreachable every verb prints one line saying so and
 how to start it, and exits 1.
 """

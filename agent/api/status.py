@@ -7,7 +7,7 @@ windows, the sources' status, the GPU source's per-GPU view, the health source's
 collection) is read here, when someone asks: the document is assembled and serialised at
 most once per tick, and a tick nobody asks about costs no JSON.
 
-Shape (DESIGN.md's contract, more keys welcome): `simulated`, `agent`, `host`, `gpus`,
+Shape (a contract other tools rely on: these keys stay, more are welcome): `simulated`, `agent`, `host`, `gpus`,
 `backends`, `sources`, `components`, `events`, `alarms`, `nic`, `health`, then one key per
 component under its name (`recorder`, `stream`, ...).
 """

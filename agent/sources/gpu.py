@@ -12,7 +12,7 @@ named in `stale`, never as its last good value), and the core's fault events (XI
 AMD events), drained every tick so the C queue never overflows and handed on as this tick's
 `Event(kind="gpu")`s (`gpu_event`): the health source reads them, the daemon emits them.
 
-Missing vendor libraries are not failures (DESIGN.md): the core reports those backends as
+Missing vendor libraries are not failures: the core reports those backends as
 `unavailable` with the reason, and this source stays up with no devices. If the native
 extension itself is not built, both backends are reported unavailable with that reason.
 """

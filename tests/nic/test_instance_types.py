@@ -1,7 +1,7 @@
 """The shipped instance table and its lookup (both spellings), and config overrides."""
 from agent.nic.instance_types import InstanceTable, normalize
 
-# (name as an operator might write it, required queues or None) straight from FACTS.md.
+# (name as an operator might write it, required queues or None) straight from the instance-type slides.
 SLIDE_TABLE = {
     "ecs.ga1.2xlarge": None, "ecs.ga1.4xlarge": 2, "ecs.ga1.8xlarge": 3, "ecs.ga1.14xlarge": 4,
     "gn4-c4g1.xlarge": None, "gn4-c8g1.2xlarge": None, "gn4.8xlarge": 3, "gn4-c4g1.2xlarge": None,
