@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import pytest
 
 from agent import config
 from agent.recorder.store import read_file
+from collector_procs import wait_for
 from alarm_helpers import CONFIG, Daemonish, FakeCoreEvent
 
 @pytest.fixture
@@ -17,15 +17,6 @@ def d(tmp_path):
     d = Daemonish(tmp_path)
     yield d
     d.stop()
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_hot_gpu_fires_once_with_a_recording_and_the_hook(d):

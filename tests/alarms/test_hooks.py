@@ -3,22 +3,13 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 from agent.alarms.hooks import HookRunner
 from agent.alarms.rules import Hook
 from agent.events import Event
+from collector_procs import wait_for
 
 EVENT = Event("alarm", 1700000000.0, {"gpu": "0"}, {"rule": "hot", "state": "alarm", "notify": "firing"})
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_hook_gets_the_event_as_json_on_stdin(tmp_path):

@@ -15,13 +15,13 @@ import logging
 import os
 import shutil
 import stat
-import time
 from concurrent import futures
 
 import grpc
 import pytest
 
 from agent.config import parse
+from collector_procs import wait_for
 from agent.proto import collector_pb2
 from agent.stream.client import StreamClient
 from agent.stream.outbox import Outbox
@@ -411,15 +411,6 @@ def _settings(port: int):
                  'backoff_base = 0.05\nbackoff_max = 0.2\nconnect_timeout = 2\n', "a.toml").stream
 
 
-def _until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_the_stream_carries_on_past_a_deleted_segment(tmp_path, caplog):
     collector = _Collector()
     spool = _spool(tmp_path)
@@ -434,12 +425,12 @@ def test_the_stream_carries_on_past_a_deleted_segment(tmp_path, caplog):
             _fill(spool, range(81, 91))
             client.notify()
             sent = lambda: set(collector.seqs) >= set(range(1, 91)) - set(lost)  # noqa: E731
-            assert _until(sent), f"sent {sorted(set(collector.seqs))}"
-            assert _until(lambda: spool.status()["backlog_records"] == 0)
+            assert wait_for(sent), f"sent {sorted(set(collector.seqs))}"
+            assert wait_for(lambda: spool.status()["backlog_records"] == 0)
             _segments(tmp_path)[-1].unlink()  # and the one being written, while the stream runs
             _fill(spool, range(91, 101))
             client.notify()
-            assert _until(lambda: set(collector.seqs) >= set(range(91, 101)))
+            assert wait_for(lambda: set(collector.seqs) >= set(range(91, 101)))
         finally:
             client.stop()
             collector.server.stop(0)
