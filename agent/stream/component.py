@@ -13,4 +13,4 @@ def build(cfg, ctx) -> Outbox | None:
     if not cfg.stream.endpoints:
         return None
     return Outbox(cfg.stream, ctx.state_dir, host_id=ctx.host_id, labels=ctx.labels,
-                  clock=ctx.clock, log=ctx.log, status_of=getattr(ctx, "status_of", None))
+                  clock=ctx.clock, log=ctx.log, status_of=ctx.status_of)
