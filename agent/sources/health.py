@@ -278,10 +278,6 @@ class HealthSource(Source):
         self.health = Health(hold_s=hold_s)
         self._gpus: list[dict[str, Any]] = []
 
-    def start(self) -> None:
-        self.health.know(self.gpu.devices, 0.0)
-        self._gpus = self.health.status()
-
     def collect(self, now: float) -> list[Sample]:
         # The faults themselves are the GPU source's events (the daemon emits those first).
         self.tick_events = self.health.observe(self.gpu.tick_events, self.gpu.devices, now)

@@ -103,7 +103,8 @@ def test_the_health_source_yields_gauges_and_the_changes_the_gpu_sources_faults_
     gpu = _GpuSource([FakeDevice(0), FakeDevice(1)])
     source = HealthSource(gpu, hold_s=600)
     source.start()
-    assert [g["state"] for g in source.gpus()] == ["ok", "ok"]  # known before any fault
+    collect_safely(source, T0)
+    assert [(g["state"], g["since"]) for g in source.gpus()] == [("ok", T0), ("ok", T0)]  # known before any fault
     gpu.tick_events = [fault("xid", 1, 79, T0 + 0.5, "fallen off the bus")]
     samples = collect_safely(source, T0 + 1)
     gauges = {(s.metric, s.labels["gpu"]): s.last for s in samples}
