@@ -10,14 +10,11 @@ fires on it in the same tick share one recording (`Recorder.trigger`); its heade
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from agent.config import parse_duration
 from agent.events import Event
 from agent.recorder.store import Recorder
-
-log = logging.getLogger("egs-agent.recorder")
 
 
 class RecorderComponent:
