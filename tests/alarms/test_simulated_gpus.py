@@ -24,11 +24,6 @@ import agent.native as native  # built by `make test`: its absence is a failure
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="module")
-def sim_out():
-    return sim_paths.build_sim()
-
-
 @pytest.fixture
 def core_on(sim_out, monkeypatch):
     cores = []
