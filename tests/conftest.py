@@ -93,3 +93,12 @@ def agent_factory(tmp_path, pki):
 @pytest.fixture
 def wait():
     return wait_for
+
+
+@pytest.fixture
+def daemons():
+    """Daemons a test started, stopped after it (make_daemon in daemon_helpers)."""
+    started = []
+    yield started
+    for d in started:
+        d.stop()

@@ -13,6 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+from agent import config
+from agent.daemon import Daemon
+
 ROOT = Path(__file__).resolve().parents[1]
 
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
@@ -199,3 +202,13 @@ class FakeGpuCore:
     def backends(self):
         self.calls["backends"] += 1
         return dict(self._backends)
+
+
+# --- an in-process daemon on a short socket path ------------------------------------------------
+
+def make_daemon(short_dir, extra="", components=(), core_factory=None, env=None, name="agent.toml", api=""):
+    """A Daemon (not started) with GPUs off and state and socket in `short_dir`."""
+    path = write_config(short_dir, "[gpu]\nenabled = false\n" + extra, name=name, api=api)
+    cfg = config.load(path, env={})
+    d = Daemon(cfg, config_path=str(path), env=env or {}, components=components, core_factory=core_factory)
+    return d, path
