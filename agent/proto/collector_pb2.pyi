@@ -289,9 +289,11 @@ class AgentInfo(_message.Message):
     def __init__(self, host: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., epoch: _Optional[int] = ..., last_seq: _Optional[int] = ..., last_seen: _Optional[float] = ..., connected: _Optional[bool] = ..., peer: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., batches: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class AgentsResponse(_message.Message):
-    __slots__ = ("agents", "now")
+    __slots__ = ("agents", "now", "store")
     AGENTS_FIELD_NUMBER: _ClassVar[int]
     NOW_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
     agents: _containers.RepeatedCompositeFieldContainer[AgentInfo]
     now: float
-    def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., now: _Optional[float] = ...) -> None: ...
+    store: str
+    def __init__(self, agents: _Optional[_Iterable[_Union[AgentInfo, _Mapping]]] = ..., now: _Optional[float] = ..., store: _Optional[str] = ...) -> None: ...
