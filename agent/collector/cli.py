@@ -103,10 +103,11 @@ def cmd_run(args) -> int:
     # ack for ~100 ms (measured with bench/collector.py). Almost nothing here forms cycles,
     # so collect rarely: the young generation every 20,000 allocations, the oldest seldom.
     gc.set_threshold(20_000, 100, 1000)
+    from agent.collector.store import StoreConfigError
     from agent.collector.writer import WriterError, WriterGone
     try:
         return asyncio.run(serve(cfg))
-    except (OSError, WriterError, WriterGone) as e:
+    except (OSError, WriterError, WriterGone, StoreConfigError) as e:
         print(f"egs-collector: {e}", file=sys.stderr)
         return 1
 
@@ -212,8 +213,10 @@ def cmd_agents(args) -> int:
              "spool_backlog_bytes": a.status.spool_backlog_bytes, "dropped_records": a.status.dropped_records,
              "health": a.status.health, "batches": a.batches, "duplicates": a.duplicates} for a in reply.agents]
     if args.json:
-        print(json.dumps({"agents": rows, "now": reply.now}))
+        print(json.dumps({"agents": rows, "now": reply.now, "store": reply.store}))
         return 0
+    if reply.store:
+        print(f"store: {reply.store}")
     print(f"{'HOST':24} {'CONN':4} {'LAST SEEN':>10} {'BACKLOG':>8} {'DROPPED':>8} HEALTH")
     for r in rows:
         age = f"{r['age_seconds']:.0f}s ago" if r["age_seconds"] is not None else "never"

@@ -34,7 +34,9 @@ import grpc
 
 from agent.collector import ingest as ingest_rules
 from agent.collector.settings import retention_seconds
-from agent.collector.store import QueryBounds, QueryTooLarge, StoreReader, StoreRefused, StoreWriter
+from agent.collector.store import QueryBounds, QueryTooLarge, StoreReader, StoreRefused, StoreUnavailable, StoreWriter
+from agent.collector.store.engine import Auth
+from agent.collector.store.promql import EngineQueryError, RemoteReader
 from agent.collector.store.reader import SQLiteReader
 from agent.collector.store.schema import R10, R60, RAW
 from agent.collector.subscriptions import Hub, make_update
@@ -128,7 +130,7 @@ class Committer:
         except Exception as e:
             error = e
         self.stats["errors"] += 1
-        if len(group) == 1 or isinstance(error, WriterGone):  # the disk or the database failed: no ack
+        if len(group) == 1 or isinstance(error, (WriterGone, StoreUnavailable)):  # nothing can be stored now: no ack
             log.error("store write failed for %d batches: %s", len(group), error)
             self._fail(group, error)
             return
@@ -310,8 +312,10 @@ class Ingest(collector_pb2_grpc.IngestServicer):
 class Consumers(collector_pb2_grpc.ConsumersServicer):
     def __init__(self, store: StoreReader, hub: Hub, ingest: Ingest, tokens: list[str],
                  heartbeat: float, max_pending: int, max_subscribers: int = 256,
-                 bounds: QueryBounds = QueryBounds(), max_send_bytes: int = 64 << 20):
+                 bounds: QueryBounds = QueryBounds(), max_send_bytes: int = 64 << 20,
+                 store_state=lambda: ""):
         self.store, self.hub, self.ingest = store, hub, ingest
+        self.store_state = store_state  # the writer's account of the store (Agents' `store`)
         self.tokens = [t.encode() for t in tokens]
         self.heartbeat, self.max_pending = heartbeat, max_pending
         self.max_subscribers, self.bounds, self.max_send_bytes = max_subscribers, bounds, max_send_bytes
@@ -388,6 +392,8 @@ class Consumers(collector_pb2_grpc.ConsumersServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         except QueryTooLarge as e:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        except EngineQueryError as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
         finally:
             self._queries -= 1
         return out
@@ -411,7 +417,7 @@ class Consumers(collector_pb2_grpc.ConsumersServicer):
     async def Agents(self, request, context):
         await self._authorize(context)
         rows = await asyncio.get_running_loop().run_in_executor(None, self.store.agents)
-        out = collector_pb2.AgentsResponse(now=time.time())
+        out = collector_pb2.AgentsResponse(now=time.time(), store=self.store_state())
         for row in rows:
             info = out.agents.add(host=row["host"], epoch=row["epoch"] or 0, last_seq=row["last_seq"] or 0,
                                   last_seen=row["last_seen"] or 0, connected=row["host"] in self.ingest.connected,
@@ -467,6 +473,34 @@ def _credentials(cfg, client_auth: bool) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(pair)
 
 
+def store_plan(cfg, retention: dict[str, float]):
+    """What `[store]` asks for: the writer process's store arguments, and how to open the
+    reader once the writer has made its file (SQLite store: the store file; remote write: the
+    engine's query API and the ledger)."""
+    store = cfg.store
+    if store.backend == "remote_write":
+        auth = Auth(store.bearer_token_file, store.basic_auth_user, store.basic_auth_password_file,
+                    store.tls_ca, store.tls_cert, store.tls_key, store.tls_insecure_skip_verify)
+        timeout = parse_duration(store.remote_timeout)
+        args = dict(backend="remote_write", data_dir=cfg.collector.data_dir, remote_write_url=store.remote_write_url,
+                    auth=auth, timeout=timeout, retry_for=parse_duration(store.remote_retry),
+                    samples_per_request=store.remote_samples_per_request, retention=retention,
+                    synchronous=store.synchronous, replay_window=parse_duration(store.replay_window))
+
+        def remote_reader(ledger_path: Path) -> RemoteReader:
+            reader = RemoteReader(store.query_url, ledger_path, retention, auth, max(timeout, 30.0))
+            problem = reader.check()  # a wrong URL or credentials raise StoreConfigError
+            if problem:
+                log.error("store: the engine's query API at %s does not answer (%s); queries fail until it does",
+                          store.query_url, problem)
+            return reader
+        return args, remote_reader
+    args = dict(backend="sqlite", data_dir=cfg.collector.data_dir, synchronous=store.synchronous, retention=retention,
+                cache_mib=store.cache_mib, flush_interval=parse_duration(store.rollup_flush),
+                compress_raw=store.compress_raw)
+    return args, lambda path: SQLiteReader(path, retention)
+
+
 class Collector:
     """The whole collector, started and stopped from one place (the CLI and the tests)."""
 
@@ -483,14 +517,12 @@ class Collector:
                      R10: retention_seconds(cfg.store.rollup_10s_retention),
                      R60: retention_seconds(cfg.store.rollup_1m_retention),
                      "events": retention_seconds(cfg.store.events_retention)}
-        store_args = dict(data_dir=cfg.collector.data_dir, synchronous=cfg.store.synchronous, retention=retention,
-                          cache_mib=cfg.store.cache_mib, flush_interval=parse_duration(cfg.store.rollup_flush),
-                          compress_raw=cfg.store.compress_raw)
+        store_args, make_reader = store_plan(cfg, retention)
         loop = asyncio.get_running_loop()
         self.writer = await loop.run_in_executor(None, lambda: WriterProcess(store_args, cfg.collector.log_level))
         if self.writer.recovered:
             log.info("store: refolded %d batches whose rollups were not flushed before the last stop", self.writer.recovered)
-        self.store = SQLiteReader(self.writer.path, retention)
+        self.store = await loop.run_in_executor(None, make_reader, self.writer.path)
         self.hub = Hub()
         self.committer = Committer(self.writer, loop, self.hub, parse_duration(cfg.store.cleanup_interval))
         self.committer.start()
@@ -501,7 +533,8 @@ class Collector:
                              max_points=cfg.consumers.max_query_points, max_series=cfg.consumers.max_query_series)
         self.consumers = Consumers(self.store, self.hub, self.ingest, cfg.consumer_tokens,
                                    parse_duration(cfg.consumers.heartbeat), cfg.consumers.max_pending,
-                                   cfg.consumers.max_subscribers, bounds, MAX_SEND_BYTES)
+                                   cfg.consumers.max_subscribers, bounds, MAX_SEND_BYTES,
+                                   store_state=lambda: self.writer.state or f"sqlite {self.writer.path}")
         self.server = grpc.aio.server(options=server_options(cfg))
         self.server.add_generic_rpc_handlers((ingest_handler(self.ingest),))
         collector_pb2_grpc.add_ConsumersServicer_to_server(self.consumers, self.server)
@@ -520,7 +553,7 @@ class Collector:
         await self.server.start()
         log.info("serving: ingest on %s (port %d), consumers on %s (port %d), store %s%s",
                  cfg.ingest.listen, self.ports["ingest"], cfg.consumers.listen, self.ports["consumers"],
-                 self.writer.path, ", PLAINTEXT" if cfg.tls.plaintext else ", mutual TLS")
+                 self.writer.state or self.writer.path, ", PLAINTEXT" if cfg.tls.plaintext else ", mutual TLS")
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.server is not None:

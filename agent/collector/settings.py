@@ -41,6 +41,12 @@ def _tokens(value: list[str]) -> str | None:
     return None
 
 
+def _http_url(value: str) -> str | None:
+    if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s#]*)?", value):
+        return "must be an http:// or https:// URL"
+    return None
+
+
 def token_problem(token: str) -> str | None:
     low, high = TOKEN_LEN
     if not low <= len(token) <= high:
@@ -100,7 +106,26 @@ SECTIONS = {s.name: s for s in [
         "key": Key("/etc/egs-collector/tls/collector.key", str, "Its private key (PEM)."),
         "client_ca": Key("/etc/egs-collector/tls/ca.crt", str, "CA (PEM) agents' client certificates must chain to."),
     }),
-    Section("store", "The embedded store and how long it keeps what.", {
+    Section("store", "Where points are kept: the embedded SQLite store (default) or a Prometheus remote-write engine; how long the embedded store keeps what.", {
+        "backend": Key("sqlite", str, "'sqlite': the embedded store in data_dir. 'remote_write': points go to a Prometheus remote-write engine (VictoriaMetrics, Prometheus, Mimir) at remote_write_url and queries to its HTTP API at query_url; agents, events and the exactly-once ledger stay in data_dir/ledger.db.",
+                       choices=("sqlite", "remote_write")),
+        "remote_write_url": Key("", str, "The engine's remote-write endpoint, e.g. http://vm:8428/api/v1/write (VictoriaMetrics), http://prometheus:9090/api/v1/write (Prometheus with --web.enable-remote-write-receiver), http://mimir:8080/api/v1/push.",
+                                max_len=2048, check=_http_url),
+        "query_url": Key("", str, "The engine's Prometheus HTTP API base, e.g. http://vm:8428 or http://mimir:8080/prometheus (the collector adds /api/v1/...).",
+                         max_len=2048, check=_http_url),
+        "remote_timeout": _duration_key("10s", "Time one request to the engine may take.", 0.1, 600),
+        "remote_retry": _duration_key("30s", "How long a group of batches is retried while the engine answers 5xx/429 or not at all, before its agents are told to send it again (they keep it spooled).",
+                                      0, 3600),
+        "replay_window": _duration_key("5s", "Accepted writes kept this long and sent again when the engine answers after failing: VictoriaMetrics acknowledges writes it holds in memory for about a second and loses them if it crashes; the engine keeps the repeated samples once. 0 turns it off (Prometheus, whose WAL has them).",
+                                       0, 600),
+        "remote_samples_per_request": Key(10_000, int, "Samples in one remote-write request (each agent point is five samples).", min=100, max=1_000_000),
+        "bearer_token_file": Key("", str, "File holding a bearer token for the engine (read at each connection)."),
+        "basic_auth_user": Key("", str, "User for HTTP basic auth to the engine."),
+        "basic_auth_password_file": Key("", str, "File holding that user's password."),
+        "tls_ca": Key("", str, "CA bundle (PEM) the engine's https certificate must chain to (default: the system's)."),
+        "tls_cert": Key("", str, "Client certificate (PEM) for the engine, if it asks for one."),
+        "tls_key": Key("", str, "Its private key (PEM)."),
+        "tls_insecure_skip_verify": Key(False, bool, "Do not verify the engine's certificate (testing only)."),
         "raw_retention": _duration_key("1h", "How long per-second points are kept.", 60, MAX_RETENTION_S, days=True),
         "rollup_10s_retention": _duration_key("2d", "How long 10-second min/avg/max rollups are kept.", 60, MAX_RETENTION_S, days=True),
         "rollup_1m_retention": _duration_key("30d", "How long 1-minute rollups are kept.", 60, MAX_RETENTION_S, days=True),
@@ -144,6 +169,12 @@ def parse_text(text: str, file: str = "<config>") -> Any:
         for key in ("cert", "key", "client_ca"):
             if not getattr(cfg.tls, key):
                 raise where.error(("tls", key), "is required unless tls.plaintext = true")
+    if cfg.store.backend == "remote_write":
+        for key in ("remote_write_url", "query_url"):
+            if not getattr(cfg.store, key):
+                raise where.error(("store", key), "is required with store.backend = \"remote_write\"")
+    if cfg.store.bearer_token_file and cfg.store.basic_auth_user:
+        raise where.error(("store", "basic_auth_user"), "give bearer_token_file or basic_auth_user, not both")
     tokens = list(cfg.consumers.tokens)
     if cfg.consumers.tokens_file:
         try:

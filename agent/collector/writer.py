@@ -17,9 +17,16 @@ flush and exit; systemd's SIGTERM goes to the parent only, KillMode=mixed), and 
 `WriterGone`; the collector then exits non-zero and systemd restarts it whole, and the
 agents replay what was not acknowledged.
 
+The child holds whichever store `[store] backend` names: the SQLite store, or the
+remote-write store (agent/collector/store/remote_write.py), whose encoding, compression and
+HTTP wait then stay off the gRPC process the same way.
+
 Messages, over one multiprocessing Pipe:
     parent -> child: ("write", received, [wire, ...]) | ("cleanup", now) | ("stop",)
-    child -> parent: ("ready", info) once, then ("ok", value) or ("error", text) per request
+    child -> parent: ("ready", info) once, then per request ("ok", value, state),
+        ("error", text, state) or ("unavailable", text, state) (the store cannot take
+        anything now: `StoreUnavailable`); `state` is the store's own account of itself
+        ("" for the SQLite store), kept as `WriterProcess.state`.
 """
 from __future__ import annotations
 
@@ -32,7 +39,7 @@ import signal
 import threading
 from pathlib import Path
 
-from agent.collector.store import WriteResult
+from agent.collector.store import StoreUnavailable, WriteResult
 
 log = logging.getLogger("egs-collector")
 PR_SET_PDEATHSIG = 1
@@ -61,12 +68,13 @@ class WriterProcess:
         if not self._conn.poll(start_timeout):
             self._proc.kill()
             raise WriterGone(f"the store writer did not start within {start_timeout:g} s")
-        kind, info = self._receive()
+        kind, info, _ = self._receive()
         if kind != "ready":
             self._proc.join(5)
             raise WriterError(f"the store could not be opened: {info}")
         self.path = Path(info["path"])
         self.recovered = info["recovered"]
+        self.state: str = info.get("state", "")
         self.pid = self._proc.pid
 
     @property
@@ -89,7 +97,9 @@ class WriterProcess:
                 self._conn.send(message)
             except (BrokenPipeError, OSError):
                 raise WriterGone(f"the store writer process exited (code {self.exitcode})") from None
-            kind, value = self._receive()
+            kind, value, self.state = self._receive()
+        if kind == "unavailable":
+            raise StoreUnavailable(value)
         if kind == "error":
             raise WriterError(value)
         return value
@@ -131,15 +141,14 @@ def _child(conn, store_args: dict, log_level: str, parent: int) -> None:
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s writer: %(message)s")
     gc.set_threshold(20_000, 100, 1000)  # as in the parent: see agent/collector/cli.py
 
-    from agent.collector.store.sqlite import SQLiteStore
     from agent.proto import collector_pb2
     try:
-        store = SQLiteStore(**store_args)
+        store = open_store(dict(store_args))
     except Exception as e:
-        where = Path(store_args["data_dir"]) / "collector.db"
-        conn.send(("error", f"{where}: {type(e).__name__}: {e}"))
+        conn.send(("error", f"{describe(store_args)}: {type(e).__name__}: {e}", ""))
         return
-    conn.send(("ready", {"path": str(store.path), "recovered": store.recovered}))
+    state = getattr(store, "state_text", str)
+    conn.send(("ready", {"path": str(store.path), "recovered": store.recovered, "state": state()}, ""))
     while True:
         try:
             message = conn.recv()
@@ -149,9 +158,9 @@ def _child(conn, store_args: dict, log_level: str, parent: int) -> None:
         if kind == "stop":
             try:
                 store.close()
-                conn.send(("ok", None))
+                conn.send(("ok", None, ""))
             except Exception as e:
-                conn.send(("error", f"{type(e).__name__}: {e}"))
+                conn.send(("error", f"{type(e).__name__}: {e}", ""))
             return
         try:
             if kind == "write":
@@ -162,7 +171,29 @@ def _child(conn, store_args: dict, log_level: str, parent: int) -> None:
                 reply = store.cleanup(message[1])
             else:
                 raise ValueError(f"unknown request {kind!r}")
-        except Exception as e:  # the disk or the database failed: that group gets no ack
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+        except StoreUnavailable as e:  # nothing can be stored now: no ack for the group
+            conn.send(("unavailable", str(e), state()))
             continue
-        conn.send(("ok", reply))
+        except Exception as e:  # the disk or the database failed: that group gets no ack
+            conn.send(("error", f"{type(e).__name__}: {e}", state()))
+            continue
+        conn.send(("ok", reply, state()))
+
+
+def open_store(args: dict):
+    """The store `args["backend"]` names ("sqlite" when absent), from the rest of `args`."""
+    backend = args.pop("backend", "sqlite")
+    if backend == "sqlite":
+        from agent.collector.store.sqlite import SQLiteStore
+        return SQLiteStore(**args)
+    if backend == "remote_write":
+        from agent.collector.store.remote_write import RemoteWriteStore
+        return RemoteWriteStore(**args)
+    raise ValueError(f"unknown store backend {backend!r}")
+
+
+def describe(args: dict) -> str:
+    """What a store's start failure names: its file, or its engine."""
+    if args.get("backend") == "remote_write":
+        return f"store {args.get('remote_write_url')} (ledger {Path(args['data_dir']) / 'ledger.db'})"
+    return str(Path(args["data_dir"]) / "collector.db")

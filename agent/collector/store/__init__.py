@@ -6,6 +6,11 @@ agent/collector/writer.py), the consumer services read through `StoreReader`. A 
 (a remote time-series database) implements the same two halves, and ingest, subscriptions
 and the consumer services stay as they are.
 
+Two stores implement it: the embedded SQLite store (the default) and the remote-write store
+(`remote_write`: points to a Prometheus-compatible engine, queries over its HTTP API: `engine`
+the HTTP client, `promwrite` the encoding, `promql` the queries, `ledger` what both keep
+beside the points).
+
 The SQLite engine, one module a job:
 - `sqlite`: `SQLiteStore`, the write transaction (raw batches, exactly-once, agents, events);
 - `schema`: the file's format (tables, time partitions, the raw record);
@@ -72,6 +77,16 @@ class StoreRefused(Exception):
     """The store cannot hold this batch, however often it is sent, while it can hold others:
     the sender's batch is refused (INVALID_ARGUMENT and the rejection trailer; the agent
     drops it) rather than retried forever."""
+
+
+class StoreConfigError(ValueError):
+    """The store cannot start as configured (an engine refusing the collector's URL or
+    credentials): the collector says so and exits 1."""
+
+
+class StoreUnavailable(Exception):
+    """The store cannot take anything now (a remote engine down or refusing the collector):
+    the whole group is refused for now, not batch by batch; agents send it again later."""
 
 
 class StoreWriter(Protocol):
@@ -145,3 +160,20 @@ class StoreReader(Protocol):
 
 class Store(StoreWriter, StoreReader, Protocol):
     """Both halves in one object."""
+
+
+class ReadsThroughReader:
+    """For a store object that also answers queries (tests, tools): `query`, `agents` and
+    `events` go to its `reader`, a `StoreReader` it opens when first used (the collector's
+    writer process never reads)."""
+
+    reader: StoreReader
+
+    def query(self, *args, **kwargs) -> tuple[str, list[StoredSeries]]:
+        return self.reader.query(*args, **kwargs)
+
+    def agents(self) -> list[dict]:
+        return self.reader.agents()
+
+    def events(self, *args, **kwargs) -> list[dict]:
+        return self.reader.events(*args, **kwargs)

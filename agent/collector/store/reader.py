@@ -149,6 +149,12 @@ class SQLiteReader:
             out.append(item)
         return out
 
+    def series_labels(self, metric: str) -> list[tuple[str, dict[str, str]]]:
+        """(host, labels) of every stored series of `metric`."""
+        with self._reader_lock:
+            rows = self._reader.execute("SELECT host, labels FROM series WHERE metric=?", (metric,)).fetchall()
+        return [(host, json.loads(text)) for host, text in rows]
+
     def events(self, since: float, host: str = "", kinds: Iterable[str] = ()) -> list[dict]:
         sql, args = "SELECT host, ts, kind, labels, data FROM events WHERE ts>=?", [since]
         if host:

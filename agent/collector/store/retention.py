@@ -2,6 +2,7 @@
 its retention; events and recordings are deleted by age."""
 from __future__ import annotations
 
+from agent.collector.store.ledger import delete_old
 from agent.collector.store.schema import PARTITION_SECONDS, R10, R60, RAW, Partitions
 
 DEFAULT_RETENTION = {RAW: 3600.0, R10: 2 * 86400.0, R60: 30 * 86400.0, "events": 90 * 86400.0}  # seconds
@@ -16,7 +17,5 @@ def drop_expired(partitions: Partitions, retention: dict[str, float], now: float
         if (int(number) + 1) * width < now - retention[kind]:
             partitions.drop(name)
             dropped.append(name)
-    db = partitions.db
-    events = db.execute("DELETE FROM events WHERE ts < ?", (now - retention["events"],)).rowcount
-    db.execute("DELETE FROM recordings WHERE received < ?", (now - retention["events"],))
+    events = delete_old(partitions.db, now - retention["events"])
     return {"dropped_tables": dropped, "deleted_events": events}

@@ -17,17 +17,18 @@ import sqlite3
 import time
 from pathlib import Path
 
-from agent.collector.store import StoredSeries, WriteResult, wal
+from agent.collector.store import ReadsThroughReader, WriteResult, wal
+from agent.collector.store import ledger as ledger_rows
 from agent.collector.store.reader import SQLiteReader
 from agent.collector.store.retention import DEFAULT_RETENTION, drop_expired
 from agent.collector.store.rollup import Rollups
-from agent.collector.store.schema import RAW, TABLES, Partitions, encode_raw, labels_text
+from agent.collector.store.schema import RAW, TABLES, Partitions, encode_raw
 from agent.proto import collector_pb2
 from agent.wire import columns
 from agent.wire.columns import Points
 
 
-class SQLiteStore:
+class SQLiteStore(ReadsThroughReader):
     """A `Store` (agent/collector/store) in one SQLite file."""
 
     def __init__(self, data_dir: str | Path, synchronous: str = "normal",
@@ -63,9 +64,8 @@ class SQLiteStore:
         """As `StoreWriter.write` (agent/collector/store): one transaction for the group."""
         results: list[WriteResult] = []
         raw: dict[str, list[tuple]] = {}
-        seqs: dict[tuple[str, int], int] = {}
-        latest: dict[str, collector_pb2.Batch] = {}
-        events, recordings = [], []
+        ledger = ledger_rows.Entries()
+        seqs = ledger.seqs
         arrival = self._arrival
         db = self._db
         db.execute("BEGIN")
@@ -75,36 +75,17 @@ class SQLiteStore:
                 if batch.seq <= max(self._max_seq.get(key, 0), seqs.get(key, 0)):
                     results.append(WriteResult(True))
                     continue
-                seqs[key] = batch.seq
-                latest[host] = batch
+                ledger.add(batch, received)
                 cols = points[i] if points is not None else columns.read(batch)
                 arrival += 1
                 sids = self.rollups.fold(host, cols, arrival)
                 ts = cols.ts[0] if len(cols) else (batch.created or received)
                 blob = encode_raw(wire[i] if wire is not None else batch.SerializeToString(), self.compress_raw)
                 raw.setdefault(self._partitions.table(RAW, ts), []).append((arrival, host, ts, batch.epoch, batch.seq, blob))
-                for e in batch.events:
-                    events.append((host, e.ts, e.kind, labels_text(e.labels), e.data_json or "{}", received))
-                if batch.recording_json:
-                    recordings.append((host, received, batch.recording_json))
                 results.append(WriteResult(False, len(sids), sids))
             for table, rows in raw.items():
                 db.executemany(f"INSERT INTO {table} VALUES (?,?,?,?,?,?)", rows)
-            if events:
-                db.executemany("INSERT INTO events VALUES (?,?,?,?,?,?)", events)
-            if recordings:
-                db.executemany("INSERT INTO recordings VALUES (?,?,?)", recordings)
-            db.executemany("INSERT INTO epochs VALUES (?,?,?,?) ON CONFLICT(host, epoch) DO UPDATE SET "
-                           "max_seq=max(max_seq, excluded.max_seq), updated=excluded.updated",
-                           [(h, e, s, received) for (h, e), s in seqs.items()])
-            db.executemany(
-                "INSERT INTO agents VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(host) DO UPDATE SET "
-                "labels=excluded.labels, epoch=excluded.epoch, last_seq=excluded.last_seq, last_seen=excluded.last_seen, "
-                "backlog_records=excluded.backlog_records, backlog_bytes=excluded.backlog_bytes, dropped=excluded.dropped, "
-                "health=excluded.health, nic=coalesce(excluded.nic, nic)",
-                [(h, labels_text(b.labels), b.epoch, b.seq, received, received, b.status.spool_backlog_records,
-                  b.status.spool_backlog_bytes, b.status.dropped_records, b.status.health, b.nic_json or None)
-                 for h, b in latest.items()])
+            ledger.write(db, received)
             self.rollups.step(arrival)
             db.execute("COMMIT")
         except BaseException:
@@ -132,15 +113,6 @@ class SQLiteStore:
     def reader(self) -> SQLiteReader:
         """Opened when first used (the collector's writer process never reads)."""
         return SQLiteReader(self.path, self.retention, cache_mib=max(1, self.cache_kib // 4096))
-
-    def query(self, *args, **kwargs) -> tuple[str, list[StoredSeries]]:
-        return self.reader.query(*args, **kwargs)
-
-    def agents(self) -> list[dict]:
-        return self.reader.agents()
-
-    def events(self, *args, **kwargs) -> list[dict]:
-        return self.reader.events(*args, **kwargs)
 
     def close(self) -> None:
         self._checkpointer.stop()
