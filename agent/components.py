@@ -74,6 +74,12 @@ class Context:
     # gpu_health(): the health source's per-GPU health as of its latest collection (the list
     # `status --json` shows under "health"); any thread.
     gpu_health: Callable[[], list] = lambda: []
+    # gpu_status(): the per-GPU list `status --json` shows under "gpus" (a metric is None when
+    # unsupported, lost or stale), assembled when called; any thread.
+    gpu_status: Callable[[], list] = lambda: []
+    # source_status(): each source's status as `status --json` "sources" shows it (the GPU
+    # source's carries the sampler's figures); any thread.
+    source_status: Callable[[], dict] = lambda: {}
 
 
 # A failed component is stopped and started again after 1 s, then 2, 4, ... up to 5 minutes

@@ -66,6 +66,7 @@ SECTION_MODULES: tuple[str, ...] = (
     "agent.recorder.settings",
     "agent.nic.settings",
     "agent.stream.settings",
+    "agent.prometheus.settings",
 )
 
 

@@ -58,6 +58,8 @@ COMPONENTS: tuple[str, ...] = (
     "agent.nic.component:build",
     "agent.alarms.component:build",  # the "alarms" and "recorder" components, one gRPC service
     "agent.stream.component:build",
+    "agent.prometheus.component:build",  # /metrics ([prometheus])
+    "agent.otlp:build",  # OTLP push ([otlp])
 )
 
 log = logging.getLogger("egs-agent")
@@ -161,7 +163,9 @@ class Daemon:
                            log=logging.getLogger("egs-agent.component"), simulated=self.simulated,
                            status_of=self._component_status,
                            gpu_devices=(lambda: gpu.devices) if gpu is not None else (lambda: []),
-                           gpu_health=health.gpus if health is not None else (lambda: []))
+                           gpu_health=health.gpus if health is not None else (lambda: []),
+                           gpu_status=(lambda: gpu.gpu_status(self.windows)) if gpu is not None else (lambda: []),
+                           source_status=lambda: {s.name: s.status.to_dict() for s in self.sources})
         self.slots = build_components(self.component_specs, cfg, self.ctx, self.clock)
         for slot in self.slots:
             slot.call("start")

@@ -1,0 +1,118 @@
+"""dcgm-exporter's names, labels and units for what the agent measures (`dcgm_names = true`).
+
+Dashboards built on dcgm-exporter (NVIDIA's Grafana dashboard 12239 and thousands derived
+from it) query its names; serving them from the agent's own readings makes those dashboards
+work unchanged on NVIDIA and AMD hosts alike. Checked against dcgm-exporter's
+`etc/default-counters.csv` (field, Prometheus type, unit in the help text) and
+`internal/pkg/rendermetrics/render_metrics.go` (the label set of a GPU metric: `gpu`,
+`UUID`, `pci_bus_id`, `device` = "nvidia<index>", `modelName`, `Hostname`), and
+`internal/pkg/collector/gpu_collector.go` (XID errors also carry `err_code` and `err_msg`;
+integer fields are printed as integers, the power draw as a float). The table with every
+row and its conversion is in docs/prometheus.md.
+
+Deviations, on purpose: `DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION` is declared `untyped`
+rather than `counter`, because a counter's samples must end in `_total` in OpenMetrics
+(which prometheus-client enforces) and dashboards query the bare name; the value is the
+same monotonic millijoule count. `device` is "amd<index>" for AMD GPUs, which
+dcgm-exporter never sees.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+from agent.exposition import label_name
+
+MIB = float(1 << 20)
+
+
+class Field(NamedTuple):
+    name: str                 # dcgm-exporter's metric name
+    kind: str                 # the type we declare (prometheus-client's: gauge, unknown)
+    help: str
+    source: str               # catalogue metric it is computed from ("" for the XID code)
+    convert: Callable[[dict], float | None]  # from the GPU's metrics (catalogue units) to DCGM's
+    integer: bool = True      # dcgm-exporter prints DCGM_FT_INT64 fields as integers
+
+
+def _scaled(metric: str, factor: float, integer: bool = True) -> Callable[[dict], float | None]:
+    def convert(metrics: dict) -> float | None:
+        value = metrics.get(metric)
+        if value is None:
+            return None
+        value *= factor
+        return float(math.floor(value + 0.5)) if integer else value
+    return convert
+
+
+def _fb_free(metrics: dict) -> float | None:
+    used, total = metrics.get("gpu_memory_used_bytes"), metrics.get("gpu_memory_total_bytes")
+    if used is None or total is None:
+        return None
+    return float(math.floor(max(0.0, total - used) / MIB))
+
+
+def _fb_used(metrics: dict) -> float | None:
+    used = metrics.get("gpu_memory_used_bytes")
+    return None if used is None else float(math.floor(used / MIB))
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("DCGM_FI_DEV_SM_CLOCK", "gauge", "SM (NVIDIA) or graphics (AMD) clock, MHz.",
+          "gpu_sm_clock_mhz", _scaled("gpu_sm_clock_mhz", 1)),
+    Field("DCGM_FI_DEV_MEM_CLOCK", "gauge", "Memory clock, MHz.", "gpu_memory_clock_mhz",
+          _scaled("gpu_memory_clock_mhz", 1)),
+    Field("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU core (NVIDIA) or edge (AMD) temperature, degrees C.",
+          "gpu_temperature_celsius", _scaled("gpu_temperature_celsius", 1)),
+    Field("DCGM_FI_DEV_POWER_USAGE", "gauge", "Board power draw, W.", "gpu_power_watts",
+          _scaled("gpu_power_watts", 1, integer=False), integer=False),
+    Field("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "unknown",
+          "Energy consumed since the driver was loaded, mJ (monotonic; untyped here, a counter in dcgm-exporter).",
+          "gpu_energy_joules_total", _scaled("gpu_energy_joules_total", 1000)),
+    Field("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization, %.", "gpu_utilization_percent",
+          _scaled("gpu_utilization_percent", 1)),
+    Field("DCGM_FI_DEV_MEM_COPY_UTIL", "gauge", "Memory (controller) utilization, %.", "gpu_memory_busy_percent",
+          _scaled("gpu_memory_busy_percent", 1)),
+    Field("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free, MiB.", "gpu_memory_total_bytes", _fb_free),
+    Field("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used, MiB.", "gpu_memory_used_bytes", _fb_used),
+)
+XID = Field("DCGM_FI_DEV_XID_ERRORS", "gauge", "Code of the last XID error seen (0: none since the agent started).",
+            "", lambda metrics: None)
+
+
+def dcgm_labels(g: dict, hostname: str, extra: dict[str, str]) -> dict[str, str]:
+    """dcgm-exporter's label set for GPU `g` (an entry of status --json "gpus"), then the
+    agent's labels (as dcgm-exporter appends its label fields)."""
+    vendor = "nvidia" if g["vendor"] == "nvidia" else str(g["vendor"])
+    labels = {"gpu": str(g["index"]), "UUID": g["uuid"], "pci_bus_id": g.get("pci_bus_id") or "",
+              "device": f"{vendor}{g['index']}", "modelName": g["name"]}
+    if hostname:
+        labels["Hostname"] = hostname
+    for key, value in extra.items():
+        labels.setdefault(label_name(key), value)
+    return labels
+
+
+def dcgm_families(gpus: list[dict], health: list[dict], hostname: str,
+                  extra: dict[str, str]) -> list[tuple[Field, list[tuple[dict[str, str], float]]]]:
+    """(field, samples) for every DCGM field with at least one value. A lost GPU, or a metric
+    it does not support or that went stale, has no sample (status --json shows it null)."""
+    out = []
+    labels_of = {g["index"]: dcgm_labels(g, hostname, extra) for g in gpus}
+    for f in FIELDS:
+        samples = []
+        for g in gpus:
+            value = f.convert(g["metrics"])
+            if value is not None and math.isfinite(value):
+                samples.append((labels_of[g["index"]], value))
+        if samples:
+            out.append((f, samples))
+    xid = []
+    last = {h["gpu"]: h.get("last_xid") for h in health}
+    for g in gpus:
+        code = (last.get(g["index"]) or {}).get("code") or 0
+        name = (last.get(g["index"]) or {}).get("name") or "none"
+        xid.append(({**labels_of[g["index"]], "err_code": str(code), "err_msg": name}, float(code)))
+    if xid:
+        out.append((XID, xid))
+    return out
