@@ -8,7 +8,9 @@ A point is rebuilt from the five series it was written as (agent/collector/store
   before each bucket's end so that the window (end - width, end] holds exactly the samples
   of [bucket, bucket + width): `last_over_time` of the value, `min_over_time` of `_min`,
   `max_over_time` of `_max`, `sum_over_time` of `_sum` and `_count` — the same buckets the
-  SQLite store's rollups hold.
+  SQLite store's rollups hold. (Prometheus 2's range selectors include their first
+  millisecond as well: there a point stamped exactly 1 ms before a bucket's start would
+  count in both buckets. Agents stamp points at whole seconds.)
 `/api/v1/series` counts the matching series first, so a query past `max_query_series` is
 refused before any point is read.
 """
@@ -172,7 +174,9 @@ class RemoteReader:
             key = _key(metric)
             by_ts = series.setdefault(key, {})
             for ts, value in item.get("values") or ():
-                by_ts.setdefault(round(float(ts), 3), {})[stat] = float(value)
+                ts = round(float(ts), 3)
+                if ts >= start:  # Prometheus 2's range selectors include their first millisecond
+                    by_ts.setdefault(ts, {})[stat] = float(value)
         return series
 
     def _rollup(self, base: str, host: str, want: dict, start: float, end: float, width: int) -> dict:

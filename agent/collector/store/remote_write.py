@@ -22,7 +22,8 @@ exactly-once ledger, agents, events, recordings) stays in `<data_dir>/ledger.db`
   of accepted requests is kept (bounded by `replay_max_bytes`) and, when the engine answers
   again after failing, sent again before anything new: what it lost comes back, what it kept
   is the same samples again.
-- The engine refuses a request (400/413/422: out of order, too old, too large): the request is
+- The engine refuses a request (400/413/422: out of order, too old, too large; also a 5xx that
+  says so, as Prometheus 2 does for "too old sample"): the request is
   split in halves until the refused series are found; each is logged with the engine's own
   words, counted, and left out; the rest of the batch is stored and acknowledged. A refusal
   of the collector itself (401, 403, 404...) is a configuration fault: `StoreUnavailable`
@@ -58,6 +59,9 @@ log = logging.getLogger("egs-collector")
 HEADERS = {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy",
            "X-Prometheus-Remote-Write-Version": "0.1.0"}
 REFUSED = (400, 413, 422)  # the request's content: split it, find the series
+# Prometheus 2.x answers 500 for a sample past its out-of-order window ("too old sample"):
+# a refusal of the content however often it is sent, so it is treated as one.
+CONTENT_ERRORS = (b"too old sample", b"out of bounds", b"out of order sample", b"duplicate sample for timestamp")
 REFUSAL_LOG_INTERVAL = 10.0  # seconds between two log lines about refused series
 
 
@@ -240,7 +244,7 @@ class RemoteWriteStore(ReadsThroughReader):
                     state.samples += hi - lo
                     self._remember(body)
                     continue
-                if answer.status in REFUSED:
+                if answer.status in REFUSED or (answer.status >= 500 and _about_content(answer)):
                     if hi - lo == 1:
                         self._refused(names[lo], timeseries[lo], answer.text())
                     else:
@@ -279,7 +283,7 @@ class RemoteWriteStore(ReadsThroughReader):
         accepted, else the failing answer (EngineDown propagates)."""
         while self._replay:
             answer = self.client.request("POST", body=self._replay[0], headers=HEADERS)
-            if not answer.ok and answer.status not in REFUSED:
+            if not answer.ok and answer.status not in REFUSED and not _about_content(answer):
                 return answer
             self._replay.pop(0)  # accepted, or refused as a whole (too old by now): done with it
         log.info("store: sent the engine's last %.0f s of accepted writes again after its outage "
@@ -323,3 +327,8 @@ class RemoteWriteStore(ReadsThroughReader):
         self._db.close()
         if "reader" in self.__dict__:
             self.reader.close()
+
+
+def _about_content(answer) -> bool:
+    body = answer.body[:4096].lower()
+    return any(marker in body for marker in CONTENT_ERRORS)
