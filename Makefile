@@ -33,19 +33,48 @@ native: agent/.native-built
 sim: $(SIM_SRC)
 	$(MAKE) -C native/sim OUT=$(SIM_OUT)
 
-# Tools the NIC tests drive (ip netns, ethtool -L) and systemd-analyze for the unit checks.
+# Tools the NIC tests drive (ip netns, ethtool -L) and systemd-analyze for the unit checks; the
+# real time-series engines the collector's remote-write store is tested against (victoria-metrics,
+# prometheus, prometheus-node-exporter) and nats-server.
 # Installed only when missing and only when we can (root); the tests skip with the reason otherwise.
+# The engines' packages ship services (prometheus' postinst starts one on :9090, on every
+# address). Tests and demos start their own engines on loopback ports, so packages installed
+# here must not leave a service running or enabled: while installing, a policy-rc.d that
+# answers 101 ("action forbidden") stops invoke-rc.d and deb-systemd-invoke from starting
+# anything, with or without systemd (one already there, as in Docker images, is left alone);
+# afterwards the services of the packages just installed -- only those -- are disabled (and
+# stopped, where systemd runs), so they do not come up at the next boot either.
+ENGINE_SERVICES := victoria-metrics prometheus prometheus-node-exporter nats-server
 system-deps:
-	@missing=""; \
-	command -v ip >/dev/null || missing="$$missing iproute2"; \
-	command -v ethtool >/dev/null || missing="$$missing ethtool"; \
-	command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	@have() { command -v "$$1" >/dev/null || [ -x "/usr/sbin/$$1" ] || [ -x "/usr/bin/$$1" ]; }; \
+	missing=""; \
+	have ip || missing="$$missing iproute2"; \
+	have ethtool || missing="$$missing ethtool"; \
+	have systemd-analyze || missing="$$missing systemd"; \
+	have victoria-metrics || missing="$$missing victoria-metrics"; \
+	have prometheus || missing="$$missing prometheus"; \
+	have prometheus-node-exporter || missing="$$missing prometheus-node-exporter"; \
+	have nats-server || missing="$$missing nats-server"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
+	    policy=/usr/sbin/policy-rc.d; ours=""; \
+	    if [ ! -e $$policy ]; then \
+	      printf '#!/bin/sh\n# make system-deps: no service starts while it installs\nexit 101\n' > $$policy \
+	        && chmod 755 $$policy && ours=1; \
+	      trap "rm -f $$policy" EXIT; trap "exit 1" INT TERM; \
+	    fi; \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) >/dev/null \
 	      || echo "system-deps: could not install$$missing; tests needing them will skip"; \
-	  else echo "system-deps: missing$$missing (not root); tests needing them will skip"; fi; \
+	    if [ -n "$$ours" ]; then rm -f $$policy; fi; \
+	    for svc in $(ENGINE_SERVICES); do \
+	      case " $$missing " in *" $$svc "*) ;; *) continue;; esac; \
+	      if command -v systemctl >/dev/null; then \
+	        if [ -d /run/systemd/system ]; then systemctl stop "$$svc" >/dev/null 2>&1; fi; \
+	        systemctl disable "$$svc" >/dev/null 2>&1 || true; \
+	      elif command -v update-rc.d >/dev/null; then update-rc.d "$$svc" disable >/dev/null 2>&1 || true; fi; \
+	    done; \
+	  else echo "system-deps: missing$$missing (not root, or no apt-get); tests needing them will skip"; fi; \
 	fi
 
 proto: venv
