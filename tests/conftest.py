@@ -102,3 +102,31 @@ def daemons():
     yield started
     for d in started:
         d.stop()
+
+
+# --- real time-series engines on loopback (engines.py; the collector's remote-write store) ------
+
+def _engine_fixture(cls, tmp_path):
+    import engines
+    if engines.find_binary(cls.binary_name) is None:
+        pytest.skip(f"{cls.binary_name} is not installed: `make system-deps` installs Debian's "
+                    f"{cls.binary_name} package when run as root with apt-get")
+    engine = cls(tmp_path / cls.binary_name)
+    try:
+        yield engine.start()
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+def victoria_metrics(tmp_path):
+    """A started VictoriaMetrics (engines.VictoriaMetrics) in tmp_path; stopped after the test."""
+    import engines
+    yield from _engine_fixture(engines.VictoriaMetrics, tmp_path)
+
+
+@pytest.fixture
+def prometheus_engine(tmp_path):
+    """A started Prometheus remote-write receiver (engines.Prometheus) in tmp_path; stopped after."""
+    import engines
+    yield from _engine_fixture(engines.Prometheus, tmp_path)
