@@ -10,7 +10,7 @@ NATIVE_SRC := $(wildcard native/*.c native/*.h) native/build_native.py
 SIM_SRC  := $(wildcard native/sim/*.c native/sim/*.h native/sim/Makefile)
 CONFIG   ?=
 
-.PHONY: all venv native sim system-deps test fuzz run demo bench proto clean
+.PHONY: all venv native sim system-deps test fuzz run demo demo-fleet bench proto clean
 
 all: native sim
 
@@ -104,6 +104,11 @@ demo: venv native sim
 	EGS_AMDSMI_LIBRARY=$(SIM_OUT)/amdsmi/libamd_smi.so \
 	EGS_SIMULATED=1 \
 	$(VENV)/bin/egs-agent run --config dev/demo.toml
+
+# VictoriaMetrics (127.0.0.1:8428, data in build/demo-fleet/vm) + egs-collector writing into it
+# + the demo agent; prints the URL to open; Ctrl-C stops all three (dev/demo_fleet.sh).
+demo-fleet: venv native sim
+	SIM_OUT=$(SIM_OUT) VENV=$(VENV) dev/demo_fleet.sh
 
 bench: venv native sim
 	$(PY) bench/sampler.py
