@@ -34,7 +34,7 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(m.group(2))
 
 
-def _check_listen(value: str) -> str | None:
+def check_listen(value: str) -> str | None:
     try:
         parse_listen(value)
     except ValueError as e:
@@ -76,7 +76,7 @@ SECTIONS = [
         "enabled": Key(False, bool, "Serve /metrics."),
         "listen": Key(f":{DEFAULT_PORT}", str, f"Address to listen on: host:port, [v6]:port, or :port for every "
                       f"address. {DEFAULT_PORT} keeps clear of dcgm-exporter (9400), node_exporter (9100) and "
-                      "nvidia_gpu_exporter (9835).", max_len=262, check=_check_listen),
+                      "nvidia_gpu_exporter (9835).", max_len=262, check=check_listen),
         "web_config_file": Key("", str, "A Prometheus exporter-toolkit web config file (YAML: tls_server_config, "
                                "basic_auth_users with bcrypt hashes); empty serves plain HTTP without "
                                "authentication. Read at start and on reload."),
