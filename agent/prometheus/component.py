@@ -113,7 +113,10 @@ class PrometheusExporter:
         new = cfg.prometheus
         if not new.enabled:
             log.warning("reload: prometheus.enabled = false takes effect on restart")
-        restart = new.listen != self.settings.listen or new.web_config_file != self.settings.web_config_file
+        # A web config file is read again on every reload (new certificates, new users).
+        restart = (new.listen != self.settings.listen or new.web_config_file != self.settings.web_config_file
+                   or bool(new.web_config_file) or new.max_concurrent_scrapes != self.settings.max_concurrent_scrapes
+                   or new.client_timeout != self.settings.client_timeout)
         self.collector.native, self.collector.dcgm = new.native_names, new.dcgm_names
         old, self.settings = self.settings, new
         if not restart:

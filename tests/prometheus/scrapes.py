@@ -89,3 +89,11 @@ def promtool() -> str:
 def promtool_check(body: bytes) -> tuple[int, str]:
     result = subprocess.run([promtool(), "check", "metrics"], input=body, capture_output=True, timeout=60)
     return result.returncode, (result.stdout + result.stderr).decode()
+
+
+def bcrypt_hash(password: str) -> str:
+    """A bcrypt hash made by the system's libcrypt (cost 4: fast, still bcrypt)."""
+    import ctypes
+    lib = ctypes.CDLL("libcrypt.so.1")
+    lib.crypt.restype = ctypes.c_char_p
+    return lib.crypt(password.encode(), b"$2b$04$abcdefghijklmnopqrstuu").decode()

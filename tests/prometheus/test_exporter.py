@@ -8,7 +8,7 @@ import re
 import socket
 import time
 
-from prometheus.scrapes import parse_text, promtool_check, scrape
+from prometheus.scrapes import bcrypt_hash, parse_text, promtool_check, scrape
 from daemon_helpers import cli, write_config
 
 from agent.exposition import series_name
@@ -155,3 +155,65 @@ def test_a_port_in_use_is_a_clear_error_and_the_rest_of_the_agent_runs(start_age
         assert doc["gpus"] and doc["sources"]["gpu"]["state"] == "ok"
     finally:
         holder.close()
+
+
+def test_reload_moves_the_port_and_reads_the_web_config_again(start_agent, tmp_path):
+    import signal
+
+    from engines import free_port
+    agent = start_agent("constant")
+    config = agent.socket.parent / "agent.toml"
+    new_port = free_port()
+    web = tmp_path / "web.yml"
+    web.write_text(f"basic_auth_users:\n  prom: {bcrypt_hash('pw')}\n")
+    text = config.read_text().replace(f"127.0.0.1:{agent.port}", f"127.0.0.1:{new_port}")
+    config.write_text(text.replace("[prometheus]\n", f'[prometheus]\nweb_config_file = "{web}"\n'))
+    agent.proc.signal(signal.SIGHUP)
+    url = f"http://127.0.0.1:{new_port}/metrics"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if scrape(url)[0] == 401:
+                break
+        except OSError:
+            pass
+        time.sleep(0.2)
+    assert scrape(url)[0] == 401
+    assert scrape(url, auth=("prom", "pw"))[0] == 200
+    try:
+        old = scrape(agent.url, timeout=2)[0]
+    except OSError:
+        old = None
+    assert old is None  # the old port is closed
+
+
+def test_concurrent_and_stalled_scrapers_never_hold_up_the_main_loop(start_agent):
+    """Eight scrapers in a loop plus twenty connections that never finish their request: the
+    main loop keeps ticking once a second and every scrape is answered (200, or 503 past
+    the concurrency bound), never an error."""
+    from concurrent.futures import ThreadPoolExecutor
+    agent = start_agent("eight-nvidia", prometheus="max_concurrent_scrapes = 2\nclient_timeout = 30")
+    stalled = []
+    for _ in range(20):
+        s = socket.create_connection(("127.0.0.1", agent.port))
+        s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        stalled.append(s)
+    try:
+        before = agent.status()["agent"]["ticks"]
+        started = time.monotonic()
+        stop = time.monotonic() + 4
+
+        def hammer():
+            codes = []
+            while time.monotonic() < stop:
+                codes.append(scrape(agent.url)[0])
+            return codes
+        with ThreadPoolExecutor(8) as pool:
+            codes = [c for f in [pool.submit(hammer) for _ in range(8)] for c in f.result()]
+        elapsed = time.monotonic() - started
+        after = agent.status()["agent"]["ticks"]
+        assert set(codes) <= {200, 503} and codes.count(200) >= 8, set(codes)
+        assert after - before >= int(elapsed) - 1, (before, after, elapsed)
+    finally:
+        for s in stalled:
+            s.close()

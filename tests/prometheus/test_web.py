@@ -3,24 +3,16 @@ certificates, bcrypt basic auth), refusals of what it cannot honour, a port in u
 the bounds on slow and concurrent scrapers."""
 from __future__ import annotations
 
-import ctypes
 import socket
 import ssl
 import threading
 import time
 
 import pytest
-from prometheus.scrapes import scrape
+from prometheus.scrapes import bcrypt_hash, scrape
 
 from agent.prometheus.web import (Authenticator, MetricsServer, WebConfigError, load_web_config,
                                   parse_web_config)
-
-
-def bcrypt_hash(password: str) -> str:
-    """A bcrypt hash made by the system's libcrypt (cost 4: fast, still bcrypt)."""
-    lib = ctypes.CDLL("libcrypt.so.1")
-    lib.crypt.restype = ctypes.c_char_p
-    return lib.crypt(password.encode(), b"$2b$04$abcdefghijklmnopqrstuu").decode()
 
 
 def body_render(body: bytes = b"egs_up 1\n"):
