@@ -480,12 +480,13 @@ def store_plan(cfg, retention: dict[str, float]):
     store = cfg.store
     if store.backend == "remote_write":
         auth = Auth(store.bearer_token_file, store.basic_auth_user, store.basic_auth_password_file,
-                    store.tls_ca, store.tls_cert, store.tls_key, store.tls_insecure_skip_verify)
+                    store.tls_ca, store.tls_cert, store.tls_key, store.tls_insecure_skip_verify, store.tenant)
         timeout = parse_duration(store.remote_timeout)
         args = dict(backend="remote_write", data_dir=cfg.collector.data_dir, remote_write_url=store.remote_write_url,
                     auth=auth, timeout=timeout, retry_for=parse_duration(store.remote_retry),
                     samples_per_request=store.remote_samples_per_request, retention=retention,
-                    synchronous=store.synchronous, replay_window=parse_duration(store.replay_window))
+                    synchronous=store.synchronous, replay_window=parse_duration(store.replay_window),
+                    replay_max_bytes=store.replay_max_mib << 20, concurrency=store.remote_concurrency)
 
         def remote_reader(ledger_path: Path) -> RemoteReader:
             reader = RemoteReader(store.query_url, ledger_path, retention, auth, max(timeout, 30.0))

@@ -100,3 +100,26 @@ def test_a_wrong_url_or_credentials_stop_the_start(tmp_path, victoria_metrics):
     from agent.collector.store import StoreConfigError
     with pytest.raises(StoreConfigError, match="remote_write_url .*/api/v1/nowhere"):
         RemoteWriteStore(tmp_path, victoria_metrics.url + "/api/v1/nowhere")
+
+
+def test_a_rollup_query_longer_than_one_request_is_split_and_joined(tmp_path, victoria_metrics, monkeypatch):
+    from agent.collector.store import promql
+    monkeypatch.setattr(promql, "MAX_STEPS", 2)  # two buckets a query_range request
+    store = RemoteWriteStore(tmp_path, victoria_metrics.write_url, victoria_metrics.query_url)
+    store.write([_batch(i + 1, [("0", T0 + 10 * i + 3, float(i))]) for i in range(5)], T0)
+    victoria_metrics.flush()
+    (s,) = store.query("gpu_power_watts", start=T0, end=T0 + 49, resolution="10s")[1]
+    assert [(p[0], p[1], p[5]) for p in s.points] == [(T0 + 10 * i, 1, float(i)) for i in range(5)]
+    store.close()
+
+
+@pytest.mark.parametrize("stamp_ms", [1, 1764960000000, 2 ** 50])
+@pytest.mark.parametrize("label_bytes", [0, 90, 100, 110, 16000])
+def test_a_series_frames_any_timestamp_and_any_label_size(stamp_ms, label_bytes):
+    from agent.collector.store.promwrite import Series, varint
+    series = Series.of("egs_x", {"gpu": "0", "zone": "z" * label_bytes})
+    message = prometheus_remote_pb2.WriteRequest.FromString(series.timeseries(2.5, b"\x10" + varint(stamp_ms)))
+    (ts,) = message.timeseries
+    assert [(s.timestamp, s.value) for s in ts.samples] == [(stamp_ms, 2.5)]
+    assert [(label.name, label.value) for label in ts.labels] == [("__name__", "egs_x"), ("gpu", "0")] + (
+        [("zone", "z" * label_bytes)] if label_bytes else [])

@@ -56,6 +56,7 @@ class Auth:
     tls_cert: str = ""
     tls_key: str = ""
     tls_insecure_skip_verify: bool = False
+    tenant: str = ""  # X-Scope-OrgID, for multi-tenant engines (Mimir, Cortex, VictoriaMetrics cluster via vmauth)
 
     def header(self) -> str | None:
         """The Authorization header's value; files are read at each call so a rotated
@@ -123,6 +124,8 @@ class EngineClient:
             raise EngineDown(f"cannot read the engine's credentials: {e}") from None
         if authorization:
             all_headers["Authorization"] = authorization
+        if self.auth.tenant:
+            all_headers["X-Scope-OrgID"] = self.auth.tenant
         for attempt in (1, 2):  # a kept-alive connection the engine closed meanwhile: once more
             conn = self._connection()
             try:

@@ -142,9 +142,8 @@ class RemoteReader:
             series = self._rollup(base, host, want, start, end, WIDTHS[kind])
         out, total = [], 0
         known = self._point_labels(metric)
-        for (h, lab), by_ts in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-            points = [_point(ts, stats) for ts, stats in sorted(by_ts.items())
-                      if "last" in stats or "count" in stats][:limit]
+        for (h, lab), stats in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            points = _points(stats)[:limit]
             total += len(points)
             if total > bounds.max_points:
                 raise QueryTooLarge(f"the answer would hold more than {bounds.max_points} points "
@@ -160,6 +159,8 @@ class RemoteReader:
             out.setdefault(host, []).append(labels)
         return out
 
+    # Both return, per series (host, labels), per stat, its (timestamps, values) columns.
+
     def _raw(self, base: str, host: str, want: dict, start: float, end: float) -> dict:
         names = "|".join(base + suffix for suffix in STAT_OF)
         span_ms = int(math.ceil((end - start) * 1000)) + 1  # (end - span, end] holds start
@@ -171,12 +172,9 @@ class RemoteReader:
             stat = STAT_OF.get(name[len(base):]) if name.startswith(base) else None
             if stat is None:
                 continue
-            key = _key(metric)
-            by_ts = series.setdefault(key, {})
-            for ts, value in item.get("values") or ():
-                ts = round(float(ts), 3)
-                if ts >= start:  # Prometheus 2's range selectors include their first millisecond
-                    by_ts.setdefault(ts, {})[stat] = float(value)
+            # Prometheus 2's range selectors include their first millisecond: start - 1 ms out.
+            values = [v for v in item.get("values") or () if v[0] >= start]
+            _extend(series.setdefault(_key(metric), {}), stat, [round(v[0], 3) for v in values], values)
         return series
 
     def _rollup(self, base: str, host: str, want: dict, start: float, end: float, width: int) -> dict:
@@ -192,12 +190,21 @@ class RemoteReader:
                 for item in self._api("/api/v1/query_range", params):
                     metric = dict(item.get("metric") or {})
                     metric.pop("__name__", None)
-                    by_ts = series.setdefault(_key(metric), {})
-                    for ts, value in item.get("values") or ():
-                        b = round(float(ts) + 0.001 - width)
-                        if first <= b <= last:
-                            by_ts.setdefault(float(b), {})[stat] = float(value)
+                    values = item.get("values") or []
+                    stats = series.setdefault(_key(metric), {})
+                    # The five stats of a series share their buckets (the same length, first and
+                    # last evaluation time: the same grid points); computed once.
+                    grid = (len(values), values[0][0], values[-1][0]) if values else None
+                    if grid is not None and stats.get("grid") == grid:
+                        stamps = stats["stamps"]
+                    else:
+                        # Evaluated 1 ms before each bucket's end: the bucket starts `width` before that.
+                        stamps = [float(round(v[0] + 0.001 - width)) for v in values]
+                        stats["grid"], stats["stamps"] = grid, stamps
+                    _extend(stats, stat, stamps, values)
                 bucket = upto + width
+        for stats in series.values():
+            stats.pop("grid", None), stats.pop("stamps", None)
         return series
 
     def agents(self) -> list[dict]:
@@ -226,6 +233,31 @@ def _own_labels(labels: dict[str, str], known: list[dict] | tuple) -> dict[str, 
 def _key(metric: dict) -> tuple[str, tuple]:
     host = metric.pop(HOST_LABEL, "")
     return host, tuple(sorted(metric.items()))
+
+
+def _extend(stats: dict, stat: str, stamps: list[float], values: list) -> None:
+    """Add one answer's samples (`values`: [ts, "value"] pairs, as the API gives them) to a
+    series' column of `stat`."""
+    column = stats.get(stat)
+    floats = [float(v[1]) for v in values]
+    # New lists when adding to a column: `stamps` may be shared with the other stats.
+    stats[stat] = (stamps, floats) if column is None else (column[0] + stamps, column[1] + floats)
+
+
+def _points(stats: dict) -> list[tuple[float, int, float, float, float, float]]:
+    """A series' points from its stat columns, oldest first: (ts, count, sum, min, max, last).
+    Usually every stat has the same timestamps and the columns are zipped; where one lacks a
+    timestamp (a sample the engine refused), what is there fills in for it."""
+    columns = [stats.get(stat) for stat in ("count", "sum", "min", "max", "last")]
+    stamps = next((c[0] for c in columns if c is not None), [])
+    if all(c is not None and c[0] == stamps for c in columns) and stamps == sorted(stamps):
+        count, total, low, high, last = (c[1] for c in columns)
+        return list(zip(stamps, map(int, count), total, low, high, last))
+    by_ts: dict[float, dict] = {}
+    for stat, column in stats.items():
+        for ts, value in zip(*column):
+            by_ts.setdefault(ts, {})[stat] = value
+    return [_point(ts, values) for ts, values in sorted(by_ts.items()) if "last" in values or "count" in values]
 
 
 def _point(ts: float, stats: dict) -> tuple[float, int, float, float, float, float]:

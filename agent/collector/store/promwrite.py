@@ -53,25 +53,29 @@ SAMPLE_BYTES = 16
 
 
 class Series(NamedTuple):
-    """One remote-write series: its name and labels (for messages), its encoded labels, and
-    the bytes of a one-sample TimeSeries up to the sample's value (a SAMPLE_BYTES sample)."""
+    """One remote-write series: its name and labels (for messages), and the bytes of a
+    one-sample TimeSeries up to the sample's value (for a SAMPLE_BYTES sample). A collector
+    keeps one per series of every agent (~100k for 1,000 hosts): only these three fields."""
     name: str
     labels: dict[str, str]
-    encoded: bytes
     prefix: bytes
 
     @classmethod
     def of(cls, name: str, labels: dict[str, str]) -> "Series":
         encoded = encode_labels({"__name__": name, **labels})
         body_len = len(encoded) + 2 + SAMPLE_BYTES
-        return cls(name, labels, encoded, b"\x0a" + varint(body_len) + encoded + b"\x12" + bytes((SAMPLE_BYTES,)) + b"\x09")
+        return cls(name, labels, b"\x0a" + varint(body_len) + encoded + b"\x12" + bytes((SAMPLE_BYTES,)) + b"\x09")
 
     def timeseries(self, value: float, stamp: bytes) -> bytes:
         """This series with one sample, framed as a WriteRequest's field 1."""
         if len(stamp) + 9 == SAMPLE_BYTES:
             return self.prefix + _DOUBLE(value) + stamp
+        # prefix = 0x0a + varint(body length) + labels + 0x12 0x10 0x09: the varint's length h
+        # is the one for which the body (labels + 2 + SAMPLE_BYTES) takes h bytes to say.
+        h = next(h for h in range(1, 6) if len(varint(len(self.prefix) - 4 - h + 2 + SAMPLE_BYTES)) == h)
+        encoded = self.prefix[1 + h:-3]
         sample = b"\x09" + _DOUBLE(value) + stamp
-        body = self.encoded + b"\x12" + varint(len(sample)) + sample
+        body = encoded + b"\x12" + varint(len(sample)) + sample
         return b"\x0a" + varint(len(body)) + body
 
 
@@ -89,10 +93,15 @@ class Encoder:
         if found is None:
             agent_labels = dict(batch.labels)
             per_point = []
+            made: dict[tuple, tuple[Series, ...]] = {}  # a table may name a series more than once
             for metric, point_labels in zip(points.layout.metrics, points.layout.labels):
-                labels = series_labels(point_labels, agent_labels, host=batch.host_id)
-                base = series_name(metric)
-                per_point.append(tuple(Series.of(base + suffix, labels) for suffix, _ in STATS))
+                series_key = (metric, tuple(sorted(point_labels.items())))
+                series = made.get(series_key)
+                if series is None:
+                    labels = series_labels(point_labels, agent_labels, host=batch.host_id)
+                    base = series_name(metric)
+                    series = made[series_key] = tuple(Series.of(base + suffix, labels) for suffix, _ in STATS)
+                per_point.append(series)
             found = tuple(per_point)
             if len(self._tables) >= self.KEPT:
                 self._tables.clear()
