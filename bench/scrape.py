@@ -4,7 +4,7 @@ prometheus-node-exporter scraped the same way in the same run.
 
 It starts `egs-agent run` on the simulated eight-nvidia scenario with [prometheus] on a free
 loopback port, lets it settle, then measures in turn, `--seconds` each:
-  - idle: no scrape (the daemon's own CPU, all threads, from /proc/PID/stat);
+  - idle: no scrape (the daemon's own CPU, all threads, from /proc/PID/task/*/schedstat);
   - 1/s and 10/s: scrapes on one persistent HTTP/1.1 connection with Prometheus 2.42's Accept
     header (so OpenMetrics is served), no gzip;
   - idle again (the baseline is the mean of both idle phases, so a drift shows);
@@ -54,6 +54,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_s(pid: int) -> float:
+    """The process's CPU time, from each thread's /proc/PID/task/TID/schedstat (nanoseconds,
+    where /proc/PID/stat counts 10 ms ticks: a second of 1/s scrapes is a couple of ticks).
+    Threads that ended take their time with them, so phases keep their threads (one
+    persistent connection each); /proc/PID/stat's ticks where schedstat is missing."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    except FileNotFoundError:
+        return process_cpu_s(pid)
+    return total / 1e9
+
+
+def stop(proc: subprocess.Popen, timeout: float) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_http(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -71,7 +97,7 @@ def scrape_phase(pid: int, port: int, rate: float, seconds: float) -> dict:
     """Scrape at `rate` per second for `seconds` on one connection; the process's CPU meanwhile."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     latencies, sizes = [], []
-    c0, t0 = process_cpu_s(pid), time.monotonic()
+    c0, t0 = cpu_s(pid), time.monotonic()
     next_at = t0
     while time.monotonic() - t0 < seconds:
         next_at += 1.0 / rate
@@ -84,7 +110,7 @@ def scrape_phase(pid: int, port: int, rate: float, seconds: float) -> dict:
             raise SystemExit(f"scrape answered {resp.status}: {body[:200]!r}")
         sizes.append(len(body))
         time.sleep(max(0.0, next_at - time.monotonic()))
-    c1, t1 = process_cpu_s(pid), time.monotonic()
+    c1, t1 = cpu_s(pid), time.monotonic()
     conn.close()
     return {"rate": rate, "scrapes": len(latencies), "seconds": t1 - t0, "cpu_s": c1 - c0,
             "cpu_per_s": (c1 - c0) / (t1 - t0), "p50_ms": percentile(latencies, 50),
@@ -92,9 +118,9 @@ def scrape_phase(pid: int, port: int, rate: float, seconds: float) -> dict:
 
 
 def idle_phase(pid: int, seconds: float) -> float:
-    c0, t0 = process_cpu_s(pid), time.monotonic()
+    c0, t0 = cpu_s(pid), time.monotonic()
     time.sleep(seconds)
-    return (process_cpu_s(pid) - c0) / (time.monotonic() - t0)
+    return (cpu_s(pid) - c0) / (time.monotonic() - t0)
 
 
 def measure(pid: int, port: int, seconds: float, rates: list[float], render=None) -> dict:
@@ -141,12 +167,7 @@ def run_agent(seconds: float, settle: float, rates: list[float], dcgm: bool) -> 
         client.close()
         return {"gpus": gpus, "dcgm_names": dcgm, **out}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 20)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -163,12 +184,7 @@ def run_node_exporter(seconds: float, settle: float, rates: list[float]) -> dict
         version = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.split("\n")[0]
         return {"binary": binary, "version": version, **measure(proc.pid, port, seconds, rates)}
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, 10)
 
 
 def main() -> int:

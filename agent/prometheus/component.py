@@ -45,8 +45,9 @@ class ScrapeCollector:
 
     def collect(self):
         state = self.state
+        gpus = state.gpu_status()  # once: both name sets read the same
         if self.native:
-            for fam in families(state):
+            for fam in families(state, gpus):
                 counter = fam.metric.kind == "counter" and fam.name.endswith("_total")
                 # prometheus-client names a counter family without its _total (OpenMetrics)
                 base = fam.name[:-6] if counter else fam.name
@@ -54,8 +55,8 @@ class ScrapeCollector:
                 m.samples = [Sample(fam.name, labels, value, None, None) for labels, value in fam.samples]
                 yield m
         if self.dcgm:
-            for field, samples in dcgm_families(state.gpu_status(), state.gpu_health(), state.host,
-                                                dict(state.agent_labels())):
+            for field, samples in dcgm_families(gpus, state.gpu_health(), state.host,
+                                                dict(state.agent_labels()), state.remember):
                 m = PromMetric(field.name, field.help, field.kind)
                 m.samples = [Sample(field.name, labels, value, None, None) for labels, value in samples]
                 yield m
@@ -73,15 +74,24 @@ class PrometheusExporter:
         self.collector = ScrapeCollector(self.state, settings.native_names, settings.dcgm_names)
         self.server: MetricsServer | None = None
         self.encoder = CachingEncoder()
+        self._bodies: dict[str, tuple[int, bytes]] = {}  # content type -> (generation, body)
         self.scrape_seconds = 0.0  # wall and thread CPU time spent building answers, for status and bench/
         self.scrape_cpu_seconds = 0.0
         self.renders = 0
         self._lock = threading.Lock()
 
     def render(self, accept: str) -> tuple[bytes, str]:
+        """The answer to one scrape. The windows change once a tick, so a second scrape in
+        the same tick (a Prometheus HA pair, a 10/s scraper) gets the first one's bytes."""
         started, cpu = time.perf_counter(), time.thread_time()
         encoder, content_type = choose_encoder(accept)
-        body = self.encoder.encode(self.collector, encoder, content_type)
+        generation = self.state.generation
+        cached = self._bodies.get(content_type)
+        if cached is not None and cached[0] == generation:
+            body = cached[1]
+        else:
+            body = self.encoder.encode(self.collector, encoder, content_type)
+            self._bodies[content_type] = (generation, body)
         with self._lock:  # several scrapes may render at once
             self.scrape_seconds += time.perf_counter() - started
             self.scrape_cpu_seconds += time.thread_time() - cpu
@@ -129,6 +139,7 @@ class PrometheusExporter:
                    or bool(new.web_config_file) or new.max_concurrent_scrapes != self.settings.max_concurrent_scrapes
                    or new.client_timeout != self.settings.client_timeout)
         self.collector.native, self.collector.dcgm = new.native_names, new.dcgm_names
+        self._bodies = {}  # the names served may have changed
         old, self.settings = self.settings, new
         if not restart:
             return

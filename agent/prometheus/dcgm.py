@@ -93,12 +93,21 @@ def dcgm_labels(g: dict, hostname: str, extra: dict[str, str]) -> dict[str, str]
     return labels
 
 
-def dcgm_families(gpus: list[dict], health: list[dict], hostname: str,
-                  extra: dict[str, str]) -> list[tuple[Field, list[tuple[dict[str, str], float]]]]:
+def _remember(key: tuple, make):
+    return make()
+
+
+def dcgm_families(gpus: list[dict], health: list[dict], hostname: str, extra: dict[str, str],
+                  remember=_remember) -> list[tuple[Field, list[tuple[dict[str, str], float]]]]:
     """(field, samples) for every DCGM field with at least one value. A lost GPU, or a metric
-    it does not support or that went stale, has no sample (status --json shows it null)."""
+    it does not support or that went stale, has no sample (status --json shows it null).
+    `remember(key, make)` may hand back the label dict made for the same key before
+    (`LiveState.remember`)."""
     out = []
-    labels_of = {g["index"]: dcgm_labels(g, hostname, extra) for g in gpus}
+    extra_key = tuple(extra.items())
+    keys = {g["index"]: ("dcgm", g["index"], g["uuid"], g.get("pci_bus_id"), g["vendor"], g["name"], hostname,
+                         extra_key) for g in gpus}
+    labels_of = {g["index"]: remember(keys[g["index"]], lambda g=g: dcgm_labels(g, hostname, extra)) for g in gpus}
     for f in FIELDS:
         samples = []
         for g in gpus:
@@ -112,7 +121,9 @@ def dcgm_families(gpus: list[dict], health: list[dict], hostname: str,
     for g in gpus:
         code = (last.get(g["index"]) or {}).get("code") or 0
         name = (last.get(g["index"]) or {}).get("name") or "none"
-        xid.append(({**labels_of[g["index"]], "err_code": str(code), "err_msg": name}, float(code)))
+        base = labels_of[g["index"]]
+        labels = remember(keys[g["index"]] + (code, name), lambda: {**base, "err_code": str(code), "err_msg": name})
+        xid.append((labels, float(code)))
     if xid:
         out.append((XID, xid))
     return out

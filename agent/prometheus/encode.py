@@ -63,11 +63,13 @@ class CachingEncoder:
                 header = headers[key] = text[: -len(_EOF)] if openmetrics else text
             append(header)
             for s in fam.samples:
-                skey = (s.name, tuple(s.labels.items()))
-                prefix = prefixes.get(skey)
-                if prefix is None:
-                    prefix = prefixes[skey] = self._prefix(fam, s, encoder)
-                append(prefix)
+                # Keyed by the labels dict's identity (the families hand out the same dict
+                # every scrape), held in the entry so the id cannot be reused meanwhile.
+                labels = s.labels
+                entry = prefixes.get((s.name, id(labels)))
+                if entry is None or entry[0] is not labels:
+                    entry = prefixes[(s.name, id(labels))] = (labels, self._prefix(fam, s, encoder))
+                append(entry[1])
                 append(floatToGoString(s.value))
                 append("\n")
         if openmetrics:

@@ -71,6 +71,7 @@ class LiveState:
     host: str = ""
     _label_cache: dict = field(default_factory=dict, repr=False)
     _published: dict = field(default_factory=dict, repr=False)
+    generation: int = 0
 
     @classmethod
     def from_context(cls, ctx: Any, stale_s: float) -> "LiveState":
@@ -81,22 +82,30 @@ class LiveState:
 
     def publish(self, ctx: Any) -> None:
         """Main loop only (a component's tick): gather the agent's own figures from what only
-        the main loop may read, and replace the published dict whole."""
+        the main loop may read, and replace the published dict whole. Each publish starts a
+        new `generation`: the windows do not change again until the next tick's collection."""
         self._published = own_figures(ctx.windows.stats(), ctx.source_status(), ctx.status_of("stream"),
                                       ctx.status_of("alarms"))
+        self.generation += 1
 
     def own_figures(self) -> dict[str, list]:
         return self.own() if self.own is not None else self._published
 
-    def labels(self, point: dict[str, str], extra: dict[str, str]) -> dict[str, str]:
+    def labels(self, point: dict[str, str], extra: dict[str, str], extra_key: tuple | None = None) -> dict[str, str]:
         """`agent.exposition.series_labels`, remembered per label set: the same few hundred
-        label sets come back every scrape."""
-        key = (tuple(point.items()), tuple(extra.items()))
+        label sets come back every scrape, as the same dict objects (never changed), which
+        is what lets the encoder remember each series' rendered prefix."""
+        key = (tuple(point.items()), tuple(extra.items()) if extra_key is None else extra_key)
+        out = self._label_cache.get(key)
+        return out if out is not None else self.remember(key, lambda: series_labels(point, extra))
+
+    def remember(self, key: tuple, make: Callable[[], dict[str, str]]) -> dict[str, str]:
+        """The label dict for `key`, made once."""
         out = self._label_cache.get(key)
         if out is None:
             if len(self._label_cache) > 10_000:  # label churn (NICs come and go): start over
                 self._label_cache.clear()
-            out = self._label_cache[key] = series_labels(point, extra)
+            out = self._label_cache[key] = make()
         return out
 
 
@@ -111,18 +120,20 @@ def gpu_labels(g: dict) -> dict[str, str]:
     return {"gpu": str(g["index"]), "uuid": g["uuid"], "vendor": g["vendor"], "model": g["name"]}
 
 
-def families(state: LiveState) -> list[Family]:
-    """Every metric of the live state with its egs_ name, sorted by name."""
+def families(state: LiveState, gpus: list[dict] | None = None) -> list[Family]:
+    """Every metric of the live state with its egs_ name, sorted by name; `gpus` is
+    `state.gpu_status()` when the caller has it already."""
     now = state.clock()
     extra = dict(state.agent_labels())
+    extra_key = tuple(extra.items())
     by_metric: dict[str, list[tuple[dict[str, str], float]]] = {}
 
     def add(metric: str, labels: dict[str, str], value: float) -> None:
         if value is None or not math.isfinite(value):
             return
-        by_metric.setdefault(metric, []).append((state.labels(labels, extra), float(value)))
+        by_metric.setdefault(metric, []).append((state.labels(labels, extra, extra_key), float(value)))
 
-    for g in state.gpu_status():
+    for g in state.gpu_status() if gpus is None else gpus:
         labels = gpu_labels(g)
         for metric, value in g["metrics"].items():
             add(metric, labels, value)
