@@ -14,7 +14,7 @@ gRPC, a collector process in between) and, apart, the store's query alone and th
 five query_range requests alone.
 
 Usage:
-    .venv/bin/python bench/fleet_store.py ingest [--agents 1000 --duration 60]
+    .venv/bin/python bench/fleet_store.py ingest [--agents 1000 --duration 60] [--store 'remote_aggregates = []']
     .venv/bin/python bench/fleet_store.py query [--hosts 1000]
 """
 from __future__ import annotations
@@ -67,7 +67,8 @@ class Sampler(threading.Thread):
 
 
 def cmd_ingest(args, vm) -> None:
-    store = [f'backend = "remote_write"', f'remote_write_url = "{vm.write_url}"', f'query_url = "{vm.query_url}"']
+    store = [f'backend = "remote_write"', f'remote_write_url = "{vm.write_url}"', f'query_url = "{vm.query_url}"',
+             *args.store]
     cmd = [sys.executable, str(REPO / "bench" / "collector.py"), "--agents", str(args.agents), "--points",
            str(args.points), "--duration", str(args.duration), "--warmup", str(args.warmup), "--replay-batches", "0"]
     for line in store:
@@ -172,6 +173,8 @@ def main() -> int:
     i.add_argument("--points", type=int, default=100)
     i.add_argument("--duration", type=float, default=60.0)
     i.add_argument("--warmup", type=float, default=15.0)
+    i.add_argument("--store", action="append", default=[], metavar="KEY=VALUE",
+                   help="another [store] line, e.g. --store 'remote_aggregates = []'")
     q = sub.add_parser("query")
     q.add_argument("--hosts", type=int, default=1000)
     args = p.parse_args()

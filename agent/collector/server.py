@@ -486,10 +486,12 @@ def store_plan(cfg, retention: dict[str, float]):
                     auth=auth, timeout=timeout, retry_for=parse_duration(store.remote_retry),
                     samples_per_request=store.remote_samples_per_request, retention=retention,
                     synchronous=store.synchronous, replay_window=parse_duration(store.replay_window),
-                    replay_max_bytes=store.replay_max_mib << 20, concurrency=store.remote_concurrency)
+                    replay_max_bytes=store.replay_max_mib << 20, concurrency=store.remote_concurrency,
+                    aggregates=tuple(store.remote_aggregates))
 
         def remote_reader(ledger_path: Path) -> RemoteReader:
-            reader = RemoteReader(store.query_url, ledger_path, retention, auth, max(timeout, 30.0))
+            reader = RemoteReader(store.query_url, ledger_path, retention, auth, max(timeout, 30.0),
+                                  tuple(store.remote_aggregates))
             problem = reader.check()  # a wrong URL or credentials raise StoreConfigError
             if problem:
                 log.error("store: the engine's query API at %s does not answer (%s); queries fail until it does",

@@ -41,6 +41,14 @@ def _tokens(value: list[str]) -> str | None:
     return None
 
 
+def _aggregates(value: list[str]) -> str | None:
+    known = ("min", "max", "sum", "count")
+    unknown = [a for a in value if a not in known]
+    if unknown:
+        return f"unknown aggregate {unknown[0]!r} (known: {', '.join(known)})"
+    return None
+
+
 def _http_url(value: str) -> str | None:
     if value and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s#]*)?", value):
         return "must be an http:// or https:// URL"
@@ -115,11 +123,13 @@ SECTIONS = {s.name: s for s in [
                          max_len=2048, check=_http_url),
         "remote_timeout": _duration_key("10s", "Time one request to the engine may take.", 0.1, 600),
         "remote_retry": _duration_key("30s", "How long a group of batches is retried while the engine answers 5xx/429 or not at all, before its agents are told to send it again (they keep it spooled).",
-                                      0, 3600),
-        "replay_window": _duration_key("15s", "Accepted writes kept this long and sent again when the engine answers after failing: VictoriaMetrics 1.79 acknowledges writes it holds in memory and loses up to ~10 s of them (new series the longest) if it is killed; the engine keeps the repeated samples once. 0 turns it off (Prometheus, whose WAL has them).",
-                                       0, 600),
-        "replay_max_mib": Key(256, int, "Most memory the replay_window's writes may take (snappy-compressed, ~19 bytes a sample: 15 s at 100k points/s is ~140 MiB); past it the oldest go.",
-                              min=1, max=65536),
+                                      1, 3600),
+        "replay_window": _duration_key("15s", "Accepted writes kept this long and sent again when the engine answers after failing: VictoriaMetrics 1.79 acknowledges writes it holds in memory and loses up to ~10 s of them (new series the longest) if it is killed; the engine keeps the repeated samples once (replay_max_mib = 0 turns it off: Prometheus, whose WAL has them).",
+                                       1, 600),
+        "replay_max_mib": Key(256, int, "Most memory the replay_window's writes may take (snappy-compressed, ~19 bytes a sample: 15 s at 100k points/s is ~140 MiB); past it the oldest go. 0: keep none.",
+                              min=0, max=65536),
+        "remote_aggregates": Key(["min", "max", "sum", "count"], list, "Which of a point's aggregates are written beside its last value, one series each (egs_<metric>_min, _max, _sum, _count; docs/exposition.md). Each costs the engine one sample a point; one left out is computed from the last values instead (a short spike between two reads is then lost).",
+                                 item_type=str, max_items=4, check=_aggregates),
         "remote_concurrency": Key(2, int, "Requests sent to the engine at once (an engine parses each request on one core); a group's requests are spread over them.", min=1, max=64),
         "remote_samples_per_request": Key(10_000, int, "Samples in one remote-write request (each agent point is five samples).", min=100, max=1_000_000),
         "bearer_token_file": Key("", str, "File holding a bearer token for the engine (read at each connection)."),

@@ -123,3 +123,16 @@ def test_a_series_frames_any_timestamp_and_any_label_size(stamp_ms, label_bytes)
     assert [(s.timestamp, s.value) for s in ts.samples] == [(stamp_ms, 2.5)]
     assert [(label.name, label.value) for label in ts.labels] == [("__name__", "egs_x"), ("gpu", "0")] + (
         [("zone", "z" * label_bytes)] if label_bytes else [])
+
+
+def test_with_no_aggregates_written_a_point_is_one_sample_and_rollups_come_from_the_values(tmp_path, victoria_metrics):
+    store = RemoteWriteStore(tmp_path, victoria_metrics.write_url, victoria_metrics.query_url, aggregates=())
+    store.write([_batch(1, [("0", T0 + 1, 10.0)]), _batch(2, [("0", T0 + 2, 20.0)]), _batch(3, [("0", T0 + 12, 5.0)])], T0)
+    assert store.state.samples == 3  # one sample a point
+    victoria_metrics.flush()
+    (s,) = store.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="raw")[1]
+    assert s.points == [(T0 + 1, 1, 10.0, 10.0, 10.0, 10.0), (T0 + 2, 1, 20.0, 20.0, 20.0, 20.0),
+                        (T0 + 12, 1, 5.0, 5.0, 5.0, 5.0)]
+    (s,) = store.query("gpu_power_watts", start=T0, end=T0 + 59, resolution="10s")[1]
+    assert s.points == [(T0, 2, 30.0, 10.0, 20.0, 20.0), (T0 + 10, 1, 5.0, 5.0, 5.0, 5.0)]
+    store.close()

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from agent.collector.store import QueryBounds, QueryTooLarge, StoreConfigError, StoredSeries
 from agent.collector.store.engine import Answer, Auth, EngineClient, EngineDown
+from agent.collector.store.promwrite import AGGREGATES
+from agent.collector.store.promwrite import stats as stats_written
 from agent.collector.store.reader import SQLiteReader
 from agent.exposition import AGGREGATE_SUFFIXES, HOST_LABEL, label_name, series_name
 
@@ -30,11 +32,9 @@ WIDTHS = {"10s": 10, "1m": 60}
 RESOLUTIONS = {"raw": "raw", "1s": "raw", "10s": "10s", "1m": "1m", "60s": "1m"}
 DEFAULT_SPAN = {"raw": 3600.0, "10s": 2 * 86400.0}  # as the SQLite store's default retentions
 MAX_STEPS = 10_000  # points per series in one query_range request (Prometheus refuses > 11,000)
-STAT_OF = {"": "last", AGGREGATE_SUFFIXES["min"]: "min", AGGREGATE_SUFFIXES["max"]: "max",
-           AGGREGATE_SUFFIXES["sum"]: "sum", AGGREGATE_SUFFIXES["count"]: "count"}
-ROLLUP = (("last", "last_over_time", ""), ("min", "min_over_time", AGGREGATE_SUFFIXES["min"]),
-          ("max", "max_over_time", AGGREGATE_SUFFIXES["max"]), ("sum", "sum_over_time", AGGREGATE_SUFFIXES["sum"]),
-          ("count", "sum_over_time", AGGREGATE_SUFFIXES["count"]))
+# A bucket's stat: from its aggregate series when the store writes it, else from the values.
+ROLLUP = {"min": ("min_over_time", "min_over_time"), "max": ("max_over_time", "max_over_time"),
+          "sum": ("sum_over_time", "sum_over_time"), "count": ("sum_over_time", "count_over_time")}
 
 
 class EngineQueryError(RuntimeError):
@@ -58,8 +58,10 @@ class RemoteReader:
     """A `StoreReader` (agent/collector/store) over an engine's query API and the ledger."""
 
     def __init__(self, query_url: str, ledger_path: str | Path, retention: dict[str, float] | None = None,
-                 auth: Auth = Auth(), timeout: float = 30.0, clock=time.time):
+                 auth: Auth = Auth(), timeout: float = 30.0, aggregates=AGGREGATES, clock=time.time):
         self.client = EngineClient(query_url, auth, timeout)
+        self.stat_of = {suffix: stat for suffix, stat in stats_written(aggregates)}  # written series' suffix -> stat
+        self.aggregates = tuple(aggregates)
         self.retention = dict(retention or {})
         self.clock = clock
         self.ledger = SQLiteReader(ledger_path, self.retention, cache_mib=16)
@@ -142,8 +144,8 @@ class RemoteReader:
             series = self._rollup(base, host, want, start, end, WIDTHS[kind])
         out, total = [], 0
         known = self._point_labels(metric)
-        for (h, lab), stats in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-            points = _points(stats)[:limit]
+        for (h, lab), by_stat in sorted(series.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+            points = _points(by_stat)[:limit]
             total += len(points)
             if total > bounds.max_points:
                 raise QueryTooLarge(f"the answer would hold more than {bounds.max_points} points "
@@ -162,14 +164,14 @@ class RemoteReader:
     # Both return, per series (host, labels), per stat, its (timestamps, values) columns.
 
     def _raw(self, base: str, host: str, want: dict, start: float, end: float) -> dict:
-        names = "|".join(base + suffix for suffix in STAT_OF)
+        names = "|".join(base + suffix for suffix in self.stat_of)
         span_ms = int(math.ceil((end - start) * 1000)) + 1  # (end - span, end] holds start
         query = f"{selector(names, host, want, name_regex=True)}[{span_ms}ms]"
         series: dict = {}
         for item in self._api("/api/v1/query", [("query", query), ("time", _ts(end))]):
             metric = dict(item.get("metric") or {})
             name = metric.pop("__name__", "")
-            stat = STAT_OF.get(name[len(base):]) if name.startswith(base) else None
+            stat = self.stat_of.get(name[len(base):]) if name.startswith(base) else None
             if stat is None:
                 continue
             # Prometheus 2's range selectors include their first millisecond: start - 1 ms out.
@@ -180,8 +182,13 @@ class RemoteReader:
     def _rollup(self, base: str, host: str, want: dict, start: float, end: float, width: int) -> dict:
         first, last = int(start // width) * width, int(end // width) * width
         series: dict = {}
-        for stat, function, suffix in ROLLUP:
-            query = f"{function}({selector(base + suffix, host, want)}[{width}s])"
+        plan = [("last", f"last_over_time({selector(base, host, want)}[{width}s])")]
+        for stat, (of_aggregate, of_values) in ROLLUP.items():
+            if stat in self.aggregates:
+                plan.append((stat, f"{of_aggregate}({selector(base + AGGREGATE_SUFFIXES[stat], host, want)}[{width}s])"))
+            else:  # not written: the bucket's figure over the values written (each a point's last)
+                plan.append((stat, f"{of_values}({selector(base, host, want)}[{width}s])"))
+        for stat, query in plan:
             bucket = first
             while bucket <= last:  # at most MAX_STEPS buckets a request
                 upto = min(last, bucket + (MAX_STEPS - 1) * width)
@@ -191,20 +198,20 @@ class RemoteReader:
                     metric = dict(item.get("metric") or {})
                     metric.pop("__name__", None)
                     values = item.get("values") or []
-                    stats = series.setdefault(_key(metric), {})
+                    by_stat = series.setdefault(_key(metric), {})
                     # The five stats of a series share their buckets (the same length, first and
                     # last evaluation time: the same grid points); computed once.
                     grid = (len(values), values[0][0], values[-1][0]) if values else None
-                    if grid is not None and stats.get("grid") == grid:
-                        stamps = stats["stamps"]
+                    if grid is not None and by_stat.get("grid") == grid:
+                        stamps = by_stat["stamps"]
                     else:
                         # Evaluated 1 ms before each bucket's end: the bucket starts `width` before that.
                         stamps = [float(round(v[0] + 0.001 - width)) for v in values]
-                        stats["grid"], stats["stamps"] = grid, stamps
-                    _extend(stats, stat, stamps, values)
+                        by_stat["grid"], by_stat["stamps"] = grid, stamps
+                    _extend(by_stat, stat, stamps, values)
                 bucket = upto + width
-        for stats in series.values():
-            stats.pop("grid", None), stats.pop("stamps", None)
+        for by_stat in series.values():
+            by_stat.pop("grid", None), by_stat.pop("stamps", None)
         return series
 
     def agents(self) -> list[dict]:

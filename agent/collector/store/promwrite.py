@@ -3,7 +3,8 @@
 One agent point (a series over one interval: count, sum, min, max, last) becomes five
 samples at the interval's start, in five series named by `agent.exposition`:
 `egs_<metric>` the last value (what a scrape of the agent would have seen), and
-`egs_<metric>_min`, `_max`, `_sum`, `_count` the rest of the interval's aggregate. Labels:
+`egs_<metric>_min`, `_max`, `_sum`, `_count` the rest of the interval's aggregate (those
+`[store] remote_aggregates` names: fewer samples for the engine, less kept). Labels:
 the point's, `host`, and the agent's configured labels (`exposition.series_labels`).
 
 The request is encoded here by hand (field numbers of prompb's WriteRequest, TimeSeries,
@@ -21,9 +22,16 @@ from agent.exposition import AGGREGATE_SUFFIXES, series_labels, series_name
 from agent.proto import collector_pb2
 from agent.wire.columns import Points
 
-# The five samples of a point: (name suffix, index of the value in a Points row's columns).
-STATS = (("", "last"), (AGGREGATE_SUFFIXES["min"], "min"), (AGGREGATE_SUFFIXES["max"], "max"),
-         (AGGREGATE_SUFFIXES["sum"], "sum"), (AGGREGATE_SUFFIXES["count"], "count"))
+# The samples of a point: (name suffix, the Points column it comes from); the last value always,
+# the aggregates that `[store] remote_aggregates` keeps (all four by default).
+AGGREGATES = ("min", "max", "sum", "count")
+
+
+def stats(aggregates=AGGREGATES) -> tuple[tuple[str, str], ...]:
+    unknown = set(aggregates) - set(AGGREGATES)
+    if unknown:
+        raise ValueError(f"unknown aggregates {sorted(unknown)} (known: {', '.join(AGGREGATES)})")
+    return (("", "last"),) + tuple((AGGREGATE_SUFFIXES[a], a) for a in AGGREGATES if a in aggregates)
 _DOUBLE = struct.Struct("<d").pack
 
 
@@ -84,7 +92,8 @@ class Encoder:
 
     KEPT = 4096  # distinct (host, agent labels, series table) remembered; cleared past it
 
-    def __init__(self) -> None:
+    def __init__(self, aggregates=AGGREGATES) -> None:
+        self.stats = stats(aggregates)
         self._tables: dict[tuple, tuple[tuple[Series, ...], ...]] = {}
 
     def _series(self, batch: collector_pb2.Batch, points: Points) -> tuple[tuple[Series, ...], ...]:
@@ -100,7 +109,7 @@ class Encoder:
                 if series is None:
                     labels = series_labels(point_labels, agent_labels, host=batch.host_id)
                     base = series_name(metric)
-                    series = made[series_key] = tuple(Series.of(base + suffix, labels) for suffix, _ in STATS)
+                    series = made[series_key] = tuple(Series.of(base + suffix, labels) for suffix, _ in self.stats)
                 per_point.append(series)
             found = tuple(per_point)
             if len(self._tables) >= self.KEPT:
@@ -116,7 +125,7 @@ class Encoder:
         out: list[bytes] = []
         names: list[Series] = []
         stamps: dict[float, bytes] = {}
-        columns = [getattr(points, field) for _, field in STATS]
+        columns = [getattr(points, field) for _, field in self.stats]
         for i, series in enumerate(table):
             ts = points.ts[i]
             stamp = stamps.get(ts)

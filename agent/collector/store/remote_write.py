@@ -50,7 +50,7 @@ import cramjam
 from agent.backoff import Backoff
 from agent.collector.store import ReadsThroughReader, StoreConfigError, StoreUnavailable, WriteResult, ledger
 from agent.collector.store.engine import Auth, EngineClient, EngineDown
-from agent.collector.store.promwrite import Encoder, Series
+from agent.collector.store.promwrite import AGGREGATES, Encoder, Series
 from agent.collector.store.schema import TABLES, labels_text
 from agent.proto import collector_pb2
 from agent.wire import columns
@@ -106,7 +106,7 @@ class RemoteWriteStore(ReadsThroughReader):
                  auth: Auth = Auth(), timeout: float = 10.0, retry_for: float = 30.0,
                  samples_per_request: int = 10_000, retention: dict[str, float] | None = None,
                  synchronous: str = "normal", replay_window: float = 15.0, replay_max_bytes: int = 256 << 20,
-                 concurrency: int = 2, clock=time.time, sleep=time.sleep):
+                 concurrency: int = 2, aggregates=AGGREGATES, clock=time.time, sleep=time.sleep):
         self.dir = Path(data_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / "ledger.db"
@@ -126,7 +126,8 @@ class RemoteWriteStore(ReadsThroughReader):
         self._next_sid = max(self._series.values(), default=0) + 1
         self._sids: dict[tuple[str, bytes], tuple[int, ...]] = {}  # (host, series table) -> ids
         self.client = EngineClient(remote_write_url, auth, timeout)
-        self.encoder = Encoder()
+        self.aggregates = tuple(aggregates)
+        self.encoder = Encoder(self.aggregates)
         self.state = EngineState(remote_write_url, clock)
         self._last_refusal_log = 0.0
         self._refusals_unlogged = 0
@@ -302,7 +303,7 @@ class RemoteWriteStore(ReadsThroughReader):
         self.state.down(why)
 
     def _remember(self, body: bytes) -> None:
-        if self.replay_window <= 0:
+        if self.replay_window <= 0 or self.replay_max_bytes <= 0:
             return
         now = self.clock()
         self._recent.append((now, body))
@@ -352,7 +353,7 @@ class RemoteWriteStore(ReadsThroughReader):
     @functools.cached_property
     def reader(self):
         from agent.collector.store.promql import RemoteReader
-        return RemoteReader(self.query_url, self.path, self.retention, self.auth, self.timeout)
+        return RemoteReader(self.query_url, self.path, self.retention, self.auth, self.timeout, self.aggregates)
 
     def close(self) -> None:
         if self._pool is not None:
