@@ -38,12 +38,23 @@ def om_unit(base: str, unit: str) -> str:
 
 
 class ScrapeCollector:
-    """prometheus-client's custom collector protocol: `collect()` yields metric families."""
+    """prometheus-client's custom collector protocol, `collect()` (metric families with their
+    samples), and `rows()`, the same families for `CachingEncoder` without making a
+    prometheus-client sample object per series per scrape."""
 
     def __init__(self, state: LiveState, native: bool = True, dcgm: bool = False):
         self.state, self.native, self.dcgm = state, native, dcgm
+        self._families: dict[tuple, PromMetric] = {}  # the sample-less family objects, made once
 
-    def collect(self):
+    def _family(self, name: str, help: str, kind: str, unit: str = "") -> PromMetric:
+        key = (name, help, kind, unit)
+        fam = self._families.get(key)
+        if fam is None:
+            fam = self._families[key] = PromMetric(name, help, kind, unit)
+        return fam
+
+    def rows(self):
+        """(family without samples, sample name, [(labels, value)]) per family."""
         state = self.state
         gpus = state.gpu_status()  # once: both name sets read the same
         if self.native:
@@ -51,15 +62,18 @@ class ScrapeCollector:
                 counter = fam.metric.kind == "counter" and fam.name.endswith("_total")
                 # prometheus-client names a counter family without its _total (OpenMetrics)
                 base = fam.name[:-6] if counter else fam.name
-                m = PromMetric(base, fam.metric.help, "counter" if counter else "gauge", om_unit(base, fam.metric.unit))
-                m.samples = [Sample(fam.name, labels, value, None, None) for labels, value in fam.samples]
-                yield m
+                yield (self._family(base, fam.metric.help, "counter" if counter else "gauge",
+                                    om_unit(base, fam.metric.unit)), fam.name, fam.samples)
         if self.dcgm:
             for field, samples in dcgm_families(gpus, state.gpu_health(), state.host,
                                                 dict(state.agent_labels()), state.remember):
-                m = PromMetric(field.name, field.help, field.kind)
-                m.samples = [Sample(field.name, labels, value, None, None) for labels, value in samples]
-                yield m
+                yield self._family(field.name, field.help, field.kind), field.name, samples
+
+    def collect(self):
+        for fam, name, samples in self.rows():
+            m = PromMetric(fam.name, fam.documentation, fam.type, fam.unit)
+            m.samples = [Sample(name, labels, value, None, None) for labels, value in samples]
+            yield m
 
 
 class PrometheusExporter:

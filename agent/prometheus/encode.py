@@ -12,9 +12,10 @@ own `floatToGoString`. The output is byte for byte prometheus-client's
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, Iterable
 
 from prometheus_client.core import Metric
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 MAX_REMEMBERED = 50_000  # series prefixes per content type; label churn past it starts afresh
@@ -38,7 +39,15 @@ class CachingEncoder:
 
     def encode(self, collector, encoder: Callable, content_type: str) -> bytes:
         """`collector`'s families as `encoder` (from prometheus-client's `choose_encoder`,
-        with its `content_type`) would write them."""
+        with its `content_type`) would write them. A collector with `rows()` (the agent's
+        ScrapeCollector) hands its families over without making prometheus-client's
+        per-sample objects; any other is read through `collect()`."""
+        rows = collector.rows() if hasattr(collector, "rows") else _rows(collector)
+        return self.encode_rows(rows, encoder, content_type)
+
+    def encode_rows(self, rows: Iterable[tuple], encoder: Callable, content_type: str) -> bytes:
+        """`rows`: (family, sample name, [(labels, value)]) with the family's samples left out,
+        or (family, None, None) for one to render whole (histograms and the like)."""
         openmetrics = content_type.startswith("application/openmetrics-text")
         with self._lock:
             cache = self._caches.get(content_type)
@@ -49,10 +58,8 @@ class CachingEncoder:
             prefixes.clear()
         out: list[str] = []
         append = out.append
-        for fam in collector.collect():
-            if fam.type not in ("gauge", "counter", "unknown"):
-                # histograms and the like: rendered whole, nothing to remember (the collector's
-                # own ack histogram, a few lines)
+        for fam, name, samples in rows:
+            if name is None:
                 text = encoder(_One(fam)).decode("utf-8")
                 append(text[: -len(_EOF)] if openmetrics else text)
                 continue
@@ -62,25 +69,35 @@ class CachingEncoder:
                 text = encoder(_One(Metric(fam.name, fam.documentation, fam.type, fam.unit))).decode("utf-8")
                 header = headers[key] = text[: -len(_EOF)] if openmetrics else text
             append(header)
-            for s in fam.samples:
+            for labels, value in samples:
                 # Keyed by the labels dict's identity (the families hand out the same dict
                 # every scrape), held in the entry so the id cannot be reused meanwhile.
-                labels = s.labels
-                entry = prefixes.get((s.name, id(labels)))
+                entry = prefixes.get((name, id(labels)))
                 if entry is None or entry[0] is not labels:
-                    entry = prefixes[(s.name, id(labels))] = (labels, self._prefix(fam, s, encoder))
+                    entry = prefixes[(name, id(labels))] = (labels, self._prefix(fam, name, labels, encoder))
                 append(entry[1])
-                append(floatToGoString(s.value))
+                append(floatToGoString(value))
                 append("\n")
         if openmetrics:
             append(_EOF)
         return "".join(out).encode("utf-8")
 
     @staticmethod
-    def _prefix(fam: Metric, sample, encoder: Callable) -> str:
+    def _prefix(fam: Metric, name: str, labels: dict[str, str], encoder: Callable) -> str:
         one = Metric(fam.name, fam.documentation, fam.type, fam.unit)
-        one.samples = [sample._replace(value=0.0)]
+        one.samples = [Sample(name, labels, 0.0, None, None)]
         for line in encoder(_One(one)).decode("utf-8").split("\n"):
             if line and not line.startswith("#"):
                 return line[: line.rindex(" ") + 1]
-        raise ValueError(f"prometheus-client wrote no sample line for {sample.name}")
+        raise ValueError(f"prometheus-client wrote no sample line for {name}")
+
+
+def _rows(collector) -> Iterable[tuple]:
+    """A prometheus-client collector's families as rows; a family whose samples do not all
+    share one name (or of another type than gauge, counter, unknown) is rendered whole."""
+    for fam in collector.collect():
+        names = {s.name for s in fam.samples}
+        if fam.type not in ("gauge", "counter", "unknown") or len(names) > 1:
+            yield fam, None, None
+        else:
+            yield fam, (names.pop() if names else fam.name), [(s.labels, s.value) for s in fam.samples]

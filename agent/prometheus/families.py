@@ -127,23 +127,20 @@ def families(state: LiveState, gpus: list[dict] | None = None) -> list[Family]:
     extra = dict(state.agent_labels())
     extra_key = tuple(extra.items())
     by_metric: dict[str, list[tuple[dict[str, str], float]]] = {}
-
-    def add(metric: str, labels: dict[str, str], value: float) -> None:
-        if value is None or not math.isfinite(value):
-            return
-        by_metric.setdefault(metric, []).append((state.labels(labels, extra, extra_key), float(value)))
+    labels_of, isfinite = state.labels, math.isfinite  # this loop runs for every series of every scrape
 
     for g in state.gpu_status() if gpus is None else gpus:
-        labels = gpu_labels(g)
+        labels = labels_of(gpu_labels(g), extra, extra_key)
         for metric, value in g["metrics"].items():
-            add(metric, labels, value)
-    for metric, labels, value, ts in state.windows.latest_all():
-        if metric in _GPU_METRICS or now - ts > state.stale_s:
-            continue
-        add(metric, labels, value)
-    for metric, samples in state.own_figures().items():
-        for labels, value in samples:
-            add(metric, labels, value)
+            if value is not None and isfinite(value):
+                by_metric.setdefault(metric, []).append((labels, float(value)))
+    readings = [(metric, labels, value) for metric, labels, value, ts in state.windows.latest_all()
+                if metric not in _GPU_METRICS and now - ts <= state.stale_s]
+    readings += [(metric, labels, value) for metric, samples in state.own_figures().items()
+                 for labels, value in samples]
+    for metric, labels, value in readings:
+        if value is not None and isfinite(value):
+            by_metric.setdefault(metric, []).append((labels_of(labels, extra, extra_key), float(value)))
     return [Family(metric_of(m), series_name(m), samples) for m, samples in sorted(by_metric.items())]
 
 

@@ -81,3 +81,21 @@ def test_a_second_scrape_in_the_same_tick_gets_the_same_bytes_and_the_next_tick_
     s = scrape(exporter)
     assert [v for (name, _), v in s.items() if name == "egs_gpu_temperature_celsius"] == [70.0]
     assert exporter.status()["renders"] == 3
+
+
+def test_the_answer_is_prometheus_clients_own_rendering_of_the_collector(tmp_path):
+    """The fast path (rows, remembered prefixes) writes what prometheus-client's encoders
+    write for the same collector, native and DCGM names, both formats, tick after tick."""
+    from prometheus_client.exposition import choose_encoder
+    exporter, windows, clock, gpu = make(tmp_path, {"alarms": [{"rule": "r", "state": "firing", "labels": {}}]})
+    for second in range(3):
+        windows.add(Sample.reading("memory_used_percent", {}, 40.0 + second / 3, clock.now))
+        windows.add(Sample.reading("cpu_utilization_percent", {"cpu": "1"}, 1e-7 * second, clock.now))
+        gpu["metrics"]["gpu_temperature_celsius"] = 60.0 + second
+        exporter.tick(clock.now)
+        for accept in ("", "application/openmetrics-text;version=1.0.0"):
+            encoder, content_type = choose_encoder(accept)
+            body, served_type = exporter.render(accept)
+            assert served_type == content_type
+            assert body == encoder(exporter.collector), (second, accept)
+        clock.now += 1
