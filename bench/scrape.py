@@ -181,7 +181,8 @@ def run_node_exporter(seconds: float, settle: float, rates: list[float]) -> dict
     try:
         wait_http(port, proc)
         time.sleep(settle)
-        version = subprocess.run([binary, "--version"], capture_output=True, text=True).stderr.split("\n")[0]
+        answer = subprocess.run([binary, "--version"], capture_output=True, text=True)
+        version = (answer.stdout or answer.stderr).split("\n")[0]
         return {"binary": binary, "version": version, **measure(proc.pid, port, seconds, rates)}
     finally:
         stop(proc, 10)
