@@ -232,6 +232,20 @@ class Authenticator:
 
 # --- the server ----------------------------------------------------------------------------
 
+def bind_address(host: str) -> tuple[int, str]:
+    """(address family, address) to bind for a `listen` host; "" is every address: a
+    dual-stack IPv6 socket, or IPv4's 0.0.0.0 on a host without IPv6 (ipv6.disable=1)."""
+    if host == "":
+        if socket.has_ipv6:
+            try:
+                socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+                return socket.AF_INET6, "::"
+            except OSError:
+                pass
+        return socket.AF_INET, "0.0.0.0"
+    return (socket.AF_INET6 if ":" in host else socket.AF_INET), host
+
+
 class MetricsServer(ThreadingHTTPServer):
     """`render(accept_header) -> (body, content_type)` answers GET /metrics."""
 
@@ -249,8 +263,7 @@ class MetricsServer(ThreadingHTTPServer):
         self.stats = {"scrapes": 0, "refused_busy": 0, "unauthorized": 0, "errors": 0}
         self._conns = 0
         self._conns_lock = threading.Lock()
-        self.address_family = socket.AF_INET6 if ":" in host or host == "" else socket.AF_INET
-        bind = host if host else "::"
+        self.address_family, bind = bind_address(host)
         try:
             super().__init__((bind, port), _Handler, bind_and_activate=False)
             if self.address_family == socket.AF_INET6:

@@ -201,3 +201,17 @@ def test_connections_beyond_the_bound_are_closed_not_queued(servers, monkeypatch
         except OSError:  # still closed at once: the threads have not seen the close yet
             time.sleep(0.1)
     assert scrape(f"http://127.0.0.1:{server.port}/metrics")[0] == 200
+
+
+def test_every_address_is_dual_stack_or_ipv4_without_ipv6(monkeypatch):
+    from agent.prometheus import web
+    server = MetricsServer("", 0, body_render())
+    server.start()
+    try:
+        assert scrape(f"http://127.0.0.1:{server.port}/metrics")[0] == 200  # IPv4 on the dual-stack socket
+    finally:
+        server.stop()
+    monkeypatch.setattr(web.socket, "has_ipv6", False)
+    assert web.bind_address("") == (socket.AF_INET, "0.0.0.0")
+    assert web.bind_address("::1") == (socket.AF_INET6, "::1")
+    assert web.bind_address("127.0.0.1") == (socket.AF_INET, "127.0.0.1")
