@@ -103,11 +103,12 @@ def cmd_run(args) -> int:
     # ack for ~100 ms (measured with bench/collector.py). Almost nothing here forms cycles,
     # so collect rarely: the young generation every 20,000 allocations, the oldest seldom.
     gc.set_threshold(20_000, 100, 1000)
+    from agent.collector.bus import BusConfigError
     from agent.collector.store import StoreConfigError
     from agent.collector.writer import WriterError, WriterGone
     try:
         return asyncio.run(serve(cfg))
-    except (OSError, WriterError, WriterGone, StoreConfigError) as e:
+    except (OSError, WriterError, WriterGone, StoreConfigError, BusConfigError) as e:
         print(f"egs-collector: {e}", file=sys.stderr)
         return 1
 
@@ -211,17 +212,19 @@ def cmd_agents(args) -> int:
              "last_seen": a.last_seen, "age_seconds": round(reply.now - a.last_seen, 1) if a.last_seen else None,
              "epoch": a.epoch, "last_seq": a.last_seq, "spool_backlog_records": a.status.spool_backlog_records,
              "spool_backlog_bytes": a.status.spool_backlog_bytes, "dropped_records": a.status.dropped_records,
-             "health": a.status.health, "batches": a.batches, "duplicates": a.duplicates} for a in reply.agents]
+             "health": a.status.health, "batches": a.batches, "duplicates": a.duplicates,
+             "collector": a.collector} for a in reply.agents]
     if args.json:
         print(json.dumps({"agents": rows, "now": reply.now, "store": reply.store}))
         return 0
     if reply.store:
         print(f"store: {reply.store}")
-    print(f"{'HOST':24} {'CONN':4} {'LAST SEEN':>10} {'BACKLOG':>8} {'DROPPED':>8} HEALTH")
+    fleet = any(r["collector"] for r in rows)
+    print(f"{'HOST':24} {'CONN':4} {'LAST SEEN':>10} {'BACKLOG':>8} {'DROPPED':>8} {'HEALTH':12}" + (" COLLECTOR" if fleet else ""))
     for r in rows:
         age = f"{r['age_seconds']:.0f}s ago" if r["age_seconds"] is not None else "never"
         print(f"{r['host']:24} {'yes' if r['connected'] else 'no':4} {age:>10} {r['spool_backlog_records']:>8} "
-              f"{r['dropped_records']:>8} {r['health']}")
+              f"{r['dropped_records']:>8} {r['health']:12}" + (f" {r['collector']}" if fleet else ""))
     if not rows:
         print("(no agent has published yet)")
     return 0

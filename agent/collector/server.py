@@ -34,6 +34,7 @@ import grpc
 
 from agent.collector import ingest as ingest_rules
 from agent.collector.settings import retention_seconds
+from agent.collector import bus as bus_room
 from agent.collector.store import QueryBounds, QueryTooLarge, StoreReader, StoreRefused, StoreUnavailable, StoreWriter
 from agent.collector.store.engine import Auth
 from agent.collector.store.promql import EngineQueryError, RemoteReader
@@ -181,7 +182,7 @@ class Committer:
     def _deliver(self, done: list, stored: list, received: float) -> None:
         for fut, duplicate in done:
             _resolve(fut, duplicate)
-        if stored:
+        if stored and self.hub is not None:  # behind a bus the hub is fed from the bus (agent/collector/bus.py)
             self.hub.publish(stored, received)
 
 
@@ -211,9 +212,12 @@ def peer_names(context) -> set[str] | None:
 
 
 class Ingest(collector_pb2_grpc.IngestServicer):
-    def __init__(self, committer: Committer, plaintext: bool, limits: ingest_rules.Limits = ingest_rules.Limits(),
-                 max_uncommitted: int = 4096):
+    def __init__(self, committer, plaintext: bool, limits: ingest_rules.Limits = ingest_rules.Limits(),
+                 max_uncommitted: int = 4096, on_disconnect=None):
+        # `committer`: what takes each checked batch (`submit(batch, points, wire, future)`):
+        # the Committer (store, then ack), or the bus Publisher (JetStream, then ack).
         self.committer = committer
+        self.on_disconnect = on_disconnect  # async callable(host), when a host's stream ends
         self.plaintext = plaintext
         self.limits = limits
         self.connected: dict[str, str] = {}  # host -> peer
@@ -297,6 +301,8 @@ class Ingest(collector_pb2_grpc.IngestServicer):
             reader.cancel()
             if host is not None and self.connected.get(host) == peer:
                 del self.connected[host]
+                if self.on_disconnect is not None:
+                    asyncio.get_running_loop().create_task(self.on_disconnect(host))
 
     def _check(self, batch, names: set[str] | None) -> Points | tuple:
         """The batch's points, or (status code, details) saying why it is refused."""
@@ -313,8 +319,9 @@ class Consumers(collector_pb2_grpc.ConsumersServicer):
     def __init__(self, store: StoreReader, hub: Hub, ingest: Ingest, tokens: list[str],
                  heartbeat: float, max_pending: int, max_subscribers: int = 256,
                  bounds: QueryBounds = QueryBounds(), max_send_bytes: int = 64 << 20,
-                 store_state=lambda: ""):
+                 store_state=lambda: "", fleet_agents=None):
         self.store, self.hub, self.ingest = store, hub, ingest
+        self.fleet_agents = fleet_agents  # behind a bus: async () -> every host's record (agent/collector/bus.py)
         self.store_state = store_state  # the writer's account of the store (Agents' `store`)
         self.tokens = [t.encode() for t in tokens]
         self.heartbeat, self.max_pending = heartbeat, max_pending
@@ -416,12 +423,21 @@ class Consumers(collector_pb2_grpc.ConsumersServicer):
 
     async def Agents(self, request, context):
         await self._authorize(context)
-        rows = await asyncio.get_running_loop().run_in_executor(None, self.store.agents)
+        rows = None
+        if self.fleet_agents is not None:
+            try:
+                rows = await asyncio.wait_for(self.fleet_agents(), 10.0)
+            except Exception as e:  # the bus is down: what this collector's own store knows, and why
+                log.warning("agents: the bus cannot list the fleet's agents (%s); answering from this collector's store", e)
+        if rows is None:
+            rows = await asyncio.get_running_loop().run_in_executor(None, self.store.agents)
         out = collector_pb2.AgentsResponse(now=time.time(), store=self.store_state())
         for row in rows:
+            here = row["host"] in self.ingest.connected
             info = out.agents.add(host=row["host"], epoch=row["epoch"] or 0, last_seq=row["last_seq"] or 0,
-                                  last_seen=row["last_seen"] or 0, connected=row["host"] in self.ingest.connected,
-                                  peer=self.ingest.connected.get(row["host"], ""))
+                                  last_seen=row["last_seen"] or 0, connected=here or bool(row.get("connected")),
+                                  peer=self.ingest.connected.get(row["host"]) or row.get("peer") or "",
+                                  collector=row.get("collector") or "")
             info.labels.update(row["labels"])
             info.status.spool_backlog_records = row["backlog_records"] or 0
             info.status.spool_backlog_bytes = row["backlog_bytes"] or 0
@@ -473,7 +489,7 @@ def _credentials(cfg, client_auth: bool) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(pair)
 
 
-def store_plan(cfg, retention: dict[str, float]):
+def store_plan(cfg, retention: dict[str, float], exactly_once: bool = True):
     """What `[store]` asks for: the writer process's store arguments, and how to open the
     reader once the writer has made its file (SQLite store: the store file; remote write: the
     engine's query API and the ledger)."""
@@ -487,7 +503,7 @@ def store_plan(cfg, retention: dict[str, float]):
                     samples_per_request=store.remote_samples_per_request, retention=retention,
                     synchronous=store.synchronous, replay_window=parse_duration(store.replay_window),
                     replay_max_bytes=store.replay_max_mib << 20, concurrency=store.remote_concurrency,
-                    aggregates=tuple(store.remote_aggregates))
+                    aggregates=tuple(store.remote_aggregates), exactly_once=exactly_once)
 
         def remote_reader(ledger_path: Path) -> RemoteReader:
             reader = RemoteReader(store.query_url, ledger_path, retention, auth, max(timeout, 30.0),
@@ -500,7 +516,7 @@ def store_plan(cfg, retention: dict[str, float]):
         return args, remote_reader
     args = dict(backend="sqlite", data_dir=cfg.collector.data_dir, synchronous=store.synchronous, retention=retention,
                 cache_mib=store.cache_mib, flush_interval=parse_duration(store.rollup_flush),
-                compress_raw=store.compress_raw)
+                compress_raw=store.compress_raw, exactly_once=exactly_once)
     return args, lambda path: SQLiteReader(path, retention)
 
 
@@ -511,6 +527,7 @@ class Collector:
         self.cfg = cfg
         self.writer: WriterProcess | None = None
         self.store: StoreReader | None = None
+        self.bus: bus_room.Bus | None = None
         self.server: grpc.aio.Server | None = None
         self.ports: dict[str, int] = {}
 
@@ -520,24 +537,42 @@ class Collector:
                      R10: retention_seconds(cfg.store.rollup_10s_retention),
                      R60: retention_seconds(cfg.store.rollup_1m_retention),
                      "events": retention_seconds(cfg.store.events_retention)}
-        store_args, make_reader = store_plan(cfg, retention)
         loop = asyncio.get_running_loop()
+        if cfg.bus.nats:  # first: a bus that cannot be used stops the start before anything else
+            self.bus = bus_room.Bus(bus_room.BusSettings.from_config(cfg))
+            await self.bus.connect()
+        store_args, make_reader = store_plan(cfg, retention, exactly_once=self.bus is None)
         self.writer = await loop.run_in_executor(None, lambda: WriterProcess(store_args, cfg.collector.log_level))
         if self.writer.recovered:
             log.info("store: refolded %d batches whose rollups were not flushed before the last stop", self.writer.recovered)
         self.store = await loop.run_in_executor(None, make_reader, self.writer.path)
         self.hub = Hub()
-        self.committer = Committer(self.writer, loop, self.hub, parse_duration(cfg.store.cleanup_interval))
+        self.committer = Committer(self.writer, loop, None if self.bus else self.hub,
+                                   parse_duration(cfg.store.cleanup_interval))
         self.committer.start()
         limits = ingest_rules.Limits(cfg.ingest.max_points, parse_duration(cfg.ingest.max_future),
                                      retention_seconds(cfg.ingest.max_age))
-        self.ingest = Ingest(self.committer, cfg.tls.plaintext, limits, cfg.ingest.max_uncommitted)
         bounds = QueryBounds(max_span=parse_duration(cfg.consumers.max_query_span),
                              max_points=cfg.consumers.max_query_points, max_series=cfg.consumers.max_query_series)
+        store_state = lambda: self.writer.state or f"sqlite {self.writer.path}"  # noqa: E731
+        fleet_agents = None
+        if self.bus is not None:
+            self.publisher = bus_room.Publisher(self.bus, loop)
+            self.ingest = Ingest(self.publisher, cfg.tls.plaintext, limits, cfg.ingest.max_uncommitted,
+                                 on_disconnect=self.publisher.disconnected)
+            self.publisher.connected = self.ingest.connected
+            self.store_feed = bus_room.StoreFeed(self.bus, self.committer, loop)
+            await self.store_feed.start()
+            self.fanout = bus_room.Fanout(self.bus, self.hub)
+            await self.fanout.start()
+            store_state = lambda: f"{self.bus.state_text()}; store {self.writer.state or self.writer.path}"  # noqa: E731
+            fleet_agents = lambda: bus_room.agents(self.bus)  # noqa: E731
+        else:
+            self.ingest = Ingest(self.committer, cfg.tls.plaintext, limits, cfg.ingest.max_uncommitted)
         self.consumers = Consumers(self.store, self.hub, self.ingest, cfg.consumer_tokens,
                                    parse_duration(cfg.consumers.heartbeat), cfg.consumers.max_pending,
                                    cfg.consumers.max_subscribers, bounds, MAX_SEND_BYTES,
-                                   store_state=lambda: self.writer.state or f"sqlite {self.writer.path}")
+                                   store_state=store_state, fleet_agents=fleet_agents)
         self.server = grpc.aio.server(options=server_options(cfg))
         self.server.add_generic_rpc_handlers((ingest_handler(self.ingest),))
         collector_pb2_grpc.add_ConsumersServicer_to_server(self.consumers, self.server)
@@ -562,6 +597,15 @@ class Collector:
         if self.server is not None:
             await self.server.stop(grace)
         loop = asyncio.get_running_loop()
+        if self.bus is not None:
+            if getattr(self, "fanout", None) is not None:
+                await self.fanout.stop()
+            if getattr(self, "store_feed", None) is not None:
+                self.store_feed.stop()
+            if getattr(self, "publisher", None) is not None:
+                self.publisher.stop()
+                await self.publisher.flush_records()
+            await self.bus.close()
         if self.writer is not None:
             if self.store is not None:
                 await loop.run_in_executor(None, self.committer.stop)

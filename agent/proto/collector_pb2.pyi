@@ -258,7 +258,7 @@ class AgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("host", "labels", "epoch", "last_seq", "last_seen", "connected", "peer", "status", "batches", "duplicates")
+    __slots__ = ("host", "labels", "epoch", "last_seq", "last_seen", "connected", "peer", "status", "batches", "duplicates", "collector")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +276,7 @@ class AgentInfo(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    COLLECTOR_FIELD_NUMBER: _ClassVar[int]
     host: str
     labels: _containers.ScalarMap[str, str]
     epoch: int
@@ -286,7 +287,8 @@ class AgentInfo(_message.Message):
     status: AgentStatus
     batches: int
     duplicates: int
-    def __init__(self, host: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., epoch: _Optional[int] = ..., last_seq: _Optional[int] = ..., last_seen: _Optional[float] = ..., connected: _Optional[bool] = ..., peer: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., batches: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+    collector: str
+    def __init__(self, host: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., epoch: _Optional[int] = ..., last_seq: _Optional[int] = ..., last_seen: _Optional[float] = ..., connected: _Optional[bool] = ..., peer: _Optional[str] = ..., status: _Optional[_Union[AgentStatus, _Mapping]] = ..., batches: _Optional[int] = ..., duplicates: _Optional[int] = ..., collector: _Optional[str] = ...) -> None: ...
 
 class AgentsResponse(_message.Message):
     __slots__ = ("agents", "now", "store")

@@ -104,6 +104,8 @@ class StoreWriter(Protocol):
         - Exactly once on (host_id, epoch, seq): a batch whose seq is at or below the highest
           stored for its (host_id, epoch), by an earlier call, earlier in the same group or
           before a restart, is reported `duplicate` and nothing of it is stored again.
+          (Unless opened with exactly_once=False: behind the bus, batches come at least once
+          and out of order, and the bus and the engine's idempotence see to it.)
         - A stored batch's `series` names each point's (host, metric, labels) by a key that
           stays the same for the store's life; subscriptions keep their queues by it.
         - On an exception no batch of the group counts as stored: none is acknowledged and
