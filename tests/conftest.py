@@ -130,3 +130,37 @@ def prometheus_engine(tmp_path):
     """A started Prometheus remote-write receiver (engines.Prometheus) in tmp_path; stopped after."""
     import engines
     yield from _engine_fixture(engines.Prometheus, tmp_path)
+
+
+# --- real NATS servers on loopback (natsbus.py; the collectors' bus) ---------------------------
+
+def _nats_skip_unless_installed() -> None:
+    import natsbus
+    if natsbus.find_binary(natsbus.NatsServer.binary_name) is None:
+        pytest.skip("nats-server is not installed: `make system-deps` installs Debian's nats-server "
+                    "package when run as root with apt-get")
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+    """A started single nats-server with JetStream (natsbus.NatsServer) in tmp_path; stopped after."""
+    import natsbus
+    _nats_skip_unless_installed()
+    server = natsbus.NatsServer(tmp_path / "nats")
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path):
+    """A started 3-node JetStream cluster (natsbus.NatsCluster) in tmp_path, ready for streams with
+    num_replicas=3; every node stopped after the test."""
+    import natsbus
+    _nats_skip_unless_installed()
+    cluster = natsbus.NatsCluster(tmp_path / "nats", size=3)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
