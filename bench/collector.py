@@ -14,7 +14,10 @@ state after an outage) is drained by the real stream client; prints batches/s an
 The collector runs as its own processes on loopback, plaintext, or with `--tls` mutual TLS
 as deployed (a throwaway CA, the collector's certificate, one client certificate per
 simulated agent naming its host id; tests/pki.py), and its CPU is reported apart from this
-process's. Usage:
+process's. Several collectors (`--collectors N`, agent i on collector i mod N; `--extra` gives each
+config more TOML, e.g. a [bus] section, `{name}` standing for c0, c1...): bench/fleet_bus.py.
+
+Usage:
     .venv/bin/python bench/collector.py                      # the issue's target: 1000 x 100 for 60 s
     .venv/bin/python bench/collector.py --agents 200 --duration 10 --replay-batches 2000
 """
@@ -82,7 +85,7 @@ def make_batch(host: str, epoch: int, seq: int, points: int, now: float) -> coll
     return batch
 
 
-def start_collector(root: Path, store: list[str] = (), pki=None) -> tuple[subprocess.Popen, int, int]:
+def start_collector(root: Path, store: list[str] = (), pki=None, extra: str = "") -> tuple[subprocess.Popen, int, int]:
     root.mkdir(parents=True, exist_ok=True)
     ingest, consumers = free_port(), free_port()
     config = root / "collector.toml"
@@ -91,7 +94,7 @@ def start_collector(root: Path, store: list[str] = (), pki=None) -> tuple[subpro
             f'[consumers]\nlisten = "127.0.0.1:{consumers}"\ntokens = ["{TOKEN}"]\n'
             + ('[tls]\nplaintext = true\n' if pki is None else
                f'[tls]\ncert = "{pki.root}/collector.crt"\nkey = "{pki.root}/collector.key"\nclient_ca = "{pki.root}/ca.crt"\n')
-            + ("[store]\n" + "\n".join(store) + "\n" if store else ""))
+            + ("[store]\n" + "\n".join(store) + "\n" if store else "") + extra)
     config.write_text(text)
     proc = subprocess.Popen([sys.executable, "-m", "agent.collector.cli", "run", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=open(root / "collector.log", "wb"))
@@ -189,7 +192,7 @@ async def subscriber(target: str, delivery: list, t_measure: float, stop: asynci
         reader.cancel()
 
 
-async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen) -> dict:
+async def ingest_phase(args, ingest: list[int], consumers: int, procs_: list[subprocess.Popen]) -> dict:
     acks: list[tuple[float, float]] = []
     delivery: list[float] = []
     counters = {"points": 0, "batches": 0, "sent": 0, "errors": 0}
@@ -197,15 +200,17 @@ async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen
     t_end = t_start + args.warmup + args.duration
     stop = asyncio.Event()
     sub = asyncio.create_task(subscriber(f"127.0.0.1:{consumers}", delivery, t_start + args.warmup, stop, args.pki))
-    cproc, me = psutil.Process(proc.pid), psutil.Process()
-    # The collector is two processes: gRPC and fan-out in the main one, the store writer
-    # (agent/collector/writer.py) in a child.
-    procs = [cproc] + cproc.children(recursive=True)
+    me = psutil.Process()
+    # Each collector is two processes: gRPC and fan-out in the main one, the store writer
+    # (agent/collector/writer.py) in a child. Main processes first.
+    mains = [psutil.Process(p.pid) for p in procs_]
+    procs = mains + [c for m in mains for c in m.children(recursive=True)]
 
     def cpu() -> list[float]:
         return [sum(p.cpu_times()[:2]) for p in procs]
 
-    tasks = [asyncio.create_task(agent(i, f"127.0.0.1:{ingest}", args, t_start, t_end, acks, counters))
+    # Agent i publishes to collector i mod N (agents list one collector each).
+    tasks = [asyncio.create_task(agent(i, f"127.0.0.1:{ingest[i % len(ingest)]}", args, t_start, t_end, acks, counters))
              for i in range(args.agents)]
     await asyncio.sleep(max(0.0, t_start + args.warmup - time.time()))
     c0, m0, w0 = cpu(), me.cpu_times(), time.time()
@@ -225,7 +230,7 @@ async def ingest_phase(args, ingest: int, consumers: int, proc: subprocess.Popen
             "delivery_p50_ms": pct(delivery, 50) * 1000, "delivery_p99_ms": pct(delivery, 99) * 1000,
             "delivered": len(delivery), "errors": counters["errors"],
             "collector_cpu_pct": 100 * (sum(c1) - sum(c0)) / wall,
-            "collector_main_cpu_pct": 100 * (c1[0] - c0[0]) / wall,
+            "collector_main_cpu_pct": 100 * sum(c1[i] - c0[i] for i in range(len(mains))) / wall,
             "collector_processes": len(procs),
             "bench_cpu_pct": 100 * ((m1.user + m1.system) - (m0.user + m0.system)) / wall,
             "collector_rss_mib": rss / 2**20}
@@ -284,6 +289,8 @@ def main() -> int:
                    help="also print the ack p99 of each window of this many seconds (where stalls come from)")
     p.add_argument("--store", action="append", default=[], metavar="KEY=VALUE",
                    help='a [store] setting for the collector, as TOML (e.g. --store \'rollup_flush = "60s"\')')
+    p.add_argument("--collectors", type=int, default=1, help="collector processes (scale-out: give --extra a [bus])")
+    p.add_argument("--extra", default="", help="more TOML for every collector's config; {name} is c0, c1, ...")
     args = p.parse_args()
     # As in the collector: 1,000 streams' worth of objects make the default GC stall for
     # long enough to show up in the latencies measured here.
@@ -299,11 +306,14 @@ def main() -> int:
         for i in range(args.agents):
             args.pki.issue(f"bench-{i:05d}", f"bench-{i:05d}")
         print(f"# mutual TLS: {args.agents} client certificates issued in {time.perf_counter() - t0:.1f} s")
-    proc, ingest, consumers = start_collector(root, args.store, args.pki)
+    started = [start_collector(root / f"c{i}", args.store, args.pki, args.extra.replace("{name}", f"c{i}"))
+               for i in range(args.collectors)]
+    procs = [p for p, _, _ in started]
+    proc, ingest, consumers = started[0]
     try:
         print(f"# collector bench: {args.agents} agents x 1 batch/s x {args.points} points, {args.duration:g} s "
               f"measured after {args.warmup:g} s warm-up; {os.cpu_count()} CPUs; data in {root}")
-        r = asyncio.run(ingest_phase(args, ingest, consumers, proc))
+        r = asyncio.run(ingest_phase(args, [i for _, i, _ in started], consumers, procs))
         print(f"ingest: {r['points_per_s']:,.0f} points/s sustained ({r['batches_per_s']:,.0f} batches/s acked "
               f"of {r['offered_batches_per_s']:,} offered), errors {r['errors']}")
         print(f"ack latency: p50 {r['ack_p50_ms']:.1f} ms, p99 {r['ack_p99_ms']:.1f} ms, max {r['ack_max_ms']:.1f} ms")
@@ -325,24 +335,31 @@ def main() -> int:
         if r["points_per_s"]:
             print(f"collector CPU per 1,000 points: {r['collector_cpu_pct'] * 10 / (r['points_per_s'] / 1000):.1f} ms "
                   f"(bench: {r['bench_cpu_pct'] * 10 / (r['points_per_s'] / 1000):.1f} ms)")
-        size = sum(f.stat().st_size for f in (root / "data").iterdir())
+        size = sum(f.stat().st_size for i in range(args.collectors) for f in (root / f"c{i}" / "data").iterdir())
         print(f"store: {size / 2**20:.0f} MiB on disk (db + WAL) after the ingest phase")
         if args.replay_batches:
             # A fresh collector: the ingest phase may have left it with a backlog to commit.
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(120)
-            proc, ingest, consumers = start_collector(root / "replay", args.store, args.pki)
+            for p_ in procs:
+                p_.send_signal(signal.SIGTERM)
+            for p_ in procs:
+                p_.wait(120)
+            proc, ingest, consumers = start_collector(root / "replay", args.store, args.pki,
+                                                      args.extra.replace("{name}", "replay"))
+            procs = [proc]
             rr = replay_phase(args, root, ingest)
             print(f"spool replay: {rr['replay_batches']} batches in {rr['replay_s']:.1f} s = "
                   f"{rr['replay_batches_per_s']:,.0f} batches/s, {rr['replay_points_per_s']:,.0f} points/s")
             print(f"batch of {args.points} points: {rr['batch_bytes_protobuf']} bytes protobuf, "
                   f"{rr['batch_bytes_spooled_zlib']} bytes spooled (zlib level 1 + header)")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for p_ in procs:
+            if p_.poll() is None:
+                p_.send_signal(signal.SIGTERM)
+        for p_ in procs:
+            try:
+                p_.wait(30)
+            except subprocess.TimeoutExpired:
+                p_.kill()
         import shutil
         if os.environ.get("EGS_BENCH_KEEP"):
             print(f"kept {root}")

@@ -33,6 +33,7 @@ parts (docs/collector.md, "Many collectors"):
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import re
@@ -51,6 +52,7 @@ AGENTS_BUCKET = "EGS_AGENTS"
 STORE_CONSUMER = "egs-store"
 AGENT_RECORD_INTERVAL = 10.0  # seconds between two records of a connected host (<< duplicate_window)
 FETCH = 256  # messages a store writer pulls at once
+STORE_ACK_WAIT = 15.0  # seconds
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
@@ -107,6 +109,7 @@ class Bus:
         self.agents_kv = None
         self.ok, self.since, self.reason = True, time.time(), ""
         self.published = self.duplicates = self.failures = 0
+        self.closing = False
 
     async def connect(self) -> None:
         import nats
@@ -211,7 +214,8 @@ class Bus:
         return where + (": ok" if self.ok else f": unavailable since {since}: {self.reason}")
 
     async def _disconnected(self) -> None:
-        self.down("disconnected from NATS")
+        if not self.closing:
+            self.down("disconnected from NATS")
 
     async def _reconnected(self) -> None:
         log.warning("bus: reconnected to %s", self.nc.connected_url.netloc if self.nc else "?")
@@ -220,6 +224,7 @@ class Bus:
         log.warning("bus: %s", e)
 
     async def close(self) -> None:
+        self.closing = True
         if self.nc is not None:
             try:
                 await self.nc.drain()
@@ -406,8 +411,10 @@ class StoreFeed:
         futures = []
         for msg in msgs:
             try:
+                # The store reads the points from the bytes itself (the writer process):
+                # the message alone is needed here.
                 batch = collector_pb2.Batch.FromString(msg.data)
-                points = columns.read(batch)
+                points = None
             except Exception as e:  # not ours to store, ever: say so and drop it
                 self.malformed += 1
                 log.error("bus: message %s on %s is not a batch the store can hold (%s); terminated",
@@ -446,8 +453,11 @@ class StoreFeed:
 
 def store_consumer_config():
     from nats.js import api
+    # ack_wait: a batch fetched by a writer whose ack never reached JetStream (the writer, or
+    # the consumer's leader, died) is delivered again after this long; a write that takes
+    # longer (an engine retried for remote_retry) is delivered twice, which the engine keeps once.
     return api.ConsumerConfig(durable_name=STORE_CONSUMER, ack_policy=api.AckPolicy.EXPLICIT,
-                              deliver_policy=api.DeliverPolicy.ALL, ack_wait=60.0, max_ack_pending=20_000,
+                              deliver_policy=api.DeliverPolicy.ALL, ack_wait=STORE_ACK_WAIT, max_ack_pending=20_000,
                               filter_subject=f"{SUBJECT_PREFIX}.>")
 
 
@@ -474,14 +484,21 @@ class SeriesIds:
 
 
 class Fanout:
-    """Every batch of the stream, once per (host, epoch, seq), to this collector's hub."""
+    """Every batch of the stream, once per (host, epoch, seq), to this collector's hub.
+
+    While no one subscribes, a batch is not decoded: the message id (host/epoch/seq) is
+    enough to keep the order and drop repeats, and each host's last `Hub.RECENT` messages
+    are held as bytes; the first subscription has them decoded for its snapshot
+    (`Hub.before_add`)."""
 
     def __init__(self, bus: Bus, hub):
         self.bus, self.hub = bus, hub
         self.ids = SeriesIds()
         self._seen: dict[tuple[str, int], int] = {}
+        self._held: dict[str, collections.deque] = {}  # host -> last messages' bytes, while no one subscribes
         self.delivered = self.skipped = 0
         self.sub = None
+        hub.before_add = self._release
 
     async def start(self) -> None:
         from nats.js import api
@@ -490,18 +507,37 @@ class Fanout:
                                                cb=self._on_message, idle_heartbeat=5.0)
 
     async def _on_message(self, msg) -> None:
+        ident = _message_id(msg)
+        if ident is None:
+            return  # not published by a collector
+        host, epoch, seq = ident
+        key = (host, epoch)
+        if seq <= self._seen.get(key, 0):
+            self.skipped += 1  # published twice (after the duplicate window): seen already
+            return
+        self._seen[key] = seq
+        if not self.hub.subscriptions:
+            held = self._held.get(host)
+            if held is None:
+                held = self._held[host] = collections.deque(maxlen=self.hub.RECENT)
+            held.append((msg.data, time.time()))
+            return
+        self._deliver(msg.data, time.time())
+
+    def _deliver(self, data: bytes, received: float) -> None:
         try:
-            batch = collector_pb2.Batch.FromString(msg.data)
+            batch = collector_pb2.Batch.FromString(data)
             points = columns.read(batch)
         except Exception:
             return  # the store writer says so (StoreFeed)
-        key = (batch.host_id, batch.epoch)
-        if batch.seq <= self._seen.get(key, 0):
-            self.skipped += 1  # published twice (after the duplicate window): seen already
-            return
-        self._seen[key] = batch.seq
         self.delivered += 1
-        self.hub.publish([(batch, points, self.ids.of(batch, points))], time.time())
+        self.hub.publish([(batch, points, self.ids.of(batch, points))], received)
+
+    def _release(self) -> None:
+        held, self._held = self._held, {}
+        for messages in held.values():
+            for data, received in messages:
+                self._deliver(data, received)
 
     async def stop(self) -> None:
         if self.sub is not None:
@@ -509,6 +545,17 @@ class Fanout:
                 await self.sub.unsubscribe()
             except Exception:
                 pass
+
+
+def _message_id(msg) -> tuple[str, int, int] | None:
+    """(host, epoch, seq) from the message id a collector published with."""
+    ident = (msg.headers or {}).get("Nats-Msg-Id", "")
+    try:
+        head, _, seq = ident.rpartition("/")
+        host, _, epoch = head.rpartition("/")
+        return host, int(epoch), int(seq)
+    except ValueError:
+        return None
 
 
 def _read(path: str, key: str) -> str:

@@ -106,9 +106,10 @@ def cmd_run(args) -> int:
     from agent.collector.bus import BusConfigError
     from agent.collector.store import StoreConfigError
     from agent.collector.writer import WriterError, WriterGone
+    from agent.prometheus.web import WebConfigError
     try:
         return asyncio.run(serve(cfg))
-    except (OSError, WriterError, WriterGone, StoreConfigError, BusConfigError) as e:
+    except (OSError, WriterError, WriterGone, StoreConfigError, BusConfigError, WebConfigError) as e:
         print(f"egs-collector: {e}", file=sys.stderr)
         return 1
 

@@ -35,6 +35,7 @@ import grpc
 from agent.collector import ingest as ingest_rules
 from agent.collector.settings import retention_seconds
 from agent.collector import bus as bus_room
+from agent.collector import metrics as collector_metrics
 from agent.collector.store import QueryBounds, QueryTooLarge, StoreReader, StoreRefused, StoreUnavailable, StoreWriter
 from agent.collector.store.engine import Auth
 from agent.collector.store.promql import EngineQueryError, RemoteReader
@@ -227,6 +228,7 @@ class Ingest(collector_pb2_grpc.IngestServicer):
         # behind, readers wait here, gRPC flow control holds the agents back (their spools
         # absorb it) and the collector's memory stays bounded.
         self._room = asyncio.Semaphore(max_uncommitted)
+        self.max_uncommitted = max_uncommitted  # the collector's /metrics: uncommitted batches
 
     async def Publish(self, request_iterator, context):
         # Asked once, while the call is surely alive: context.peer() on a call the client
@@ -256,7 +258,7 @@ class Ingest(collector_pb2_grpc.IngestServicer):
                     fut = loop.create_future()
                     fut.add_done_callback(lambda _: self._room.release())
                     self.committer.submit(batch, points, wire, fut)
-                    await pending.put(("ack", batch, fut))
+                    await pending.put(("ack", batch, fut, time.monotonic()))
                 await pending.put(None)
             except asyncio.CancelledError:
                 raise
@@ -280,7 +282,7 @@ class Ingest(collector_pb2_grpc.IngestServicer):
                         self.stats["refused_identity"] += 1
                     log.warning("refused batch %s/%s from %s: %s", batch.epoch, batch.seq, peer, details)
                     await context.abort(code, details)
-                _, batch, fut = item
+                _, batch, fut, read_at = item
                 try:
                     duplicate = await fut
                 except StoreRefused as e:
@@ -296,6 +298,7 @@ class Ingest(collector_pb2_grpc.IngestServicer):
                     self.connected[host] = peer
                 c = self.counts.setdefault(batch.host_id, {"batches": 0, "duplicates": 0})
                 c["duplicates" if duplicate else "batches"] += 1
+                collector_metrics.observe_ack(read_at)
                 yield collector_pb2.Ack(epoch=batch.epoch, seq=batch.seq, duplicate=duplicate)
         finally:
             reader.cancel()
@@ -528,6 +531,7 @@ class Collector:
         self.writer: WriterProcess | None = None
         self.store: StoreReader | None = None
         self.bus: bus_room.Bus | None = None
+        self.metrics_server = None
         self.server: grpc.aio.Server | None = None
         self.ports: dict[str, int] = {}
 
@@ -589,11 +593,15 @@ class Collector:
                 raise OSError(f"cannot listen on {address} ({name}.listen)")
             self.ports[name] = port
         await self.server.start()
+        self.metrics_server = collector_metrics.start(cfg.prometheus, self.committer, self.ingest, self.hub)
         log.info("serving: ingest on %s (port %d), consumers on %s (port %d), store %s%s",
                  cfg.ingest.listen, self.ports["ingest"], cfg.consumers.listen, self.ports["consumers"],
                  self.writer.state or self.writer.path, ", PLAINTEXT" if cfg.tls.plaintext else ", mutual TLS")
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+            self.metrics_server = None
         if self.server is not None:
             await self.server.stop(grace)
         loop = asyncio.get_running_loop()

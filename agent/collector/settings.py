@@ -11,6 +11,7 @@ import os
 import re
 from typing import Any
 
+from agent.collector.metrics import SECTION as METRICS_SECTION
 from agent.config import MAX_FILE_BYTES, Key, Section, parse, parse_duration, read, section_markdown
 from agent.netaddr import is_loopback_endpoint
 
@@ -165,6 +166,7 @@ SECTIONS = {s.name: s for s in [
         "rollup_flush": _duration_key("10s", "How often the 10 s / 1 min buckets that have ended are written (a bucket reaches queries 5 s plus up to this long after it ends).", 1, 600),
         "cache_mib": Key(256, int, "SQLite page cache of the writer, MiB.", min=2, max=65536),
     }),
+    METRICS_SECTION,
 ]}
 
 

@@ -130,8 +130,13 @@ class Hub:
         self.subscriptions: set[Subscription] = set()
         # host -> deque of (batch labels, Points, series ids, received)
         self.recent: dict[str, collections.deque] = {}
+        # Called before a subscription is added: a feed that holds batches back while no one
+        # subscribes (agent/collector/bus.py's Fanout) publishes them then.
+        self.before_add = None
 
     def add(self, request, max_pending: int) -> Subscription:
+        if self.before_add is not None:
+            self.before_add()
         sub = Subscription(request, max_pending)
         self.subscriptions.add(sub)
         return sub

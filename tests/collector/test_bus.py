@@ -91,7 +91,7 @@ def test_three_collectors_one_killed_every_batch_stored_and_seen_once(tmp_path, 
     for host, agent in agents.items():
         wait(lambda: drained(agent, n), timeout=90, what=f"{host}'s backlog to drain")
     for host in agents:
-        wait(lambda: len(engine_markers(victoria_metrics, host)) >= n, timeout=30, what=f"{host} in the engine")
+        wait(lambda: len(engine_markers(victoria_metrics, host)) >= n, timeout=60, what=f"{host} in the engine")
         assert engine_markers(victoria_metrics, host) == list(range(1, n + 1)), host
     wait(lambda: all(len(sub.seen.get(h, [])) >= n for h in agents), timeout=30, what="the subscriber to see all")
     time.sleep(1)
@@ -113,7 +113,9 @@ def test_a_nats_node_killed_loses_nothing_acknowledged(tmp_path, nats_cluster, v
     wait(lambda: len(engine_markers(victoria_metrics, "host-a")) >= 50, timeout=30, what="the first markers stored")
     nats_cluster.kill9(0)
     wait(lambda: drained(agent, 300), timeout=90, what="the backlog to drain with a node down")
-    wait(lambda: len(engine_markers(victoria_metrics, "host-a")) >= 300, timeout=30, what="all markers in the engine")
+    # A batch fetched by a writer whose ack went to the killed node comes again after the
+    # consumer's ack wait (15 s).
+    wait(lambda: len(engine_markers(victoria_metrics, "host-a")) >= 300, timeout=60, what="all markers in the engine")
     assert engine_markers(victoria_metrics, "host-a") == list(range(1, 301))
 
 
@@ -131,7 +133,9 @@ def test_the_whole_bus_down_stops_acks_then_recovers_by_itself(tmp_path, nats_se
     nats_server.restart()
     wait(lambda: drained(agent, 300), timeout=90, what="the backlog to drain once the bus is back")
     wait(lambda: col.agents().store.startswith("bus ") and ": ok;" in col.agents().store, what="the bus ok again")
-    wait(lambda: len(engine_markers(victoria_metrics, "host-a")) >= 300, timeout=30, what="all markers in the engine")
+    # A batch fetched by a writer whose ack went to the killed node comes again after the
+    # consumer's ack wait (15 s).
+    wait(lambda: len(engine_markers(victoria_metrics, "host-a")) >= 300, timeout=60, what="all markers in the engine")
     assert engine_markers(victoria_metrics, "host-a") == list(range(1, 301))
 
 
@@ -161,10 +165,14 @@ def test_a_replay_older_than_the_duplicate_window_is_still_stored_and_seen_once(
     assert [s for s, _ in acks] == list(range(5, 13))
     wait(lambda: len(engine_markers(victoria_metrics, "host-r")) >= 12, timeout=30, what="12 markers in the engine")
     assert engine_markers(victoria_metrics, "host-r") == list(range(1, 13))
-    wait(lambda: len(sub.seen.get("host-r", [])) >= 12, timeout=30, what="the subscriber to see 12")
+    wait(lambda: 12 in sub.seen.get("host-r", []), timeout=30, what="the subscriber to see marker 12")
     time.sleep(1)
     sub.close()
-    assert sub.seen["host-r"] == list(range(1, 13))
+    # Published back to back, some updates may be coalesced (the newer value replaces a pending
+    # one, counted); none is seen twice, and every batch is either seen or counted.
+    seen = sub.seen["host-r"]
+    assert seen == sorted(set(seen)), f"a marker seen twice or out of order: {seen}"
+    assert len(seen) + sub.coalesced == 12, (seen, sub.coalesced)
 
 
 def _run(config) -> subprocess.CompletedProcess:
