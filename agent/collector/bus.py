@@ -238,40 +238,43 @@ class Publisher:
 
     def __init__(self, bus: Bus, loop: asyncio.AbstractEventLoop):
         self.bus, self.loop = bus, loop
-        self._queues: dict[str, asyncio.Queue] = {}
+        self._queues: dict[str, collections.deque] = {}  # host -> batches waiting to be published
         self._workers: dict[str, asyncio.Task] = {}
         self._published: dict[tuple[str, int], int] = {}  # (host, epoch) -> highest seq published
-        self._records: dict[str, tuple[float, dict]] = {}  # host -> (last written, record)
+        self._latest: dict[str, object] = {}  # host -> its latest batch published here
+        self._first_seen: dict[str, float] = {}
+        self._nic: dict[str, str] = {}  # host -> its latest NIC report
+        self._written: dict[str, tuple[float, tuple]] = {}  # host -> (when its record was written, (connected, peer))
         self.connected: dict[str, str] = {}  # host -> peer (from Ingest)
 
     def submit(self, batch, points, wire: bytes, future: asyncio.Future) -> None:
         host = batch.host_id
-        q = self._queues.get(host)
-        if q is None:
-            q = self._queues[host] = asyncio.Queue()
-            self._workers[host] = self.loop.create_task(self._worker(host, q))
-        q.put_nowait((batch, wire, future))
+        pending = self._queues.get(host)
+        if pending is None:
+            pending = self._queues[host] = collections.deque()
+        pending.append((batch, wire, future))
+        if host not in self._workers:  # one worker per host while it has batches waiting
+            self._workers[host] = self.loop.create_task(self._worker(host, pending))
 
-    async def _worker(self, host: str, q: asyncio.Queue) -> None:
-        """One host's batches, one publish at a time, in order."""
-        while True:
-            try:
-                batch, wire, fut = await asyncio.wait_for(q.get(), 60.0)
-            except asyncio.TimeoutError:  # the host went quiet: its worker goes
-                if q.empty():
-                    del self._queues[host], self._workers[host]
-                    return
-                continue
-            if fut.done():
-                continue
-            try:
-                duplicate = await self._publish(batch, wire)
-            except Exception as e:
+    async def _worker(self, host: str, pending: collections.deque) -> None:
+        """One host's batches, one publish at a time, in order; ends when none is waiting."""
+        try:
+            while pending:
+                batch, wire, fut = pending.popleft()
+                if fut.done():
+                    continue
+                try:
+                    duplicate = await self._publish(batch, wire)
+                except Exception as e:
+                    if not fut.done():
+                        fut.set_exception(e)
+                    continue
                 if not fut.done():
-                    fut.set_exception(e)
-                continue
-            if not fut.done():
-                fut.set_result(duplicate)
+                    fut.set_result(duplicate)
+        finally:
+            del self._workers[host]
+            if not pending:
+                self._queues.pop(host, None)
 
     async def _publish(self, batch, wire: bytes) -> bool:
         from nats.errors import Error as NatsError
@@ -319,38 +322,54 @@ class Publisher:
         except (TypeError, ValueError):
             return None
 
-    async def _record(self, batch, force: bool = False) -> None:
+    async def _record(self, batch) -> None:
+        """Note the host's latest batch; write its record when it connected or moved, or
+        AGENT_RECORD_INTERVAL after the last one (built only then: this runs per batch)."""
         host = batch.host_id
         now = time.time()
-        last = self._records.get(host)
-        record = {"host": host, "collector": self.bus.settings.name, "peer": self.connected.get(host, ""),
-                  "connected": host in self.connected, "labels": dict(batch.labels), "epoch": batch.epoch,
-                  "last_seq": batch.seq, "last_seen": now, "first_seen": last[1]["first_seen"] if last else now,
-                  "backlog_records": batch.status.spool_backlog_records, "backlog_bytes": batch.status.spool_backlog_bytes,
-                  "dropped": batch.status.dropped_records, "health": batch.status.health,
-                  "nic": batch.nic_json or (last[1].get("nic") if last else None)}
-        self._records[host] = (last[0] if last else 0.0, record)
-        moved = last is None or last[1]["connected"] != record["connected"] or last[1]["peer"] != record["peer"]
-        if force or moved or now - last[0] >= AGENT_RECORD_INTERVAL:
-            await self._write_record(host, record)
+        self._latest[host] = batch
+        self._first_seen.setdefault(host, now)
+        where = (host in self.connected, self.connected.get(host, ""))
+        written = self._written.get(host)
+        if written is None or written[1] != where or now - written[0] >= AGENT_RECORD_INTERVAL:
+            await self._write_record(host, self._record_of(host, now), where)
 
-    async def _write_record(self, host: str, record: dict) -> None:
+    def _record_of(self, host: str, now: float) -> dict:
+        batch = self._latest[host]
+        nic = batch.nic_json or self._nic.get(host)
+        if batch.nic_json:
+            self._nic[host] = batch.nic_json
+        return {"host": host, "collector": self.bus.settings.name, "peer": self.connected.get(host, ""),
+                "connected": host in self.connected, "labels": dict(batch.labels), "epoch": batch.epoch,
+                "last_seq": self._published.get((host, batch.epoch), batch.seq), "last_seen": now,
+                "first_seen": self._first_seen[host],
+                "backlog_records": batch.status.spool_backlog_records, "backlog_bytes": batch.status.spool_backlog_bytes,
+                "dropped": batch.status.dropped_records, "health": batch.status.health, "nic": nic}
+
+    async def _write_record(self, host: str, record: dict, where: tuple) -> None:
         try:
             await self.bus.agents_kv.put(agent_key(host), json.dumps(record).encode())
-            self._records[host] = (time.time(), record)
+            self._written[host] = (time.time(), where)
         except Exception as e:
             log.warning("bus: cannot record %s in %s: %s", host, AGENTS_BUCKET, e)
 
     async def disconnected(self, host: str) -> None:
         """The host's stream ended here: its record says so (unless it is connected again)."""
-        last = self._records.get(host)
-        if last is not None and host not in self.connected:
-            await self._write_record(host, {**last[1], "connected": False, "peer": ""})
+        if host in self._latest and host not in self.connected:
+            await self._write_gone(host)
 
     async def flush_records(self) -> None:
-        """Every host's latest record now (a clean stop)."""
-        for host, (_, record) in list(self._records.items()):
-            await self._write_record(host, {**record, "connected": False, "peer": ""} if host not in self.connected else record)
+        """Every host's latest record now (a clean stop: none is connected here any more)."""
+        for host in list(self._latest):
+            await self._write_gone(host)
+
+    async def _write_gone(self, host: str) -> None:
+        """Record `host` as no longer connected here, unless another collector has it now."""
+        current = await self._read_record(host)
+        if current is not None and current.get("collector") != self.bus.settings.name:
+            return
+        await self._write_record(host, {**self._record_of(host, time.time()), "connected": False, "peer": ""},
+                                 (False, ""))
 
     def stop(self) -> None:
         for task in self._workers.values():

@@ -31,8 +31,21 @@ for _m in (
     Metric("net_tx_errors_per_second", "errors/s", "Transmit errors per second.", scope="nic"),
     Metric("net_rx_drops_per_second", "packets/s", "Received packets dropped per second.", scope="nic"),
     Metric("net_tx_drops_per_second", "packets/s", "Transmitted packets dropped per second.", scope="nic"),
+    Metric("net_rx_bytes_total", "bytes", "Bytes received since the NIC appeared (the kernel's counter).", kind="counter", scope="nic"),
+    Metric("net_tx_bytes_total", "bytes", "Bytes sent since the NIC appeared (the kernel's counter).", kind="counter", scope="nic"),
+    Metric("net_rx_packets_total", "packets", "Packets received since the NIC appeared (the kernel's counter).", kind="counter", scope="nic"),
+    Metric("net_tx_packets_total", "packets", "Packets sent since the NIC appeared (the kernel's counter).", kind="counter", scope="nic"),
 ):
     register(_m)
+
+# psutil field -> metric, for the per-NIC counters as the kernel keeps them (what Prometheus'
+# rate() wants: a NIC re-created starts again from zero, which rate() reads as a reset).
+_NET_TOTALS = (
+    ("bytes_recv", "net_rx_bytes_total"),
+    ("bytes_sent", "net_tx_bytes_total"),
+    ("packets_recv", "net_rx_packets_total"),
+    ("packets_sent", "net_tx_packets_total"),
+)
 
 # psutil field -> metric, for the per-NIC rates.
 _NET_RATES = (
@@ -155,7 +168,8 @@ class HostSource(Source):
             counters = {nic: c for nic, c in counters.items() if nic in wanted}
         else:
             counters = {nic: c for nic, c in counters.items() if nic != "lo"}
-        out = []
+        out = [Sample.reading(metric, {"nic": nic}, float(getattr(c, field)), now)
+               for nic, c in counters.items() for field, metric in _NET_TOTALS]
         if self._net is not None and self._net_at is not None and now > self._net_at:
             dt = now - self._net_at
             for nic, c in counters.items():

@@ -77,6 +77,10 @@ def test_fixture_tree_cpu_memory_load_and_nic_rates_are_exact(tmp_path, restore_
     assert second[("net_rx_errors_per_second", nic)] == pytest.approx(0.5)
     assert second[("net_rx_drops_per_second", nic)] == pytest.approx(1.0)
     assert second[("net_tx_drops_per_second", nic)] == pytest.approx(2.0)
+    # the kernel's counters themselves, for Prometheus' rate() (from the first reading on)
+    assert first[("net_rx_bytes_total", nic)] == eth0[0] and first[("net_tx_packets_total", nic)] == eth0[5]
+    assert (second[("net_rx_bytes_total", nic)], second[("net_rx_packets_total", nic)],
+            second[("net_tx_bytes_total", nic)], second[("net_tx_packets_total", nic)]) == (3000, 14, 5500, 30)
     # loopback is left out unless asked for
     assert not any(dict(k[1]).get("nic") == "lo" for k in second)
 
@@ -91,6 +95,7 @@ def test_a_counter_that_went_backwards_gives_no_rate(tmp_path, restore_procfs):
     second = by_key(src.collect(11.0))
     assert ("net_rx_bytes_per_second", (("nic", "eth0"),)) not in second
     assert second[("net_tx_bytes_per_second", (("nic", "eth0"),))] == pytest.approx(1000)
+    assert second[("net_rx_bytes_total", (("nic", "eth0"),))] == 100  # the counter as it is: a reset to rate()
 
 
 def test_configured_nics_are_the_only_ones_reported(tmp_path, restore_procfs):
