@@ -84,6 +84,9 @@ SUBSCRIBERS = register(Metric("collector_subscribers", "subscribers", "Open Subs
 LAST_SEEN = register(Metric("collector_agent_last_batch_timestamp_seconds", "seconds",
                             "Unix time of the latest batch with points stored for each agent (label host); "
                             "time() - this is how long an agent has been silent.", scope=_C))
+PART_UP = register(Metric("collector_part_up", "boolean",
+                          "1 while a part the collector depends on works, else 0 (label part: store, bus); "
+                          "`egs-collector agents` says why on its store line.", scope=_C))
 AGENT_BATCHES = register(Metric("collector_agent_batches_total", "batches",
                                 "Batches acknowledged per agent (label host) since the collector started.",
                                 kind="counter", scope=_C))
@@ -102,8 +105,10 @@ def _settled(read: Callable[[], Any], default: Any) -> Any:
 class CollectorFigures:
     """prometheus-client's collector protocol over the collector's live objects."""
 
-    def __init__(self, committer: Any, ingest: Any, hub: Any, ack_latency: Histogram = ACK_LATENCY):
+    def __init__(self, committer: Any, ingest: Any, hub: Any, ack_latency: Histogram = ACK_LATENCY,
+                 parts: Callable[[], dict[str, bool]] | None = None):
         self.committer, self.ingest, self.hub, self.ack_latency = committer, ingest, hub, ack_latency
+        self.parts = parts  # () -> {"store": ok, "bus": ok}
 
     def figures(self) -> list[tuple[Metric, list[tuple[dict[str, str], float]]]]:
         c = dict(self.committer.stats)
@@ -125,6 +130,8 @@ class CollectorFigures:
         out.append((LAST_SEEN, [({"host": host}, at) for host, at in sorted(recent)]))
         counts = _settled(lambda: {host: n.get("batches", 0) for host, n in list(ingest.counts.items())}, {})
         out.append((AGENT_BATCHES, [({"host": host}, n) for host, n in sorted(counts.items())]))
+        if self.parts is not None:
+            out.append((PART_UP, [({"part": part}, 1.0 if ok else 0.0) for part, ok in sorted(self.parts().items())]))
         return out
 
     def collect(self):
@@ -138,18 +145,18 @@ class CollectorFigures:
 
 
 def start(settings: Any, committer: Any, ingest: Any, hub: Any,
-          ack_latency: Histogram = ACK_LATENCY) -> MetricsServer | None:
+          ack_latency: Histogram = ACK_LATENCY, parts: Callable[[], dict[str, bool]] | None = None) -> MetricsServer | None:
     """Serve the collector's /metrics per `settings` (its [prometheus] section); None when
-    switched off. Raises OSError (port in use, naming the address) or ValueError (a web config
-    file it cannot honour) at start, so the collector refuses to start with a clear error."""
+    switched off. Raises OSError (port in use, naming the address) or WebConfigError (a web
+    config file it cannot honour) at start, so the collector refuses to start with a clear error."""
     if not settings.enabled:
         return None
     host, port = parse_listen(settings.listen)
     try:
         web = load_web_config(settings.web_config_file)
     except WebConfigError as e:
-        raise ValueError(f"prometheus.web_config_file: {e}") from None
-    figures = CollectorFigures(committer, ingest, hub, ack_latency)
+        raise WebConfigError(f"prometheus.web_config_file: {e}") from None
+    figures = CollectorFigures(committer, ingest, hub, ack_latency, parts)
 
     def render(accept: str) -> tuple[bytes, str]:
         encoder, content_type = choose_encoder(accept)

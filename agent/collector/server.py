@@ -593,10 +593,18 @@ class Collector:
                 raise OSError(f"cannot listen on {address} ({name}.listen)")
             self.ports[name] = port
         await self.server.start()
-        self.metrics_server = collector_metrics.start(cfg.prometheus, self.committer, self.ingest, self.hub)
+        self.metrics_server = collector_metrics.start(cfg.prometheus, self.committer, self.ingest, self.hub,
+                                                      parts=self.parts_up)
         log.info("serving: ingest on %s (port %d), consumers on %s (port %d), store %s%s",
                  cfg.ingest.listen, self.ports["ingest"], cfg.consumers.listen, self.ports["consumers"],
                  self.writer.state or self.writer.path, ", PLAINTEXT" if cfg.tls.plaintext else ", mutual TLS")
+
+    def parts_up(self) -> dict[str, bool]:
+        """What the collector's /metrics says works (collector_part_up)."""
+        parts = {"store": self.writer is not None and self.writer.alive and "unavailable" not in (self.writer.state or "")}
+        if self.bus is not None:
+            parts["bus"] = self.bus.ok
+        return parts
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.metrics_server is not None:

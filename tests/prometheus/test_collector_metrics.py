@@ -134,3 +134,13 @@ def test_collector_metrics_port_in_use_is_a_clear_error(collector_objects):
             cm.start(settings, objs.committer, objs.ingest, objs.hub)
     finally:
         holder.close()
+
+
+def test_the_parts_the_collector_depends_on_say_whether_they_work(collector_objects):
+    state = {"store": True, "bus": True}
+    figures = cm.CollectorFigures(collector_objects.committer, collector_objects.ingest, collector_objects.hub,
+                                  parts=lambda: dict(state))
+    up = dict(figures.figures())[cm.PART_UP]
+    assert up == [({"part": "bus"}, 1.0), ({"part": "store"}, 1.0)]
+    state["bus"] = False  # e.g. the whole NATS cluster down
+    assert ({"part": "bus"}, 0.0) in dict(figures.figures())[cm.PART_UP]
