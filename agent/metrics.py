@@ -6,6 +6,7 @@ model; per-NIC metrics carry nic. Other modules refer to metrics by these names 
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -51,3 +52,20 @@ def register(metric: Metric) -> Metric:
         raise ValueError(f"metric {metric.name} declared twice with different meanings")
     BY_NAME[metric.name] = metric
     return metric
+
+
+def agent_metrics() -> list[str]:
+    """What an agent reports (the collector's own figures, scope "collector", are not)."""
+    return sorted(name for name, m in BY_NAME.items() if m.scope != "collector")
+
+
+def unknown_hint(name: str, known) -> str:
+    """For an error about an unknown metric: the closest known names, bounded (the catalogue
+    has ~80 names; a message listing them all is too long to read)."""
+    known = sorted(known)
+    name = str(name)[:200]
+    close = [k for k in known if name and name in k][:5]  # "gpu_temp" -> gpu_temperature_celsius
+    close += [k for k in difflib.get_close_matches(name, known, n=5, cutoff=0.5) if k not in close][:5 - len(close)]
+    if close:
+        return f"did you mean {', '.join(close)}? ({len(known)} metrics are known; docs/exposition.md)"
+    return f"{len(known)} metrics are known, e.g. {', '.join(known[:6])}; docs/exposition.md"

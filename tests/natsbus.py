@@ -275,7 +275,14 @@ class NatsCluster:
         except (KeyError, OSError, ValueError, NatsError):
             return False
         current = {r["name"] for r in meta.get("replicas") or [] if r.get("current")}
-        return all(n.name in current for n in up if n.name != leader)
+        if not all(n.name in current for n in up if n.name != leader):
+            return False
+        # Every running node routed to every other running one (a meta leader can be agreed
+        # on by a majority while one route is still coming up: seen under CI load).
+        try:
+            return all(n.monitor("/routez").get("num_routes", 0) >= len(up) - 1 for n in up)
+        except (OSError, ValueError, NatsError):
+            return False
 
     def meta_leader(self) -> int | None:
         """The index of the meta leader, as the running nodes agree on it (None: no agreement)."""

@@ -248,8 +248,9 @@ def parse_rule(raw: Any, path: tuple, where: Locator) -> Rule | None:
     if not _NAME.match(name):
         raise t.error("name", f"must be 1-64 letters, digits, '_', '.', '-', got {_short(name)}")
     metric = t.get("metric", str, required=True)
-    if metric not in metrics.BY_NAME:
-        raise t.error("metric", f"unknown metric {_short(metric)} (known: {', '.join(sorted(metrics.BY_NAME))})")
+    known = metrics.agent_metrics()
+    if metric not in known:
+        raise t.error("metric", f"unknown metric {_short(metric)}: {metrics.unknown_hint(metric, known)}")
     op = t.choice("operator", tuple(OPERATORS), ">=")
 
     levels = _levels(t, op)

@@ -25,7 +25,7 @@ from typing import Callable, NamedTuple
 import grpc
 
 from agent.config import ConfigError
-from agent.metrics import BY_NAME
+from agent.metrics import BY_NAME, agent_metrics, unknown_hint
 from agent.proto import agent_pb2, agent_pb2_grpc
 from agent.api.watch import WatchHub
 from agent.windows import STATS, Windows
@@ -103,8 +103,8 @@ class AgentServicer(agent_pb2_grpc.AgentServicer):
         windows = self.view.windows
         metric = request.metric
         if metric not in BY_NAME and metric not in windows.metrics():
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"unknown metric {metric!r}; known: {', '.join(sorted(set(BY_NAME) | set(windows.metrics())))}")
+            known = set(agent_metrics()) | set(windows.metrics())
+            context.abort(grpc.StatusCode.NOT_FOUND, f"unknown metric {metric[:200]!r}: {unknown_hint(metric, known)}")
         stat_name = request.stat or "avg"
         if stat_name not in STATS:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown statistic {stat_name!r} (known: {', '.join(STATS)})")
