@@ -53,6 +53,16 @@ STORE_CONSUMER = "egs-store"
 AGENT_RECORD_INTERVAL = 10.0  # seconds between two records of a connected host (<< duplicate_window)
 FETCH = 256  # messages a store writer pulls at once
 STORE_ACK_WAIT = 15.0  # seconds
+STREAM_CREATE_WAIT = 30.0  # seconds a forming cluster is given to place the stream at start
+# nats-server 2.9 acknowledges a publish once the message is in its file store's buffer; a
+# single server killed (-9, OOM) loses the last moments of them (seen: one batch in a test;
+# with replicas = 3 a quorum holds each). A publisher keeps what JetStream acknowledged in
+# the last REPUBLISH_WINDOW seconds (at most REPUBLISH_MAX_BYTES) and publishes it again,
+# with the same message ids, once the bus is back. A batch the server still holds is a
+# duplicate by id; one already stored and removed (interest retention) is stored again, and
+# the store keeps it once; one the server lost is stored.
+REPUBLISH_WINDOW = 10.0
+REPUBLISH_MAX_BYTES = 256 << 20
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 
 
@@ -110,6 +120,8 @@ class Bus:
         self.ok, self.since, self.reason = True, time.time(), ""
         self.published = self.duplicates = self.failures = 0
         self.closing = False
+        self.on_disconnected = None  # callables the Publisher sets (republishing after an outage)
+        self.on_reconnected = None
 
     async def connect(self) -> None:
         import nats
@@ -159,7 +171,7 @@ class Bus:
             info = await self.js.stream_info(s.stream)
         except NotFoundError:
             try:
-                await self.js.add_stream(want)
+                await self._add_stream(want)
             except APIError as e:
                 raise BusConfigError(f"bus.stream {s.stream!r} cannot be created with bus.replicas {s.replicas} and "
                                      f"bus.max_mib {s.max_bytes >> 20}: {e.description} (each server's JetStream "
@@ -181,6 +193,22 @@ class Bus:
             raise BusConfigError(f"bus.stream {s.stream!r} exists with another configuration: "
                                  + "; ".join(differences) + " (every collector of a fleet must use the same [bus] "
                                  "settings; change them on all, and update or recreate the stream with the nats CLI)")
+
+    async def _add_stream(self, config) -> None:
+        """Create the stream; a cluster still forming ("no suitable peers for placement",
+        JetStream not yet available) is waited for up to STREAM_CREATE_WAIT s."""
+        from nats.js.errors import APIError
+        deadline = time.monotonic() + STREAM_CREATE_WAIT
+        while True:
+            try:
+                await self.js.add_stream(config)
+                return
+            except APIError as e:
+                transient = "peers" in str(e.description or "") or e.code == 503
+                if not transient or time.monotonic() >= deadline:
+                    raise
+                log.info("bus: the cluster cannot place stream %s yet (%s); trying again", config.name, e.description)
+                await asyncio.sleep(0.5)
 
     async def _ensure_store_consumer(self) -> None:
         """The store writers' durable consumer exists before anything is published: with
@@ -216,9 +244,15 @@ class Bus:
     async def _disconnected(self) -> None:
         if not self.closing:
             self.down("disconnected from NATS")
+            if self.on_disconnected is not None:
+                self.on_disconnected()
 
     async def _reconnected(self) -> None:
         log.warning("bus: reconnected to %s", self.nc.connected_url.netloc if self.nc else "?")
+        if self.reason.startswith("disconnected"):  # a failed publish since says more: that stays until one passes
+            self.up()
+        if self.on_reconnected is not None:
+            asyncio.get_running_loop().create_task(self.on_reconnected())
 
     async def _error(self, e: Exception) -> None:
         log.warning("bus: %s", e)
@@ -246,6 +280,12 @@ class Publisher:
         self._nic: dict[str, str] = {}  # host -> its latest NIC report
         self._written: dict[str, tuple[float, tuple]] = {}  # host -> (when its record was written, (connected, peer))
         self.connected: dict[str, str] = {}  # host -> peer (from Ingest)
+        self._recent: collections.deque = collections.deque()  # (when, subject, wire, msg id) acknowledged lately
+        self._recent_bytes = 0
+        self._republish: list = []
+        self._republishing = False
+        self.republished = self.republished_kept = 0
+        bus.on_disconnected, bus.on_reconnected = self._outage, self._republish_lost
 
     def submit(self, batch, points, wire: bytes, future: asyncio.Future) -> None:
         host = batch.host_id
@@ -293,6 +333,7 @@ class Publisher:
             self.bus.down(why)
             raise BusUnavailable(f"JetStream did not take the batch: {why}") from None
         self.bus.up()
+        self._remember(subject(host), wire, f"{host}/{batch.epoch}/{batch.seq}")
         self._published[key] = batch.seq
         if ack.duplicate:
             self.bus.duplicates += 1
@@ -300,6 +341,46 @@ class Publisher:
             self.bus.published += 1
         await self._record(batch)
         return bool(ack.duplicate)
+
+    def _remember(self, subj: str, wire: bytes, ident: str) -> None:
+        now = time.monotonic()
+        self._recent.append((now, subj, wire, ident))
+        self._recent_bytes += len(wire)
+        while self._recent and (self._recent[0][0] < now - REPUBLISH_WINDOW or self._recent_bytes > REPUBLISH_MAX_BYTES):
+            self._recent_bytes -= len(self._recent.popleft()[2])
+
+    def _outage(self) -> None:
+        """The connection to NATS dropped: what JetStream acknowledged lately may be lost."""
+        if not self._republish:
+            self._republish = list(self._recent)
+
+    async def _republish_lost(self) -> None:
+        """Back on the bus: the batches acknowledged just before the outage, published again
+        (the same message ids: those the server kept are duplicates)."""
+        from nats.errors import Error as NatsError
+        if self._republishing:
+            return
+        self._republishing = True
+        pending, sent, kept = self._republish, 0, 0
+        try:
+            while pending and not self.bus.closing:
+                _, subj, wire, ident = pending[0]
+                try:
+                    ack = await self.bus.js.publish(subj, wire, headers={"Nats-Msg-Id": ident})
+                except (NatsError, asyncio.TimeoutError, OSError):
+                    await asyncio.sleep(1.0)  # JetStream not ready yet (a leader being elected)
+                    continue
+                pending.pop(0)
+                sent += 1
+                kept += bool(ack.duplicate)
+        finally:
+            self._republishing = False
+        self.republished += sent
+        self.republished_kept += kept
+        if sent:
+            log.info("bus: published the %d batches acknowledged in the last %.0f s before the outage again "
+                     "(%d were duplicates by id; the rest are stored again or for the first time, and the "
+                     "store keeps each once)", sent, REPUBLISH_WINDOW, kept)
 
     async def _recorded_seq(self, host: str, epoch: int) -> int:
         """The highest sequence the agents bucket says was published for (host, epoch)."""
