@@ -389,3 +389,22 @@ def test_the_wal_starts_over_while_commits_keep_coming(tmp_path, monkeypatch):
     finally:
         store.close()
     assert any(later < earlier for earlier, later in zip(sizes, sizes[1:])), sizes
+
+
+def test_a_partition_created_by_a_rolled_back_write_is_created_again(tmp_path, monkeypatch):
+    # The first batch of a new hour creates raw_<hour>; the transaction then fails (here: the
+    # ledger's rows, as a full disk would) and takes the new table with it. The next write into
+    # that hour must create it again, not insert into a table that is not there.
+    from agent.collector.store import ledger
+    store = SQLiteStore(tmp_path)
+    store.write([_batch(seq=1, ts=T0)], T0)
+    real = ledger.Entries.write
+
+    def failing(self, db, received):
+        raise OSError("disk full (injected)")
+    monkeypatch.setattr(ledger.Entries, "write", failing)
+    with pytest.raises(OSError):
+        store.write([_batch(seq=2, ts=T0 + 3600)], T0)
+    monkeypatch.setattr(ledger.Entries, "write", real)
+    assert [r.duplicate for r in store.write([_batch(seq=2, ts=T0 + 3600)], T0)] == [False]
+    assert len(raw_points(store.path, None)) == 2

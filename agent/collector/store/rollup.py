@@ -209,6 +209,7 @@ class Rollups:
         # The rolled-back transaction took its new series and layouts, its points and its
         # flush step with it; the accumulators cannot be un-added, so they are rebuilt from
         # what is committed, exactly as after a crash.
+        self.partitions.reload()
         self._series = {k: v for k, v in self._series.items() if v <= self._max_series_committed}
         self._layout_ids = {k: v for k, v in self._layout_ids.items() if v <= self._max_layout_committed}
         self._layouts.clear()

@@ -92,6 +92,11 @@ class Partitions:
             self.names.add(name)
         return name
 
+    def reload(self) -> None:
+        """The names as the file has them: after a rolled-back transaction, a table it created
+        is gone again (and would otherwise be written to as if it existed)."""
+        self.names = partition_names(self.db)
+
     def raw(self) -> list[str]:
         return sorted(t for t in self.names if t.startswith("raw_"))
 
