@@ -258,12 +258,19 @@ class Bus:
         log.warning("bus: %s", e)
 
     async def close(self) -> None:
+        """Flush what is buffered and close, in a few seconds at most (not nats-py's drain,
+        which waits up to 30 s on the subscriptions: the store feed's unacknowledged messages
+        are delivered again anyway, to this collector's next start or another one)."""
         self.closing = True
         if self.nc is not None:
             try:
-                await self.nc.drain()
+                await asyncio.wait_for(self.nc.flush(), 2.0)
             except Exception:
-                await self.nc.close()
+                pass
+            try:
+                await asyncio.wait_for(self.nc.close(), 3.0)
+            except Exception as e:
+                log.warning("bus: closing the connection: %s", e or type(e).__name__)
 
 
 class Publisher:

@@ -614,13 +614,19 @@ class Collector:
             await self.server.stop(grace)
         loop = asyncio.get_running_loop()
         if self.bus is not None:
-            if getattr(self, "fanout", None) is not None:
-                await self.fanout.stop()
+            # Each step bounded: a bus that is down must not hold the stop past systemd's
+            # TimeoutStopSec (nothing here loses data: unacknowledged messages come again).
             if getattr(self, "store_feed", None) is not None:
                 self.store_feed.stop()
+            for step in (getattr(self, "fanout", None) and self.fanout.stop(),
+                         getattr(self, "publisher", None) and self.publisher.flush_records()):
+                if step is not None:
+                    try:
+                        await asyncio.wait_for(step, 3.0)
+                    except Exception as e:
+                        log.warning("bus: at stop: %s", e or type(e).__name__)
             if getattr(self, "publisher", None) is not None:
                 self.publisher.stop()
-                await self.publisher.flush_records()
             await self.bus.close()
         if self.writer is not None:
             if self.store is not None:

@@ -201,3 +201,15 @@ def test_a_bus_without_jetstream_stops_the_start_naming_it(tmp_path):
         assert "bus.nats" in done.stderr and "JetStream" in done.stderr
     finally:
         server.stop()
+
+
+def test_a_collector_on_the_bus_stops_promptly_on_sigterm(tmp_path, nats_server, collector_factory, agent_factory,
+                                                          wait):
+    # systemd gives it TimeoutStopSec (30 s); nats-py's drain alone could take that long.
+    col = collector_factory("c", plaintext=True, extra=bus_section([nats_server.url], "c")).start()
+    agent = agent_factory("host-a", [f"127.0.0.1:{col.ingest_port}"], plaintext=True).start(1, 20, rate=50)
+    wait(lambda: drained(agent, 20), what="20 batches acknowledged")
+    started = time.monotonic()
+    col.proc.terminate()
+    assert col.proc.wait(10) == 0
+    assert time.monotonic() - started < 8
