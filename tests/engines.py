@@ -141,9 +141,13 @@ class _Engine:
     def restart(self, timeout: float = 30.0) -> "_Engine":
         """Stop (gracefully, if still running) and start again: same data directory, same port."""
         self.stop()
-        if not self._spawn_and_wait(timeout):
-            raise EngineError(f"{self.binary_name} did not come back on {self.url}:\n{self.log_tail()}")
-        return self
+        # A child forked from a test process that runs gRPC can die before its exec (gRPC's
+        # fork handlers; seen once in CI: "epoll_wait error: Bad file descriptor" in the
+        # engine's log and no engine): spawn again rather than fail the test on it.
+        for _ in range(3):
+            if self._spawn_and_wait(timeout):
+                return self
+        raise EngineError(f"{self.binary_name} did not come back on {self.url}:\n{self.log_tail()}")
 
     def kill9(self) -> None:
         if self.running:

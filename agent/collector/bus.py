@@ -295,6 +295,9 @@ class Publisher:
         bus.on_disconnected, bus.on_reconnected = self._outage, self._republish_lost
 
     def submit(self, batch, points, wire: bytes, future: asyncio.Future) -> None:
+        # A stream that ended (its agent gone) no longer awaits its futures: a failure set on
+        # one is then nobody's to read, and asyncio would log it as never retrieved.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
         host = batch.host_id
         pending = self._queues.get(host)
         if pending is None:
