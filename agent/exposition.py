@@ -38,12 +38,6 @@ def series_name(metric: str) -> str:
     return name
 
 
-def metric_of(name: str) -> str | None:
-    """The catalogue metric an exposed name stands for (None when it is not ours)."""
-    prefix = NAMESPACE + "_"
-    return name[len(prefix):] if name.startswith(prefix) else None
-
-
 def label_name(key: str) -> str:
     """`key` as a valid Prometheus label name (reserved `__` names get one more `_`-free prefix)."""
     if _LABEL_OK.fullmatch(key) and not key.startswith("__"):

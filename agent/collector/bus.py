@@ -239,7 +239,8 @@ class Bus:
     def state_text(self) -> str:
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.since))
         where = f"bus {self.settings.stream} on {', '.join(self.settings.servers)} (collector {self.settings.name})"
-        return where + (": ok" if self.ok else f": unavailable since {since}: {self.reason}")
+        counts = f" (published {self.published}, duplicates {self.duplicates}, failed {self.failures})"
+        return where + (": ok" if self.ok else f": unavailable since {since}: {self.reason}") + counts
 
     async def _disconnected(self) -> None:
         if not self.closing:

@@ -569,7 +569,10 @@ class Collector:
             await self.store_feed.start()
             self.fanout = bus_room.Fanout(self.bus, self.hub)
             await self.fanout.start()
-            store_state = lambda: f"{self.bus.state_text()}; store {self.writer.state or self.writer.path}"  # noqa: E731
+            feed = self.store_feed
+            store_state = lambda: (f"{self.bus.state_text()}; store {self.writer.state or self.writer.path} "  # noqa: E731
+                                   f"(from the bus: stored {feed.stored}, duplicates {feed.duplicates}, "
+                                   f"redelivered {feed.redelivered}, failed {feed.failed}, malformed {feed.malformed})")
             fleet_agents = lambda: bus_room.agents(self.bus)  # noqa: E731
         else:
             self.ingest = Ingest(self.committer, cfg.tls.plaintext, limits, cfg.ingest.max_uncommitted)
