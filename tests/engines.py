@@ -58,11 +58,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent() -> None:  # runs in the child between fork and exec (fallback only)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+
+
+_SETPRIV = find_binary("setpriv")  # util-linux (Essential on Debian): --pdeathsig since 2.33
+
+
+def spawn(argv: list[str], **popen_kwargs) -> subprocess.Popen:
+    """Start `argv` so that it is killed when the test process dies.
+
+    With util-linux's setpriv the death signal is set by an exec'd wrapper, so Popen passes no
+    preexec_fn and spawns with vfork: no Python and no pthread_atfork handler runs in the child.
+    A preexec_fn forces fork(), and in a test process that has run gRPC, gRPC's fork handlers
+    then run in the child; CI saw such a child die before its exec ("epoll_wait error: Bad file
+    descriptor" in the engine's log and no engine)."""
+    if _SETPRIV:
+        return subprocess.Popen([_SETPRIV, "--pdeathsig", "KILL", "--", *argv], **popen_kwargs)
+    return subprocess.Popen(argv, preexec_fn=_die_with_parent, **popen_kwargs)
 
 
 def _http(url: str, data: bytes | None = None, headers: dict | None = None, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -134,17 +150,14 @@ class _Engine:
                 self.port = free_port()
             if self._spawn_and_wait(timeout):
                 return self
-            if not self._lost_port():
+            if not (self._lost_port() or self._died_before_exec()):
                 break
         raise EngineError(f"{self.binary_name} did not become ready on {self.url}:\n{self.log_tail()}")
 
     def restart(self, timeout: float = 30.0) -> "_Engine":
         """Stop (gracefully, if still running) and start again: same data directory, same port."""
         self.stop()
-        # A child forked from a test process that runs gRPC can die before its exec (gRPC's
-        # fork handlers; seen once in CI: "epoll_wait error: Bad file descriptor" in the
-        # engine's log and no engine): spawn again rather than fail the test on it.
-        for _ in range(3):
+        for _ in range(3):  # a child that died before its exec is spawned again (see spawn())
             if self._spawn_and_wait(timeout):
                 return self
         raise EngineError(f"{self.binary_name} did not come back on {self.url}:\n{self.log_tail()}")
@@ -178,9 +191,8 @@ class _Engine:
             log.write(f"--- {time.strftime('%H:%M:%S')} starting {self.binary_name} on {self.url}\n".encode())
             log.flush()
             env = {**os.environ, "GOMEMLIMIT": GO_MEMORY_LIMIT}
-            self.proc = subprocess.Popen([self.binary, *self.args(), *self.extra_args], cwd=self.root, env=env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)
+            self.proc = spawn([self.binary, *self.args(), *self.extra_args], cwd=self.root, env=env,
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         _LIVE.add(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -199,6 +211,13 @@ class _Engine:
 
     def _lost_port(self) -> bool:
         return "address already in use" in self.log_tail(since_start=True)
+
+    def _died_before_exec(self) -> bool:
+        """The child exited and wrote nothing of the engine's own (see spawn())."""
+        if self.running:
+            return False
+        lines = [ln for ln in self.log_tail(since_start=True).splitlines() if ln.strip()]
+        return all(ln.startswith("---") or "epoll" in ln for ln in lines)
 
     def log_tail(self, chars: int = 4000, since_start: bool = False) -> str:
         try:

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 import engines
-from engines import EngineError, _die_with_parent, _http, free_port
+from engines import EngineError, _http, free_port
 from engines import find_binary  # noqa: F401  (for callers: natsbus.find_binary, the fixtures' skip)
 
 # The Go runtime's soft memory limit for each server (GOMEMLIMIT): a cluster is three of them on
@@ -121,9 +121,8 @@ class NatsServer(engines._Engine):
             log.write(f"--- {time.strftime('%H:%M:%S')} starting nats-server {self.name} on {self.url}\n".encode())
             log.flush()
             env = {**os.environ, "GOMEMLIMIT": GO_MEMORY_LIMIT}
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.config)], cwd=self.root, env=env,
-                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                         preexec_fn=_die_with_parent)
+            self.proc = engines.spawn([self.binary, "-c", str(self.config)], cwd=self.root, env=env,
+                                      stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         engines._LIVE.add(self)  # killed when the test process exits (engines' atexit)
 
     def healthy(self) -> bool:
