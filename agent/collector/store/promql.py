@@ -220,6 +220,9 @@ class RemoteReader:
     def events(self, *args, **kwargs) -> list[dict]:
         return self.ledger.events(*args, **kwargs)
 
+    def recordings(self, *args, **kwargs) -> list[dict]:
+        return self.ledger.recordings(*args, **kwargs)
+
     def close(self) -> None:
         self.client.close()
         self.ledger.close()

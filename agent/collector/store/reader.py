@@ -168,6 +168,16 @@ class SQLiteReader:
         return [{"host": h, "ts": ts, "kind": k, "labels": json.loads(l), "data": json.loads(d)}
                 for h, ts, k, l, d in rows]
 
+    def recordings(self, since: float, host: str = "", limit: int = 20) -> list[dict]:
+        """Flight recordings received since `since` (of `host` when given), newest first, at
+        most `limit`: "host", "received" and "data" (the recording, parsed)."""
+        sql, args = "SELECT host, received, data FROM recordings WHERE received>=?", [since]
+        if host:
+            sql, args = sql + " AND host=?", args + [host]
+        with self._reader_lock:
+            rows = self._reader.execute(sql + " ORDER BY received DESC LIMIT ?", args + [limit]).fetchall()
+        return [{"host": h, "received": r, "data": _json_or_invalid(d) or {}} for h, r, d in rows]
+
     def close(self) -> None:
         self._reader.close()
 
