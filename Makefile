@@ -10,7 +10,7 @@ NATIVE_SRC := $(wildcard native/*.c native/*.h) native/build_native.py
 SIM_SRC  := $(wildcard native/sim/*.c native/sim/*.h native/sim/Makefile)
 CONFIG   ?=
 
-.PHONY: all venv native sim system-deps test fuzz run demo demo-fleet bench proto clean
+.PHONY: all venv native sim system-deps test fuzz run demo demo-fleet demo-web web bench proto clean
 
 all: native sim
 
@@ -55,6 +55,8 @@ system-deps:
 	have prometheus || missing="$$missing prometheus"; \
 	have prometheus-node-exporter || missing="$$missing prometheus-node-exporter"; \
 	have nats-server || missing="$$missing nats-server"; \
+	have chromium || missing="$$missing chromium"; \
+	have chromedriver || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing:$$missing"; \
@@ -76,6 +78,25 @@ system-deps:
 	    done; \
 	  else echo "system-deps: missing$$missing (not root, or no apt-get); tests needing them will skip"; fi; \
 	fi
+
+# The collector's web UI charts with uPlot (MIT, ~50 KB, no dependencies), vendored into the
+# package so the wheel serves it off-line: this fetches the pinned tarball from the npm
+# registry, checks its sha256, and copies the minified build, its CSS and its LICENSE into
+# agent/collector/web/static/vendor/ (committed; rerun only to move the pin).
+UPLOT_VERSION := 1.6.32
+UPLOT_SHA256  := 4b8a8191e425658e3ea8c8c1314b0fc679c861ee3a1af2b20c7b16ba50b5133d
+WEB_VENDOR    := agent/collector/web/static/vendor
+web:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	(cd "$$tmp" && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null); \
+	echo "$(UPLOT_SHA256)  $$tmp/uplot-$(UPLOT_VERSION).tgz" | sha256sum -c --quiet; \
+	tar -xzf "$$tmp/uplot-$(UPLOT_VERSION).tgz" -C "$$tmp"; \
+	mkdir -p $(WEB_VENDOR); \
+	cp "$$tmp/package/dist/uPlot.iife.min.js" $(WEB_VENDOR)/uPlot.iife.min.js; \
+	cp "$$tmp/package/dist/uPlot.min.css" $(WEB_VENDOR)/uPlot.min.css; \
+	cp "$$tmp/package/LICENSE" $(WEB_VENDOR)/uPlot.LICENSE; \
+	printf 'uplot %s (npm tarball sha256 %s)\n' $(UPLOT_VERSION) $(UPLOT_SHA256) > $(WEB_VENDOR)/VERSION; \
+	echo "web: uPlot $(UPLOT_VERSION) vendored into $(WEB_VENDOR)"
 
 proto: venv
 	$(PY) proto/generate.py

@@ -36,6 +36,7 @@ from agent.collector import ingest as ingest_rules
 from agent.collector.settings import retention_seconds
 from agent.collector import bus as bus_room
 from agent.collector import metrics as collector_metrics
+from agent.collector import web
 from agent.collector.store import QueryBounds, QueryTooLarge, StoreReader, StoreRefused, StoreUnavailable, StoreWriter
 from agent.collector.store.engine import Auth
 from agent.collector.store.promql import EngineQueryError, RemoteReader
@@ -532,6 +533,7 @@ class Collector:
         self.store: StoreReader | None = None
         self.bus: bus_room.Bus | None = None
         self.metrics_server = None
+        self.web_server = None
         self.server: grpc.aio.Server | None = None
         self.ports: dict[str, int] = {}
 
@@ -598,6 +600,7 @@ class Collector:
         await self.server.start()
         self.metrics_server = collector_metrics.start(cfg.prometheus, self.committer, self.ingest, self.hub,
                                                       parts=self.parts_up)
+        self.web_server = await web.start(cfg, self)
         log.info("serving: ingest on %s (port %d), consumers on %s (port %d), store %s%s",
                  cfg.ingest.listen, self.ports["ingest"], cfg.consumers.listen, self.ports["consumers"],
                  self.writer.state or self.writer.path, ", PLAINTEXT" if cfg.tls.plaintext else ", mutual TLS")
@@ -613,6 +616,9 @@ class Collector:
         if self.metrics_server is not None:
             self.metrics_server.stop()
             self.metrics_server = None
+        if self.web_server is not None:
+            await self.web_server.stop()
+            self.web_server = None
         if self.server is not None:
             await self.server.stop(grace)
         loop = asyncio.get_running_loop()

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from agent.collector.metrics import SECTION as METRICS_SECTION
+from agent.collector.web import SECTION as WEB_SECTION
 from agent.config import MAX_FILE_BYTES, Key, Section, parse, parse_duration, read, section_markdown
 from agent.netaddr import is_loopback_endpoint
 
@@ -167,6 +168,7 @@ SECTIONS = {s.name: s for s in [
         "cache_mib": Key(256, int, "SQLite page cache of the writer, MiB.", min=2, max=65536),
     }),
     METRICS_SECTION,
+    WEB_SECTION,
 ]}
 
 
@@ -195,6 +197,9 @@ def parse_text(text: str, file: str = "<config>") -> Any:
                     raise where.error(("tls", "plaintext"), f"plaintext is allowed only on loopback addresses, and "
                                       f"{section}.listen is {listen!r} (the default); set it to e.g. 127.0.0.1:PORT")
                 raise where.error((section, "listen"), "plaintext is allowed only on loopback addresses (tls.plaintext = true)")
+        if cfg.web.enabled and not is_loopback_endpoint(cfg.web.listen):
+            raise where.error(("web", "listen"), "plaintext is allowed only on loopback addresses (tls.plaintext = true): "
+                              "the web UI would send tokens in the clear")
     else:
         for key in ("cert", "key", "client_ca"):
             if not getattr(cfg.tls, key):
