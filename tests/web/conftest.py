@@ -17,12 +17,13 @@ from collector_procs import CollectorProc, free_port
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "web-screenshots"
 
 
-def web_collector(root: Path, pki, plaintext: bool = True, extra: str = "") -> CollectorProc:
-    """A collector (not started) with the web UI on a free loopback port (`.web_port`)."""
+def web_collector(root: Path, pki, plaintext: bool = True, web: str = "", store: str = "") -> CollectorProc:
+    """A collector (not started) with the web UI on a free loopback port (`.web_port`); `web`
+    and `store`: more lines for those sections."""
     port = free_port()
     col = CollectorProc(root, pki, plaintext,
-                        extra=f'[store]\nrollup_flush = "1s"\n[web]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
-                              f'stale_after = "5s"\n{extra}')
+                        extra=f'[store]\nrollup_flush = "1s"\n{store}[web]\nenabled = true\nlisten = "127.0.0.1:{port}"\n'
+                              f'stale_after = "5s"\n{web}')
     col.web_port = port
     return col
 

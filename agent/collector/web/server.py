@@ -18,7 +18,6 @@ import asyncio
 import hmac
 import json
 import logging
-import mimetypes
 import ssl
 import time
 import urllib.parse
@@ -56,14 +55,16 @@ REASONS = {200: "OK", 303: "See Other", 400: "Bad Request", 401: "Unauthorized",
            500: "Internal Server Error", 503: "Service Unavailable"}
 
 
+# By suffix, not the host's mime.types: the same answer on every machine.
+TYPES = {".html": "text/html", ".css": "text/css", ".js": "text/javascript"}
+
+
 def load_static() -> dict[str, tuple[bytes, str]]:
     """Every file under static/, read once: name -> (bytes, content type)."""
     out = {}
     for path in sorted(STATIC.rglob("*")):
         if path.is_file():
-            kind = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            if kind.startswith("text/") or kind == "application/javascript":
-                kind += "; charset=utf-8"
+            kind = TYPES.get(path.suffix, "text/plain") + "; charset=utf-8"
             out[path.relative_to(STATIC).as_posix()] = (path.read_bytes(), kind)
     return out
 
