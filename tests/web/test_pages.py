@@ -5,7 +5,6 @@ shows them)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
