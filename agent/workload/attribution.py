@@ -1,0 +1,218 @@
+"""The attribution pass: who uses each GPU, bounded, as one `Snapshot`.
+
+One pass:
+1. asks every `ProcessSource` (in order of preference: the vendor libraries' lists, then DRM
+   fdinfo) which processes use which GPU; a (GPU, PID) two sources name is one row, the first
+   source's figures winning and a later one filling only what the first left None; a source
+   that fails is reported with its reason and the others carry on;
+2. ranks each GPU's processes by GPU memory (then SM %, then PID) and keeps the first `top_n`
+   as rows; the rest are summed into that GPU's `other` (processes, memory, SM %) without
+   being read further, so a GPU with 500 processes costs what one with `top_n` does;
+3. for each kept row reads the process: its workload (`cgroups`), its host figures
+   (`hostproc`), and for a Kubernetes workload the pod's names from the kubelet (`kubelet`);
+   a process that cannot be read (exited, another PID namespace, hidepid) stays a row of
+   workload kind "unknown" with the reason;
+4. sums the rows per workload, per GPU: at most `top_n` workloads plus `other` per GPU.
+
+Nothing is keyed by PID beyond one pass (the host reader's CPU counters and the fdinfo
+source's engine counters hold the last pass's PIDs only), and no label carries a PID, so any
+number of short-lived processes leaves the series and the memory where they were.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from agent.workload import cgroups, procfs
+from agent.workload.cgroups import Workload
+from agent.workload.hostproc import HostFigures, HostReader
+from agent.workload.kubelet import PodResources
+from agent.workload.records import GpuProcess, GpuRef, ProcessSource, ProcessSourceError
+
+DEFAULT_TOP_N = 10
+_FILLABLE = ("used_memory_bytes", "sm_percent", "mem_percent", "enc_percent", "dec_percent", "kind")
+
+
+@dataclass
+class ProcessRow:
+    process: GpuProcess
+    workload: Workload
+    host: HostFigures | None = None
+    nspid: tuple[int, ...] = ()          # the PID in each nested PID namespace (outermost first)
+    reason: str | None = None            # why the process could not be read (fully)
+
+    def to_dict(self) -> dict:
+        p, h = self.process, self.host
+        out = {"pid": p.pid, "source": p.source, "used_memory_bytes": p.used_memory_bytes,
+               "sm_percent": p.sm_percent, "mem_percent": p.mem_percent, "enc_percent": p.enc_percent,
+               "dec_percent": p.dec_percent, "kind": p.kind,
+               "workload": self.workload.labels(), "cpu_percent": h.cpu_percent if h else None,
+               "rss_bytes": h.rss_bytes if h else None, "user": h.user if h else self.workload.user,
+               "command": h.command if h else self.workload.command, "reason": self.reason}
+        if len(self.nspid) > 1:
+            out["nspid"] = list(self.nspid)
+        return out
+
+
+@dataclass
+class WorkloadTotals:
+    """One workload's share of one GPU: the series of agent.workload.metrics."""
+
+    labels: dict[str, str]               # workload, workload_kind (+ namespace, pod, container)
+    processes: int = 0
+    used_memory_bytes: int | None = None
+    sm_percent: float | None = None
+
+    def add(self, p: GpuProcess) -> None:
+        self.processes += 1
+        if p.used_memory_bytes is not None:
+            self.used_memory_bytes = (self.used_memory_bytes or 0) + p.used_memory_bytes
+        if p.sm_percent is not None:
+            self.sm_percent = min(100.0, (self.sm_percent or 0.0) + p.sm_percent)
+
+    def to_dict(self) -> dict:
+        return {**self.labels, "processes": self.processes, "used_memory_bytes": self.used_memory_bytes,
+                "sm_percent": self.sm_percent}
+
+
+OTHER_LABELS = {"workload": "other", "workload_kind": "other"}
+
+
+@dataclass
+class GpuWorkloads:
+    gpu: GpuRef
+    rows: list[ProcessRow] = field(default_factory=list)
+    other: WorkloadTotals = field(default_factory=lambda: WorkloadTotals(dict(OTHER_LABELS)))
+    workloads: list[WorkloadTotals] = field(default_factory=list)   # `other` last, when it has any
+
+    def to_dict(self) -> dict:
+        return {**self.gpu.labels(), "processes": [r.to_dict() for r in self.rows],
+                "other": self.other.to_dict(), "workloads": [w.to_dict() for w in self.workloads]}
+
+
+@dataclass
+class Snapshot:
+    ts: float
+    gpus: list[GpuWorkloads]
+    sources: dict[str, dict]
+    kubelet: dict | None
+    top_n: int
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        """The `workloads` document (what `status --json` and `top --json` carry)."""
+        return {"ts": self.ts, "top_n": self.top_n, "duration_s": self.duration_s, "sources": self.sources,
+                "kubelet": self.kubelet, "gpus": [g.to_dict() for g in self.gpus]}
+
+
+def merge(lists: Sequence[list[GpuProcess]]) -> list[GpuProcess]:
+    """One record per (GPU, PID): the earliest list's, with None fields filled from later ones."""
+    merged: dict[tuple[str, int], GpuProcess] = {}
+    for records in lists:
+        for p in records:
+            key = (p.gpu_uuid, p.pid)
+            have = merged.get(key)
+            if have is None:
+                merged[key] = p
+                continue
+            fill = {f: getattr(p, f) for f in _FILLABLE if getattr(have, f) is None and getattr(p, f) is not None}
+            if fill:
+                merged[key] = dataclasses.replace(have, **fill)
+    return list(merged.values())
+
+
+def rank_key(p: GpuProcess):
+    return (-(p.used_memory_bytes if p.used_memory_bytes is not None else -1),
+            -(p.sm_percent if p.sm_percent is not None else -1.0), p.pid)
+
+
+class Attributor:
+    """Runs passes. Holds the sources, the host reader and the kubelet client; `run` may be
+    called from one thread at a time."""
+
+    def __init__(self, sources: Sequence[ProcessSource], procfs_root: str = "/proc", top_n: int = DEFAULT_TOP_N,
+                 kubelet: PodResources | None = None, clock: Callable[[], float] = time.time,
+                 host: HostReader | None = None):
+        if top_n < 1:
+            raise ValueError(f"top_n must be at least 1, got {top_n}")
+        self.sources = list(sources)
+        self.procfs = procfs_root
+        self.top_n = top_n
+        self.kubelet = kubelet
+        self.clock = clock
+        self.host = host or HostReader(procfs_root)
+        self.hidepid = procfs.hidepid(procfs_root)
+
+    def run(self, gpus: Sequence[GpuRef]) -> Snapshot:
+        started = time.perf_counter()
+        lists, statuses = [], {}
+        for source in self.sources:
+            try:
+                found = source.processes(gpus)
+            except ProcessSourceError as e:
+                statuses[source.name] = {"state": "error", "detail": str(e), "processes": 0}
+                continue
+            statuses[source.name] = {"state": "ok", "detail": "", "processes": len(found)}
+            lists.append(found)
+        by_gpu: dict[str, list[GpuProcess]] = {}
+        for p in merge(lists):
+            by_gpu.setdefault(p.gpu_uuid, []).append(p)
+        out = []
+        self.host.begin()
+        try:
+            for gpu in gpus:
+                out.append(self._gpu(gpu, sorted(by_gpu.get(gpu.uuid, ()), key=rank_key)))
+        finally:
+            self.host.end()
+        return Snapshot(self.clock(), out, statuses, self.kubelet.status() if self.kubelet else None,
+                        self.top_n, time.perf_counter() - started)
+
+    def _gpu(self, gpu: GpuRef, ranked: list[GpuProcess]) -> GpuWorkloads:
+        g = GpuWorkloads(gpu)
+        totals: dict[str, WorkloadTotals] = {}
+        for p in ranked[:self.top_n]:
+            row = self.read(p, gpu)
+            g.rows.append(row)
+            labels = row.workload.labels()
+            totals.setdefault(labels["workload"], WorkloadTotals(labels)).add(p)
+        for p in ranked[self.top_n:]:
+            g.other.add(p)
+        g.workloads = sorted(totals.values(), key=lambda t: t.labels["workload"])
+        if g.other.processes:
+            g.workloads.append(g.other)
+        return g
+
+    def read(self, p: GpuProcess, gpu: GpuRef) -> ProcessRow:
+        """One process's row; never raises for a process that cannot be read."""
+        try:
+            st = procfs.status(self.procfs, p.pid, self.hidepid)
+        except procfs.ProcessUnreadable as e:
+            return ProcessRow(p, Workload("unknown", "unknown"), reason=e.reason)
+        reason = None
+        try:
+            host = self.host.read(p.pid)
+        except procfs.ProcessUnreadable as e:
+            host, reason = None, e.reason
+        try:
+            workload = cgroups.classify(procfs.read(self.procfs, p.pid, "cgroup", self.hidepid))
+        except procfs.ProcessUnreadable as e:
+            workload, reason = None, reason or e.reason
+        if workload is None:
+            user = host.user if host else (str(st.uid) if st.uid is not None else None)
+            workload = cgroups.process_workload(st.name, user)
+        elif workload.kind == "kubernetes" and self.kubelet is not None:
+            workload = self._named_pod(workload, gpu)
+        return ProcessRow(p, workload, host, st.nspid, reason)
+
+    def _named_pod(self, w: Workload, gpu: GpuRef) -> Workload:
+        assigned = self.kubelet.assigned(gpu)
+        pods = {(ns, pod) for ns, pod, _c in assigned}
+        if len(pods) != 1:
+            return w
+        (namespace, pod), = pods
+        containers = {c for _ns, _pod, c in assigned}
+        container = containers.pop() if len(containers) == 1 else None
+        name = f"k8s:{namespace}/{pod}" + (f"/{container}" if container else "")
+        return dataclasses.replace(w, name=name, namespace=namespace, pod=pod, container=container)
