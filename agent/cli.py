@@ -16,6 +16,7 @@ from agent.config import ConfigError
 COMMAND_MODULES: tuple[str, ...] = (
     "agent.api.cli",
     "agent.nic.cli",
+    "agent.workload.cli",
     "agent.alarms.cli",
     "agent.probe",
 )
