@@ -77,7 +77,8 @@ def parse(text: str) -> Client | None:
                 c.engines_ns[key[len("drm-engine-"):]] = n
         else:
             kind, _, region = key[len("drm-"):].partition("-")
-            if region and kind in ("memory", "total", "resident", "shared", "purgeable", "active"):
+            # `drm-total-cycles-<engine>` (xe) shares the `total-` prefix but is not memory
+            if region and not region.startswith("cycles-") and kind in ("memory", "total", "resident", "shared", "purgeable", "active"):
                 number, _, unit = value.partition(" ")
                 n = _int(number)
                 scale = _UNITS.get(unit.strip())
