@@ -162,7 +162,7 @@ def test_a_real_hidepid_mount_read_by_an_unprivileged_agent(tmp_path, hidepid, s
         mnt.rmdir()
     assert row["workload"]["workload_kind"] == "unknown"
     if state == "gone":
-        assert f"mounted with hidepid=invisible" in row["reason"] and "uid 65534" in row["reason"]
+        assert "mounted with hidepid=invisible" in row["reason"] and "uid 65534" in row["reason"]
     else:
         assert "permission denied" in row["reason"] and "hidepid=noaccess" in row["reason"]
 
