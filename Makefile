@@ -131,6 +131,11 @@ demo: venv native sim
 demo-fleet: venv native sim
 	SIM_OUT=$(SIM_OUT) VENV=$(VENV) dev/demo_fleet.sh
 
+# The fleet view in a browser (docs/web.md): demo-fleet on the embedded store (no
+# VictoriaMetrics needed) with four simulated hosts; prints the URL to open, token included.
+demo-web: venv native sim
+	SIM_OUT=$(SIM_OUT) VENV=$(VENV) DEMO_FLEET_BACKEND=sqlite DEMO_FLEET_HOSTS=4 dev/demo_fleet.sh
+
 bench: venv native sim
 	$(PY) bench/sampler.py
 	$(PY) bench/daemon.py

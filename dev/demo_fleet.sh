@@ -6,6 +6,12 @@
 #   egs-collector    127.0.0.1:7443 (agents, plaintext), 127.0.0.1:7444 (consumers)
 #                    config build/demo-fleet/collector.toml (written here), log collector.log
 #   egs-agent        dev/demo-fleet.toml, socket build/demo-fleet/agent.sock, log agent.log
+#   the web UI       http://127.0.0.1:7480/ (the collector's [web], docs/web.md), behind a consumer
+#                    token made at the first start (build/demo-fleet/token); the URL printed carries it
+#
+# DEMO_FLEET_HOSTS=N (1 to 4, default 1) adds agents demo-gpu-host-02.. on other simulated
+# scenarios (eight NVIDIA GPUs, XID errors, a lost GPU), so the fleet page shows a fleet.
+# `make demo-web` is this with the embedded store and four hosts.
 #
 # Ctrl-C (or any of the three exiting) stops all three, in order: the agent, then the collector
 # (so it can hand what it holds to VictoriaMetrics), then VictoriaMetrics. Each runs in a session
@@ -25,9 +31,11 @@ OUT=build/demo-fleet
 VENV=${VENV:-.venv}
 SIM_OUT=${SIM_OUT:-$REPO/build/sim}
 BACKEND=${DEMO_FLEET_BACKEND:-remote_write}
+HOSTS=${DEMO_FLEET_HOSTS:-1}
 VM_ADDR=127.0.0.1:8428
 INGEST=127.0.0.1:7443
 CONSUMERS=127.0.0.1:7444
+WEB=127.0.0.1:7480
 VM_GO_MEMORY=${VM_GO_MEMORY:-512MiB}          # GOMEMLIMIT of VictoriaMetrics
 VM_CACHE=${VM_CACHE:-256MiB}                  # -memory.allowedBytes of VictoriaMetrics
 PY_VMEM_KB=${PY_VMEM_KB:-4194304}             # ulimit -v of the collector and the agent (4 GiB)
@@ -35,10 +43,11 @@ PY_VMEM_KB=${PY_VMEM_KB:-4194304}             # ulimit -v of the collector and t
 die() { echo "demo-fleet: $*" >&2; exit 1; }
 
 find_bin() { command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; } || true; }
-VM_BIN=$(find_bin victoria-metrics)
-[ -n "$VM_BIN" ] || die "victoria-metrics is not installed: run 'make system-deps' as root (Debian's victoria-metrics package)"
-[ -x "$VENV/bin/egs-collector" ] && [ -x "$VENV/bin/egs-agent" ] || die "no $VENV: run 'make venv native sim' first (make demo-fleet does)"
 case "$BACKEND" in remote_write|sqlite) ;; *) die "DEMO_FLEET_BACKEND must be remote_write or sqlite, not '$BACKEND'";; esac
+case "$HOSTS" in [1-4]) ;; *) die "DEMO_FLEET_HOSTS must be 1 to 4, not '$HOSTS'";; esac
+VM_BIN=$(find_bin victoria-metrics)
+[ -n "$VM_BIN" ] || [ "$BACKEND" = sqlite ] || die "victoria-metrics is not installed: run 'make system-deps' as root (Debian's victoria-metrics package)"
+[ -x "$VENV/bin/egs-collector" ] && [ -x "$VENV/bin/egs-agent" ] || die "no $VENV: run 'make venv native sim' first (make demo-fleet does)"
 
 port_free() {  # host:port -> 0 when nothing listens there
   "$VENV/bin/python" - "$1" <<'EOF'
@@ -49,11 +58,16 @@ with socket.socket() as s:
     sys.exit(1 if s.connect_ex((host, int(port))) == 0 else 0)
 EOF
 }
-for addr in "$VM_ADDR" "$INGEST" "$CONSUMERS"; do
+for addr in $([ "$BACKEND" = remote_write ] && echo "$VM_ADDR") "$INGEST" "$CONSUMERS" "$WEB"; do
   port_free "$addr" || die "$addr is in use (another demo-fleet, or a packaged service?); stop it first"
 done
 
 mkdir -p "$OUT/vm" "$OUT/collector"
+# A consumer token for the web UI and `egs-collector agents`, made once and kept.
+if [ ! -s "$OUT/token" ]; then
+  (umask 077 && "$VENV/bin/python" -c 'import secrets; print("demo-" + secrets.token_urlsafe(24))' >"$OUT/token")
+fi
+TOKEN=$(cat "$OUT/token")
 
 PIDS=()
 NAMES=()
@@ -93,6 +107,7 @@ listening() { ! port_free "$1"; }
 # --- VictoriaMetrics ------------------------------------------------------------------------
 # The flags and why: tests/engines.py's VictoriaMetrics (the same engine the tests use), with a
 # demo's retention. -dedup.minScrapeInterval=1ms: a replayed batch stores no second copy.
+if [ "$BACKEND" = remote_write ]; then
 GOMEMLIMIT=$VM_GO_MEMORY setsid "$VM_BIN" \
   -storageDataPath="$OUT/vm" \
   -httpListenAddr="$VM_ADDR" \
@@ -104,6 +119,7 @@ GOMEMLIMIT=$VM_GO_MEMORY setsid "$VM_BIN" \
   >>"$OUT/vm.log" 2>&1 </dev/null &
 started $! VictoriaMetrics
 wait_until VictoriaMetrics 30 "$OUT/vm.log" http_ok "http://$VM_ADDR/health"
+fi
 
 # --- the collector ----------------------------------------------------------------------------
 {
@@ -117,6 +133,10 @@ plaintext = true
 listen = "$INGEST"
 [consumers]
 listen = "$CONSUMERS"
+tokens = ["$TOKEN"]
+[web]
+enabled = true
+listen = "$WEB"
 EOF
   if [ "$BACKEND" = remote_write ]; then
     cat <<EOF
@@ -144,17 +164,44 @@ wait_until egs-collector 30 "$OUT/collector.log" listening "$CONSUMERS"
 started $! egs-agent
 wait_until egs-agent 30 "$OUT/agent.log" test -S "$OUT/agent.sock"
 
+# --- more hosts (DEMO_FLEET_HOSTS) ------------------------------------------------------------
+EXTRA_SCENARIOS=(eight-nvidia nvidia-xid nvidia-lost)
+EXTRA_REGIONS=(us-east eu-west us-east)
+for ((n = 2; n <= HOSTS; n++)); do
+  name=$(printf 'demo-gpu-host-%02d' "$n")
+  scenario=${EXTRA_SCENARIOS[$((n - 2))]}
+  sed -e "s|demo-gpu-host-01|$name|" -e "s|build/demo-fleet/agent-state|build/demo-fleet/$name-state|" \
+      -e "s|build/demo-fleet/agent.sock|build/demo-fleet/$name.sock|" \
+      -e "s|demo = \"two-nvidia-one-amd\", fleet = \"demo\"|demo = \"$scenario\", fleet = \"demo\", region = \"${EXTRA_REGIONS[$((n - 2))]}\"|" \
+      dev/demo-fleet.toml >"$OUT/$name.toml"
+  (ulimit -v "$PY_VMEM_KB" &&
+    EGS_SIM_SCENARIO="$REPO/native/sim/scenarios/$scenario.toml" \
+    EGS_NVML_LIBRARY="$SIM_OUT/nvml/libnvidia-ml.so.1" \
+    EGS_AMDSMI_LIBRARY="$SIM_OUT/amdsmi/libamd_smi.so" \
+    EGS_SIMULATED=1 \
+    exec setsid "$VENV/bin/egs-agent" run --config "$OUT/$name.toml") \
+    >>"$OUT/$name.log" 2>&1 </dev/null &
+  started $! "$name"
+  wait_until "$name" 30 "$OUT/$name.log" test -S "$OUT/$name.sock"
+done
+
 QUERY='max by (gpu) (egs_gpu_temperature_celsius{host="demo-gpu-host-01"})'
 QUERY_URLENC=$("$VENV/bin/python" -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$QUERY")
 cat <<EOF
 
-demo-fleet is running (store: $BACKEND). Ctrl-C stops everything.
+demo-fleet is running (store: $BACKEND, $HOSTS host(s)). Ctrl-C stops everything.
 
+  the fleet in a browser:  http://$WEB/?token=$TOKEN
+EOF
+if [ "$BACKEND" = remote_write ]; then cat <<EOF
   VictoriaMetrics UI:  http://$VM_ADDR/vmui/
   example query:       $QUERY
                        http://$VM_ADDR/vmui/#/?g0.expr=$QUERY_URLENC&g0.range_input=15m
                        curl -s 'http://$VM_ADDR/api/v1/series' --data-urlencode 'match[]={__name__=~"egs_.*"}'
-  the collector:       $VENV/bin/egs-collector agents --target $CONSUMERS --plaintext
+EOF
+fi
+cat <<EOF
+  the collector:       $VENV/bin/egs-collector agents --target $CONSUMERS --plaintext --token-file $OUT/token
   the agent:           $VENV/bin/egs-agent --socket $OUT/agent.sock status
   logs:                $OUT/{vm,collector,agent}.log
 
@@ -166,7 +213,7 @@ while :; do
   wait -n "${PIDS[@]}"
   for i in "${!PIDS[@]}"; do
     if ! kill -0 "${PIDS[$i]}" 2>/dev/null; then
-      log="$OUT/$(case "${NAMES[$i]}" in VictoriaMetrics) echo vm;; egs-collector) echo collector;; *) echo agent;; esac).log"
+      log="$OUT/$(case "${NAMES[$i]}" in VictoriaMetrics) echo vm;; egs-collector) echo collector;; egs-agent) echo agent;; *) echo "${NAMES[$i]}";; esac).log"
       echo "demo-fleet: ${NAMES[$i]} exited; the end of $log:" >&2
       tail -n 30 "$log" >&2
       exit 1
