@@ -8,14 +8,15 @@ One pass:
 2. ranks each GPU's processes by GPU memory (then SM %, then PID) and keeps the first `top_n`
    as rows; the rest are summed into that GPU's `other` (processes, memory, SM %) without
    being read further, so a GPU with 500 processes costs what one with `top_n` does;
-3. for each kept row reads the process: its workload (`cgroups`), its host figures
-   (`hostproc`), and for a Kubernetes workload the pod's names from the kubelet (`kubelet`);
-   a process that cannot be read (exited, another PID namespace, hidepid) stays a row of
-   workload kind "unknown" with the reason;
+3. for each kept row reads the process: its host figures (`hostproc`), its workload
+   (`cgroups`: read once per process, by PID and start time, and again after `reclassify_s`),
+   and for a Kubernetes workload the pod's names from the kubelet (`kubelet`); a process that
+   cannot be read (exited, another PID namespace, hidepid) stays a row of workload kind
+   "unknown" with the reason;
 4. sums the rows per workload, per GPU: at most `top_n` workloads plus `other` per GPU.
 
-Nothing is keyed by PID beyond one pass (the host reader's CPU counters and the fdinfo
-source's engine counters hold the last pass's PIDs only), and no label carries a PID, so any
+Nothing is keyed by PID beyond one pass (the host reader's CPU counters, the workloads read
+and the fdinfo source's engine counters hold the last pass's PIDs only), and no label carries a PID, so any
 number of short-lived processes leaves the series and the memory where they were.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from agent.workload import cgroups, procfs
 from agent.workload.cgroups import Workload
@@ -32,7 +33,16 @@ from agent.workload.kubelet import PodResources
 from agent.workload.records import GpuProcess, GpuRef, ProcessSource, ProcessSourceError
 
 DEFAULT_TOP_N = 10
+RECLASSIFY_S = 60.0
 _FILLABLE = ("used_memory_bytes", "sm_percent", "mem_percent", "enc_percent", "dec_percent", "kind")
+
+
+class _Known(NamedTuple):
+    started: float               # the process's start time: a reused PID is another process
+    at: float                    # when its workload was read
+    workload: Workload
+    nspid: tuple[int, ...]
+    reason: str | None = None
 
 
 @dataclass
@@ -144,6 +154,11 @@ class Attributor:
         self.clock = clock
         self.host = host or HostReader(procfs_root)
         self.hidepid = procfs.hidepid(procfs_root)
+        # A process's workload is read once per process and again after reclassify_s (a process
+        # moved to another cgroup, a container started in an existing process's place).
+        self.reclassify_s = RECLASSIFY_S
+        self._known: dict[int, _Known] = {}
+        self._seen: set[int] = set()
 
     def run(self, gpus: Sequence[GpuRef]) -> Snapshot:
         started = time.perf_counter()
@@ -161,11 +176,14 @@ class Attributor:
             by_gpu.setdefault(p.gpu_uuid, []).append(p)
         out = []
         self.host.begin()
+        self._seen = set()
         try:
             for gpu in gpus:
                 out.append(self._gpu(gpu, sorted(by_gpu.get(gpu.uuid, ()), key=rank_key)))
         finally:
             self.host.end()
+            for pid in [pid for pid in self._known if pid not in self._seen]:
+                del self._known[pid]
         return Snapshot(self.clock(), out, statuses, self.kubelet.status() if self.kubelet else None,
                         self.top_n, time.perf_counter() - started)
 
@@ -187,24 +205,40 @@ class Attributor:
     def read(self, p: GpuProcess, gpu: GpuRef) -> ProcessRow:
         """One process's row; never raises for a process that cannot be read."""
         try:
-            st = procfs.status(self.procfs, p.pid, self.hidepid)
-        except procfs.ProcessUnreadable as e:
-            return ProcessRow(p, Workload("unknown", "unknown"), reason=e.reason)
-        reason = None
-        try:
             host = self.host.read(p.pid)
         except procfs.ProcessUnreadable as e:
-            host, reason = None, e.reason
+            # Say why as precisely as procfs can (hidepid, another PID namespace, exited).
+            try:
+                st = procfs.status(self.procfs, p.pid, self.hidepid)
+            except procfs.ProcessUnreadable as e2:
+                return ProcessRow(p, Workload("unknown", "unknown"), reason=e2.reason)
+            workload, reason = self._classify(p.pid, st, None), e.reason
+            return ProcessRow(p, self._named(workload, gpu), None, st.nspid, reason)
+        known = self._known.get(p.pid)
+        now = self.clock()
+        if known is None or known.started != host.started or now - known.at >= self.reclassify_s:
+            try:
+                st = procfs.status(self.procfs, p.pid, self.hidepid)
+            except procfs.ProcessUnreadable as e:   # exited since its figures were read
+                return ProcessRow(p, Workload("unknown", "unknown"), host, reason=e.reason)
+            known = _Known(host.started, now, self._classify(p.pid, st, host), st.nspid)
+        self._known[p.pid] = known
+        self._seen.add(p.pid)
+        return ProcessRow(p, self._named(known.workload, gpu), host, known.nspid, known.reason)
+
+    def _classify(self, pid: int, st: procfs.ProcStatus, host: HostFigures | None) -> Workload:
+        """The workload from the process's cgroups, else its command and user."""
         try:
-            workload = cgroups.classify(procfs.read(self.procfs, p.pid, "cgroup", self.hidepid))
-        except procfs.ProcessUnreadable as e:
-            workload, reason = None, reason or e.reason
+            workload = cgroups.classify(procfs.read(self.procfs, pid, "cgroup", self.hidepid))
+        except procfs.ProcessUnreadable:
+            workload = None
         if workload is None:
             user = host.user if host else (str(st.uid) if st.uid is not None else None)
             workload = cgroups.process_workload(st.name, user)
-        elif workload.kind == "kubernetes" and self.kubelet is not None:
-            workload = self._named_pod(workload, gpu)
-        return ProcessRow(p, workload, host, st.nspid, reason)
+        return workload
+
+    def _named(self, w: Workload, gpu: GpuRef) -> Workload:
+        return self._named_pod(w, gpu) if w.kind == "kubernetes" and self.kubelet is not None else w
 
     def _named_pod(self, w: Workload, gpu: GpuRef) -> Workload:
         assigned = self.kubelet.assigned(gpu)

@@ -40,6 +40,8 @@ def read(procfs: str | Path, pid: int, name: str, hide: str | None = None) -> st
             return f.read().decode("utf-8", "replace")
     except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
         # ESRCH: the task exited while its directory was open.
+        if os.path.isdir(os.path.join(procfs, str(pid))):
+            raise ProcessUnreadable(pid, "gone", f"pid {pid}: exited while its {name} was read") from None
         if hide is not None:
             reason = (f"pid {pid}: not visible in {procfs}: mounted with hidepid={hide}, and the agent "
                       f"(uid {os.geteuid()}) may not see other users' processes")

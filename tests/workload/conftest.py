@@ -21,8 +21,6 @@ import pytest
 from agent.workload.records import GpuProcess
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-HZ = os.sysconf("SC_CLK_TCK")
-PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class ProcTree:
@@ -34,7 +32,8 @@ class ProcTree:
 
     def add(self, pid: int, name: str = "python3", uid: int = 0, cgroup: str = "0::/\n",
             nspid: tuple[int, ...] | None = None, cmdline: list[str] | None = None,
-            cpu_ticks: int = 0, rss_pages: int = 100, fds: dict[int, tuple[str, str]] | None = None) -> Path:
+            cpu_ticks: int = 0, rss_pages: int = 100, fds: dict[int, tuple[str, str]] | None = None,
+            start: int = 1000) -> Path:
         d = self.root / str(pid)
         (d / "fd").mkdir(parents=True, exist_ok=True)
         (d / "fdinfo").mkdir(exist_ok=True)
@@ -42,7 +41,7 @@ class ProcTree:
         (d / "status").write_text(f"Name:\t{name}\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t{pid}\n"
                                   f"Pid:\t{pid}\nPPid:\t1\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\n"
                                   f"Gid:\t{uid}\t{uid}\t{uid}\t{uid}\nNSpid:\t{ns}\n")
-        self.set_cpu(pid, cpu_ticks, name, rss_pages)
+        self.set_cpu(pid, cpu_ticks, name, rss_pages, start)
         (d / "statm").write_text(f"{rss_pages * 4} {rss_pages} 10 1 0 50 0\n")
         (d / "cmdline").write_bytes(b"\0".join(a.encode() for a in (cmdline or [name])) + b"\0")
         (d / "cgroup").write_text(cgroup)
@@ -51,10 +50,10 @@ class ProcTree:
             (d / "fdinfo" / str(fd)).write_text(info)
         return d
 
-    def set_cpu(self, pid: int, ticks: int, name: str = "python3", rss_pages: int = 100) -> None:
+    def set_cpu(self, pid: int, ticks: int, name: str = "python3", rss_pages: int = 100, start: int = 1000) -> None:
         # fields 14/15 utime/stime, 22 starttime (ticks after boot), 24 rss (pages)
         fields = ["S", "1", str(pid), str(pid), "0", "-1", "4194304", "0", "0", "0", "0",
-                  str(ticks), "0", "0", "0", "20", "0", "1", "0", "1000", "100000", str(rss_pages)]
+                  str(ticks), "0", "0", "0", "20", "0", "1", "0", str(start), "100000", str(rss_pages)]
         fields += ["0"] * 27
         (self.root / str(pid) / "stat").write_text(f"{pid} ({name}) " + " ".join(fields) + "\n")
 

@@ -19,6 +19,7 @@ import pytest
 
 from agent.workload import metrics
 from agent.workload.attribution import Attributor, merge
+from agent.workload.hostproc import HostReader
 from agent.workload.records import GpuProcess, GpuRef, ProcessSourceError
 from agent.workload.settings import SECTIONS
 from agent.workload.source import WorkloadSource
@@ -64,6 +65,24 @@ def test_top_n_by_memory_and_the_rest_summed_as_other(proc_tree, vendor, rec):
     assert doc["gpus"][0]["processes"][0]["workload"]["workload"] == "systemd:job101.service"
 
 
+def test_cpu_percent_over_the_interval_and_a_reused_pid_is_a_new_process(proc_tree, vendor, rec):
+    clock = SimpleNamespace(t=100.0)
+    proc_tree.add(100, name="trainer", cmdline=["python3", "train.py"], cgroup="0::/system.slice/a.service\n")
+    a = Attributor([vendor([rec(G0, 100, memory=1)])], str(proc_tree.root),
+                   host=HostReader(str(proc_tree.root), clock=lambda: clock.t), clock=lambda: clock.t)
+    row, = a.run([G0]).gpus[0].rows
+    assert (row.host.cpu_percent, row.host.command, row.workload.name) == (None, "python3 train.py", "systemd:a.service")
+    clock.t += 2.0
+    proc_tree.set_cpu(100, 3 * os.sysconf("SC_CLK_TCK"), "trainer")   # 3 s of CPU in 2 s: 150 % (two cores' worth)
+    row, = a.run([G0]).gpus[0].rows
+    assert abs(row.host.cpu_percent - 150.0) < 1e-6
+    # PID 100 exits and a new process gets the PID: new start time, new cgroup, new command
+    proc_tree.add(100, name="other", cmdline=["other"], cgroup="0::/system.slice/b.service\n", start=5000)
+    clock.t += 1.0
+    row, = a.run([G0]).gpus[0].rows
+    assert (row.host.cpu_percent, row.host.command, row.workload.name) == (None, "other", "systemd:b.service")
+
+
 def test_a_failing_source_is_reported_and_the_others_carry_on(proc_tree, vendor, rec):
     proc_tree.add(100)
 
@@ -94,7 +113,7 @@ def test_a_pid_that_exits_between_status_and_figures(proc_tree, vendor, rec):
     (proc_tree.root / "100" / "stat").unlink()   # psutil now finds no such process
     row, = Attributor([vendor([rec(G0, 100, memory=1)])], str(proc_tree.root)).run([G0]).gpus[0].rows
     assert row.workload.name == "systemd:train.service" and row.host is None
-    assert "exited while its figures were read" in row.reason
+    assert "exited while its stat was read" in row.reason
 
 
 def test_a_process_in_another_pid_namespace_shows_both_pids(vendor, rec):
