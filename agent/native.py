@@ -61,10 +61,19 @@ _BACKEND_STATES = {lib.EGS_BSTATE_UNAVAILABLE: "unavailable", lib.EGS_BSTATE_OK:
                    lib.EGS_BSTATE_ERROR: "error"}
 _EVENT_KINDS = {lib.EGS_EVENT_XID: "xid", lib.EGS_EVENT_LOST: "lost", lib.EGS_EVENT_AMD: "amd"}
 _VENDORS = {lib.EGS_BACKEND_NVIDIA: "nvidia", lib.EGS_BACKEND_AMD: "amd"}
+# How the core reads each field of a device (egs_core.h, EGS_PATH_*): the driver's sample
+# buffer, one batched call for several fields, a call of its own, or not at all.
+PATHS = {lib.EGS_PATH_NONE: "none", lib.EGS_PATH_CALL: "call", lib.EGS_PATH_BATCH: "batch",
+         lib.EGS_PATH_BUFFER: "buffer"}
 
 # Raw samples kept per GPU at most, whatever hz x ring_seconds asks: 88 bytes each, so the
 # ring of one GPU stays under 24 MiB (about 4.5 minutes at 1 kHz, an hour at 72 Hz).
 RING_MAX_SAMPLES = 1 << 18
+# Ring slots per second per GPU that driver sample buffers add beside the ticks' own (a
+# buffered sample gets a slot with its own timestamp): the simulated driver's buffers fill
+# about 24 a second (power every 50 ms, utilisation every 1/6 s, clocks every 100 ms, equal
+# timestamps sharing a slot); a real driver's periods were not measured here (no GPU).
+BUFFER_SLOTS_PER_S = 40
 SLOW_HZ = 1.0  # the slow tier's default rate (config key gpu.slow_hz)
 
 
@@ -139,6 +148,7 @@ class Device:
     unsupported: frozenset[str] = frozenset()
     vendor_index: int = 0
     source: str = "native"         # or "pyamdgpuinfo"
+    paths: dict[str, str] = field(default_factory=dict)  # metric -> PATHS value
 
 
 class FieldStats(NamedTuple):
@@ -189,6 +199,13 @@ def _unsupported_names(mask: int) -> frozenset[str]:
     return frozenset(names)
 
 
+def _paths(paths: Any) -> dict[str, str]:
+    out = {name: PATHS.get(paths[f], str(paths[f])) for f, name in enumerate(FIELDS)}
+    # The derived percentage comes from the memory figures' path.
+    out[MEMORY_PERCENT] = out["gpu_memory_used_bytes"]
+    return out
+
+
 def _nan_to_none(v: float) -> float | None:
     return None if math.isnan(v) else v
 
@@ -200,9 +217,12 @@ class Core:
 
     def __init__(self, nvml_library: str | None = None, amdsmi_library: str | None = None,
                  hz: float = 10.0, ring_seconds: float = 60.0, nvidia: bool = True,
-                 amd: bool = True, events: bool = True, slow_hz: float | None = None):
+                 amd: bool = True, events: bool = True, slow_hz: float | None = None,
+                 batch: bool = True, buffers: bool = True):
         """`slow_hz` is the slow tier's rate (None: SLOW_HZ, or hz when hz is lower); the
-        core reads it every round(hz / slow_hz) ticks of the `hz` grid."""
+        core reads it every round(hz / slow_hz) ticks of the `hz` grid. `batch` and
+        `buffers` allow the BATCH and BUFFER paths (PATHS): off, every field is read by a
+        call of its own, as before they existed."""
         if not hz > 0:
             raise ValueError(f"hz must be positive, got {hz!r}")
         if slow_hz is None:
@@ -215,15 +235,18 @@ class Core:
         self.amdsmi_library = (amdsmi_library or os.environ.get(libraries.AMDSMI_ENV)
                                or libraries.default_amdsmi_library())
         self.hz, self.slow_hz, self.ring_seconds = float(hz), float(slow_hz), float(ring_seconds)
-        self.ring_len = min(RING_MAX_SAMPLES, int(math.ceil(self.hz * self.ring_seconds)))
         self.nvidia, self.amd, self.want_events = bool(nvidia), bool(amd), bool(events)
+        self.batch, self.buffers = bool(batch), bool(buffers)
+        slots_per_s = self.hz + (BUFFER_SLOTS_PER_S if self.buffers else 0)
+        self.ring_len = min(RING_MAX_SAMPLES, int(math.ceil(slots_per_s * self.ring_seconds)))
         # cffi keeps these alive as long as the config struct refers to them.
         self._paths = (ffi.new("char[]", self.nvml_library.encode()),
                        ffi.new("char[]", self.amdsmi_library.encode()))
         cfg = ffi.new("struct egs_config *", {
             "nvml_library": self._paths[0], "amdsmi_library": self._paths[1],
             "nvidia": int(self.nvidia), "amd": int(self.amd), "hz": self.hz,
-            "slow_hz": self.slow_hz, "ring_len": self.ring_len, "events": int(self.want_events)})
+            "slow_hz": self.slow_hz, "ring_len": self.ring_len, "events": int(self.want_events),
+            "no_batch": int(not self.batch), "no_buffers": int(not self.buffers)})
         out = ffi.new("struct egs_core **")
         _check(lib.egs_core_new(cfg, out), "egs_core_new")
         self._core = ffi.gc(out[0], lib.egs_core_free)
@@ -299,7 +322,7 @@ class Core:
                 name=_text(info.name), pci_bus_id=_text(info.pci_bus_id),
                 state="lost" if info.state == lib.EGS_DSTATE_LOST else "ok",
                 lost_reason=_text(info.lost_reason), unsupported=_unsupported_names(info.unsupported),
-                vendor_index=info.vendor_index))
+                vendor_index=info.vendor_index, paths=_paths(info.paths)))
         return out
 
     # -- data --
@@ -365,14 +388,20 @@ class Core:
                 return out
 
     def sampler_stats(self) -> dict[str, float | int]:
-        """The sampler's counters. `reads` (field values read) = `reads_fast` + `reads_slow`;
-        `slow_ticks` of the `ticks` read the slow tier, one grid slot in `slow_every`."""
+        """The sampler's counters. `reads` (field values read) = `reads_fast` + `reads_slow`,
+        `buffered_reads` of them samples out of driver buffers; `slow_ticks` of the `ticks`
+        read the slow tier, one grid slot in `slow_every`. `library_calls` is the vendor
+        calls the sampler made, and `library_calls_per_gpu_per_s` that over the GPUs it
+        started with and the elapsed time."""
         s = ffi.new("struct egs_sampler_stats *")
         _check(lib.egs_sampler_get(self._core, s), "egs_sampler_get")
+        per_gpu_s = (s.calls / self._ndev / s.elapsed_s) if self._ndev and s.elapsed_s > 0 else 0.0
         return {"ticks": s.ticks, "late_ticks": s.late_ticks, "reads": s.reads,
                 "reads_fast": s.reads_fast, "reads_slow": s.reads_slow, "slow_ticks": s.slow_ticks,
                 "slow_every": s.slow_every, "target_slow_hz": self.hz / s.slow_every,
                 "tick_late_p99_us": s.tick_late_p99_us, "thread_cpu_s": s.thread_cpu_s,
                 "elapsed_s": s.elapsed_s, "achieved_hz": s.achieved_hz, "target_hz": self.hz,
                 "read_s": s.read_s, "fold_s": s.fold_s, "fold_p50_us": s.fold_p50_us,
-                "events_dropped": s.events_dropped, "abandoned_threads": s.abandoned_threads}
+                "events_dropped": s.events_dropped, "abandoned_threads": s.abandoned_threads,
+                "library_calls": s.calls, "buffered_reads": s.buffered_reads,
+                "library_calls_per_gpu_per_s": per_gpu_s}

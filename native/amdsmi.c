@@ -3,13 +3,19 @@
  *
  * AMD SMI reports VRAM in MiB (amdsmi.h calls them MB; they are units of 2^20 bytes), power
  * in W and energy as a counter times a resolution in uJ; this file converts them to the
- * core's units (bytes, W, J), so Python sees one set of units whatever the vendor. Only the narrow per-metric calls are used: reading the full
- * gpu_metrics blob wakes a runtime-suspended GPU on some parts and shows false activity.
+ * core's units (bytes, W, J), so Python sees one set of units whatever the vendor.
+ * Every figure the firmware's metrics table holds (temperature, activity, power, energy,
+ * clocks) comes from one amdsmi_get_gpu_metrics_info call per tick where the device fills it
+ * (the BATCH path); a figure the table marks N/A keeps its narrow call, and so does every
+ * field when the table is not supported. VRAM is not in the table and keeps its own call.
+ * Reading the table wakes a runtime-suspended GPU on some parts and shows false activity for
+ * seconds (AMD SMI's own note): a core started with no_batch keeps the narrow calls only.
  * AMD exposes no fan figure in the catalogue, so fan is unsupported here by design.
  * AMD SMI reports an activity it cannot measure as 0xFFFF (or 0xFFFFFFFF) inside a call that
  * succeeds; that field is unsupported on the device, never a 65535 % reading.
  */
 #define _GNU_SOURCE
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,7 +93,29 @@ struct am_event {
     char message[256];
     uint8_t pad[4];
 };
+/* The head of amdsmi_gpu_metrics_t: what the catalogue reads of it. */
+struct am_metrics_head {
+    uint16_t structure_size;
+    uint8_t format_revision, content_revision;
+    uint16_t temperature_edge, temperature_hotspot, temperature_mem;
+    uint16_t temperature_vrgfx, temperature_vrsoc, temperature_vrmem;
+    uint16_t average_gfx_activity, average_umc_activity, average_mm_activity;
+    uint16_t average_socket_power;
+    uint64_t energy_accumulator;
+    uint64_t system_clock_counter;
+    uint16_t average_clocks[7];
+    uint16_t current_gfxclk, current_socclk, current_uclk;
+    uint16_t current_other_clocks[4];
+    uint32_t throttle_status;
+};
 #pragma pack(pop)
+
+/* amdsmi_gpu_metrics_t as amdsmi 7.0.2 lays it out: 4544 packed bytes, current_socket_power
+ * (uint16) at offset 120. */
+#define AM_METRICS_SIZE 4544
+#define AM_METRICS_CURRENT_SOCKET_POWER 120
+_Static_assert(sizeof(struct am_metrics_head) == 72, "amdsmi_gpu_metrics_t head layout");
+#define AM_NA16 0xFFFFu
 
 /* Sizes as amdsmi's own ctypes wrapper (7.0.2) lays the structs out. */
 _Static_assert(sizeof(struct am_asic_info) == 896, "amdsmi_asic_info_t layout");
@@ -101,7 +129,7 @@ _Static_assert(sizeof(struct am_event) == 272, "amdsmi_evt_notification_data_t l
 
 enum {
     R_INIT, R_SHUTDOWN, R_STATUS_STRING, R_SOCKETS, R_PROCESSORS, R_TYPE, R_UUID, R_BDF, R_ASIC,
-    R_DRIVER, R_TEMPERATURE, R_ACTIVITY, R_VRAM, R_POWER, R_CLOCK, R_ENERGY, R_EVENT_INIT,
+    R_DRIVER, R_TEMPERATURE, R_ACTIVITY, R_VRAM, R_POWER, R_CLOCK, R_ENERGY, R_METRICS, R_EVENT_INIT,
     R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_COUNT_ROLES
 };
 
@@ -122,6 +150,7 @@ static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
     [R_POWER] = {"power", {"amdsmi_get_power_info"}},
     [R_CLOCK] = {"clock", {"amdsmi_get_clock_info"}},
     [R_ENERGY] = {"energy", {"amdsmi_get_energy_count"}},
+    [R_METRICS] = {"metrics", {"amdsmi_get_gpu_metrics_info"}},
     [R_EVENT_INIT] = {"event_init", {"amdsmi_init_gpu_event_notification"}},
     [R_EVENT_MASK] = {"event_mask", {"amdsmi_set_gpu_event_notification_mask"}},
     [R_EVENT_GET] = {"event_get", {"amdsmi_get_gpu_event_notification"}},
@@ -198,9 +227,8 @@ static unsigned char am_activity(unsigned char status, uint32_t percent)
     return status;
 }
 
-static void am_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t)
+static void am_read_calls(const struct am_lib *lib, struct egs_dev *d, struct egs_tick *t)
 {
-    const struct am_lib *lib = b->impl;
     am_handle h = d->handle;
     am_status rc;
     unsigned char s;
@@ -209,6 +237,7 @@ static void am_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
     if (egs_want(t, EGS_F_UTILIZATION) || egs_want(t, EGS_F_MEMORY_BUSY)) {
         struct am_engine_usage u;
         memset(&u, 0, sizeof(u));
+        t->calls++;
         rc = EGS_FN(lib, R_ACTIVITY, fn_ptr)(h, &u);
         s = am_classify(lib, rc, lib->roles[R_ACTIVITY].symbol, t);
         egs_put(t, EGS_F_UTILIZATION, am_activity(s, u.gfx_activity), u.gfx_activity);
@@ -217,6 +246,7 @@ static void am_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
     if (egs_want(t, EGS_F_MEMORY_USED) || egs_want(t, EGS_F_MEMORY_TOTAL)) {
         struct am_vram_usage v;
         memset(&v, 0, sizeof(v));
+        t->calls++;
         rc = EGS_FN(lib, R_VRAM, fn_ptr)(h, &v);
         s = am_classify(lib, rc, lib->roles[R_VRAM].symbol, t);
         egs_put(t, EGS_F_MEMORY_USED, s, v.vram_used * MIB);
@@ -224,34 +254,156 @@ static void am_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
     }
     if (egs_want(t, EGS_F_TEMPERATURE)) {
         int64_t c = 0;
+        t->calls++;
         rc = EGS_FN(lib, R_TEMPERATURE, fn_temp)(h, AM_TEMP_EDGE, AM_TEMP_CURRENT, &c);
         egs_put(t, EGS_F_TEMPERATURE, am_classify(lib, rc, lib->roles[R_TEMPERATURE].symbol, t), (double)c);
     }
     if (egs_want(t, EGS_F_POWER)) {
         struct am_power_info p;
         memset(&p, 0, sizeof(p));
+        t->calls++;
         rc = EGS_FN(lib, R_POWER, fn_ptr)(h, &p);
         egs_put(t, EGS_F_POWER, am_classify(lib, rc, lib->roles[R_POWER].symbol, t), (double)p.socket_power);
     }
     if (egs_want(t, EGS_F_SM_CLOCK)) {
         struct am_clk_info c;
         memset(&c, 0, sizeof(c));
+        t->calls++;
         rc = EGS_FN(lib, R_CLOCK, fn_clock)(h, AM_CLK_GFX, &c);
         egs_put(t, EGS_F_SM_CLOCK, am_classify(lib, rc, lib->roles[R_CLOCK].symbol, t), c.clk);
     }
     if (egs_want(t, EGS_F_MEMORY_CLOCK)) {
         struct am_clk_info c;
         memset(&c, 0, sizeof(c));
+        t->calls++;
         rc = EGS_FN(lib, R_CLOCK, fn_clock)(h, AM_CLK_MEM, &c);
         egs_put(t, EGS_F_MEMORY_CLOCK, am_classify(lib, rc, lib->roles[R_CLOCK].symbol, t), c.clk);
     }
     if (egs_want(t, EGS_F_ENERGY)) {
         uint64_t counter = 0, stamp = 0;
         float resolution_uj = 0.0f;
+        t->calls++;
         rc = EGS_FN(lib, R_ENERGY, fn_energy)(h, &counter, &resolution_uj, &stamp);
         egs_put(t, EGS_F_ENERGY, am_classify(lib, rc, lib->roles[R_ENERGY].symbol, t),
                 (double)counter * (double)resolution_uj / 1e6);
     }
+}
+
+/* One field of the metrics table in the catalogue's unit; NAN when the table marks it N/A. */
+static double am_metric(const struct egs_dev *d, const unsigned char *table, int f)
+{
+    struct am_metrics_head m;
+    memcpy(&m, table, sizeof(m));
+    uint16_t current_power;
+    memcpy(&current_power, table + AM_METRICS_CURRENT_SOCKET_POWER, sizeof(current_power));
+    switch (f) {
+    case EGS_F_TEMPERATURE: return m.temperature_edge == AM_NA16 ? NAN : m.temperature_edge;
+    case EGS_F_UTILIZATION: return m.average_gfx_activity == AM_NA16 ? NAN : m.average_gfx_activity;
+    case EGS_F_MEMORY_BUSY: return m.average_umc_activity == AM_NA16 ? NAN : m.average_umc_activity;
+    case EGS_F_POWER:
+        /* The socket power as amdsmi_get_power_info reports it: the current figure where the
+         * part has one (MI300), else the average. */
+        if (current_power != AM_NA16)
+            return current_power;
+        return m.average_socket_power == AM_NA16 ? NAN : m.average_socket_power;
+    case EGS_F_ENERGY:
+        if (m.energy_accumulator == UINT64_MAX || !(d->energy_scale > 0))
+            return NAN;
+        return (double)m.energy_accumulator * d->energy_scale;
+    case EGS_F_SM_CLOCK: return m.current_gfxclk == AM_NA16 ? NAN : m.current_gfxclk;
+    case EGS_F_MEMORY_CLOCK: return m.current_uclk == AM_NA16 ? NAN : m.current_uclk;
+    default: return NAN;
+    }
+}
+
+static const int am_metric_fields[] = {
+    EGS_F_TEMPERATURE, EGS_F_UTILIZATION, EGS_F_MEMORY_BUSY, EGS_F_POWER, EGS_F_ENERGY,
+    EGS_F_SM_CLOCK, EGS_F_MEMORY_CLOCK,
+};
+#define AM_NMETRIC_FIELDS (sizeof(am_metric_fields) / sizeof(am_metric_fields[0]))
+
+/* The role of field f's narrow call. */
+static int am_call_role(int f)
+{
+    switch (f) {
+    case EGS_F_UTILIZATION: case EGS_F_MEMORY_BUSY: return R_ACTIVITY;
+    case EGS_F_MEMORY_USED: case EGS_F_MEMORY_TOTAL: return R_VRAM;
+    case EGS_F_TEMPERATURE: return R_TEMPERATURE;
+    case EGS_F_POWER: return R_POWER;
+    case EGS_F_ENERGY: return R_ENERGY;
+    default: return R_CLOCK;
+    }
+}
+
+/* The BATCH fields of t->want from one metrics table. A figure that turned N/A, or a table
+ * no longer supported, moves to its narrow call for good (read on this tick by am_read). */
+static void am_read_batch(const struct am_lib *lib, struct egs_dev *d, struct egs_tick *t)
+{
+    unsigned char table[AM_METRICS_SIZE];
+    t->calls++;
+    am_status rc = EGS_FN(lib, R_METRICS, fn_ptr)(d->handle, table);
+    unsigned char s = am_classify(lib, rc, lib->roles[R_METRICS].symbol, t);
+    for (unsigned int k = 0; k < AM_NMETRIC_FIELDS; k++) {
+        const int f = am_metric_fields[k];
+        if (!(d->batched & (1u << f)) || !(t->want & (1u << f)))
+            continue;
+        double v = s == EGS_R_OK ? am_metric(d, table, f) : NAN;
+        if (s == EGS_R_UNSUPPORTED || (s == EGS_R_OK && isnan(v))) {
+            egs_fall_back(d, f);
+            if (lib->roles[am_call_role(f)].fn == NULL) {
+                d->path[f] = EGS_PATH_NONE;
+                egs_put(t, f, EGS_R_UNSUPPORTED, 0.0);
+            }
+        } else
+            egs_put(t, f, s, v);
+    }
+}
+
+static void am_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t)
+{
+    const struct am_lib *lib = b->impl;
+    /* The table holds the slow tier's clocks and energy too: on a tick that reads it anyway
+     * they come at no cost, so they are taken at the fast tier's rate. */
+    if (d->batched & t->want)
+        t->want |= d->batched & ~d->unsupported;
+    const unsigned int want = t->want;
+    if (d->batched & want)
+        am_read_batch(lib, d, t);
+    unsigned int done = 0;
+    for (int f = 0; f < EGS_NFIELDS; f++)
+        if (t->status[f] != EGS_R_SKIPPED)
+            done |= 1u << f;
+    t->want = want & ~d->batched & ~done;
+    am_read_calls(lib, d, t);
+    t->want = want;
+}
+
+/* Chooses, once per device, the fields the metrics table serves: those it fills now. Energy
+ * needs the counter's resolution, which only amdsmi_get_energy_count gives. */
+static void am_choose_paths(const struct egs_core *core, const struct am_lib *lib, struct egs_dev *d)
+{
+    d->batched = 0;
+    if (lib->roles[R_ENERGY].fn != NULL) {
+        uint64_t counter = 0, stamp = 0;
+        float resolution_uj = 0.0f;
+        if (EGS_FN(lib, R_ENERGY, fn_energy)(d->handle, &counter, &resolution_uj, &stamp) == AM_SUCCESS)
+            d->energy_scale = (double)resolution_uj / 1e6;
+    }
+    unsigned char *table = malloc(AM_METRICS_SIZE);
+    if (table != NULL && lib->roles[R_METRICS].fn != NULL && !core->cfg.no_batch &&
+        EGS_FN(lib, R_METRICS, fn_ptr)(d->handle, table) == AM_SUCCESS) {
+        for (unsigned int k = 0; k < AM_NMETRIC_FIELDS; k++)
+            if (!isnan(am_metric(d, table, am_metric_fields[k])))
+                d->batched |= 1u << am_metric_fields[k];
+    }
+    free(table);
+    /* The table serves a field this library has no narrow call for. */
+    d->unsupported &= ~d->batched;
+    d->info.unsupported = d->unsupported;
+    for (int f = 0; f < EGS_NFIELDS; f++)
+        d->path[f] = (d->unsupported & (1u << f)) ? EGS_PATH_NONE
+                     : (d->batched & (1u << f)) ? EGS_PATH_BATCH : EGS_PATH_CALL;
+    memcpy(d->info.paths, d->path, sizeof(d->info.paths));
 }
 
 static unsigned int am_missing_fields(const struct am_lib *lib)
@@ -339,7 +491,8 @@ static void am_close_events(struct egs_backend *b)
     }
 }
 
-static void am_describe(struct am_lib *lib, struct egs_dev *d, unsigned int missing)
+static void am_describe(const struct egs_core *core, struct am_lib *lib, struct egs_dev *d,
+                        unsigned int missing)
 {
     char uuid[EGS_NAME];
     uint32_t len = sizeof(uuid);
@@ -357,6 +510,7 @@ static void am_describe(struct am_lib *lib, struct egs_dev *d, unsigned int miss
         snprintf(d->info.name, sizeof(d->info.name), "%.*s", (int)sizeof(d->info.name) - 1, asic->market_name);
     free(asic);
     d->unsupported = d->info.unsupported = missing;
+    am_choose_paths(core, lib, d);
 }
 
 static int am_open(struct egs_core *core, struct egs_backend *b)
@@ -413,7 +567,7 @@ static int am_open(struct egs_core *core, struct egs_backend *b)
             }
             d->handle = procs[p];
             d->info.vendor_index = found++;
-            am_describe(lib, d, missing);
+            am_describe(core, lib, d, missing);
             if (b->info.driver_version[0] == '\0' && lib->roles[R_DRIVER].fn != NULL) {
                 struct am_driver_info *drv = calloc(1, sizeof(*drv));
                 if (drv != NULL && EGS_FN(lib, R_DRIVER, fn_ptr)(d->handle, drv) == AM_SUCCESS)

@@ -502,6 +502,8 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->ev_dropped = 0;
     core->ticks = core->late_ticks = core->reads = 0;
     core->reads_fast = core->reads_slow = core->slow_ticks = 0;
+    core->calls = core->buffered_reads = 0;
+    core->ring_lag_s = 0.0;
     core->read_s = core->fold_s = 0.0;
     core->thread_cpu_s = 0.0;
     core->have_sampler_clock = 0;
@@ -610,6 +612,52 @@ EGS_EXPORT void egs_core_free(struct egs_core *core)
 
 /* --- the sampler ---------------------------------------------------------------------------- */
 
+static void ring_advance(struct egs_core *core, unsigned int i)
+{
+    core->ring_head[i]++;
+    core->ring_pos[i] = core->ring_pos[i] + 1 == core->ring_len ? 0 : core->ring_pos[i] + 1;
+}
+
+/* Folds device i's buffered samples (in time order) with their own timestamps: into the
+ * accumulators, and into ring slots of their own (NaN for every other field; samples of one
+ * timestamp share a slot). */
+static void fold_samples(struct egs_core *core, unsigned int i, const struct egs_tick *t, double now_unix)
+{
+    struct egs_acc *restrict acc = &core->acc[(size_t)i * EGS_NFIELDS];
+    double *slot = NULL;
+    for (unsigned int k = 0; k < t->nsamples; k++) {
+        const struct egs_sample *s = &t->samples[k];
+        struct egs_acc *a = &acc[s->field];
+        if (a->count == 0 || s->ts < a->first_ts)
+            a->first_ts = s->ts;
+        a->count++;
+        a->sum += s->value;
+        if (s->value < a->min)
+            a->min = s->value;
+        if (s->value > a->max)
+            a->max = s->value;
+        if (s->ts >= a->last_ts) {
+            a->last = s->value;
+            a->last_ts = s->ts;
+        }
+        if (now_unix - s->ts > core->ring_lag_s)
+            core->ring_lag_s = now_unix - s->ts;
+        if (core->ring == NULL)
+            continue;
+        if (slot == NULL || slot[0] != s->ts) {
+            if (slot != NULL)
+                ring_advance(core, i);
+            slot = &core->ring[((size_t)i * core->ring_len + core->ring_pos[i]) * (1 + EGS_NFIELDS)];
+            slot[0] = s->ts;
+            for (int f = 0; f < EGS_NFIELDS; f++)
+                slot[1 + f] = NAN;
+        }
+        slot[1 + s->field] = s->value;
+    }
+    if (slot != NULL)
+        ring_advance(core, i);
+}
+
 static void fold_tick(struct egs_core *core, const struct egs_tick *ticks, double now_unix)
 {
     for (unsigned int i = 0; i < core->ndevs; i++) {
@@ -653,10 +701,11 @@ static void fold_tick(struct egs_core *core, const struct egs_tick *ticks, doubl
             if (slot != NULL)
                 slot[1 + f] = v;
         }
-        if (slot != NULL) {
-            core->ring_head[i]++;
-            core->ring_pos[i] = core->ring_pos[i] + 1 == core->ring_len ? 0 : core->ring_pos[i] + 1;
-        }
+        if (slot != NULL)
+            ring_advance(core, i);
+        if (t->nsamples > 0)
+            fold_samples(core, i, t, now_unix);
+        memcpy(d->info.paths, d->path, sizeof(d->info.paths));
         if (t->lost) {
             d->info.state = EGS_DSTATE_LOST;
             egs_copy(d->info.lost_reason, sizeof(d->info.lost_reason), t->lost_reason);
@@ -703,6 +752,15 @@ static void prefetch_fold_state(const struct egs_core *core)
     }
 }
 
+/* Buffered samples in time order (the fold merges equal timestamps into one ring slot). */
+static int sample_order(const void *a, const void *b)
+{
+    const struct egs_sample *x = a, *y = b;
+    if (x->ts != y->ts)
+        return x->ts < y->ts ? -1 : 1;
+    return x->field - y->field;
+}
+
 static void *sampler_main(void *arg)
 {
     struct egs_core *core = arg;
@@ -723,7 +781,7 @@ static void *sampler_main(void *arg)
     while (!stopping(core)) {
         clock_gettime(CLOCK_MONOTONIC, &now);
         double late = ts_diff(&now, &deadline);
-        unsigned int reads_fast = 0, reads_slow = 0;
+        unsigned int reads_fast = 0, reads_slow = 0, calls = 0, buffered = 0;
 
         /* The slow tier is due on multiples of slow_every; a tick that runs after a skipped
          * multiple catches it up at once, as the fast tier does with its latest due slot. */
@@ -739,19 +797,34 @@ static void *sampler_main(void *arg)
             struct egs_tick *t = &ticks[i];
             memset(t->status, EGS_R_SKIPPED, sizeof(t->status));
             t->lost = 0;
+            t->calls = 0;
+            t->nsamples = 0;
             if (d->lost)
                 continue;
-            t->want = due & ~d->unsupported;
+            /* Buffered fields are read on slow ticks only: their samples carry their own
+             * timestamps, so reading more often would only fetch the same samples sooner. */
+            t->want = due & ~d->unsupported & (slow_due ? ~0u : ~d->buffered);
             if (t->want == 0)
                 continue;
             d->backend->read(d->backend, d, t);
+            calls += t->calls;
             if (t->lost) {
                 /* A read that failed because the device went away is not a value. */
                 d->lost = 1;
+                t->nsamples = 0;
                 for (int f = 0; f < EGS_NFIELDS; f++)
                     if (t->status[f] == EGS_R_OK)
                         t->status[f] = EGS_R_SKIPPED;
             }
+            if (t->nsamples > 1)
+                qsort(t->samples, t->nsamples, sizeof(t->samples[0]), sample_order);
+            for (unsigned int k = 0; k < t->nsamples; k++) {
+                if (EGS_SLOW_FIELDS & (1u << t->samples[k].field))
+                    reads_slow++;
+                else
+                    reads_fast++;
+            }
+            buffered += t->nsamples;
             for (int f = 0; f < EGS_NFIELDS; f++) {
                 if (t->status[f] != EGS_R_SKIPPED) {
                     if (EGS_SLOW_FIELDS & (1u << f))
@@ -759,8 +832,10 @@ static void *sampler_main(void *arg)
                     else
                         reads_fast++;
                 }
-                if (t->status[f] == EGS_R_UNSUPPORTED)
+                if (t->status[f] == EGS_R_UNSUPPORTED) {
                     d->unsupported |= 1u << f;
+                    d->path[f] = EGS_PATH_NONE;
+                }
             }
         }
 
@@ -774,6 +849,8 @@ static void *sampler_main(void *arg)
         core->reads_fast += reads_fast;
         core->reads_slow += reads_slow;
         core->slow_ticks += (unsigned long long)slow_due;
+        core->calls += calls;
+        core->buffered_reads += buffered;
         long bucket = late > 0 ? (long)(late * 1e6) : 0;
         core->late_hist[bucket < EGS_LATE_BUCKETS ? bucket : EGS_LATE_BUCKETS - 1]++;
         core->read_s += ts_diff(&read_end, &now);
@@ -928,6 +1005,21 @@ out:
     return rc;
 }
 
+struct ring_ref {
+    double ts;
+    const double *slot;
+};
+
+/* By time, and by position for equal times (the slot address grows with the write order
+ * except across the ring's wrap, where only equal-time order could differ). */
+static int ring_ref_order(const void *a, const void *b)
+{
+    const struct ring_ref *x = a, *y = b;
+    if (x->ts != y->ts)
+        return x->ts < y->ts ? -1 : 1;
+    return x->slot < y->slot ? -1 : x->slot > y->slot;
+}
+
 EGS_EXPORT int egs_ring_read(struct egs_core *core, unsigned int device, double since,
                              double *timestamps, double *values, unsigned int cap, unsigned int *n)
 {
@@ -945,23 +1037,52 @@ EGS_EXPORT int egs_ring_read(struct egs_core *core, unsigned int device, double 
     unsigned long long head = core->ring_head[device];
     unsigned long long held = head < core->ring_len ? head : core->ring_len;
     const double *base = &core->ring[(size_t)device * core->ring_len * (1 + EGS_NFIELDS)];
-    /* Samples are in time order, so find the first newer than `since` from the newest back. */
+    /* Slots are in time order but for buffered samples, folded up to ring_lag_s after they
+     * were taken: find the first slot newer than `since` from the newest back, looking that
+     * much further back, then hand out the slots newer than `since` sorted by time. */
+    const double horizon = since - core->ring_lag_s;
     unsigned long long first = head - held;
     unsigned long long k = head;
-    while (k > first && base[((k - 1) % core->ring_len) * (1 + EGS_NFIELDS)] > since)
+    while (k > first && base[((k - 1) % core->ring_len) * (1 + EGS_NFIELDS)] > horizon)
         k--;
-    unsigned long long want = head - k;
-    if (want > cap) {
-        /* Keep the newest `cap`: a flight recorder wants the moments before now. */
-        k = head - cap;
-        want = cap;
+    if (core->ring_lag_s == 0.0) {
+        unsigned long long want = head - k;
+        if (want > cap) {
+            /* Keep the newest `cap`: a flight recorder wants the moments before now. */
+            k = head - cap;
+            want = cap;
+        }
+        for (unsigned long long j = 0; j < want; j++) {
+            const double *slot = &base[((k + j) % core->ring_len) * (1 + EGS_NFIELDS)];
+            timestamps[j] = slot[0];
+            memcpy(&values[j * EGS_NFIELDS], &slot[1], EGS_NFIELDS * sizeof(double));
+        }
+        *n = (unsigned int)want;
+        goto out;
     }
-    for (unsigned long long j = 0; j < want; j++) {
-        const double *slot = &base[((k + j) % core->ring_len) * (1 + EGS_NFIELDS)];
-        timestamps[j] = slot[0];
-        memcpy(&values[j * EGS_NFIELDS], &slot[1], EGS_NFIELDS * sizeof(double));
+    struct ring_ref *refs = malloc((size_t)(head - k + 1) * sizeof(*refs));
+    if (refs == NULL) {
+        rc = EGS_E_NOMEM;
+        goto out;
     }
-    *n = (unsigned int)want;
+    size_t m = 0;
+    for (unsigned long long j = k; j < head; j++) {
+        const double *slot = &base[(j % core->ring_len) * (1 + EGS_NFIELDS)];
+        if (slot[0] > since) {
+            refs[m].ts = slot[0];
+            refs[m].slot = slot;
+            m++;
+        }
+    }
+    qsort(refs, m, sizeof(*refs), ring_ref_order);
+    size_t skip = m > cap ? m - cap : 0;   /* the newest `cap`, as above */
+    for (size_t j = skip; j < m; j++) {
+        timestamps[j - skip] = refs[j].ts;
+        memcpy(&values[(j - skip) * EGS_NFIELDS], &refs[j].slot[1], EGS_NFIELDS * sizeof(double));
+    }
+    free(refs);
+    *n = (unsigned int)(m - skip);
+    goto out;
 out:
     pthread_mutex_unlock(&core->lock);
     return rc;
@@ -994,6 +1115,8 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     out->reads_fast = core->reads_fast;
     out->reads_slow = core->reads_slow;
     out->slow_ticks = core->slow_ticks;
+    out->calls = core->calls;
+    out->buffered_reads = core->buffered_reads;
     out->slow_every = core->slow_every;
     out->events_dropped = core->ev_dropped;
     out->abandoned_threads = core->abandoned;

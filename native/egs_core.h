@@ -42,7 +42,8 @@
  *   fast: UTILIZATION + MEMORY_BUSY (one call), MEMORY_USED + MEMORY_TOTAL (one call),
  *         TEMPERATURE, POWER
  *   slow: SM_CLOCK, MEMORY_CLOCK, ENERGY, FAN          (EGS_SLOW_FIELDS)
- * Slot 0 reads both tiers, so an unsupported field is found at start. When the sampler is
+ * (Calls as the per-field path makes them; EGS_PATH_* below says how a device's driver lets
+ * the core make fewer.) Slot 0 reads both tiers, so an unsupported field is found at start. When the sampler is
  * held up past a slow slot, the next tick that runs reads the slow tier (late, as the fast
  * tier does). On a tick that does not read a field, its ring value is NaN ("not sampled")
  * and its accumulator is untouched: nothing repeats an older reading as if it were new. */
@@ -59,6 +60,23 @@
 #define EGS_NFIELDS        10
 #define EGS_SLOW_FIELDS    0x3C0  /* bits of SM_CLOCK, MEMORY_CLOCK, ENERGY, FAN (a literal:
                                    * cffi's parser takes no expressions here) */
+
+/* How a device's field is read (egs_device_info.paths[f]), cheapest first:
+ *   BUFFER: the driver's own sample buffer (nvmlDeviceGetSamples), read on the slow tier's
+ *           ticks whatever the field's tier: every sample the driver took since the last read
+ *           is folded with its own timestamp, so the detail is the driver's resolution at a
+ *           1 Hz polling cost (a drain holds the samples up to a slow period late);
+ *   BATCH:  one call per device per tick serves every such field (nvmlDeviceGetFieldValues,
+ *           amdsmi_get_gpu_metrics_info); on a tick that makes the call for a fast field,
+ *           the slow fields it also serves are taken too (they cost nothing more);
+ *   CALL:   a call of its own (or shared with its pair: utilisation, memory);
+ *   NONE:   not read (unsupported, or the device is lost).
+ * Chosen per device at start by asking the library; a field whose buffer or batch entry stops
+ * answering falls back to its own call for good, on the same tick. */
+#define EGS_PATH_NONE    0
+#define EGS_PATH_CALL    1
+#define EGS_PATH_BATCH   2
+#define EGS_PATH_BUFFER  3
 
 /* Core events. */
 #define EGS_EVENT_XID    1        /* NVML XID critical error; code = the XID */
@@ -80,6 +98,8 @@ struct egs_config {
     int events;                   /* 0 = no event thread */
     double slow_hz;               /* slow tier rate, 0 < slow_hz <= hz: read every round(hz/slow_hz)
                                    * ticks; 0 = no slow tier (every field every tick) */
+    int no_batch;                 /* nonzero: no BATCH path (every field by its own call) */
+    int no_buffers;               /* nonzero: no BUFFER path (driver sample buffers unused) */
 };
 
 struct egs_backend_info {
@@ -107,6 +127,7 @@ struct egs_device_info {
     int state;                    /* EGS_DSTATE_* */
     char lost_reason[EGS_TEXT];
     unsigned int unsupported;     /* bit mask over EGS_F_* */
+    unsigned char paths[10];      /* EGS_PATH_* per field (EGS_NFIELDS entries) */
 };
 
 /* Accumulated since the previous drain, for one (device, field). */
@@ -130,10 +151,13 @@ struct egs_event {
 struct egs_sampler_stats {
     unsigned long long ticks;
     unsigned long long late_ticks;    /* grid slots skipped because the thread was held up past them */
-    unsigned long long reads;         /* field values attempted, both tiers */
+    unsigned long long reads;         /* field values attempted, both tiers (a buffered
+                                       * sample is one read) */
     unsigned long long reads_fast;    /* of which fast-tier fields */
     unsigned long long reads_slow;    /* of which slow-tier fields (EGS_SLOW_FIELDS) */
     unsigned long long slow_ticks;    /* ticks that read the slow tier */
+    unsigned long long calls;         /* vendor library calls the sampler made */
+    unsigned long long buffered_reads;/* of the reads, samples from driver sample buffers */
     unsigned int slow_every;          /* the slow tier runs on grid slots that are multiples of this */
     double tick_late_p99_us;          /* 99th percentile of wake-up lateness */
     double thread_cpu_s;              /* CPU time of the sampler thread (CLOCK_THREAD_CPUTIME_ID) */

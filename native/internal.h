@@ -44,6 +44,15 @@ enum egs_read_status {
     EGS_R_ERROR,            /* any other failure: counted, retried next tick */
 };
 
+/* One sample out of a driver's sample buffer, with the driver's own timestamp. */
+struct egs_sample {
+    double ts;                      /* unix seconds */
+    double value;                   /* in the field's unit */
+    int field;
+};
+
+#define EGS_MAX_SAMPLES 1024        /* per device per tick; more waits for the next read */
+
 struct egs_tick {
     unsigned int want;              /* set by the sampler: bit f = read field f this tick (due in
                                      * its tier and not known unsupported) */
@@ -52,6 +61,9 @@ struct egs_tick {
     int lost;                       /* nonzero: the device went away during this read */
     long long lost_code;
     char lost_reason[EGS_TEXT];
+    unsigned int calls;             /* vendor calls this read made */
+    unsigned int nsamples;          /* buffered samples this read took (egs_add_sample) */
+    struct egs_sample samples[EGS_MAX_SAMPLES];
 };
 
 struct egs_backend;
@@ -61,9 +73,13 @@ struct egs_dev {
     struct egs_device_info info;    /* published view; written under core->lock */
     struct egs_backend *backend;
     void *handle;                   /* nvmlDevice_t / amdsmi processor handle */
-    int power_via_fields;           /* NVML: POWER_INSTANT through nvmlDeviceGetFieldValues works */
     /* Sampler-private mirrors, so the hot loop reads no shared state. */
     unsigned int unsupported;
+    unsigned int buffered;          /* fields on the BUFFER path: read on slow ticks only */
+    unsigned int batched;           /* fields on the BATCH path */
+    unsigned char path[EGS_NFIELDS];/* EGS_PATH_*; fold publishes it to info.paths */
+    unsigned long long last_seen[EGS_NFIELDS]; /* BUFFER: newest driver timestamp taken */
+    double energy_scale;            /* AMD SMI: joules per energy counter step */
     int lost;
     int events_on;                  /* AMD SMI: event notification initialised on this device,
                                      * to be stopped on close even once the device is lost */
@@ -124,6 +140,26 @@ static inline int egs_want(const struct egs_tick *t, int f)
     return !t->lost && (t->want & (1u << f));
 }
 
+/* Appends one buffered sample; 0 when the tick's sample space is full. */
+static inline int egs_add_sample(struct egs_tick *t, int f, double ts, double value)
+{
+    if (t->nsamples == EGS_MAX_SAMPLES)
+        return 0;
+    struct egs_sample *s = &t->samples[t->nsamples++];
+    s->ts = ts;
+    s->value = value;
+    s->field = f;
+    return 1;
+}
+
+/* Moves field f off its BUFFER or BATCH path onto its own call, for good. */
+static inline void egs_fall_back(struct egs_dev *d, int f)
+{
+    d->buffered &= ~(1u << f);
+    d->batched &= ~(1u << f);
+    d->path[f] = EGS_PATH_CALL;
+}
+
 /* Records one field's outcome, if the tick asked for it: a call that serves two fields gives
  * a status only to the ones asked for, so a field known unsupported is never counted again
  * because its partner is still read. */
@@ -169,7 +205,9 @@ struct egs_core {
     double realtime_offset;         /* unix time = monotonic + offset, fixed at start */
     double start_mono, stop_mono;
     unsigned long long ticks, late_ticks, reads;
-    unsigned long long reads_fast, reads_slow, slow_ticks;
+    unsigned long long reads_fast, reads_slow, slow_ticks, calls, buffered_reads;
+    double ring_lag_s;              /* the oldest a buffered sample was when folded: the ring is
+                                     * in time order but for that much (egs_ring_read) */
     unsigned int slow_every;        /* from cfg.hz / cfg.slow_hz, fixed at egs_core_new */
     double read_s, fold_s;
     unsigned int *late_hist;        /* EGS_LATE_BUCKETS */

@@ -2,18 +2,22 @@
  * nvml.c - the NVIDIA backend: NVML loaded with dlopen, never linked.
  *
  * The symbol table is filled once at open, preferring the newer versioned entry points and
- * falling back to the older ones that drivers before them export (as go-nvml does). Each
- * tick reads every field of a device with the cheapest calls that serve it: one call gives
- * both utilisation figures, one gives used and total memory, and board power comes through
- * nvmlDeviceGetFieldValues(POWER_INSTANT) where the device answers it, since
- * nvmlDeviceGetPowerUsage is a one-second average on Ampere and newer (that call remains
- * the fallback when the field stops answering). NOT_SUPPORTED marks a field unsupported for
- * the device for good; GPU_IS_LOST and RESET_REQUIRED mark the device lost; any other failure
- * is counted and retried on the next tick.
+ * falling back to the older ones that drivers before them export (as go-nvml does). At open
+ * each device is asked which figures its driver keeps sample buffers for
+ * (nvmlDeviceGetSamples: utilisation, memory busy, power, clocks) and which field ids
+ * nvmlDeviceGetFieldValues answers (POWER_INSTANT, TOTAL_ENERGY_CONSUMPTION); those fields are
+ * read that way (EGS_PATH_BUFFER, EGS_PATH_BATCH) and every other by the cheapest call that
+ * serves it: one call gives both utilisation figures, one gives used and total memory. A
+ * buffer or batch entry that stops answering moves its field to its own call for good, on the
+ * same tick; POWER_INSTANT is preferred to nvmlDeviceGetPowerUsage, a one-second average on
+ * Ampere and newer. NOT_SUPPORTED from a field's own call marks it unsupported for the device
+ * for good; GPU_IS_LOST and RESET_REQUIRED mark the device lost; any other failure is counted
+ * and retried on the next tick. Every vendor call the sampler makes is counted (t->calls).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -34,7 +38,13 @@ enum {
 
 enum { NV_CLOCK_SM = 1, NV_CLOCK_MEM = 2 };
 enum { NV_TEMPERATURE_GPU = 0 };
-enum { NV_FI_POWER_INSTANT = 186 };
+enum { NV_FI_TOTAL_ENERGY = 83, NV_FI_POWER_INSTANT = 186 };
+enum { NV_NOT_FOUND = 6 };
+/* nvmlSamplingType_t values of the buffers the catalogue can use. */
+enum {
+    NV_SAMPLES_POWER = 0, NV_SAMPLES_GPU_UTIL = 1, NV_SAMPLES_MEM_UTIL = 2,
+    NV_SAMPLES_SM_CLOCK = 5, NV_SAMPLES_MEM_CLOCK = 6,
+};
 enum { NV_EVENT_XID_CRITICAL = 0x8 };
 
 struct nv_pci_info {               /* nvmlPciInfo_t (v2/v3 layout) */
@@ -84,6 +94,11 @@ struct nv_field_value {
 
 enum { NV_VT_DOUBLE, NV_VT_UINT, NV_VT_ULONG, NV_VT_ULONGLONG, NV_VT_SLONGLONG, NV_VT_SINT, NV_VT_USHORT };
 
+struct nv_sample {                 /* nvmlSample_t */
+    unsigned long long timestamp;  /* microseconds since 1970 */
+    union nv_value value;
+};
+
 struct nv_event_data {
     nv_device device;
     unsigned long long event_type;
@@ -96,13 +111,42 @@ struct nv_event_data {
 #define NV_MEMORY_V2 ((unsigned int)sizeof(struct nv_memory_v2) | (2u << 24))
 
 _Static_assert(sizeof(struct nv_field_value) == 40, "nvmlFieldValue_t is 40 bytes");
+_Static_assert(sizeof(struct nv_sample) == 16, "nvmlSample_t is 16 bytes");
+
+/* Fields a driver sample buffer can serve, and their unit (NVML mW -> W). */
+static const struct {
+    int field;
+    int type;
+    double scale;
+} nv_buffers[] = {
+    {EGS_F_UTILIZATION, NV_SAMPLES_GPU_UTIL, 1.0},
+    {EGS_F_MEMORY_BUSY, NV_SAMPLES_MEM_UTIL, 1.0},
+    {EGS_F_POWER, NV_SAMPLES_POWER, 1e-3},
+    {EGS_F_SM_CLOCK, NV_SAMPLES_SM_CLOCK, 1.0},
+    {EGS_F_MEMORY_CLOCK, NV_SAMPLES_MEM_CLOCK, 1.0},
+};
+#define NV_NBUFFERS (sizeof(nv_buffers) / sizeof(nv_buffers[0]))
+
+/* Fields with an id for nvmlDeviceGetFieldValues (mW -> W, mJ -> J). POWER_INSTANT rather
+ * than nvmlDeviceGetPowerUsage, which is a one-second average on Ampere and newer. */
+static const struct {
+    int field;
+    unsigned int id;
+    double scale;
+} nv_batch[] = {
+    {EGS_F_POWER, NV_FI_POWER_INSTANT, 1e-3},
+    {EGS_F_ENERGY, NV_FI_TOTAL_ENERGY, 1e-3},
+};
+#define NV_NBATCH (sizeof(nv_batch) / sizeof(nv_batch[0]))
+/* Samples taken per buffer call; a buffer holding more is read again on the same tick. */
+#define NV_SAMPLE_CHUNK 128
 
 /* --- the symbol table --------------------------------------------------------------------- */
 
 enum {
     R_INIT, R_SHUTDOWN, R_ERROR_STRING, R_DRIVER_VERSION, R_COUNT, R_HANDLE, R_NAME, R_UUID,
-    R_PCI, R_UTILIZATION, R_MEMORY, R_TEMPERATURE, R_FIELD_VALUES, R_POWER, R_CLOCK, R_FAN,
-    R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE, R_COUNT_ROLES
+    R_PCI, R_UTILIZATION, R_MEMORY, R_TEMPERATURE, R_FIELD_VALUES, R_SAMPLES, R_POWER, R_CLOCK,
+    R_FAN, R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE, R_COUNT_ROLES
 };
 
 static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
@@ -119,6 +163,7 @@ static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
     [R_MEMORY] = {"memory", {"nvmlDeviceGetMemoryInfo_v2", "nvmlDeviceGetMemoryInfo"}},
     [R_TEMPERATURE] = {"temperature", {"nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature"}},
     [R_FIELD_VALUES] = {"field_values", {"nvmlDeviceGetFieldValues"}},
+    [R_SAMPLES] = {"samples", {"nvmlDeviceGetSamples"}},
     [R_POWER] = {"power_usage", {"nvmlDeviceGetPowerUsage"}},
     [R_CLOCK] = {"clock", {"nvmlDeviceGetClockInfo"}},
     [R_FAN] = {"fan_speed", {"nvmlDeviceGetFanSpeed"}},
@@ -153,10 +198,17 @@ typedef nv_return (*fn_dev_ull)(nv_device, unsigned long long *);
 typedef nv_return (*fn_temperature)(nv_device, int, unsigned int *);
 typedef nv_return (*fn_clock)(nv_device, int, unsigned int *);
 typedef nv_return (*fn_field_values)(nv_device, int, struct nv_field_value *);
+typedef nv_return (*fn_samples)(nv_device, int, unsigned long long, int *, unsigned int *,
+                                struct nv_sample *);
 typedef nv_return (*fn_set_create)(nv_event_set *);
 typedef nv_return (*fn_register)(nv_device, unsigned long long, nv_event_set);
 typedef nv_return (*fn_wait)(nv_event_set, struct nv_event_data *, unsigned int);
 typedef nv_return (*fn_set_free)(nv_event_set);
+
+static nv_device h_of(const struct egs_dev *d)
+{
+    return d->handle;
+}
 
 static const char *nv_error(const struct nv_lib *lib, nv_return rc, char *buf, size_t cap)
 {
@@ -199,15 +251,15 @@ static double nv_value_as_double(int type, const union nv_value *v)
     }
 }
 
-static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t)
+static void nv_read_calls(const struct nv_lib *lib, struct egs_dev *d, struct egs_tick *t)
 {
-    const struct nv_lib *lib = b->impl;
     nv_device h = d->handle;
     nv_return rc;
     unsigned char s;
 
     if (egs_want(t, EGS_F_UTILIZATION) || egs_want(t, EGS_F_MEMORY_BUSY)) {
         struct nv_utilization u = {0, 0};
+        t->calls++;
         rc = EGS_FN(lib, R_UTILIZATION, fn_dev_ptr)(h, &u);
         s = nv_classify(lib, rc, lib->roles[R_UTILIZATION].symbol, t);
         egs_put(t, EGS_F_UTILIZATION, s, u.gpu);
@@ -217,11 +269,13 @@ static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
         unsigned long long used = 0, total = 0;
         if (lib->memory_v2) {
             struct nv_memory_v2 m = {.version = NV_MEMORY_V2};
+            t->calls++;
             rc = EGS_FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
             used = m.used;
             total = m.total;
         } else {
             struct nv_memory m;
+            t->calls++;
             rc = EGS_FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
             used = m.used;
             total = m.total;
@@ -234,10 +288,12 @@ static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
         double c;
         if (lib->temperature_v) {
             struct nv_temperature v = {.version = NV_TEMPERATURE_V1, .sensor_type = NV_TEMPERATURE_GPU};
+            t->calls++;
             rc = EGS_FN(lib, R_TEMPERATURE, fn_dev_ptr)(h, &v);
             c = v.temperature;
         } else {
             unsigned int ui = 0;
+            t->calls++;
             rc = EGS_FN(lib, R_TEMPERATURE, fn_temperature)(h, NV_TEMPERATURE_GPU, &ui);
             c = ui;
         }
@@ -245,46 +301,157 @@ static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t
     }
     /* NVML gives power in mW and energy in mJ; the core hands out W and J. */
     if (egs_want(t, EGS_F_POWER)) {
-        if (d->power_via_fields) {
-            struct nv_field_value fv = {.field_id = NV_FI_POWER_INSTANT};
-            rc = EGS_FN(lib, R_FIELD_VALUES, fn_field_values)(h, 1, &fv);
-            /* The call can succeed while the entry fails: the entry's own code decides. */
-            if (rc == NV_SUCCESS)
-                rc = fv.ret;
-            s = nv_classify(lib, rc, lib->roles[R_FIELD_VALUES].symbol, t);
-            egs_put(t, EGS_F_POWER, s, nv_value_as_double(fv.value_type, &fv.value) / 1000.0);
-            /* POWER_INSTANT can stop answering mid-run (a driver update, a MIG change) while
-             * the older averaged call still works: switch to it for good, at once, and let
-             * power be unsupported only when that call says so too. */
-            if (s == EGS_R_UNSUPPORTED && lib->roles[R_POWER].fn != NULL)
-                d->power_via_fields = 0;
-        }
-        if (!d->power_via_fields) {
-            unsigned int mw = 0;
-            rc = EGS_FN(lib, R_POWER, fn_dev_uint)(h, &mw);
-            egs_put(t, EGS_F_POWER, nv_classify(lib, rc, lib->roles[R_POWER].symbol, t), mw / 1000.0);
-        }
+        unsigned int mw = 0;
+        t->calls++;
+        t->calls++;
+        rc = EGS_FN(lib, R_POWER, fn_dev_uint)(h, &mw);
+        egs_put(t, EGS_F_POWER, nv_classify(lib, rc, lib->roles[R_POWER].symbol, t), mw / 1000.0);
     }
     if (egs_want(t, EGS_F_SM_CLOCK)) {
         unsigned int mhz = 0;
+        t->calls++;
         rc = EGS_FN(lib, R_CLOCK, fn_clock)(h, NV_CLOCK_SM, &mhz);
         egs_put(t, EGS_F_SM_CLOCK, nv_classify(lib, rc, lib->roles[R_CLOCK].symbol, t), mhz);
     }
     if (egs_want(t, EGS_F_MEMORY_CLOCK)) {
         unsigned int mhz = 0;
+        t->calls++;
         rc = EGS_FN(lib, R_CLOCK, fn_clock)(h, NV_CLOCK_MEM, &mhz);
         egs_put(t, EGS_F_MEMORY_CLOCK, nv_classify(lib, rc, lib->roles[R_CLOCK].symbol, t), mhz);
     }
     if (egs_want(t, EGS_F_ENERGY)) {
         unsigned long long mj = 0;
+        t->calls++;
         rc = EGS_FN(lib, R_ENERGY, fn_dev_ull)(h, &mj);
         egs_put(t, EGS_F_ENERGY, nv_classify(lib, rc, lib->roles[R_ENERGY].symbol, t), (double)mj / 1000.0);
     }
     if (egs_want(t, EGS_F_FAN)) {
         unsigned int pct = 0;
+        t->calls++;
         rc = EGS_FN(lib, R_FAN, fn_dev_uint)(h, &pct);
         egs_put(t, EGS_F_FAN, nv_classify(lib, rc, lib->roles[R_FAN].symbol, t), pct);
     }
+}
+
+/* Whether an answer means "this path does not serve the field": the field moves to its own
+ * call (the driver may still answer that one, as when POWER_INSTANT stops after a driver
+ * update or a MIG change while the averaged power call works). */
+static int nv_path_gone(nv_return rc)
+{
+    return rc == NV_NOT_SUPPORTED || rc == NV_FUNCTION_NOT_FOUND;
+}
+
+/* The role of field f's own call. */
+static int nv_call_role(int f)
+{
+    switch (f) {
+    case EGS_F_UTILIZATION: case EGS_F_MEMORY_BUSY: return R_UTILIZATION;
+    case EGS_F_MEMORY_USED: case EGS_F_MEMORY_TOTAL: return R_MEMORY;
+    case EGS_F_TEMPERATURE: return R_TEMPERATURE;
+    case EGS_F_POWER: return R_POWER;
+    case EGS_F_SM_CLOCK: case EGS_F_MEMORY_CLOCK: return R_CLOCK;
+    case EGS_F_ENERGY: return R_ENERGY;
+    default: return R_FAN;
+    }
+}
+
+/* Field f's buffer or batch entry said it does not serve f: its own call from now on, or
+ * unsupported when this NVML has no such call. */
+static void nv_path_lost(const struct nv_lib *lib, struct egs_dev *d, struct egs_tick *t, int f)
+{
+    egs_fall_back(d, f);
+    if (lib->roles[nv_call_role(f)].fn == NULL) {
+        d->path[f] = EGS_PATH_NONE;
+        egs_put(t, f, EGS_R_UNSUPPORTED, 0.0);
+    }
+}
+
+/* The BUFFER fields of t->want: every sample since the last one taken, oldest first. */
+static void nv_read_buffers(const struct nv_lib *lib, struct egs_dev *d, struct egs_tick *t)
+{
+    struct nv_sample buf[NV_SAMPLE_CHUNK];
+    for (unsigned int k = 0; k < NV_NBUFFERS; k++) {
+        const int f = nv_buffers[k].field;
+        if (!(d->buffered & (1u << f)) || !egs_want(t, f))
+            continue;
+        for (;;) {
+            int type = 0;
+            unsigned int n = NV_SAMPLE_CHUNK;
+            t->calls++;
+            nv_return rc = EGS_FN(lib, R_SAMPLES, fn_samples)(h_of(d), nv_buffers[k].type,
+                                                              d->last_seen[f], &type, &n, buf);
+            if (rc == NV_NOT_FOUND)       /* no sample since last_seen */
+                break;
+            if (rc != NV_SUCCESS) {
+                if (nv_path_gone(rc))
+                    nv_path_lost(lib, d, t, f);
+                else
+                    egs_put(t, f, nv_classify(lib, rc, lib->roles[R_SAMPLES].symbol, t), 0.0);
+                break;
+            }
+            unsigned int taken = 0;
+            for (unsigned int j = 0; j < n && j < NV_SAMPLE_CHUNK; j++) {
+                if (buf[j].timestamp <= d->last_seen[f])
+                    continue;
+                if (!egs_add_sample(t, f, buf[j].timestamp * 1e-6,
+                                    nv_value_as_double(type, &buf[j].value) * nv_buffers[k].scale))
+                    break;
+                d->last_seen[f] = buf[j].timestamp;
+                taken++;
+            }
+            if (n < NV_SAMPLE_CHUNK || taken == 0)
+                break;
+        }
+    }
+}
+
+/* The BATCH fields of t->want, in one nvmlDeviceGetFieldValues call. The call can succeed
+ * while single entries fail: each entry's own code decides. */
+static void nv_read_batch(const struct nv_lib *lib, struct egs_dev *d, struct egs_tick *t)
+{
+    struct nv_field_value fv[NV_NBATCH];
+    int which[NV_NBATCH];
+    int n = 0;
+    memset(fv, 0, sizeof(fv));
+    for (unsigned int k = 0; k < NV_NBATCH; k++) {
+        if ((d->batched & (1u << nv_batch[k].field)) && egs_want(t, nv_batch[k].field)) {
+            fv[n].field_id = nv_batch[k].id;
+            which[n++] = (int)k;
+        }
+    }
+    if (n == 0)
+        return;
+    t->calls++;
+    nv_return call = EGS_FN(lib, R_FIELD_VALUES, fn_field_values)(h_of(d), n, fv);
+    for (int j = 0; j < n; j++) {
+        const int f = nv_batch[which[j]].field;
+        nv_return rc = call == NV_SUCCESS ? fv[j].ret : call;
+        if (nv_path_gone(rc)) {
+            nv_path_lost(lib, d, t, f);
+            continue;
+        }
+        egs_put(t, f, nv_classify(lib, rc, lib->roles[R_FIELD_VALUES].symbol, t),
+                nv_value_as_double(fv[j].value_type, &fv[j].value) * nv_batch[which[j]].scale);
+    }
+}
+
+/* Buffers, then the batch, then every other wanted field by its own call - including a field
+ * that fell back from a buffer or the batch on this very tick, so it is not missed. */
+static void nv_read(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t)
+{
+    const struct nv_lib *lib = b->impl;
+    const unsigned int want = t->want;
+    if (d->buffered & want)
+        nv_read_buffers(lib, d, t);
+    if (d->batched & want)
+        nv_read_batch(lib, d, t);
+    unsigned int done = 0;
+    for (int f = 0; f < EGS_NFIELDS; f++)
+        if (t->status[f] != EGS_R_SKIPPED)
+            done |= 1u << f;
+    t->want = want & ~d->buffered & ~d->batched & ~done;
+    nv_read_calls(lib, d, t);
+    t->want = want;
 }
 
 /* Fields whose serving symbol the library lacks are unsupported on every device. */
@@ -308,14 +475,58 @@ static unsigned int nv_missing_fields(const struct nv_lib *lib)
     return mask;
 }
 
-/* Decides, once per device, whether POWER_INSTANT answers through the batched call. */
-static int nv_power_via_fields(const struct nv_lib *lib, nv_device h)
+/* Unix microseconds now: where a device's buffers start, so a run folds no sample from
+ * before it. */
+static unsigned long long nv_now_us(void)
 {
-    if (lib->roles[R_FIELD_VALUES].fn == NULL)
-        return 0;
-    struct nv_field_value fv = {.field_id = NV_FI_POWER_INSTANT};
-    nv_return rc = EGS_FN(lib, R_FIELD_VALUES, fn_field_values)(h, 1, &fv);
-    return rc == NV_SUCCESS && fv.ret == NV_SUCCESS;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000u;
+}
+
+/* Chooses, once per device, each field's path: a sample buffer the driver keeps for it, else
+ * an id nvmlDeviceGetFieldValues answers, else its own call (egs_core.h, EGS_PATH_*). */
+static void nv_choose_paths(const struct egs_core *core, const struct nv_lib *lib, struct egs_dev *d)
+{
+    nv_device h = d->handle;
+    d->buffered = d->batched = 0;
+    if (lib->roles[R_SAMPLES].fn != NULL && !core->cfg.no_buffers) {
+        unsigned long long now = nv_now_us();
+        for (unsigned int k = 0; k < NV_NBUFFERS; k++) {
+            int type = 0;
+            unsigned int n = 0;
+            /* NULL asks only how many samples there are; NOT_FOUND is an empty buffer. */
+            nv_return rc = EGS_FN(lib, R_SAMPLES, fn_samples)(h, nv_buffers[k].type, now, &type, &n, NULL);
+            if (rc == NV_SUCCESS || rc == NV_NOT_FOUND) {
+                d->buffered |= 1u << nv_buffers[k].field;
+                d->last_seen[nv_buffers[k].field] = now;
+            }
+        }
+    }
+    if (lib->roles[R_FIELD_VALUES].fn != NULL) {
+        struct nv_field_value fv[NV_NBATCH];
+        memset(fv, 0, sizeof(fv));
+        for (unsigned int k = 0; k < NV_NBATCH; k++)
+            fv[k].field_id = nv_batch[k].id;
+        if (EGS_FN(lib, R_FIELD_VALUES, fn_field_values)(h, (int)NV_NBATCH, fv) == NV_SUCCESS) {
+            for (unsigned int k = 0; k < NV_NBATCH; k++) {
+                const int f = nv_batch[k].field;
+                if (fv[k].ret != NV_SUCCESS || (d->buffered & (1u << f)))
+                    continue;
+                /* With batching off, POWER_INSTANT still beats the averaged call: it stays,
+                 * as the one entry of its own nvmlDeviceGetFieldValues call. */
+                if (!core->cfg.no_batch || f == EGS_F_POWER)
+                    d->batched |= 1u << f;
+            }
+        }
+    }
+    /* A buffer or the batch serves a field this NVML has no call of its own for. */
+    d->unsupported &= ~(d->buffered | d->batched);
+    for (int f = 0; f < EGS_NFIELDS; f++)
+        d->path[f] = (d->unsupported & (1u << f)) ? EGS_PATH_NONE
+                     : (d->buffered & (1u << f)) ? EGS_PATH_BUFFER
+                     : (d->batched & (1u << f)) ? EGS_PATH_BATCH : EGS_PATH_CALL;
+    memcpy(d->info.paths, d->path, sizeof(d->info.paths));
 }
 
 static int nv_wait_event(struct egs_backend *b, struct egs_core *core, int timeout_ms)
@@ -389,8 +600,8 @@ static void nv_label(const struct nv_lib *lib, int role, nv_device h, char *out,
         snprintf(out, cap, "unknown (%s returned an empty string)", lib->roles[role].symbol);
 }
 
-static void nv_describe(const struct nv_lib *lib, struct egs_dev *d, unsigned int i, nv_device h,
-                        unsigned int missing)
+static void nv_describe(const struct egs_core *core, const struct nv_lib *lib, struct egs_dev *d,
+                        unsigned int i, nv_device h, unsigned int missing)
 {
     d->handle = h;
     d->info.vendor_index = i;
@@ -405,10 +616,10 @@ static void nv_describe(const struct nv_lib *lib, struct egs_dev *d, unsigned in
             snprintf(d->info.pci_bus_id, sizeof(d->info.pci_bus_id), "%.*s", (int)cap, id);
         }
     }
-    d->power_via_fields = nv_power_via_fields(lib, h);
-    d->unsupported = missing;
-    if (!d->power_via_fields && lib->roles[R_POWER].fn == NULL)
-        d->unsupported |= 1u << EGS_F_POWER;
+    d->unsupported = missing | (1u << EGS_F_POWER);   /* until a path for it is found */
+    if (lib->roles[R_POWER].fn != NULL)
+        d->unsupported &= ~(1u << EGS_F_POWER);
+    nv_choose_paths(core, lib, d);
     d->info.unsupported = d->unsupported;
 }
 
@@ -464,7 +675,7 @@ static int nv_open(struct egs_core *core, struct egs_backend *b)
                      nv_error(lib, rc, msg, sizeof(msg)));
             continue;
         }
-        nv_describe(lib, d, i, h, missing);
+        nv_describe(core, lib, d, i, h, missing);
     }
     return EGS_OK;
 }

@@ -331,12 +331,6 @@ SIM_EXPORT uint32_t amdsmi_get_gpu_metrics_header_info(void *a0, void *a1)
     return AMDSMI_STATUS_NOT_SUPPORTED;
 }
 
-SIM_EXPORT uint32_t amdsmi_get_gpu_metrics_info(void *a0, void *a1)
-{
-    (void)a0; (void)a1;
-    return AMDSMI_STATUS_NOT_SUPPORTED;
-}
-
 SIM_EXPORT uint32_t amdsmi_get_gpu_pm_metrics_info(void *a0, void *a1, void *a2)
 {
     (void)a0; (void)a1; (void)a2;

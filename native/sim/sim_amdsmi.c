@@ -160,6 +160,7 @@ static struct sim_lib g_sim = {
     .codes = {AMDSMI_STATUS_SUCCESS, AMDSMI_STATUS_NOT_INIT, AMDSMI_STATUS_INVAL,
               AMDSMI_STATUS_NOT_FOUND, AMDSMI_STATUS_INIT_ERROR},
     .lock = PTHREAD_RWLOCK_INITIALIZER,
+    .count_mu = PTHREAD_MUTEX_INITIALIZER,
 };
 static pthread_mutex_t g_notif_mu = PTHREAD_MUTEX_INITIALIZER;
 static struct amd_socket g_sockets[SIM_MAX_GPUS];
@@ -201,16 +202,19 @@ static void setup_sockets(void)
 /* Without the GPU flag (a CPU-only init) no GPU is enumerated, as with the real library. */
 SIM_EXPORT amdsmi_status_t amdsmi_init(uint64_t flags)
 {
+    SIM_COUNT(&g_sim);
     return sim_init(&g_sim, (flags & AMDSMI_INIT_AMD_GPUS) != 0, init_error_code, setup_sockets);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_shut_down(void)
 {
+    SIM_COUNT(&g_sim);
     return sim_shut_down(&g_sim);
 }
 
 SIM_EXPORT amdsmi_status_t amdsmi_status_code_to_string(amdsmi_status_t status, const char **out)
 {
+    SIM_COUNT(&g_sim);
     if (!out)
         return AMDSMI_STATUS_INVAL;
     switch (status) {
@@ -245,6 +249,13 @@ SIM_EXPORT const char *egs_sim_amdsmi_scenario(void)
     return sim_scenario_in_use(&g_sim);
 }
 
+/* How many times each exported AMD SMI function was called (egs_sim_nvml_calls' twin). */
+SIM_EXPORT unsigned int egs_sim_amdsmi_calls(unsigned int cap, const char **names,
+                                             unsigned long long *counts, int reset)
+{
+    return sim_calls(&g_sim, cap, names, counts, reset);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Query helpers                                                                              */
 
@@ -270,6 +281,7 @@ static amdsmi_status_t fill_handles(uint32_t *count, void **handles, void *const
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_socket_handles(uint32_t *count, void **handles)
 {
+    SIM_COUNT(&g_sim);
     void *items[SIM_MAX_GPUS];
     amdsmi_status_t rc = sim_lock_initialized(&g_sim);
     if (rc != AMDSMI_STATUS_SUCCESS)
@@ -281,6 +293,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_socket_handles(uint32_t *count, void **han
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_socket_info(void *socket, size_t len, char *name)
 {
+    SIM_COUNT(&g_sim);
     amdsmi_status_t rc = sim_lock_initialized(&g_sim);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
@@ -296,6 +309,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_socket_info(void *socket, size_t len, char
 SIM_EXPORT amdsmi_status_t amdsmi_get_processor_handles(void *socket, uint32_t *count,
                                                         void **handles)
 {
+    SIM_COUNT(&g_sim);
     void *items[SIM_MAX_GPUS];
     uint32_t n = 0;
     amdsmi_status_t rc = sim_lock_initialized(&g_sim);
@@ -314,6 +328,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_processor_handles(void *socket, uint32_t *
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_processor_type(void *h, uint32_t *type)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, type, &g, &t);
@@ -325,6 +340,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_processor_type(void *h, uint32_t *type)
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_device_uuid(void *h, uint32_t *len, char *uuid)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, uuid, &g, &t);
@@ -344,6 +360,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_device_uuid(void *h, uint32_t *len, ch
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_device_bdf(void *h, uint64_t *bdf)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, bdf, &g, &t);
@@ -357,6 +374,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_device_bdf(void *h, uint64_t *bdf)
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_id(void *h, uint16_t *id)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, id, &g, &t);
@@ -368,6 +386,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_id(void *h, uint16_t *id)
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_vendor_name(void *h, char *name, size_t len)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, name, &g, &t);
@@ -381,6 +400,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_vendor_name(void *h, char *name, size_
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_driver_info(void *h, amdsmi_driver_info_t *info)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, info, &g, &t);
@@ -396,6 +416,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_driver_info(void *h, amdsmi_driver_inf
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_asic_info(void *h, amdsmi_asic_info_t *info)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, info, &g, &t);
@@ -423,6 +444,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_asic_info(void *h, amdsmi_asic_info_t 
 SIM_EXPORT amdsmi_status_t amdsmi_get_temp_metric(void *h, uint32_t type, uint32_t metric,
                                                   int64_t *value)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, v;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, value, &g, &t);
@@ -438,6 +460,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_temp_metric(void *h, uint32_t type, uint32
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_activity(void *h, amdsmi_engine_usage_t *usage)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, gfx, umc;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, usage, &g, &t);
@@ -455,6 +478,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_activity(void *h, amdsmi_engine_usage_
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_vram_usage(void *h, amdsmi_vram_usage_t *vram)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, mib;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, vram, &g, &t);
@@ -482,6 +506,7 @@ static double power_average_w(const struct sim_gpu *g, double t, double instant)
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_power_info(void *h, amdsmi_power_info_t *info)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, w;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, info, &g, &t);
@@ -502,6 +527,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_power_info(void *h, amdsmi_power_info_t *i
 
 SIM_EXPORT amdsmi_status_t amdsmi_get_clock_info(void *h, uint32_t type, amdsmi_clk_info_t *info)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, mhz;
     int field;
@@ -526,6 +552,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_clock_info(void *h, uint32_t type, amdsmi_
 SIM_EXPORT amdsmi_status_t amdsmi_get_energy_count(void *h, uint64_t *accumulator,
                                                    float *resolution, uint64_t *timestamp)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, joules;
     struct timespec now;
@@ -544,11 +571,87 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_energy_count(void *h, uint64_t *accumulato
     return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
+/*
+ * The whole metrics table in one call (amdsmi_gpu_metrics_t, packed, 4544 bytes in amdsmi
+ * 7.0.2). Only its head is simulated; every other figure reads as the library's N/A marker
+ * (all bits set), as AMD SMI reports what a part's firmware table lacks. A field the scenario
+ * does not support is N/A here too, while the call itself succeeds.
+ */
+#pragma pack(push, 1)
+struct gpu_metrics_head {
+    uint16_t structure_size;
+    uint8_t format_revision, content_revision;
+    uint16_t temperature_edge, temperature_hotspot, temperature_mem;
+    uint16_t temperature_vrgfx, temperature_vrsoc, temperature_vrmem;
+    uint16_t average_gfx_activity, average_umc_activity, average_mm_activity;
+    uint16_t average_socket_power;
+    uint64_t energy_accumulator;
+    uint64_t system_clock_counter;
+    uint16_t average_gfxclk_frequency, average_socclk_frequency, average_uclk_frequency;
+    uint16_t average_vclk0_frequency, average_dclk0_frequency, average_vclk1_frequency;
+    uint16_t average_dclk1_frequency;
+    uint16_t current_gfxclk, current_socclk, current_uclk, current_vclk0, current_dclk0;
+    uint16_t current_vclk1, current_dclk1;
+    uint32_t throttle_status;
+};
+#pragma pack(pop)
+#define GPU_METRICS_SIZE 4544
+#define GPU_METRICS_CURRENT_SOCKET_POWER 120 /* offset of current_socket_power (uint16) */
+typedef union {
+    struct gpu_metrics_head head;
+    unsigned char bytes[GPU_METRICS_SIZE];
+} amdsmi_gpu_metrics_t;
+_Static_assert(sizeof(struct gpu_metrics_head) == 72, "amdsmi_gpu_metrics_t head layout");
+_Static_assert(sizeof(amdsmi_gpu_metrics_t) == 4544, "amdsmi_gpu_metrics_t layout");
+
+static uint16_t metric_u16(const struct sim_gpu *g, int field, double t)
+{
+    double v;
+    if (sim_gpu_field(g, field, t, &v) != 0)
+        return NA_U16;
+    return v >= 65534.0 ? 65534 : (uint16_t)llround(v);
+}
+
+SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_metrics_info(void *h, amdsmi_gpu_metrics_t *out)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t, v;
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, out, &g, &t);
+    if (rc != AMDSMI_STATUS_SUCCESS)
+        return rc;
+    memset(out, 0xFF, GPU_METRICS_SIZE);
+    struct gpu_metrics_head m;
+    memset(&m, 0xFF, sizeof m);
+    m.structure_size = 128;       /* the kernel table's own size, v1.3 */
+    m.format_revision = 1;
+    m.content_revision = 3;
+    m.temperature_edge = metric_u16(g, SIM_F_TEMPERATURE, t);
+    m.average_gfx_activity = metric_u16(g, SIM_F_UTILIZATION, t);
+    m.average_umc_activity = metric_u16(g, SIM_F_MEMORY_BUSY, t);
+    uint16_t current_power = metric_u16(g, SIM_F_POWER, t);
+    if (sim_gpu_field(g, SIM_F_POWER, t, &v) == 0) {
+        double avg = power_average_w(g, t, v);
+        m.average_socket_power = avg >= 65534.0 ? 65534 : (uint16_t)llround(avg);
+    }
+    if (sim_gpu_field(g, SIM_F_ENERGY, t, &v) == 0)
+        m.energy_accumulator = (uint64_t)llround(v * 1e6 / (double)SIM_ENERGY_RESOLUTION_UJ);
+    m.current_gfxclk = metric_u16(g, SIM_F_SM_CLOCK, t);
+    m.current_uclk = metric_u16(g, SIM_F_MEMORY_CLOCK, t);
+    m.average_gfxclk_frequency = m.current_gfxclk;
+    m.average_uclk_frequency = m.current_uclk;
+    m.throttle_status = 0;
+    out->head = m;
+    memcpy(out->bytes + GPU_METRICS_CURRENT_SOCKET_POWER, &current_power, sizeof current_power);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Event notification                                                                         */
 
 SIM_EXPORT amdsmi_status_t amdsmi_init_gpu_event_notification(void *h)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, h, &g, &t);
@@ -565,6 +668,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_init_gpu_event_notification(void *h)
 
 SIM_EXPORT amdsmi_status_t amdsmi_set_gpu_event_notification_mask(void *h, uint64_t mask)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     amdsmi_status_t rc = sim_begin_query(&g_sim, h, h, &g, &t);
@@ -583,6 +687,7 @@ SIM_EXPORT amdsmi_status_t amdsmi_set_gpu_event_notification_mask(void *h, uint6
 
 SIM_EXPORT amdsmi_status_t amdsmi_stop_gpu_event_notification(void *h)
 {
+    SIM_COUNT(&g_sim);
     amdsmi_status_t rc = sim_lock_initialized(&g_sim);
     if (rc != AMDSMI_STATUS_SUCCESS)
         return rc;
@@ -640,6 +745,7 @@ static int collect_events(void *arg, double t, double *next)
 SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_event_notification(int32_t timeout_ms, uint32_t *num_elem,
                                                              amdsmi_evt_notification_data_t *data)
 {
+    SIM_COUNT(&g_sim);
     if (!num_elem || !data || *num_elem == 0)
         return AMDSMI_STATUS_INVAL;
     double deadline = sim_now() + (timeout_ms > 0 ? timeout_ms : 0) / 1000.0;

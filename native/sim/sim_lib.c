@@ -5,6 +5,8 @@
 #include "sim_lib.h"
 
 #include <math.h>
+#include <string.h>
+#include <time.h>
 
 int sim_init(struct sim_lib *lib, int enumerate, int (*init_error)(const struct sim_scenario *),
              void (*setup)(void))
@@ -33,6 +35,9 @@ int sim_init(struct sim_lib *lib, int enumerate, int (*init_error)(const struct 
     if (setup != NULL)
         setup();
     lib->t0 = sim_now();
+    struct timespec real;
+    clock_gettime(CLOCK_REALTIME, &real);
+    lib->t0_unix_us = (long long)real.tv_sec * 1000000LL + real.tv_nsec / 1000;
     lib->refcount = 1;
 out:
     pthread_rwlock_unlock(&lib->lock);
@@ -152,4 +157,45 @@ int sim_wait_events(struct sim_lib *lib, double deadline, int (*claim)(void *arg
 uint32_t sim_to_u32(double v)
 {
     return v >= 4294967295.0 ? UINT32_MAX : (uint32_t)llround(v);
+}
+
+void sim_count(struct sim_lib *lib, const char *fn)
+{
+    unsigned int n = atomic_load_explicit(&lib->n_counted, memory_order_acquire);
+    for (unsigned int i = 0; i < n; i++) {
+        if (lib->counted[i].fn == fn) {
+            atomic_fetch_add_explicit(&lib->counted[i].n, 1, memory_order_relaxed);
+            return;
+        }
+    }
+    pthread_mutex_lock(&lib->count_mu);
+    n = atomic_load_explicit(&lib->n_counted, memory_order_relaxed);
+    unsigned int i = 0;
+    while (i < n && lib->counted[i].fn != fn)
+        i++;
+    if (i == n && n < SIM_MAX_COUNTED) {
+        lib->counted[n].fn = fn;
+        atomic_store_explicit(&lib->counted[n].n, 0, memory_order_relaxed);
+        atomic_store_explicit(&lib->n_counted, n + 1, memory_order_release);
+    }
+    if (i < SIM_MAX_COUNTED)
+        atomic_fetch_add_explicit(&lib->counted[i].n, 1, memory_order_relaxed);
+    pthread_mutex_unlock(&lib->count_mu);
+}
+
+unsigned int sim_calls(struct sim_lib *lib, unsigned int cap, const char **names,
+                       unsigned long long *counts, int reset)
+{
+    unsigned int n = atomic_load_explicit(&lib->n_counted, memory_order_acquire);
+    for (unsigned int i = 0; i < n; i++) {
+        unsigned long long c = reset ? atomic_exchange(&lib->counted[i].n, 0)
+                                     : atomic_load(&lib->counted[i].n);
+        if (i < cap) {
+            if (names != NULL)
+                names[i] = lib->counted[i].fn;
+            if (counts != NULL)
+                counts[i] = c;
+        }
+    }
+    return n;
 }

@@ -16,6 +16,7 @@
 #define EGS_SIM_LIB_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -39,6 +40,13 @@ struct sim_codes {
     int bad_scenario;               /* the scenario file could not be read */
 };
 
+/* Calls of one exported function since the library was loaded (or last reset). */
+#define SIM_MAX_COUNTED 128
+struct sim_counter {
+    const char *fn;                 /* the function's __func__: one pointer per function */
+    atomic_ullong n;
+};
+
 struct sim_lib {
     const char *name;               /* prefixes scenario errors: "libnvidia-ml" */
     int vendor;                     /* SIM_VENDOR_*: whose GPUs of the scenario it serves */
@@ -49,7 +57,23 @@ struct sim_lib {
     unsigned int ndevs;
     int refcount;
     double t0;                      /* sim_now() at the first init: scenario time 0 */
+    long long t0_unix_us;           /* CLOCK_REALTIME at that moment, microseconds: driver
+                                     * timestamps of scenario time t are t0_unix_us + t x 1e6 */
+    /* Call counts per exported function, so a test or bench sees exactly how many library
+     * calls a reader made. Appended under count_mu, read without it (n_counted is published
+     * after the slot is filled). */
+    struct sim_counter counted[SIM_MAX_COUNTED];
+    atomic_uint n_counted;
+    pthread_mutex_t count_mu;
 };
+
+/* Counts one call of the exported function `fn` (its __func__). */
+void sim_count(struct sim_lib *lib, const char *fn);
+#define SIM_COUNT(lib) sim_count((lib), __func__)
+/* Copies up to `cap` (name, count) pairs of the functions called so far and returns how many
+ * there are; reset != 0 zeroes every count after copying. */
+unsigned int sim_calls(struct sim_lib *lib, unsigned int cap, const char **names,
+                       unsigned long long *counts, int reset);
 
 /* The library's init. The first one loads the scenario, fails with init_error(scenario)
  * when that is nonzero, enumerates the vendor's GPUs (none when `enumerate` is 0) and runs

@@ -149,6 +149,12 @@ typedef struct {
     nvmlValue_t value;
 } nvmlFieldValue_t;
 
+/* One entry of a driver-side sample buffer (nvmlDeviceGetSamples). */
+typedef struct {
+    unsigned long long timeStamp;   /* microseconds since 1970 */
+    nvmlValue_t sampleValue;
+} nvmlSample_t;
+
 typedef struct {
     nvmlDevice_t device;
     unsigned long long eventType;
@@ -171,6 +177,7 @@ _Static_assert(sizeof(nvmlMemory_v2_t) == 40, "nvmlMemory_v2_t layout");
 _Static_assert(sizeof(nvmlMemory_t) == 24, "nvmlMemory_t layout");
 _Static_assert(sizeof(nvmlUtilization_t) == 8, "nvmlUtilization_t layout");
 _Static_assert(sizeof(nvmlEventData_t) == 32, "nvmlEventData_t layout");
+_Static_assert(sizeof(nvmlSample_t) == 16, "nvmlSample_t layout");
 
 #define EVENT_SET_MAGIC 0x45475345u /* "EGSE": catches stale or foreign pointers */
 
@@ -189,6 +196,7 @@ static struct sim_lib g_sim = {
     .codes = {NVML_SUCCESS, NVML_ERROR_UNINITIALIZED, NVML_ERROR_INVALID_ARGUMENT,
               NVML_ERROR_GPU_IS_LOST, NVML_ERROR_UNKNOWN},
     .lock = PTHREAD_RWLOCK_INITIALIZER,
+    .count_mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
 /* ------------------------------------------------------------------------------------------ */
@@ -207,29 +215,34 @@ static nvmlReturn_t init_common(void)
 
 SIM_EXPORT nvmlReturn_t nvmlInit(void)
 {
+    SIM_COUNT(&g_sim);
     return init_common();
 }
 
 #ifndef SIM_NVML_LEGACY
 SIM_EXPORT nvmlReturn_t nvmlInit_v2(void)
 {
+    SIM_COUNT(&g_sim);
     return init_common();
 }
 #endif
 
 SIM_EXPORT nvmlReturn_t nvmlInitWithFlags(unsigned int flags)
 {
+    SIM_COUNT(&g_sim);
     (void)flags; /* NO_GPUS / NO_ATTACH change nothing for simulated devices */
     return init_common();
 }
 
 SIM_EXPORT nvmlReturn_t nvmlShutdown(void)
 {
+    SIM_COUNT(&g_sim);
     return sim_shut_down(&g_sim);
 }
 
 SIM_EXPORT const char *nvmlErrorString(nvmlReturn_t result)
 {
+    SIM_COUNT(&g_sim);
     switch (result) {
     case NVML_SUCCESS: return "Success";
     case NVML_ERROR_UNINITIALIZED: return "Uninitialized";
@@ -273,6 +286,17 @@ SIM_EXPORT const char *egs_sim_nvml_scenario(void)
     return sim_scenario_in_use(&g_sim);
 }
 
+/*
+ * Not part of the vendor API either: how many times each exported NVML function was called in
+ * this process (sim_calls in sim_lib.h), so a test or bench counts a reader's library calls
+ * exactly. Returns how many functions were called; fills up to `cap` names and counts.
+ */
+SIM_EXPORT unsigned int egs_sim_nvml_calls(unsigned int cap, const char **names,
+                                           unsigned long long *counts, int reset)
+{
+    return sim_calls(&g_sim, cap, names, counts, reset);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Common query helpers                                                                       */
 
@@ -304,6 +328,7 @@ static nvmlReturn_t copy_string(const char *src, char *dst, unsigned int len)
 
 SIM_EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int length)
 {
+    SIM_COUNT(&g_sim);
     nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
@@ -313,6 +338,7 @@ SIM_EXPORT nvmlReturn_t nvmlSystemGetDriverVersion(char *version, unsigned int l
 
 SIM_EXPORT nvmlReturn_t nvmlSystemGetNVMLVersion(char *version, unsigned int length)
 {
+    SIM_COUNT(&g_sim);
     char buf[96];
     nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
@@ -334,8 +360,8 @@ static nvmlReturn_t cuda_version(int *v)
     return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
-SIM_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *v) { return cuda_version(v); }
-SIM_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *v) { return cuda_version(v); }
+SIM_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion(int *v) { SIM_COUNT(&g_sim); return cuda_version(v); }
+SIM_EXPORT nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *v) { SIM_COUNT(&g_sim); return cuda_version(v); }
 
 /* ------------------------------------------------------------------------------------------ */
 /* Enumeration and identity                                                                   */
@@ -352,9 +378,9 @@ static nvmlReturn_t device_count(unsigned int *count)
     return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
-SIM_EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) { return device_count(count); }
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetCount(unsigned int *count) { SIM_COUNT(&g_sim); return device_count(count); }
 #ifndef SIM_NVML_LEGACY
-SIM_EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) { return device_count(count); }
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetCount_v2(unsigned int *count) { SIM_COUNT(&g_sim); return device_count(count); }
 #endif
 
 static nvmlReturn_t handle_by_index(unsigned int index, nvmlDevice_t *device)
@@ -372,11 +398,13 @@ static nvmlReturn_t handle_by_index(unsigned int index, nvmlDevice_t *device)
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex(unsigned int index, nvmlDevice_t *device)
 {
+    SIM_COUNT(&g_sim);
     return handle_by_index(index, device);
 }
 #ifndef SIM_NVML_LEGACY
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *device)
 {
+    SIM_COUNT(&g_sim);
     return handle_by_index(index, device);
 }
 #endif
@@ -424,21 +452,25 @@ static nvmlReturn_t handle_by(const char *key, int which, nvmlDevice_t *device)
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByUUID(const char *uuid, nvmlDevice_t *device)
 {
+    SIM_COUNT(&g_sim);
     return handle_by(uuid, 0, device);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByPciBusId_v2(const char *bus_id, nvmlDevice_t *device)
 {
+    SIM_COUNT(&g_sim);
     return handle_by(bus_id, 1, device);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetHandleByPciBusId(const char *bus_id, nvmlDevice_t *device)
 {
+    SIM_COUNT(&g_sim);
     return handle_by(bus_id, 1, device);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *index)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     nvmlReturn_t rc = sim_begin_query(&g_sim, d, index, &g, &t);
@@ -450,6 +482,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t d, unsigned int *index)
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned int length)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     nvmlReturn_t rc = sim_begin_query(&g_sim, d, name, &g, &t);
@@ -460,6 +493,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t d, char *name, unsigned i
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned int length)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     nvmlReturn_t rc = sim_begin_query(&g_sim, d, uuid, &g, &t);
@@ -470,6 +504,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned i
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t d, unsigned int *minor)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     nvmlReturn_t rc = sim_begin_query(&g_sim, d, minor, &g, &t);
@@ -481,6 +516,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetMinorNumber(nvmlDevice_t d, unsigned int *m
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *pci)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     nvmlReturn_t rc = sim_begin_query(&g_sim, d, pci, &g, &t);
@@ -504,6 +540,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t d, nvmlPciInfo_t *p
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, unsigned int *temp)
 {
+    SIM_COUNT(&g_sim);
     if (sensor != NVML_TEMPERATURE_GPU)
         return NVML_ERROR_INVALID_ARGUMENT;
     return read_uint(d, SIM_F_TEMPERATURE, 1.0, temp);
@@ -512,6 +549,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetTemperature(nvmlDevice_t d, int sensor, uns
 #ifndef SIM_NVML_LEGACY
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetTemperatureV(nvmlDevice_t d, nvmlTemperature_t *temp)
 {
+    SIM_COUNT(&g_sim);
     unsigned int v;
     nvmlReturn_t rc;
     if (!temp)
@@ -529,6 +567,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetTemperatureV(nvmlDevice_t d, nvmlTemperatur
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t d, nvmlUtilization_t *util)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, gpu, mem;
     nvmlReturn_t rc = sim_begin_query(&g_sim, d, util, &g, &t);
@@ -563,6 +602,7 @@ static nvmlReturn_t memory_bytes(nvmlDevice_t d, const void *out, unsigned long 
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *mem)
 {
+    SIM_COUNT(&g_sim);
     unsigned long long total = 0, used = 0;
     nvmlReturn_t rc = memory_bytes(d, mem, &total, &used);
     if (rc != NVML_SUCCESS)
@@ -576,6 +616,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo(nvmlDevice_t d, nvmlMemory_t *me
 #ifndef SIM_NVML_LEGACY
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2_t *mem)
 {
+    SIM_COUNT(&g_sim);
     unsigned long long total = 0, used = 0;
     nvmlReturn_t rc;
     if (!mem)
@@ -598,12 +639,14 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t d, nvmlMemory_v2
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t d, unsigned int *milliwatts)
 {
+    SIM_COUNT(&g_sim);
     /* Instantaneous, as on the pre-Ampere parts the scenarios model. */
     return read_uint(d, SIM_F_POWER, 1000.0, milliwatts);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigned int *mhz)
 {
+    SIM_COUNT(&g_sim);
     switch (type) {
     case NVML_CLOCK_GRAPHICS:
     case NVML_CLOCK_SM:
@@ -624,12 +667,14 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t d, int type, unsigne
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed(nvmlDevice_t d, unsigned int *speed)
 {
+    SIM_COUNT(&g_sim);
     return read_uint(d, SIM_F_FAN, 1.0, speed);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t d, unsigned int fan,
                                                  unsigned int *speed)
 {
+    SIM_COUNT(&g_sim);
     if (fan != 0)
         return NVML_ERROR_INVALID_ARGUMENT; /* every simulated board has one fan */
     return read_uint(d, SIM_F_FAN, 1.0, speed);
@@ -637,6 +682,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t d, unsigned int fa
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t d, unsigned int *num)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, v;
     nvmlReturn_t rc = sim_begin_query(&g_sim, d, num, &g, &t);
@@ -651,6 +697,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetNumFans(nvmlDevice_t d, unsigned int *num)
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t d,
                                                             unsigned long long *millijoules)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, joules;
     nvmlReturn_t rc = sim_begin_query(&g_sim, d, millijoules, &g, &t);
@@ -688,6 +735,7 @@ static long long unix_us(void)
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvmlFieldValue_t *values)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t, v;
     nvmlReturn_t rc;
@@ -743,6 +791,103 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvml
     }
     return sim_end_query(&g_sim, NVML_SUCCESS);
 }
+
+/*
+ * The driver's own sample buffers. A real driver samples some figures on its own at an internal
+ * period and keeps the latest ones; nvmlDeviceGetSamples hands out those newer than the
+ * caller's last seen timestamp, oldest first. The simulator takes sample k of a type at
+ * scenario time k x period (k >= 1), valued by the scenario's wave at that time, keeps the
+ * newest SAMPLE_DEPTH, and stamps each with the wall-clock time of its scenario time, so a
+ * sample keeps one timestamp however often it is asked for. The periods are the simulator's
+ * choice (docs/benchmarks.md records what a real driver does where one was measured).
+ */
+enum {
+    NVML_TOTAL_POWER_SAMPLES = 0,
+    NVML_GPU_UTILIZATION_SAMPLES = 1,
+    NVML_MEMORY_UTILIZATION_SAMPLES = 2,
+    NVML_PROCESSOR_CLK_SAMPLES = 5,
+    NVML_MEMORY_CLK_SAMPLES = 6,
+};
+#define SAMPLE_DEPTH 120
+
+struct sample_type {
+    int field;          /* SIM_F_* */
+    double period_s;
+    double scale;       /* scenario unit -> NVML unit */
+};
+
+static const struct sample_type *sample_type(int type)
+{
+    static const struct sample_type power = {SIM_F_POWER, 0.05, 1000.0};        /* mW */
+    static const struct sample_type gpu = {SIM_F_UTILIZATION, 1.0 / 6.0, 1.0};  /* % */
+    static const struct sample_type mem = {SIM_F_MEMORY_BUSY, 1.0 / 6.0, 1.0};
+    static const struct sample_type sm = {SIM_F_SM_CLOCK, 0.1, 1.0};            /* MHz */
+    static const struct sample_type mclk = {SIM_F_MEMORY_CLOCK, 0.1, 1.0};
+    switch (type) {
+    case NVML_TOTAL_POWER_SAMPLES: return &power;
+    case NVML_GPU_UTILIZATION_SAMPLES: return &gpu;
+    case NVML_MEMORY_UTILIZATION_SAMPLES: return &mem;
+    case NVML_PROCESSOR_CLK_SAMPLES: return &sm;
+    case NVML_MEMORY_CLK_SAMPLES: return &mclk;
+    default: return NULL;
+    }
+}
+
+/* Wall-clock microseconds of sample k of a type with period p. */
+static unsigned long long sample_us(double p, long long k)
+{
+    return (unsigned long long)(g_sim.t0_unix_us + llround((double)k * p * 1e6));
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t d, int type, unsigned long long lastSeen,
+                                             int *valueType, unsigned int *count,
+                                             nvmlSample_t *samples)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t, v;
+    const struct sample_type *st = sample_type(type);
+    if (!valueType || !count)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, count, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (st == NULL || sim_gpu_field(g, st->field, t, &v) != 0)
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    long long last = (long long)floor(t / st->period_s);
+    long long first = last - SAMPLE_DEPTH + 1 < 1 ? 1 : last - SAMPLE_DEPTH + 1;
+    /* The first sample newer than lastSeen, found from the period and then exactly. */
+    long long k = (long long)floor(((double)lastSeen - (double)g_sim.t0_unix_us) / (st->period_s * 1e6));
+    if (k < first)
+        k = first;
+    while (k > first && sample_us(st->period_s, k - 1) > lastSeen)
+        k--;
+    while (k <= last && sample_us(st->period_s, k) <= lastSeen)
+        k++;
+    if (k > last)
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_FOUND);
+    unsigned int avail = (unsigned int)(last - k + 1);
+    *valueType = NVML_VALUE_TYPE_UNSIGNED_INT;
+    if (samples == NULL) {
+        *count = avail;
+        return sim_end_query(&g_sim, NVML_SUCCESS);
+    }
+    if (*count == 0)
+        return sim_end_query(&g_sim, NVML_ERROR_INSUFFICIENT_SIZE);
+    /* Oldest first; a buffer shorter than what is there takes the oldest, and the caller's
+     * next lastSeen (the newest it got) finds the rest. */
+    unsigned int n = avail < *count ? avail : *count;
+    for (unsigned int i = 0; i < n; i++, k++) {
+        double at = (double)k * st->period_s;
+        if (sim_gpu_field(g, st->field, at, &v) != 0)
+            v = 0; /* unsupported before t: the scenario's fault came later; not reachable */
+        samples[i].timeStamp = sample_us(st->period_s, k);
+        samples[i].sampleValue.ullVal = 0;
+        samples[i].sampleValue.uiVal = sim_to_u32(v * st->scale);
+    }
+    *count = n;
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
 #endif
 
 /* ------------------------------------------------------------------------------------------ */
@@ -751,6 +896,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvml
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t d,
                                                          unsigned long long *types)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     nvmlReturn_t rc = sim_begin_query(&g_sim, d, types, &g, &t);
@@ -762,6 +908,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t d,
 
 SIM_EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set)
 {
+    SIM_COUNT(&g_sim);
     struct nvml_event_set *s;
     nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
@@ -779,6 +926,7 @@ SIM_EXPORT nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set)
 
 SIM_EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set)
 {
+    SIM_COUNT(&g_sim);
     nvmlReturn_t rc = sim_lock_initialized(&g_sim);
     if (rc != NVML_SUCCESS)
         return rc;
@@ -793,6 +941,7 @@ SIM_EXPORT nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set)
 SIM_EXPORT nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t d, unsigned long long types,
                                                  nvmlEventSet_t set)
 {
+    SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
     nvmlReturn_t rc;
@@ -859,12 +1008,14 @@ static nvmlReturn_t event_wait(nvmlEventSet_t set, nvmlEventData_t *data, unsign
 SIM_EXPORT nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data,
                                             unsigned int timeout_ms)
 {
+    SIM_COUNT(&g_sim);
     return event_wait(set, data, timeout_ms);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlEventSetWait(nvmlEventSet_t set, nvmlEventData_v1_t *data,
                                          unsigned int timeout_ms)
 {
+    SIM_COUNT(&g_sim);
     nvmlEventData_t full;
     nvmlReturn_t rc;
     if (!data)

@@ -45,7 +45,7 @@ def test_concurrent_stops_are_safe_and_prompt_at_low_rate(make_core):
 
 def test_rate_is_held_on_the_deadline_grid(make_core):
     hz = 200.0
-    core = make_core("constant", hz=hz, amd=False)
+    core = make_core("constant", hz=hz, amd=False, buffers=False)  # a read per field per tick
     # Count-based: run until 200 ticks (a second when the machine is idle), however long a
     # loaded machine takes, then check the grid's bookkeeping rather than the wall clock.
     deadline = time.monotonic() + 30.0
@@ -113,7 +113,10 @@ def test_probe_json_has_every_backend_gpu_and_metric(sim_out):
     assert gpu0["uuid"] == "GPU-0e5e0000-0000-4000-8000-000000000000"
     assert set(gpu0["metrics"]) == set(metrics.GPU_METRICS)
     fan = gpu0["metrics"]["gpu_fan_speed_percent"]
-    assert fan == {"supported": False, "count": 0, "mean": None, "min": None, "max": None, "last": None}
+    assert fan == {"supported": False, "count": 0, "mean": None, "min": None, "max": None, "last": None,
+                   "path": "none"}
+    assert gpu0["metrics"]["gpu_temperature_celsius"]["path"] == "call"
+    assert gpu0["paths"]["gpu_fan_speed_percent"] == "none"
     temp = gpu0["metrics"]["gpu_temperature_celsius"]
     assert temp["supported"] and temp["count"] > 0
     assert temp["mean"] == temp["min"] == temp["max"] == temp["last"] == 55

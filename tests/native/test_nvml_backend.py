@@ -49,7 +49,8 @@ def _last(stats, gpu):
 
 def test_values_equal_pynvml_on_the_same_library(make_core, run_json):
     theirs = run_json(PYNVML_READER, sim_paths.nvml_env("constant"))
-    core = make_core("constant", hz=50, amd=False)
+    # Every field by its own call on every tick (the driver buffers are compared in test_paths.py).
+    core = make_core("constant", hz=50, amd=False, buffers=False)
     time.sleep(0.3)
     stats = core.drain()
     devices = [d for d in core.devices() if d.vendor == "nvidia"]
@@ -65,7 +66,7 @@ def test_values_equal_pynvml_on_the_same_library(make_core, run_json):
 
 
 def test_power_comes_from_power_instant_field_when_supported(make_core):
-    core = make_core("constant", hz=20, amd=False)
+    core = make_core("constant", hz=20, amd=False, buffers=False)
     assert core.backends["nvidia"].symbols["field_values"] == "nvmlDeviceGetFieldValues"
     time.sleep(0.2)
     power = {s.gpu: s for s in core.drain() if s.metric == "gpu_power_watts"}
@@ -195,7 +196,7 @@ def test_xid_events_are_delivered_with_their_code(make_core):
 
 
 def test_ring_holds_the_newest_samples_in_time_order(make_core):
-    core = make_core("constant", hz=100, ring_seconds=0.5, amd=False)
+    core = make_core("constant", hz=100, ring_seconds=0.5, amd=False, buffers=False)
     # Count-based: once more ticks ran than the ring holds (50), it is full, however long a
     # loaded machine took to get there.
     deadline = time.monotonic() + 30.0
@@ -249,7 +250,8 @@ def test_power_falls_back_to_the_older_call_when_power_instant_stops_answering(
     # power_instant_shim.c): the 6th nvmlDeviceGetFieldValues call and later say NOT_SUPPORTED.
     shim = _shim(tmp_path, "power_instant_shim.c")
     monkeypatch.setenv("EGS_SIM_SCENARIO", str(sim_paths.scenario("constant")))
-    core = Core(nvml_library=str(shim), amd=False, events=False, hz=50).start()
+    # Power from POWER_INSTANT, not from the driver's power sample buffer (test_paths.py).
+    core = Core(nvml_library=str(shim), amd=False, events=False, hz=50, buffers=False).start()
     try:
         deadline = time.monotonic() + 30.0
         power: dict[int, list[float]] = {}

@@ -27,7 +27,8 @@ def test_tier_membership_is_the_documented_one():
 
 
 def test_slow_fields_are_read_on_every_nth_grid_slot_and_counted_per_tier(make_core):
-    core = make_core("constant", hz=100, slow_hz=20, ring_seconds=5, amd=False)
+    # Tiers of polled fields: the driver buffers (read on slow ticks) are tested in test_paths.py.
+    core = make_core("constant", hz=100, slow_hz=20, ring_seconds=5, amd=False, buffers=False)
     time.sleep(1.0)
     core.stop()
     s = core.sampler_stats()
@@ -65,7 +66,7 @@ def test_slow_fields_are_read_on_every_nth_grid_slot_and_counted_per_tier(make_c
 
 
 def test_slow_hz_equal_to_hz_reads_every_field_every_tick(make_core):
-    core = make_core("constant", hz=50, slow_hz=50, amd=False)
+    core = make_core("constant", hz=50, slow_hz=50, amd=False, buffers=False)
     time.sleep(0.3)
     core.stop()
     s = core.sampler_stats()

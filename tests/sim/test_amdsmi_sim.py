@@ -223,7 +223,7 @@ def test_status_strings_and_calls_outside_init(sim_out):
     assert b"NOT_FOUND" in text.value
     count = ctypes.c_uint32()
     assert lib.amdsmi_get_socket_handles(ctypes.byref(count), None) == 32   # NOT_INIT
-    assert lib.amdsmi_get_gpu_metrics_info(None, None) == 2                # a generated stub
+    assert lib.amdsmi_get_gpu_metrics_header_info(None, None) == 2         # a generated stub
 
 
 def test_generated_stubs_are_up_to_date():

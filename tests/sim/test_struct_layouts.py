@@ -13,7 +13,7 @@ ASSERT = re.compile(r"_Static_assert\(sizeof\((\w+)\) == (\d+)")
 NVML = {"nvmlPciInfo_t": "nvmlPciInfo_t", "nvmlFieldValue_t": "c_nvmlFieldValue_t",
         "nvmlTemperature_t": "c_nvmlTemperature_v1_t", "nvmlMemory_v2_t": "c_nvmlMemory_v2_t",
         "nvmlMemory_t": "c_nvmlMemory_t", "nvmlUtilization_t": "c_nvmlUtilization_t",
-        "nvmlEventData_t": "c_nvmlEventData_t"}
+        "nvmlEventData_t": "c_nvmlEventData_t", "nvmlSample_t": "c_nvmlSample_t"}
 
 
 def asserted(source: str) -> dict:
