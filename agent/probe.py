@@ -49,9 +49,10 @@ def run_probe(seconds: float, hz: float, nvml_library: str | None = None,
             else:
                 per_metric[name] = {"supported": supported, "count": s.count, "mean": s.mean,
                                     "min": s.min, "max": s.max, "last": s.last}
+            per_metric[name]["path"] = d.paths.get(name, "none" if not supported else "call")
         gpus.append({"index": d.index, "vendor": d.vendor, "uuid": d.uuid, "name": d.name,
                      "pci_bus_id": d.pci_bus_id, "state": d.state, "lost_reason": d.lost_reason,
-                     "source": d.source, "metrics": per_metric})
+                     "source": d.source, "metrics": per_metric, "paths": dict(d.paths)})
     backends = {name: {"state": b.state, "detail": b.detail, "library": b.library,
                        "driver_version": b.driver_version, "devices": b.devices,
                        "symbols": b.symbols}
@@ -59,7 +60,8 @@ def run_probe(seconds: float, hz: float, nvml_library: str | None = None,
     return {"seconds": seconds, "hz": hz, "slow_hz": core.slow_hz, "backends": backends, "gpus": gpus,
             "sampler": {k: sampler[k] for k in ("ticks", "achieved_hz", "late_ticks",
                                                  "tick_late_p99_us", "thread_cpu_s", "slow_ticks",
-                                                 "reads_fast", "reads_slow")},
+                                                 "reads_fast", "reads_slow", "buffered_reads",
+                                                 "library_calls", "library_calls_per_gpu_per_s")},
             "events": [{"kind": e.kind, "gpu": e.gpu, "code": e.code, "ts": e.ts,
                         "detail": e.detail} for e in events]}
 
@@ -80,17 +82,23 @@ def render_text(report: dict[str, Any]) -> str:
     s = report["sampler"]
     out.append(f"sampler: {s['ticks']} ticks in {report['seconds']:g} s, "
                f"{s['achieved_hz']:.1f} Hz of {report['hz']:g}, late p99 {s['tick_late_p99_us']:.0f} us; "
-               f"slow tier (clocks, energy, fan) on {s['slow_ticks']} ticks at {report['slow_hz']:g} Hz")
+               f"slow tier (clocks, energy, fan) on {s['slow_ticks']} ticks at {report['slow_hz']:g} Hz; "
+               f"{s['library_calls_per_gpu_per_s']:.1f} library calls per GPU per s, "
+               f"{s['buffered_reads']} values from driver sample buffers")
+    out.append("paths: buffer = the driver's own sample buffer (read on the slow tier's ticks, every "
+               "sample with its own time), batch = one call per GPU per tick for several fields, "
+               "call = a call of its own")
     for g in report["gpus"]:
         out.append("")
         out.append(f"gpu {g['index']} {g['vendor']} {g['name']} {g['uuid']} {g['pci_bus_id']}: {g['state']}"
                    + (f" ({g['lost_reason']})" if g["lost_reason"] else ""))
-        out.append(f"  {'metric':<28}{'count':>8}{'mean':>14}{'min':>14}{'max':>14}{'last':>14}")
+        out.append(f"  {'metric':<28}{'path':>7}{'count':>8}{'mean':>14}{'min':>14}{'max':>14}{'last':>14}")
         for name, m in g["metrics"].items():
             if not m["supported"]:
-                out.append(f"  {name:<28}{'unsupported':>8}")
+                out.append(f"  {name:<28}{'':>7}{'unsupported':>8}")
                 continue
-            out.append(f"  {name:<28}{m['count']:>8}" + "".join(f"{_fmt(m[k]):>14}" for k in STATS[1:]))
+            out.append(f"  {name:<28}{m['path']:>7}{m['count']:>8}"
+                       + "".join(f"{_fmt(m[k]):>14}" for k in STATS[1:]))
     for e in report["events"]:
         out.append(f"event {e['kind']} gpu {e['gpu']} code {e['code']}: {e['detail']}")
     return "\n".join(out)

@@ -167,11 +167,14 @@ class GpuSource(Source):
     def staleness_bound(self, metric: str, device: Any = None) -> float:
         """Seconds a metric may go without a sample before status shows it null and stale:
         `stale_bound(rate)` = max(10 s, 3 / rate), the rate being `gpu.slow_hz` for the slow tier
-        (`agent.native.SLOW_METRICS`: clocks, energy, fan), `gpu.hz` for the others, and the
+        (`agent.native.SLOW_METRICS`: clocks, energy, fan) and for fields the device reads from
+        the driver's sample buffers (`Device.paths`), `gpu.hz` for the others, and the
         core's `fallback_hz` for devices read through the pyamdgpuinfo fallback."""
         if device is not None and device.source == "pyamdgpuinfo" and self._fallback_hz:
             return stale_bound(float(self._fallback_hz))
-        hz = float(self.settings.slow_hz if metric in self._slow else self.settings.hz)
+        # A field read from the driver's sample buffer is fetched on the slow tier's ticks.
+        buffered = device is not None and getattr(device, "paths", {}).get(metric) == "buffer"
+        hz = float(self.settings.slow_hz if metric in self._slow or buffered else self.settings.hz)
         return stale_bound(hz)
 
     def collect(self, now: float) -> list[Sample]:
@@ -287,6 +290,7 @@ class GpuSource(Source):
             out.append({"index": d.index, "uuid": d.uuid, "vendor": d.vendor, "name": d.name,
                         "pci_bus_id": d.pci_bus_id, "state": d.state, "lost_reason": d.lost_reason,
                         "unsupported": sorted(unsupported), "metrics": metrics, "stale": stale,
+                        "paths": dict(getattr(d, "paths", {})),
                         "read_errors": dict(sorted(read_errors.items())),
                         "last_errors": dict(sorted(last_errors.items()))})
         return out
