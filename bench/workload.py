@@ -11,8 +11,9 @@ Last, the issue's goal point: 8 GPUs x 20 processes at the default 5 s interval,
 one core.
 
 `--churn SECONDS`: the soak behind tests/workload's scaled-down test: short-lived processes
-(`true`) spawned as fast as RATE a second for SECONDS, every one listed by the stand-in while it
-lives, a pass every 0.5 s; prints the processes seen, the series of the largest pass, the label
+(`sleep LIFETIME`) spawned at RATE a second for SECONDS, every one listed by the stand-in while
+it lives (RATE x LIFETIME at a time: 85 at the defaults, so top_n bounds every pass), a pass
+every 0.5 s; prints the processes seen, the series of the largest pass, the label
 sets seen over the whole run, and this process's RSS at the start, middle and end.
 
     .venv/bin/python bench/workload.py [--gpus 8] [--passes 30] [--json]
@@ -203,7 +204,7 @@ def churn(args) -> dict:
     while time.monotonic() - start < args.churn:
         target = int((time.monotonic() - start) * args.rate)
         while seen < target:
-            live.append(subprocess.Popen(["true"]))
+            live.append(subprocess.Popen(["sleep", str(args.lifetime)]))
             seen += 1
         live = [p for p in live if p.poll() is None]
         listing.by_gpu = {}
@@ -221,7 +222,7 @@ def churn(args) -> dict:
     for p in live:
         p.wait()
     rss["end_kib"] = rss_kib()
-    return {"seconds": args.churn, "processes": seen, "max_series_in_a_pass": max_series,
+    return {"seconds": args.churn, "processes": seen, "lifetime_s": args.lifetime, "max_series_in_a_pass": max_series,
             "label_sets_over_the_run": len(label_sets),
             "workloads": sorted({dict(s)["workload"] for s in label_sets}), "rss": rss,
             "host_reader_entries_at_end": a.host.tracked()}
@@ -234,6 +235,7 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--churn", type=float, metavar="SECONDS", help="the short-lived process soak instead")
     ap.add_argument("--rate", type=float, default=170.0, help="processes a second for --churn")
+    ap.add_argument("--lifetime", type=float, default=0.5, help="seconds each --churn process lives")
     args = ap.parse_args()
     if args.churn:
         result = {"churn": churn(args)}

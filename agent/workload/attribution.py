@@ -233,7 +233,7 @@ class Attributor:
         except procfs.ProcessUnreadable:
             workload = None
         if workload is None:
-            user = host.user if host else (str(st.uid) if st.uid is not None else None)
+            user = host.user if host else (procfs.user_name(st.uid) if st.uid is not None else None)
             workload = cgroups.process_workload(st.name, user)
         return workload
 

@@ -115,9 +115,13 @@ class DrmFdinfoSource:
 
     name = NAME
 
-    def __init__(self, procfs: str = "/proc", clock: Callable[[], int] = time.monotonic_ns):
+    def __init__(self, procfs: str = "/proc", clock: Callable[[], int] = time.monotonic_ns,
+                 skip_vendors: Sequence[str] = ()):
         self.procfs = procfs
         self.clock = clock
+        # GPUs of these vendors are left to their library's process list; with no GPU left the
+        # walk of every process's fds (the cost of this source) is not made at all.
+        self.skip_vendors = frozenset(skip_vendors)
         self._previous: dict[tuple[str, str], tuple[int, dict[str, int]]] = {}
         self.files_read = 0  # fdinfo files read in the last pass (bench/ reports it)
 
@@ -153,7 +157,11 @@ class DrmFdinfoSource:
         return out
 
     def processes(self, gpus: Sequence[GpuRef]) -> list[GpuProcess]:
-        by_bus = {normalise_bus_id(g.pci_bus_id): g for g in gpus if g.pci_bus_id}
+        by_bus = {normalise_bus_id(g.pci_bus_id): g for g in gpus
+                  if g.pci_bus_id and g.vendor not in self.skip_vendors}
+        if not by_bus:
+            self._previous = {}
+            return []
         now = self.clock()
         previous, self._previous = self._previous, {}
         per: dict[tuple[int, str], dict] = {}

@@ -8,7 +8,9 @@ the pass.
 """
 from __future__ import annotations
 
+import functools
 import os
+import pwd
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +69,15 @@ def parse_status(text: str) -> ProcStatus:
         elif key == "NSpid":
             nspid = tuple(int(v) for v in value.split() if v.isdigit())
     return ProcStatus(name, uid, nspid)
+
+
+@functools.lru_cache(maxsize=1024)
+def user_name(uid: int) -> str:
+    """The user name of `uid` (as psutil gives it: the number when there is no such user)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def status(procfs: str | Path, pid: int, hide: str | None = None) -> ProcStatus:

@@ -118,3 +118,10 @@ def test_a_counter_going_back_gives_no_figure_and_state_follows_the_clients(proc
     assert p.sm_percent is None
     (proc_tree.root / "500" / "fd" / "3").unlink()
     assert src.processes([AMD]) == [] and src._previous == {}
+
+
+def test_gpus_left_to_their_library_are_not_walked_for(proc_tree):
+    proc_tree.add(600, fds={3: ("/dev/dri/renderD128", amdgpu(1, 0))})
+    src = fdinfo.DrmFdinfoSource(str(proc_tree.root), skip_vendors=("amd",))
+    assert src.processes([AMD]) == [] and src.files_read == 0
+    assert fdinfo.DrmFdinfoSource(str(proc_tree.root), skip_vendors=("nvidia",)).processes([AMD])
