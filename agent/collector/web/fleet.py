@@ -1,13 +1,18 @@
 """The fleet as the web pages show it: hosts, their GPUs' latest figures, firing alarms.
 
-One `Fleet` per collector, on its event loop. While at least one page is open it holds one
-subscription on the collector's hub (agent/collector/subscriptions.py), limited to the few
-metrics the fleet page shows: like any consumer, its queue keeps one pending value per series,
-so however much arrives between two ticks the fleet reads each series once. Every
-`interval` (1 s) `tick` folds what is pending into the model and tells each open page which
-hosts changed; a page that has not finished reading its last update gets the union of changes
-(coalesced), never a backlog. With no page open for a minute the subscription is dropped and
-the collector pays nothing for the web.
+One `Fleet` per collector, on its event loop, reading the collector's subscription hub
+(agent/collector/subscriptions.py) while at least one page is open:
+- figures from the hub's latest batches of each host (`Hub.recent`, what a new subscriber's
+  snapshot is made of): every `interval` (1 s) `tick` reads each host's batches that arrived
+  since the last tick, only the few columns the fleet page shows (their positions worked out
+  once per batch layout). However often a series changes between two ticks it is read once,
+  and the ingest path pays nothing per point for the web (a point-by-point subscription cost
+  the collector ~20 % of a core more at 1,000 hosts x 8 GPUs; docs/benchmarks.md);
+- alarm and health events from a subscription of its own (no points), bounded like any
+  consumer's queue.
+Each tick then tells every open page which hosts changed; a page that has not finished
+reading its last update gets the union of changes (coalesced), never a backlog. With no page
+open for a minute the subscription is dropped and the collector pays nothing for the web.
 
 Alarms: the latest transition of each (host, rule, labels), first from the store's events
 (`StoreReader.events`, both stores), then from the events the subscription delivers.
@@ -32,7 +37,8 @@ WATCHED = GPU_FIGURES + HEALTH + HOST_FIGURES
 HEALTH_STATES = ("ok", "degraded", "failed", "lost")  # gpu_health_state's values (agent/sources/health.py)
 ALARM_HISTORY_S = 24 * 3600.0  # alarms read from the store at start, and "recently resolved"
 IDLE_DROP_S = 60.0  # no page open this long: the subscription goes
-MAX_PENDING = 1_000_000  # series the fleet's subscription may hold (8,000 GPUs x 8 figures fit)
+MAX_EVENTS = 100_000  # events the fleet's subscription may hold between two ticks
+NO_POINTS = "-"  # a metric name no series has: the fleet's subscription carries events only
 
 
 def gpu_state(values: dict[str, float], hot_celsius: float) -> str:
@@ -51,7 +57,7 @@ def gpu_state(values: dict[str, float], hot_celsius: float) -> str:
 
 
 class Host:
-    __slots__ = ("name", "labels", "gpus", "figures", "last_seen", "row", "json")
+    __slots__ = ("name", "labels", "gpus", "figures", "last_seen", "row", "json", "seen", "_positions")
 
     def __init__(self, name: str):
         self.name = name
@@ -61,6 +67,37 @@ class Host:
         self.last_seen = 0.0  # the collector's clock when its latest point was stored
         self.row: dict[str, Any] = {}  # the store's agents() row
         self.json: str | None = None  # this host's view, serialized once per change
+        self.seen = None  # the Points of the newest hub batch read
+        self._positions: dict[int, tuple] = {}  # id(layout) -> (layout, [(i, gpu or None, metric)])
+
+    def positions(self, layout) -> list[tuple[int, str | None, str]]:
+        """Where the watched figures sit in batches of this layout (worked out once per layout)."""
+        found = self._positions.get(id(layout))
+        if found is None or found[0] is not layout:
+            if len(self._positions) > 16:  # layouts this host no longer sends
+                self._positions.clear()
+            wanted = [(i, labels.get("gpu"), metric) for i, (metric, labels) in enumerate(zip(*layout))
+                      if metric in WATCHED]
+            found = self._positions[id(layout)] = (layout, wanted)
+        return found[1]
+
+    def read(self, entries) -> None:
+        """Fold the hub's batches (labels, Points, series, received), oldest first."""
+        for labels, points, _, received in entries:
+            last = points.last
+            gpus, figures = self.gpus, self.figures
+            for i, gpu, metric in self.positions(points.layout):
+                if gpu is None:
+                    figures[metric] = last[i]
+                else:
+                    values = gpus.get(gpu)
+                    if values is None:
+                        values = gpus[gpu] = {}
+                    values[metric] = last[i]
+            if received > self.last_seen:
+                self.last_seen = received
+            if labels and not self.row:
+                self.labels = labels
 
 
 class Page:
@@ -108,9 +145,9 @@ class Fleet:
         await asyncio.shield(self._ready)
 
     async def _start(self) -> None:
-        request = collector_pb2.SubscribeRequest(metrics=WATCHED, event_kinds=["alarm", "health"])
-        self.sub = self.hub.add(request, MAX_PENDING)
-        self._apply(self.hub.snapshot(self.sub), [])
+        request = collector_pb2.SubscribeRequest(metrics=[NO_POINTS], event_kinds=["alarm", "health"])
+        self.sub = self.hub.add(request, MAX_EVENTS)
+        self._read_hub()
         loop = asyncio.get_running_loop()
         since = self.clock() - ALARM_HISTORY_S
         try:
@@ -164,24 +201,31 @@ class Fleet:
             h = self.hosts[name] = Host(name)
         return h
 
-    def _apply(self, samples: list[tuple], events: list[tuple]) -> tuple[set[str], bool]:
+    def _read_hub(self) -> set[str]:
+        """Each host's hub batches that arrived since the last read; the hosts that changed."""
+        dirty = set()
+        for name, recent in list(self.hub.recent.items()):
+            if not recent:
+                continue
+            h = self.hosts.get(name)
+            if h is None:
+                h = self._host(name)
+            newest = recent[-1][1]
+            if newest is h.seen:
+                continue
+            entries = list(recent)
+            start = 0
+            for k in range(len(entries) - 1, -1, -1):
+                if entries[k][1] is h.seen:
+                    start = k + 1
+                    break
+            h.read(entries[start:])
+            h.seen, h.json = newest, None
+            dirty.add(name)
+        return dirty
+
+    def _apply(self, events: list[tuple]) -> tuple[set[str], bool]:
         dirty: set[str] = set()
-        host = None
-        for name, row, received in samples:
-            if host is None or host.name != name:
-                host = self._host(name)
-                host.json = None
-                dirty.add(name)
-            if received > host.last_seen:
-                host.last_seen = received
-            gpu = row.labels.get("gpu")
-            if gpu is None:
-                host.figures[row.metric] = row.last
-            else:
-                values = host.gpus.get(gpu)
-                if values is None:
-                    values = host.gpus[gpu] = {}
-                values[row.metric] = row.last
         alarms = False
         for name, event in events:
             h = self._host(name)
@@ -222,8 +266,9 @@ class Fleet:
         self._idle_since = time.monotonic()
         if self.sub is None:
             return
-        samples, events = self.sub.take(MAX_PENDING)
-        dirty, alarms = self._apply(samples, events)
+        _, events = self.sub.take(MAX_EVENTS)
+        dirty, alarms = self._apply(events)
+        dirty |= self._read_hub()
         dirty |= await self.refresh_rows()
         connected = set(self.connected())
         dirty |= connected ^ self._was_connected
