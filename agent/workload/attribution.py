@@ -42,7 +42,6 @@ class _Known(NamedTuple):
     at: float                    # when its workload was read
     workload: Workload
     nspid: tuple[int, ...]
-    reason: str | None = None
 
 
 @dataclass
@@ -224,7 +223,7 @@ class Attributor:
             known = _Known(host.started, now, self._classify(p.pid, st, host), st.nspid)
         self._known[p.pid] = known
         self._seen.add(p.pid)
-        return ProcessRow(p, self._named(known.workload, gpu), host, known.nspid, known.reason)
+        return ProcessRow(p, self._named(known.workload, gpu), host, known.nspid)
 
     def _classify(self, pid: int, st: procfs.ProcStatus, host: HostFigures | None) -> Workload:
         """The workload from the process's cgroups, else its command and user."""

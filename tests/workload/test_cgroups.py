@@ -75,6 +75,13 @@ def test_an_unknown_shape_or_a_login_session_names_no_workload(path):
     assert cgroups.classify(f"0::{path}\n") is None
 
 
+def test_paths_outside_the_readers_cgroup_namespace_are_recognised():
+    # An agent in its own cgroup namespace reads other processes' paths relative to its root.
+    w = cgroups.classify(f"0::/../../kubepods.slice/kubepods-pod{UID_}.slice/cri-containerd-{CID}.scope\n")
+    assert (w.kind, w.pod_uid, w.container_id) == ("kubernetes", UID, CID)
+    assert cgroups.classify("0::/../slurm/uid_5/job_8/step_0\n").name == "slurm:8.0"
+
+
 def test_the_most_specific_hierarchy_wins_on_a_v1_host():
     # Slurm's tasks stay in slurmd.service under name=systemd but are in the job under freezer.
     text = ("9:name=systemd:/system.slice/slurmd.service\n7:freezer:/slurm/uid_1000/job_5/step_0/task_0\n"

@@ -84,3 +84,65 @@ def test_an_absent_daemon_falls_back_to_sysfs_and_says_why(tmp_path, proc_tree, 
                  str(proc_tree.root), "--sysfs", str(sysfs), "--kubelet-socket", ""]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "sysfs DRM devices (daemon: egs-agent is not running (no socket at" in first
+
+
+class _Daemon:
+    """A stand-in daemon: the real Agent gRPC service on a Unix socket, answering `doc`."""
+
+    def __init__(self, path, doc):
+        from concurrent import futures
+
+        import grpc
+
+        from agent.proto import agent_pb2, agent_pb2_grpc
+
+        outer = self
+
+        class Servicer(agent_pb2_grpc.AgentServicer):
+            def Status(self, request, context):
+                return agent_pb2.StatusReply(json=json.dumps(outer.doc))
+
+        self.doc = doc
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        agent_pb2_grpc.add_AgentServicer_to_server(Servicer(), self.server)
+        self.server.add_insecure_port(f"unix:{path}")
+        self.server.start()
+
+
+def test_top_uses_the_daemons_gpus_for_its_own_pass(tmp_path, proc_tree, capsys):
+    proc_tree.add(321, name="ollama", cgroup="0::/system.slice/ollama.service\n",
+                  fds={6: ("/dev/dri/renderD128", AMDGPU.format(kib=1024))})
+    sock = tmp_path / "agent.sock"
+    daemon = _Daemon(sock, {"gpus": [
+        {"index": 3, "uuid": "GPU-amd-3", "vendor": "amd", "name": "MI300X", "pci_bus_id": "0000:03:00.0",
+         "state": "ok"},
+        {"index": 4, "uuid": "GPU-lost", "vendor": "amd", "name": "MI300X", "pci_bus_id": "0000:04:00.0",
+         "state": "lost"}]})
+    try:
+        assert main(["--socket", str(sock), "top", "--json", "--interval", "10ms", "--procfs",
+                     str(proc_tree.root), "--kubelet-socket", ""]) == 0
+    finally:
+        daemon.server.stop(0)
+    doc = json.loads(capsys.readouterr().out)
+    g, = doc["gpus"]
+    assert (g["gpu"], g["uuid"], g["model"]) == ("3", "GPU-amd-3", "MI300X")
+    assert g["processes"][0]["pid"] == 321 and g["processes"][0]["used_memory_bytes"] == 1 << 20
+
+
+def test_top_shows_the_daemons_own_workloads_when_it_has_them(tmp_path, capsys):
+    workloads = {"ts": 0, "top_n": 10, "sources": {"nvml": {"state": "ok", "detail": "", "processes": 1}},
+                 "kubelet": None, "gpus": [{"gpu": "0", "uuid": "GPU-0", "vendor": "nvidia", "model": "H100",
+                                            "processes": [{"pid": 4242, "user": "alice", "used_memory_bytes": 1 << 30,
+                                                           "sm_percent": 87.0, "cpu_percent": 99.0, "rss_bytes": 1 << 20,
+                                                           "command": "python train.py", "reason": None,
+                                                           "workload": {"workload": "slurm:77.0"}}],
+                                            "other": {"processes": 0}, "workloads": []}]}
+    sock = tmp_path / "agent.sock"
+    daemon = _Daemon(sock, {"gpus": [], "workloads": workloads})
+    try:
+        assert main(["--socket", str(sock), "top", "--once"]) == 0
+    finally:
+        daemon.server.stop(0)
+    lines = capsys.readouterr().out.splitlines()
+    assert "GPUs: daemon" in lines[0] and "nvml ok" in lines[0]
+    assert lines[2].split()[:4] == ["0", "4242", "alice", "slurm:77.0"] and lines[2].endswith("python train.py")
