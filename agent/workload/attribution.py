@@ -157,7 +157,7 @@ class Attributor:
         # moved to another cgroup, a container started in an existing process's place).
         self.reclassify_s = RECLASSIFY_S
         self._known: dict[int, _Known] = {}
-        self._seen: set[int] = set()
+        self._seen: dict[int, ProcessRow] = {}   # this pass's rows by PID
 
     def run(self, gpus: Sequence[GpuRef]) -> Snapshot:
         started = time.perf_counter()
@@ -175,7 +175,7 @@ class Attributor:
             by_gpu.setdefault(p.gpu_uuid, []).append(p)
         out = []
         self.host.begin()
-        self._seen = set()
+        self._seen = {}
         try:
             for gpu in gpus:
                 out.append(self._gpu(gpu, sorted(by_gpu.get(gpu.uuid, ()), key=rank_key)))
@@ -183,17 +183,19 @@ class Attributor:
             self.host.end()
             for pid in [pid for pid in self._known if pid not in self._seen]:
                 del self._known[pid]
+            self._seen = {}
         return Snapshot(self.clock(), out, statuses, self.kubelet.status() if self.kubelet else None,
                         self.top_n, time.perf_counter() - started)
 
     def _gpu(self, gpu: GpuRef, ranked: list[GpuProcess]) -> GpuWorkloads:
         g = GpuWorkloads(gpu)
+        g.rows = [self.read(p) for p in ranked[:self.top_n]]
+        if self.kubelet is not None:
+            self._name_pods(g.rows, gpu)
         totals: dict[str, WorkloadTotals] = {}
-        for p in ranked[:self.top_n]:
-            row = self.read(p, gpu)
-            g.rows.append(row)
+        for row in g.rows:
             labels = row.workload.labels()
-            totals.setdefault(labels["workload"], WorkloadTotals(labels)).add(p)
+            totals.setdefault(labels["workload"], WorkloadTotals(labels)).add(row.process)
         for p in ranked[self.top_n:]:
             g.other.add(p)
         g.workloads = sorted(totals.values(), key=lambda t: t.labels["workload"])
@@ -201,8 +203,15 @@ class Attributor:
             g.workloads.append(g.other)
         return g
 
-    def read(self, p: GpuProcess, gpu: GpuRef) -> ProcessRow:
-        """One process's row; never raises for a process that cannot be read."""
+    def read(self, p: GpuProcess) -> ProcessRow:
+        """One process's row; never raises for a process that cannot be read. A process on
+        several GPUs is read once a pass (a second read would make its CPU % over no time)."""
+        done = self._seen.get(p.pid)
+        if done is None:
+            done = self._seen[p.pid] = self._read(p)
+        return dataclasses.replace(done, process=p)   # a copy: each GPU names its pods on its own
+
+    def _read(self, p: GpuProcess) -> ProcessRow:
         try:
             host = self.host.read(p.pid)
         except procfs.ProcessUnreadable as e:
@@ -211,8 +220,7 @@ class Attributor:
                 st = procfs.status(self.procfs, p.pid, self.hidepid)
             except procfs.ProcessUnreadable as e2:
                 return ProcessRow(p, Workload("unknown", "unknown"), reason=e2.reason)
-            workload, reason = self._classify(p.pid, st, None), e.reason
-            return ProcessRow(p, self._named(workload, gpu), None, st.nspid, reason)
+            return ProcessRow(p, self._classify(p.pid, st, None), None, st.nspid, e.reason)
         known = self._known.get(p.pid)
         now = self.clock()
         if known is None or known.started != host.started or now - known.at >= self.reclassify_s:
@@ -220,10 +228,8 @@ class Attributor:
                 st = procfs.status(self.procfs, p.pid, self.hidepid)
             except procfs.ProcessUnreadable as e:   # exited since its figures were read
                 return ProcessRow(p, Workload("unknown", "unknown"), host, reason=e.reason)
-            known = _Known(host.started, now, self._classify(p.pid, st, host), st.nspid)
-        self._known[p.pid] = known
-        self._seen.add(p.pid)
-        return ProcessRow(p, self._named(known.workload, gpu), host, known.nspid)
+            known = self._known[p.pid] = _Known(host.started, now, self._classify(p.pid, st, host), st.nspid)
+        return ProcessRow(p, known.workload, host, known.nspid)
 
     def _classify(self, pid: int, st: procfs.ProcStatus, host: HostFigures | None) -> Workload:
         """The workload from the process's cgroups, else its command and user."""
@@ -236,16 +242,23 @@ class Attributor:
             workload = cgroups.process_workload(st.name, user)
         return workload
 
-    def _named(self, w: Workload, gpu: GpuRef) -> Workload:
-        return self._named_pod(w, gpu) if w.kind == "kubernetes" and self.kubelet is not None else w
-
-    def _named_pod(self, w: Workload, gpu: GpuRef) -> Workload:
+    def _name_pods(self, rows: list[ProcessRow], gpu: GpuRef) -> None:
+        """Names from the kubelet for this GPU's Kubernetes rows (module `kubelet`): only when
+        the kubelet gave the GPU to one pod and every Kubernetes row here is of one pod UID
+        (a pod using a GPU it was not given, e.g. a privileged one, must not get the names
+        of the pod that was)."""
+        uids = {r.workload.pod_uid for r in rows if r.workload.kind == "kubernetes"}
+        if len(uids) != 1:
+            return
         assigned = self.kubelet.assigned(gpu)
         pods = {(ns, pod) for ns, pod, _c in assigned}
         if len(pods) != 1:
-            return w
+            return
         (namespace, pod), = pods
         containers = {c for _ns, _pod, c in assigned}
         container = containers.pop() if len(containers) == 1 else None
         name = f"k8s:{namespace}/{pod}" + (f"/{container}" if container else "")
-        return dataclasses.replace(w, name=name, namespace=namespace, pod=pod, container=container)
+        for r in rows:
+            if r.workload.kind == "kubernetes":
+                r.workload = dataclasses.replace(r.workload, name=name, namespace=namespace, pod=pod,
+                                                 container=container)

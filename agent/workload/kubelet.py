@@ -2,9 +2,10 @@
 does): `List` on `/var/lib/kubelet/pod-resources/kubelet.sock` answers, for every pod on the
 node, the devices each container was given. The cgroup path gives a process's pod UID and
 container ID but not the pod's name; the kubelet's answer gives names but no UIDs, so the two
-meet at the GPU: a Kubernetes process on a GPU assigned to exactly one container (the usual,
-unshared case) gets that container's names. A GPU shared by several containers (time-slicing)
-names the pod only when they are all in one pod, else nothing: a guess would be worse.
+meet at the GPU: the Kubernetes processes on a GPU assigned to exactly one container (the
+usual, unshared case) get that container's names, when they are all of one pod UID
+(`Attributor._name_pods`). A GPU shared by several containers (time-slicing) names the pod
+only when they are all in one pod, else nothing: a guess would be worse.
 
 The answer is cached for `refresh_s` (a List walks every pod; dcgm-exporter asks once per
 scrape, we ask far less often). No socket: the feature is simply off (state "absent"). A

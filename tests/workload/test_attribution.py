@@ -83,6 +83,19 @@ def test_cpu_percent_over_the_interval_and_a_reused_pid_is_a_new_process(proc_tr
     assert (row.host.cpu_percent, row.host.command, row.workload.name) == (None, "other", "systemd:b.service")
 
 
+def test_a_process_on_two_gpus_is_read_once_a_pass(proc_tree, vendor, rec):
+    clock = SimpleNamespace(t=100.0)
+    proc_tree.add(100, name="trainer", cgroup="0::/system.slice/a.service\n")
+    a = Attributor([vendor([rec(G0, 100, memory=1), rec(G1, 100, memory=2)])], str(proc_tree.root),
+                   host=HostReader(str(proc_tree.root), clock=lambda: clock.t), clock=lambda: clock.t)
+    a.run([G0, G1])
+    clock.t += 1.0
+    proc_tree.set_cpu(100, os.sysconf("SC_CLK_TCK"), "trainer")
+    g0, g1 = a.run([G0, G1]).gpus
+    assert g0.rows[0].host.cpu_percent == g1.rows[0].host.cpu_percent == 100.0
+    assert (g0.rows[0].process.used_memory_bytes, g1.rows[0].process.used_memory_bytes) == (1, 2)
+
+
 def test_a_failing_source_is_reported_and_the_others_carry_on(proc_tree, vendor, rec):
     proc_tree.add(100)
 

@@ -124,3 +124,21 @@ def test_a_process_in_a_pod_cgroup_gets_the_pods_names(kubelet, cgroups, vendor,
     # a GPU shared by two pods cannot say which one this process is: the UID stays, no guess
     assert w1.name == f"k8s:pod-{UID}/{CID[:12]}" and w1.pod is None
     assert snap.kubelet["state"] == "ok"
+
+
+def test_a_pod_on_a_gpu_it_was_not_given_gets_no_names(kubelet, cgroups, vendor, rec):
+    # train-0 was given G0; a second pod (privileged, all GPUs visible) runs on it too: the
+    # kubelet cannot say which process is whose, so neither is named.
+    kubelet.pods = [pod("train-0", "ml", ("trainer", "nvidia.com/gpu", [G0.uuid]))]
+    other_uid = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"
+    p1, p2 = cgroups.sleeper(), cgroups.sleeper()
+    cgroups.put(p1.pid, "cpu", f"egs-test/kubepods/burstable/pod{UID}/{CID}")
+    cgroups.put(p2.pid, "cpu", f"egs-test/kubepods/burstable/pod{other_uid}/{'cd' * 32}")
+    k = PodResources(kubelet.path)
+    try:
+        rows = Attributor([vendor([rec(G0, p1.pid, memory=2), rec(G0, p2.pid, memory=1)])],
+                          kubelet=k).run([G0]).gpus[0].rows
+    finally:
+        k.close()
+    assert [r.workload.pod_uid for r in rows] == [UID, other_uid]
+    assert [r.workload.pod for r in rows] == [None, None]
