@@ -17,9 +17,10 @@ function header() {
   for (const th of document.querySelectorAll("#head th")) {
     th.onclick = () => { sortDesc = sortKey === th.dataset.key ? !sortDesc : false; sortKey = th.dataset.key; header(); order(); };
   }
-  for (const h of hosts.values()) { if (h.row) h.row.remove(); h.row = null; }
-  for (const h of hosts.values()) render(h);
-  order();
+  // Every row at once from one HTML string (one parse for the whole table, not one a row).
+  const list = sorted();
+  tbody.innerHTML = list.map(h => rowHtml(h.data)).join("");
+  list.forEach((h, i) => { h.row = tbody.children[i]; bind(h); h.row.hidden = !matches(h.data); });
   filterControls();
 }
 
@@ -59,12 +60,16 @@ function sortValue(d) {
   return d[sortKey] ?? "";
 }
 
-function order() {
-  const list = [...hosts.values()].sort((a, b) => {
+function sorted() {
+  return [...hosts.values()].sort((a, b) => {
     const x = sortValue(a.data), y = sortValue(b.data);
     const c = x < y ? -1 : x > y ? 1 : a.data.host < b.data.host ? -1 : 1;
     return sortDesc ? -c : c;
   });
+}
+
+function order() {
+  const list = sorted();
   let i = 0, same = true;
   for (const row of tbody.children) { if (row !== list[i++]?.row) { same = false; break; } }
   if (!same || tbody.children.length !== list.length) tbody.replaceChildren(...list.map(h => h.row));
@@ -80,29 +85,44 @@ function set(cell, text, cls) {
   if (cls !== undefined && cell.className !== cls) cell.className = cls;
 }
 
+const count = v => v === null ? "-" : String(v);
+const gpuKey = d => d.gpus.map(g => g[0] + g[1]).join();
+
+// A row as HTML, with its values: the table is built from these in one go.
+function rowHtml(d) {
+  return `<tr data-host="${egs.esc(d.host)}"><td><a href="/host/${encodeURIComponent(d.host)}">${egs.esc(d.host)}</a></td>` +
+    [...labelKeys].sort().map(k => `<td>${egs.esc(d.labels[k] ?? "")}</td>`).join("") +
+    `<td class="state state-${d.state}">${d.state}</td><td class="num seen">${egs.age(now - d.last_seen)}</td>` +
+    `<td class="num backlog">${count(d.backlog)}</td><td class="num dropped">${count(d.dropped)}</td>` +
+    `<td class="gpus">${gpuHtml(d.gpus)}</td><td class="alarms alarm">${egs.esc(d.alarms.join(", "))}</td></tr>`;
+}
+
+// The row's cells, by position (a row's columns: host, the label keys, then COLUMNS[1:]).
+function bind(h) {
+  const cells = h.row.children, n = labelKeys.size;
+  h.cells = { labels: [...cells].slice(1, 1 + n), state: cells[1 + n], seen: cells[2 + n], backlog: cells[3 + n],
+              dropped: cells[4 + n], gpus: cells[5 + n], alarms: cells[6 + n] };
+  h.gpuKey = gpuKey(h.data);
+}
+
 function render(h) {
   const d = h.data;
   if (!h.row) {
-    h.row = document.createElement("tr");
-    h.row.dataset.host = d.host;
-    const keys = [...labelKeys].sort();
-    h.row.innerHTML = `<td><a href="/host/${encodeURIComponent(d.host)}">${egs.esc(d.host)}</a></td>` +
-      keys.map(() => "<td></td>").join("") + '<td class="state"></td><td class="num seen"></td><td class="num backlog"></td>' +
-      '<td class="num dropped"></td><td class="gpus"></td><td class="alarms alarm"></td>';
-    h.cells = { labels: [...h.row.children].slice(1, 1 + keys.length), state: h.row.querySelector(".state"),
-                seen: h.row.querySelector(".seen"), backlog: h.row.querySelector(".backlog"),
-                dropped: h.row.querySelector(".dropped"), gpus: h.row.querySelector(".gpus"), alarms: h.row.querySelector(".alarms") };
-    h.gpuKey = null;
+    const t = document.createElement("tbody");
+    t.innerHTML = rowHtml(d);
+    h.row = t.firstChild;
+    bind(h);
     h.row.hidden = !matches(d);
+    return;
   }
   const c = h.cells;
   [...labelKeys].sort().forEach((k, i) => set(c.labels[i], d.labels[k] ?? ""));
   set(c.state, d.state, "state state-" + d.state);
   set(c.seen, egs.age(now - d.last_seen));
-  set(c.backlog, d.backlog === null ? "-" : String(d.backlog));
-  set(c.dropped, d.dropped === null ? "-" : String(d.dropped));
-  const gpuKey = d.gpus.map(g => g[0] + g[1]).join();
-  if (gpuKey !== h.gpuKey) { c.gpus.innerHTML = gpuHtml(d.gpus); h.gpuKey = gpuKey; }
+  set(c.backlog, count(d.backlog));
+  set(c.dropped, count(d.dropped));
+  const key = gpuKey(d);
+  if (key !== h.gpuKey) { c.gpus.innerHTML = gpuHtml(d.gpus); h.gpuKey = key; }
   set(c.alarms, d.alarms.join(", "));
 }
 
