@@ -142,10 +142,10 @@ def render(doc: dict, origin: str = "") -> str:
     lines = [f"egs-agent top  {time.strftime('%H:%M:%S', time.localtime(doc.get('ts', time.time())))}  "
              f"GPUs: {origin or 'daemon'}  sources: {sources}"
              + (f"  kubelet: {kube['state']}" if kube else "")]
-    rows = [_HEADER]
     if not doc.get("gpus"):
-        lines.append("no GPU found")
-    for g in doc.get("gpus", []):
+        return "\n".join(lines + ["no GPU found"])
+    rows = [_HEADER]
+    for g in doc["gpus"]:
         if not g["processes"] and not g["other"]["processes"]:
             rows.append((g["gpu"], "-", "", "(no processes)", "", "", "", "", f"{g.get('model', '')}".strip()))
         for p in g["processes"]:
