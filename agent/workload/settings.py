@@ -2,15 +2,11 @@
 (docs/workloads.md), declared beside the code that uses it."""
 from __future__ import annotations
 
-from agent.config import Key, Section
+from agent.config import Key, Section, _nonempty
 from agent.workload.attribution import DEFAULT_TOP_N
 from agent.workload.kubelet import DEFAULT_SOCKET
 
 MAX_TOP_N = 100
-
-
-def _nonempty(value: str) -> str | None:
-    return None if value.strip() else "must not be empty"
 
 
 SECTIONS = [

@@ -255,3 +255,15 @@ def test_the_daemon_source_runs_on_its_interval_and_documents_the_pass(proc_tree
     assert [g["gpu"] for g in doc["gpus"]] == ["0"]   # the lost GPU is not asked about
     assert doc["gpus"][0]["processes"][0]["workload"]["workload"] == "cmd:python3@root"
     assert src.status.detail["sources"]["nvml"]["processes"] == 1
+
+
+def test_the_workload_section_validates_like_any_other():
+    from agent import config
+    known = {**config.sections(), "workload": SECTIONS[0]}
+    cfg = config.parse('[workload]\ntop_n = 20\ninterval = "10s"\nprocfs = "/host/proc"\n', "agent.toml", known)
+    assert (cfg.workload.top_n, cfg.workload.interval, cfg.workload.procfs) == (20, "10s", "/host/proc")
+    for text, key in (("[workload]\n\ntop_n = 500\n", "workload.top_n"), ('[workload]\nprocfs = " "\n', "workload.procfs"),
+                      ('[workload]\ninterval = "0s"\n', "workload.interval")):
+        with pytest.raises(config.ConfigError) as e:
+            config.parse(text, "agent.toml", known)
+        assert e.value.key == key and e.value.file == "agent.toml" and e.value.line == text.count("\n")
