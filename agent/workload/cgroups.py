@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-KINDS = ("kubernetes", "slurm", "container", "systemd", "process", "unknown")
+KINDS = ("kubernetes", "slurm", "container", "systemd", "process", "unknown", "other")
 # A label value's bound, as for the agent's own labels (agent.config.MAX_LABEL_VALUE): unit and
 # container names come from whoever made the cgroup.
 MAX_LABEL_VALUE = 256
