@@ -397,7 +397,9 @@ static int alloc_tables(struct run_tables *t, unsigned int ndevs, unsigned int r
 {
     size_t nacc = (size_t)ndevs * EGS_NFIELDS;
     size_t n = ndevs ? ndevs : 1;
-    t->acc = malloc((nacc ? nacc : 1) * sizeof(*t->acc));
+    /* One cache line per accumulator, not two: the fold touches every one each tick. */
+    if (posix_memalign((void **)&t->acc, 64, (nacc ? nacc : 1) * sizeof(*t->acc)) != 0)
+        t->acc = NULL;
     t->ring_head = calloc(n, sizeof(*t->ring_head));
     t->ring_pos = calloc(n, sizeof(*t->ring_pos));
     t->late_hist = calloc(EGS_LATE_BUCKETS, sizeof(*t->late_hist));
@@ -705,7 +707,10 @@ static void fold_tick(struct egs_core *core, const struct egs_tick *ticks, doubl
             ring_advance(core, i);
         if (t->nsamples > 0)
             fold_samples(core, i, t, now_unix);
-        memcpy(d->info.paths, d->path, sizeof(d->info.paths));
+        if (d->path_changed) {
+            memcpy(d->info.paths, d->path, sizeof(d->info.paths));
+            d->path_changed = 0;
+        }
         if (t->lost) {
             d->info.state = EGS_DSTATE_LOST;
             egs_copy(d->info.lost_reason, sizeof(d->info.lost_reason), t->lost_reason);
@@ -835,6 +840,7 @@ static void *sampler_main(void *arg)
                 if (t->status[f] == EGS_R_UNSUPPORTED) {
                     d->unsupported |= 1u << f;
                     d->path[f] = EGS_PATH_NONE;
+                    d->path_changed = 1;
                 }
             }
         }

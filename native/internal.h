@@ -78,6 +78,7 @@ struct egs_dev {
     unsigned int buffered;          /* fields on the BUFFER path: read on slow ticks only */
     unsigned int batched;           /* fields on the BATCH path */
     unsigned char path[EGS_NFIELDS];/* EGS_PATH_*; fold publishes it to info.paths */
+    int path_changed;               /* path differs from info.paths */
     unsigned long long last_seen[EGS_NFIELDS]; /* BUFFER: newest driver timestamp taken */
     double energy_scale;            /* AMD SMI: joules per energy counter step */
     int lost;
@@ -152,12 +153,14 @@ static inline int egs_add_sample(struct egs_tick *t, int f, double ts, double va
     return 1;
 }
 
-/* Moves field f off its BUFFER or BATCH path onto its own call, for good. */
+/* Moves field f off its BUFFER or BATCH path onto its own call, for good (a vendor that then
+ * finds no such call sets path NONE, still marked changed). */
 static inline void egs_fall_back(struct egs_dev *d, int f)
 {
     d->buffered &= ~(1u << f);
     d->batched &= ~(1u << f);
     d->path[f] = EGS_PATH_CALL;
+    d->path_changed = 1;
 }
 
 /* Records one field's outcome, if the tick asked for it: a call that serves two fields gives
