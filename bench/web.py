@@ -211,6 +211,14 @@ def task_seconds(b) -> float:
     return next(m["value"] for m in metrics if m["name"] == "TaskDuration")
 
 
+def stop(proc: subprocess.Popen, grace: float) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--hosts", type=int, default=1000)
@@ -274,16 +282,8 @@ def main() -> int:
     finally:
         if b is not None:
             b.quit()
-        feeder.send_signal(signal.SIGTERM)
-        try:
-            feeder.wait(10)
-        except subprocess.TimeoutExpired:
-            feeder.kill()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(feeder, 10)
+        stop(proc, 20)
         shutil.rmtree(root, ignore_errors=True)
     print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in out.items()}))
     print(f"fleet page, {args.hosts} hosts x {args.gpus} GPUs: first render {out['first_render_ms']:.0f} ms "

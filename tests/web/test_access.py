@@ -85,6 +85,28 @@ def test_nothing_but_get_is_served(tls_collector):
         assert status == 405 and headers["Allow"] == "GET, HEAD"
 
 
+def raw(col, data: bytes) -> bytes:
+    """Bytes sent as they are (no client library's checks); what the server answers."""
+    import socket
+    ctx = ssl.create_default_context(cafile=str(col.pki.root / "ca.crt"))
+    with socket.create_connection(("127.0.0.1", col.web_port), timeout=10) as sock:
+        with ctx.wrap_socket(sock, server_hostname="localhost") as s:
+            s.sendall(data)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+
+def test_a_request_past_the_bounds_gets_an_error_and_the_server_keeps_serving(tls_collector):
+    huge = b"GET /api/fleet HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * (20 << 10) + b"\r\n\r\n"
+    assert raw(tls_collector, huge).startswith(b"HTTP/1.1 413 ")
+    assert raw(tls_collector, b"NONSENSE\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    with_body = f"GET /api/fleet HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 3\r\n\r\nabc".encode()
+    assert raw(tls_collector, with_body).startswith(b"HTTP/1.1 400 ")
+    assert request(tls_collector, "/api/fleet", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+
+
 def test_a_consumer_token_cannot_publish(tls_collector):
     col = tls_collector
     batch = collector_pb2.Batch(host_id="intruder", epoch=1, seq=1, created=time.time())
