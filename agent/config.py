@@ -67,6 +67,7 @@ SECTION_MODULES: tuple[str, ...] = (
     "agent.nic.settings",
     "agent.stream.settings",
     "agent.prometheus.settings",
+    "agent.workload.settings",
 )
 
 

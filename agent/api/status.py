@@ -8,8 +8,10 @@ collection) is read here, when someone asks: the document is assembled and seria
 most once per tick, and a tick nobody asks about costs no JSON.
 
 Shape (a contract other tools rely on: these keys stay, more are welcome): `simulated`, `agent`, `host`, `gpus`,
-`backends`, `sources`, `components`, `events`, `alarms`, `nic`, `health`, then one key per
-component under its name (`recorder`, `stream`, ...).
+`backends`, `sources`, `components`, `events`, `alarms`, `nic`, `health`, `workloads` (the latest
+attribution pass: per GPU its top processes and workloads, docs/workloads.md; null before the
+first pass or when `[workload]` is off), then one key per component under its name (`recorder`,
+`stream`, ...).
 """
 from __future__ import annotations
 
@@ -60,7 +62,7 @@ class StatusDocument:
             return self._json
 
     def _assemble(self, parts: dict) -> dict:
-        gpu, health = self.sources.get("gpu"), self.sources.get("health")
+        gpu, health, workload = self.sources.get("gpu"), self.sources.get("health"), self.sources.get("workload")
         status: dict[str, Any] = {
             "simulated": self.simulated,
             "agent": {"version": __version__, "host_id": self.host_id, "pid": os.getpid(),
@@ -76,6 +78,7 @@ class StatusDocument:
             "alarms": [],
             "nic": {},
             "health": health.gpus() if health is not None else [],
+            "workloads": workload.document() if workload is not None else None,
         }
         status.update(parts["own"])
         return status

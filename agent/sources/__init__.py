@@ -7,5 +7,6 @@ before it collected in the same tick (health reads the GPU source's devices and 
 SOURCES: tuple[str, ...] = (
     "agent.sources.gpu:build",
     "agent.sources.host:build",
+    "agent.workload.source:build",   # reads the GPU source's devices (docs/workloads.md)
     "agent.sources.health:build",
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.config import Key, Section, _nonempty
+from agent.workload import metrics as _metrics  # noqa: F401  (registers the per-workload metrics, so rules can name them)
 from agent.workload.attribution import DEFAULT_TOP_N
 from agent.workload.kubelet import DEFAULT_SOCKET
 

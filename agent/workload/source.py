@@ -1,9 +1,7 @@
 """The attribution as a daemon source (agent.sources.base.Source): a pass every
-`workload.interval`, its series as samples, its document for `status --json`.
-
-Not registered yet: the daemon picks it up once `agent.workload.source:build` is in
-`agent.sources.SOURCES` (after the GPU source, whose devices it reads) and
-`agent.workload.settings` in `agent.config.SECTION_MODULES` (docs/workloads.md, "Wiring").
+`workload.interval`, its series as samples, its document for `status --json` (`workloads`).
+Registered in `agent.sources.SOURCES` after the GPU source, whose devices it reads
+(docs/workloads.md, "Wiring").
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ def kinds(d):
 
 def test_a_critical_xid_reaches_health_the_rules_and_one_recording_in_the_tick_it_came(daemon):
     d, core = daemon
-    assert [s.name for s in d.sources] == ["gpu", "host", "health"]
+    assert [s.name for s in d.sources] == ["gpu", "host", "workload", "health"]
     assert [slot.name for slot in d.slots] == ["alarms", "recorder"]
     now = d.clock() + 1  # a second after the start's tick: the built-in rules are due again
     core.queued = [CoreEvent("xid", 1, 79, now - 0.5, "fallen off the bus")]
