@@ -140,6 +140,7 @@ static const struct {
 #define NV_NBATCH (sizeof(nv_batch) / sizeof(nv_batch[0]))
 /* Samples taken per buffer call; a buffer holding more is read again on the same tick. */
 #define NV_SAMPLE_CHUNK 128
+#define NV_BUFFER_HISTORY_US 1000000ull
 
 /* --- the symbol table --------------------------------------------------------------------- */
 
@@ -475,8 +476,7 @@ static unsigned int nv_missing_fields(const struct nv_lib *lib)
     return mask;
 }
 
-/* Unix microseconds now: where a device's buffers start, so a run folds no sample from
- * before it. */
+/* Unix microseconds now. */
 static unsigned long long nv_now_us(void)
 {
     struct timespec ts;
@@ -491,7 +491,9 @@ static void nv_choose_paths(const struct egs_core *core, const struct nv_lib *li
     nv_device h = d->handle;
     d->buffered = d->batched = 0;
     if (lib->roles[R_SAMPLES].fn != NULL && !core->cfg.no_buffers) {
-        unsigned long long now = nv_now_us();
+        /* The first read takes the driver's samples of the last second too: a buffered field
+         * has values from the first tick on, as a polled one does, and nothing older. */
+        unsigned long long now = nv_now_us() - NV_BUFFER_HISTORY_US;
         for (unsigned int k = 0; k < NV_NBUFFERS; k++) {
             int type = 0;
             unsigned int n = 0;

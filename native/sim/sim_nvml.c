@@ -796,8 +796,8 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvml
  * The driver's own sample buffers. A real driver samples some figures on its own at an internal
  * period and keeps the latest ones; nvmlDeviceGetSamples hands out those newer than the
  * caller's last seen timestamp, oldest first. The simulator takes sample k of a type at
- * scenario time k x period (k >= 1), valued by the scenario's wave at that time, keeps the
- * newest SAMPLE_DEPTH, and stamps each with the wall-clock time of its scenario time, so a
+ * scenario time k x period, valued by the scenario's wave at that time (at time 0 for the
+ * samples from before init), keeps the newest SAMPLE_DEPTH, and stamps each with the wall-clock time of its scenario time, so a
  * sample keeps one timestamp however often it is asked for. The periods are the simulator's
  * choice (docs/benchmarks.md records what a real driver does where one was measured).
  */
@@ -855,7 +855,9 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t d, int type, unsigned 
     if (st == NULL || sim_gpu_field(g, st->field, t, &v) != 0)
         return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
     long long last = (long long)floor(t / st->period_s);
-    long long first = last - SAMPLE_DEPTH + 1 < 1 ? 1 : last - SAMPLE_DEPTH + 1;
+    /* The driver was sampling before this process's init: the samples from before scenario
+     * time 0 hold the values of time 0. */
+    long long first = last - SAMPLE_DEPTH + 1;
     /* The first sample newer than lastSeen, found from the period and then exactly. */
     long long k = (long long)floor(((double)lastSeen - (double)g_sim.t0_unix_us) / (st->period_s * 1e6));
     if (k < first)
@@ -878,7 +880,7 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t d, int type, unsigned 
      * next lastSeen (the newest it got) finds the rest. */
     unsigned int n = avail < *count ? avail : *count;
     for (unsigned int i = 0; i < n; i++, k++) {
-        double at = (double)k * st->period_s;
+        double at = k > 0 ? (double)k * st->period_s : 0.0;
         if (sim_gpu_field(g, st->field, at, &v) != 0)
             v = 0; /* unsupported before t: the scenario's fault came later; not reachable */
         samples[i].timeStamp = sample_us(st->period_s, k);
