@@ -58,7 +58,7 @@ COMPONENTS: tuple[str, ...] = (
     "agent.nic.component:build",
     "agent.alarms.component:build",  # the "alarms" and "recorder" components, one gRPC service
     "agent.stream.component:build",
-    "agent.prometheus.component:build",  # /metrics ([prometheus])
+    "agent.prometheus:build",  # /metrics ([prometheus]); imports the exporter only when on
     "agent.otlp:build",  # OTLP push ([otlp])
 )
 
