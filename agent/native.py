@@ -72,8 +72,10 @@ RING_MAX_SAMPLES = 1 << 18
 # Ring slots per second per GPU that driver sample buffers add beside the ticks' own (a
 # buffered sample gets a slot with its own timestamp): the simulated driver's buffers fill
 # about 24 a second (power every 50 ms, utilisation every 1/6 s, clocks every 100 ms, equal
-# timestamps sharing a slot); a real driver's periods were not measured here (no GPU).
-BUFFER_SLOTS_PER_S = 40
+# timestamps sharing a slot); a real driver's periods were not measured here (no GPU), and a
+# faster one makes the ring hold less than ring_seconds, never more memory. The ring is
+# resident from the start (prefaulted), so this is RSS: 8 GPUs x 60 s x 25 x 88 B = 1 MiB.
+BUFFER_SLOTS_PER_S = 25
 SLOW_HZ = 1.0  # the slow tier's default rate (config key gpu.slow_hz)
 
 
