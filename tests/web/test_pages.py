@@ -171,3 +171,17 @@ def test_a_host_page_chart_holds_the_points_egs_collector_query_returns(page, fl
         "return document.querySelector('#gpus td[data-gpu=\"0\"][data-metric=gpu_temperature_celsius]')"),
         timeout=10, what="the live values table")
     browser.save_screenshot(str(shots / "host.png"))
+
+
+def test_a_host_page_plots_the_flight_recording_of_its_alarm(page):
+    browser, base, shots = page
+    # The recorder captures 10 s past the alarm (docs/alarms.md); the page lists what has arrived.
+    link = wait_for(lambda: (browser.get(f"{base}/host/web-a") or True) and browser.execute_script(
+        "return document.querySelector('#recordings a[data-id]')"), timeout=30, interval=2.0,
+        what="web-a's flight recording on its page")
+    assert "gpu-hot" in link.get_attribute("data-id")
+    link.click()
+    titles = wait_for(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#recording .u-title')].map(t => t.textContent)"),
+        timeout=10, what="the recording's charts")
+    assert any(t.startswith("temperature") or "temperature" in t for t in titles), titles
