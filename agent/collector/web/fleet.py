@@ -188,6 +188,8 @@ class Fleet:
                 return set()
         changed = set()
         for row in rows:
+            if not row.get("host"):  # a bus record without one: nothing to show it under
+                continue
             h = self._host(row["host"])
             row = {k: row.get(k) for k in ("labels", "epoch", "last_seen", "backlog_records", "backlog_bytes",
                                            "dropped", "health", "connected")}
