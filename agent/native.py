@@ -77,6 +77,13 @@ RING_MAX_SAMPLES = 1 << 18
 # resident from the start (prefaulted), so this is RSS: 8 GPUs x 60 s x 25 x 88 B = 1 MiB.
 BUFFER_SLOTS_PER_S = 25
 SLOW_HZ = 1.0  # the slow tier's default rate (config key gpu.slow_hz)
+# The per-process pass's default rate: one pass every 5 s, the workload pass's default interval
+# (workload.interval). The lists are costlier calls (three per NVIDIA GPU a pass, one per AMD
+# GPU), so they are not read at the slow tier's rate.
+PROCESS_HZ = 0.2
+_PLIST_STATES = {lib.EGS_PLIST_NONE: "none", lib.EGS_PLIST_OK: "ok", lib.EGS_PLIST_UNSUPPORTED: "unsupported",
+                 lib.EGS_PLIST_ERROR: "error", lib.EGS_PLIST_LOST: "lost"}
+_PUTIL = {lib.EGS_PUTIL_NONE: "none", lib.EGS_PUTIL_SAMPLES: "samples", lib.EGS_PUTIL_COUNTERS: "counters"}
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -194,6 +201,42 @@ class CoreEvent:
     detail: str
 
 
+@dataclass(frozen=True)
+class CoreProcess:
+    """One process on one GPU as the vendor library listed it (egs_core.h, struct egs_process).
+    A figure the library does not give is None."""
+
+    pid: int
+    compute: bool                  # NVIDIA: on the compute list
+    graphics: bool                 # NVIDIA: on the graphics list
+    used_memory_bytes: float | None
+    sm_percent: float | None       # NVIDIA: mean of the driver's samples since the last pass
+    mem_percent: float | None
+    enc_percent: float | None
+    dec_percent: float | None
+    gfx_busy_ns: float | None      # AMD: engine busy-time counters, ns since the process started
+    enc_busy_ns: float | None
+
+
+@dataclass(frozen=True)
+class ProcessList:
+    """The latest per-process pass of one GPU. `state`: none (not read yet, or the pass is
+    off), ok, unsupported (the library has no list for it), error (`status` and `detail`
+    say why), lost. `utilization`: none, samples (NVML's per-process percentages), counters
+    (AMD SMI's engine busy time: rates need two lists)."""
+
+    gpu: int
+    vendor: str
+    uuid: str
+    state: str
+    ts: float
+    processes: tuple[CoreProcess, ...] = ()
+    utilization: str = "none"
+    calls: int = 0
+    status: int = 0
+    detail: str = ""
+
+
 def _unsupported_names(mask: int) -> frozenset[str]:
     names = {name for f, name in enumerate(FIELDS) if mask & (1 << f)}
     if mask & (1 << _USED | 1 << _TOTAL):
@@ -220,11 +263,12 @@ class Core:
     def __init__(self, nvml_library: str | None = None, amdsmi_library: str | None = None,
                  hz: float = 10.0, ring_seconds: float = 60.0, nvidia: bool = True,
                  amd: bool = True, events: bool = True, slow_hz: float | None = None,
-                 batch: bool = True, buffers: bool = True):
+                 batch: bool = True, buffers: bool = True, process_hz: float = PROCESS_HZ):
         """`slow_hz` is the slow tier's rate (None: SLOW_HZ, or hz when hz is lower); the
         core reads it every round(hz / slow_hz) ticks of the `hz` grid. `batch` and
         `buffers` allow the BATCH and BUFFER paths (PATHS): off, every field is read by a
-        call of its own, as before they existed."""
+        call of its own, as before they existed. `process_hz` is the per-process pass's rate
+        (`processes()`; 0: no pass; above `hz`: `hz`)."""
         if not hz > 0:
             raise ValueError(f"hz must be positive, got {hz!r}")
         if slow_hz is None:
@@ -233,6 +277,10 @@ class Core:
             raise ValueError(f"slow_hz must be > 0 and <= hz ({hz!r}), got {slow_hz!r}")
         if ring_seconds < 0:
             raise ValueError(f"ring_seconds must not be negative, got {ring_seconds!r}")
+        process_hz = min(float(process_hz), float(hz))
+        if not process_hz >= 0:
+            raise ValueError(f"process_hz must not be negative, got {process_hz!r}")
+        self.process_hz = process_hz
         self.nvml_library = nvml_library or os.environ.get(libraries.NVML_ENV) or libraries.NVML_LIBRARY
         self.amdsmi_library = (amdsmi_library or os.environ.get(libraries.AMDSMI_ENV)
                                or libraries.default_amdsmi_library())
@@ -248,7 +296,8 @@ class Core:
             "nvml_library": self._paths[0], "amdsmi_library": self._paths[1],
             "nvidia": int(self.nvidia), "amd": int(self.amd), "hz": self.hz,
             "slow_hz": self.slow_hz, "ring_len": self.ring_len, "events": int(self.want_events),
-            "no_batch": int(not self.batch), "no_buffers": int(not self.buffers)})
+            "no_batch": int(not self.batch), "no_buffers": int(not self.buffers),
+            "process_hz": self.process_hz})
         out = ffi.new("struct egs_core **")
         _check(lib.egs_core_new(cfg, out), "egs_core_new")
         self._core = ffi.gc(out[0], lib.egs_core_free)
@@ -389,6 +438,38 @@ class Core:
             if n[0] < 64:
                 return out
 
+    def processes(self, vendor: str | None = None) -> list[ProcessList]:
+        """The latest process list of every GPU of the core (of one backend, "nvidia" or
+        "amd", when `vendor` is given), as the sampler's last per-process pass left it."""
+        out = []
+        info = ffi.new("struct egs_device_info *")
+        plist = ffi.new("struct egs_process_list *")
+        n = ffi.new("unsigned int *")
+        cap = 64
+        buf = ffi.new("struct egs_process[]", cap)
+        for i in range(self._ndev):
+            _check(lib.egs_device_get(self._core, i, info), "egs_device_get")
+            name = _VENDORS[info.backend]
+            if vendor is not None and name != vendor:
+                continue
+            rc = lib.egs_processes_read(self._core, i, plist, buf, cap, n)
+            while rc == lib.EGS_E_SIZE:
+                cap = n[0] * 2
+                buf = ffi.new("struct egs_process[]", cap)
+                rc = lib.egs_processes_read(self._core, i, plist, buf, cap, n)
+            _check(rc, "egs_processes_read")
+            procs = tuple(CoreProcess(
+                pid=p.pid, compute=bool(p.kinds & lib.EGS_PROC_COMPUTE), graphics=bool(p.kinds & lib.EGS_PROC_GRAPHICS),
+                used_memory_bytes=_nan_to_none(p.used_memory), sm_percent=_nan_to_none(p.sm),
+                mem_percent=_nan_to_none(p.mem), enc_percent=_nan_to_none(p.enc), dec_percent=_nan_to_none(p.dec),
+                gfx_busy_ns=_nan_to_none(p.gfx_ns), enc_busy_ns=_nan_to_none(p.enc_ns))
+                for p in (buf[k] for k in range(n[0])))
+            out.append(ProcessList(gpu=info.index, vendor=name, uuid=_text(info.uuid),
+                                   state=_PLIST_STATES.get(plist.state, str(plist.state)), ts=plist.ts,
+                                   processes=procs, utilization=_PUTIL.get(plist.utilization, "none"),
+                                   calls=plist.calls, status=plist.status, detail=_text(plist.detail)))
+        return out
+
     def sampler_stats(self) -> dict[str, float | int]:
         """The sampler's counters. `reads` (field values read) = `reads_fast` + `reads_slow`,
         `buffered_reads` of them samples out of driver buffers; `slow_ticks` of the `ticks`
@@ -406,4 +487,5 @@ class Core:
                 "read_s": s.read_s, "fold_s": s.fold_s, "fold_p50_us": s.fold_p50_us,
                 "events_dropped": s.events_dropped, "abandoned_threads": s.abandoned_threads,
                 "library_calls": s.calls, "buffered_reads": s.buffered_reads,
-                "library_calls_per_gpu_per_s": per_gpu_s}
+                "library_calls_per_gpu_per_s": per_gpu_s, "process_passes": s.process_passes,
+                "process_calls": s.process_calls, "process_s": s.process_s, "process_cpu_s": s.process_cpu_s}

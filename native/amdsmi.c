@@ -33,6 +33,7 @@ enum {
     AM_NOT_YET_IMPLEMENTED = 3,
     AM_DRM_ERROR = 6,
     AM_IO = 12,
+    AM_OUT_OF_RESOURCES = 15,
     AM_NOT_FOUND = 31,
     AM_NO_DATA = 40,
 };
@@ -112,6 +113,14 @@ struct am_metrics_head {
 
 /* amdsmi_gpu_metrics_t as amdsmi 7.0.2 lays it out: 4544 packed bytes, current_socket_power
  * (uint16) at offset 120. */
+/* amdsmi_proc_info_t (packed, 704 bytes; amdsmi_wrapper.py): the offsets the core reads. */
+#define AM_PROC_SIZE 704
+#define AM_PROC_PID 256           /* uint32 */
+#define AM_PROC_GFX_NS 272        /* engine_usage.gfx, uint64 ns */
+#define AM_PROC_ENC_NS 280        /* engine_usage.enc */
+#define AM_PROC_VRAM 352          /* memory_usage.vram_mem, uint64 bytes */
+#define AM_INSUFFICIENT_SIZE 41
+
 #define AM_METRICS_SIZE 4544
 #define AM_METRICS_CURRENT_SOCKET_POWER 120
 _Static_assert(sizeof(struct am_metrics_head) == 72, "amdsmi_gpu_metrics_t head layout");
@@ -130,7 +139,7 @@ _Static_assert(sizeof(struct am_event) == 272, "amdsmi_evt_notification_data_t l
 enum {
     R_INIT, R_SHUTDOWN, R_STATUS_STRING, R_SOCKETS, R_PROCESSORS, R_TYPE, R_UUID, R_BDF, R_ASIC,
     R_DRIVER, R_TEMPERATURE, R_ACTIVITY, R_VRAM, R_POWER, R_CLOCK, R_ENERGY, R_METRICS, R_EVENT_INIT,
-    R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_COUNT_ROLES
+    R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_PROCESSES, R_COUNT_ROLES
 };
 
 static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
@@ -155,6 +164,7 @@ static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
     [R_EVENT_MASK] = {"event_mask", {"amdsmi_set_gpu_event_notification_mask"}},
     [R_EVENT_GET] = {"event_get", {"amdsmi_get_gpu_event_notification"}},
     [R_EVENT_STOP] = {"event_stop", {"amdsmi_stop_gpu_event_notification"}},
+    [R_PROCESSES] = {"processes", {"amdsmi_get_gpu_process_list"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
@@ -585,6 +595,76 @@ out:
 
 static const unsigned int am_needed[] = {R_INIT, R_SOCKETS, R_PROCESSORS};
 
+/* --- per-process reads ------------------------------------------------------------------- */
+
+typedef am_status (*fn_process_list)(am_handle, uint32_t *, void *);
+
+static uint64_t am_u64(const char *rec, size_t off)
+{
+    uint64_t v;
+    memcpy(&v, rec + off, sizeof(v));
+    return v;
+}
+
+/* amdsmi_get_gpu_process_list into r: a buffer sized from the previous pass, grown while the
+ * library answers OUT_OF_RESOURCES (a list longer than the buffer) or INSUFFICIENT_SIZE.
+ * GPU memory is the process's VRAM (memory_usage.vram_mem, the device memory NVML's
+ * usedGpuMemory also counts), not `mem`; the engine counters go out raw (Python makes
+ * rates of them between passes). */
+static void am_read_processes(struct egs_backend *b, struct egs_dev *d, struct egs_proc_read *r)
+{
+    const struct am_lib *lib = b->impl;
+    fn_process_list fn = EGS_FN(lib, R_PROCESSES, fn_process_list);
+    const char *symbol = lib->roles[R_PROCESSES].symbol;
+    char msg[EGS_TEXT - 64];
+    if (fn == NULL) {
+        r->info.state = EGS_PLIST_UNSUPPORTED;
+        return;
+    }
+    uint32_t cap = d->proc_hint ? d->proc_hint + d->proc_hint / 4 + 4 : EGS_PROC_INITIAL, n = 0;
+    am_status rc = AM_OUT_OF_RESOURCES;
+    for (int attempt = 0; attempt < EGS_PROC_ATTEMPTS && (rc == AM_OUT_OF_RESOURCES || rc == AM_INSUFFICIENT_SIZE);
+         attempt++) {
+        if (egs_proc_scratch(r, (size_t)cap * AM_PROC_SIZE) == NULL) {
+            egs_proc_failed(r, 0, symbol, "out of memory");
+            return;
+        }
+        n = cap;
+        r->info.calls++;
+        rc = fn(d->handle, &n, r->raw);
+        if (rc == AM_OUT_OF_RESOURCES || rc == AM_INSUFFICIENT_SIZE)
+            cap = n > cap ? n + n / 4 + 4 : cap * 2;
+    }
+    if (rc == AM_NOT_SUPPORTED || rc == AM_NOT_YET_IMPLEMENTED) {
+        r->info.state = EGS_PLIST_UNSUPPORTED;
+        return;
+    }
+    if (am_is_lost(rc)) {
+        r->info.state = EGS_PLIST_LOST;
+        return;
+    }
+    if (rc != AM_SUCCESS) {
+        egs_proc_failed(r, rc, symbol, am_error(lib, rc, msg, sizeof(msg)));
+        return;
+    }
+    for (uint32_t k = 0; k < n && k < cap; k++) {
+        const char *rec = (const char *)r->raw + (size_t)k * AM_PROC_SIZE;
+        uint32_t pid;
+        memcpy(&pid, rec + AM_PROC_PID, sizeof(pid));
+        struct egs_process *p = egs_proc_add(r, pid);
+        if (p == NULL) {
+            egs_proc_failed(r, 0, symbol, "out of memory");
+            return;
+        }
+        p->used_memory = (double)am_u64(rec, AM_PROC_VRAM);
+        p->gfx_ns = (double)am_u64(rec, AM_PROC_GFX_NS);
+        p->enc_ns = (double)am_u64(rec, AM_PROC_ENC_NS);
+    }
+    d->proc_hint = n;
+    r->info.state = EGS_PLIST_OK;
+    r->info.utilization = EGS_PUTIL_COUNTERS;
+}
+
 const struct egs_vendor egs_amdsmi = {
     .what = "AMD SMI",
     .roles = am_roles_template,
@@ -595,6 +675,7 @@ const struct egs_vendor egs_amdsmi = {
     .shutdown = R_SHUTDOWN,
     .open = am_open,
     .read = am_read,
+    .read_processes = am_read_processes,
     .open_events = am_open_events,
     .wait_event = am_wait_event,
     .close_events = am_close_events,

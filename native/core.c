@@ -180,6 +180,8 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
     /* NaN fails both comparisons, so it is refused too. */
     if (!(cfg->slow_hz >= 0.0 && cfg->slow_hz <= cfg->hz))
         return EGS_E_INVALID;
+    if (!(cfg->process_hz >= 0.0 && cfg->process_hz <= cfg->hz))
+        return EGS_E_INVALID;
     struct egs_core *core = calloc(1, sizeof(*core));
     if (core == NULL)
         return EGS_E_NOMEM;
@@ -195,6 +197,10 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
     if (cfg->slow_hz > 0.0) {
         long long every = llround(cfg->hz / cfg->slow_hz);
         core->slow_every = every < 1 ? 1u : every > 0x7fffffff ? 0x7fffffffu : (unsigned int)every;
+    }
+    if (cfg->process_hz > 0.0) {
+        long long every = llround(cfg->hz / cfg->process_hz);
+        core->proc_every = every < 1 ? 1u : every > 0x7fffffff ? 0x7fffffffu : (unsigned int)every;
     }
     pthread_mutex_init(&core->life, NULL);
     pthread_mutex_init(&core->lock, NULL);
@@ -266,6 +272,8 @@ struct run_tables {
 
 static void free_tables(struct run_tables *t)
 {
+    for (unsigned int i = 0; t->devs != NULL && i < t->ndevs; i++)
+        free(t->devs[i].procs);
     free(t->devs);
     free(t->acc);
     free(t->ring);
@@ -505,6 +513,8 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->ticks = core->late_ticks = core->reads = 0;
     core->reads_fast = core->reads_slow = core->slow_ticks = 0;
     core->calls = core->buffered_reads = 0;
+    core->process_passes = core->process_calls = 0;
+    core->process_s = core->process_cpu_s = 0.0;
     core->ring_lag_s = 0.0;
     core->read_s = core->fold_s = 0.0;
     core->thread_cpu_s = 0.0;
@@ -610,6 +620,94 @@ EGS_EXPORT void egs_core_free(struct egs_core *core)
     pthread_mutex_destroy(&core->lock);
     pthread_mutex_destroy(&core->life);
     free(core);
+}
+
+/* --- per-process passes -------------------------------------------------------------------- */
+
+struct egs_process *egs_proc_add(struct egs_proc_read *r, unsigned int pid)
+{
+    for (unsigned int k = 0; k < r->n; k++)
+        if (r->procs[k].pid == pid)
+            return &r->procs[k];
+    if (r->n == r->cap) {
+        unsigned int cap = r->cap ? r->cap * 2 : EGS_PROC_INITIAL;
+        struct egs_process *grown = realloc(r->procs, cap * sizeof(*grown));
+        if (grown == NULL)
+            return NULL;
+        r->procs = grown;
+        r->cap = cap;
+    }
+    struct egs_process *p = &r->procs[r->n++];
+    p->pid = pid;
+    p->kinds = 0;
+    p->used_memory = p->sm = p->mem = p->enc = p->dec = p->gfx_ns = p->enc_ns = NAN;
+    return p;
+}
+
+void *egs_proc_scratch(struct egs_proc_read *r, size_t bytes)
+{
+    if (bytes > r->raw_cap) {
+        void *grown = realloc(r->raw, bytes);
+        if (grown == NULL)
+            return NULL;
+        r->raw = grown;
+        r->raw_cap = bytes;
+    }
+    return r->raw;
+}
+
+void egs_proc_failed(struct egs_proc_read *r, int status, const char *symbol, const char *message)
+{
+    r->info.state = EGS_PLIST_ERROR;
+    r->info.status = status;
+    snprintf(r->info.detail, sizeof(r->info.detail), "%s: %s", symbol, message);
+}
+
+/* Reads every device's process list and publishes each as it is read (one short critical
+ * section per device: the lists' buffers are swapped, not copied). Runs on the sampler thread
+ * between ticks, so no lock is held across a vendor call. */
+static void process_pass(struct egs_core *core, struct egs_proc_read *r)
+{
+    struct timespec w0, w1, c0, c1;
+    unsigned long long calls = 0;
+    const double window = fmax(EGS_PROC_WINDOW_S, core->proc_every / core->cfg.hz);
+    clock_gettime(CLOCK_MONOTONIC, &w0);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+    for (unsigned int i = 0; i < core->ndevs && !stopping(core); i++) {
+        struct egs_dev *d = &core->devs[i];
+        const struct egs_vendor *v = d->backend->vendor;
+        memset(&r->info, 0, sizeof(r->info));
+        r->n = 0;
+        r->info.ts = unix_time(core);
+        r->since_us = (unsigned long long)((r->info.ts - window) * 1e6);
+        if (d->lost)
+            r->info.state = EGS_PLIST_LOST;
+        else if (v == NULL || v->read_processes == NULL)
+            r->info.state = EGS_PLIST_UNSUPPORTED;
+        else
+            v->read_processes(d->backend, d, r);
+        if (r->info.state != EGS_PLIST_OK)
+            r->n = 0;
+        r->info.count = r->n;
+        calls += r->info.calls;
+        pthread_mutex_lock(&core->lock);
+        struct egs_process *procs = d->procs;
+        unsigned int pcap = d->pcap;
+        d->procs = r->procs;
+        d->pcap = r->cap;
+        d->plist = r->info;
+        pthread_mutex_unlock(&core->lock);
+        r->procs = procs;
+        r->cap = pcap;
+    }
+    clock_gettime(CLOCK_MONOTONIC, &w1);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+    pthread_mutex_lock(&core->lock);
+    core->process_passes++;
+    core->process_calls += calls;
+    core->process_s += ts_seconds(&w1) - ts_seconds(&w0);
+    core->process_cpu_s += ts_seconds(&c1) - ts_seconds(&c0);
+    pthread_mutex_unlock(&core->lock);
 }
 
 /* --- the sampler ---------------------------------------------------------------------------- */
@@ -778,6 +876,10 @@ static void *sampler_main(void *arg)
     const unsigned long long slow_every = core->slow_every;
     unsigned long long slot = 0;        /* grid index of this tick (skipped slots counted) */
     unsigned long long next_slow = 0;   /* first grid slot at which the slow tier is due */
+    const unsigned long long proc_every = core->proc_every;
+    unsigned long long next_proc = 0;   /* likewise for the per-process pass */
+    struct egs_proc_read procs;
+    memset(&procs, 0, sizeof(procs));
 
     /* The default 50 us timer slack would be most of the lateness at 1 kHz; this thread's
      * wake-ups are the product, so ask for 1 us (per-thread, needs no privilege). */
@@ -870,6 +972,14 @@ static void *sampler_main(void *arg)
         clock_gettime(CLOCK_MONOTONIC, &fold_end);
         fold_s = ts_diff(&fold_end, &read_end);
 
+        /* The per-process pass, after the tick's own reads and fold so it never delays them;
+         * a long pass makes the next ticks late, and they are counted as such. */
+        if (proc_every > 0 && slot >= next_proc) {
+            next_proc = (slot / proc_every + 1) * proc_every;
+            process_pass(core, &procs);
+            clock_gettime(CLOCK_MONOTONIC, &fold_end);
+        }
+
         /* Next deadline on the fixed grid. If the thread was held up past it, the latest slot
          * that is already due runs at once (late, and measured as such); slots older than that
          * are skipped and counted rather than run back to back, so a stall never turns into a
@@ -905,6 +1015,8 @@ static void *sampler_main(void *arg)
     core->thread_cpu_s = ts_seconds(&cpu);
     core->fold_s += fold_s;
     pthread_mutex_unlock(&core->lock);
+    free(procs.procs);
+    free(procs.raw);
     return NULL;
 }
 
@@ -1123,6 +1235,10 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     out->slow_ticks = core->slow_ticks;
     out->calls = core->calls;
     out->buffered_reads = core->buffered_reads;
+    out->process_passes = core->process_passes;
+    out->process_calls = core->process_calls;
+    out->process_s = core->process_s;
+    out->process_cpu_s = core->process_cpu_s;
     out->slow_every = core->slow_every;
     out->events_dropped = core->ev_dropped;
     out->abandoned_threads = core->abandoned;
@@ -1162,4 +1278,29 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     }
     pthread_mutex_unlock(&core->lock);
     return EGS_OK;
+}
+
+EGS_EXPORT int egs_processes_read(struct egs_core *core, unsigned int device, struct egs_process_list *info,
+                                  struct egs_process *out, unsigned int cap, unsigned int *n)
+{
+    int rc = EGS_OK;
+    if (core == NULL || info == NULL || n == NULL || (out == NULL && cap > 0))
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->lock);
+    if (device >= core->ndevs) {
+        rc = EGS_E_INVALID;
+        goto out;
+    }
+    const struct egs_dev *d = &core->devs[device];
+    *info = d->plist;
+    *n = d->plist.count;
+    if (d->plist.count > cap) {
+        rc = EGS_E_SIZE;
+        goto out;
+    }
+    if (d->plist.count > 0)
+        memcpy(out, d->procs, d->plist.count * sizeof(*out));
+out:
+    pthread_mutex_unlock(&core->lock);
+    return rc;
 }

@@ -100,6 +100,8 @@ struct egs_config {
                                    * ticks; 0 = no slow tier (every field every tick) */
     int no_batch;                 /* nonzero: no BATCH path (every field by its own call) */
     int no_buffers;               /* nonzero: no BUFFER path (driver sample buffers unused) */
+    double process_hz;            /* per-process pass rate (egs_processes_read), 0 < process_hz
+                                   * <= hz: every round(hz / process_hz) ticks; 0 = none */
 };
 
 struct egs_backend_info {
@@ -169,10 +171,55 @@ struct egs_sampler_stats {
     double fold_p50_us;               /* median of one tick's fold: unlike the sum, untouched by
                                        * the odd preemption in the middle of a fold */
     unsigned long long events_dropped;
+    unsigned long long process_passes;/* per-process passes made (every device each) */
+    unsigned long long process_calls; /* vendor calls those passes made (not in `calls`) */
+    double process_s;                 /* wall time of those passes */
+    double process_cpu_s;             /* the sampler thread's CPU time in those passes */
     unsigned int abandoned_threads;   /* sampler/event threads egs_core_stop stopped waiting for
                                        * (stuck in a vendor call): they were left running, so
                                        * the vendor libraries stay loaded and the core cannot
                                        * be started again or freed (egs_core_free leaks it) */
+};
+
+/* Per-process reads. On its own period (egs_config.process_hz) the sampler asks each
+ * device's library which processes use it: NVML's compute and graphics lists (newest struct
+ * version the library exports: _v3, _v2, then the unversioned v1) with used memory, and its
+ * per-process utilisation (nvmlDeviceGetProcessesUtilizationInfo, else
+ * nvmlDeviceGetProcessUtilization: the mean of the samples since the previous pass; a listed
+ * process without a sample had none, so 0, as NVML documents); AMD SMI's process list with
+ * VRAM and engine busy-time counters. A list grows and is asked again when the library says
+ * the buffer is short. The latest list of a device is kept whole until the next pass
+ * replaces it. */
+#define EGS_PROC_COMPUTE   1
+#define EGS_PROC_GRAPHICS  2
+
+#define EGS_PLIST_NONE        0   /* not read yet, or per-process reads are off */
+#define EGS_PLIST_OK          1
+#define EGS_PLIST_UNSUPPORTED 2   /* the library has no process list for this device */
+#define EGS_PLIST_ERROR       3   /* the latest pass failed: status and detail say why */
+#define EGS_PLIST_LOST        4   /* the device is lost */
+
+/* Utilisation source of a list (egs_process_list.utilization). */
+#define EGS_PUTIL_NONE        0   /* none: unsupported, or the library has no such call */
+#define EGS_PUTIL_SAMPLES     1   /* nvmlDeviceGetProcessesUtilizationInfo / GetProcessUtilization */
+#define EGS_PUTIL_COUNTERS    2   /* AMD SMI engine busy-time counters (gfx_ns, enc_ns) */
+
+struct egs_process {
+    unsigned int pid;             /* in the PID namespace the driver sees (the host's) */
+    unsigned int kinds;           /* EGS_PROC_* bits (NVIDIA); 0 elsewhere */
+    double used_memory;           /* bytes; NaN when the library does not say */
+    double sm, mem, enc, dec;     /* percent (NVIDIA); NaN when there is no utilisation source */
+    double gfx_ns, enc_ns;        /* AMD: engine busy time since the process started, ns; NaN elsewhere */
+};
+
+struct egs_process_list {
+    int state;                    /* EGS_PLIST_* */
+    int status;                   /* the vendor's return code when state is ERROR, else 0 */
+    int utilization;              /* EGS_PUTIL_* */
+    unsigned int count;           /* processes in the list */
+    unsigned int calls;           /* vendor calls the pass made for this device */
+    double ts;                    /* unix seconds of the pass */
+    char detail[EGS_TEXT];        /* the failing call and the library's message when ERROR */
 };
 
 struct egs_core;
@@ -209,3 +256,8 @@ int egs_ring_read(struct egs_core *core, unsigned int device, double since,
 int egs_events_read(struct egs_core *core, struct egs_event *out, unsigned int cap, unsigned int *n);
 
 int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *out);
+
+/* The latest process list of one device: *info always (when the device exists), the
+ * processes into out; EGS_E_SIZE with *n = the count when cap is smaller. */
+int egs_processes_read(struct egs_core *core, unsigned int device, struct egs_process_list *info,
+                       struct egs_process *out, unsigned int cap, unsigned int *n);

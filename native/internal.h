@@ -66,6 +66,28 @@ struct egs_tick {
     struct egs_sample samples[EGS_MAX_SAMPLES];
 };
 
+/* One device's per-process pass as a vendor file fills it: the list (egs_proc_add), its
+ * outcome in info, and scratch space for the library's own records (egs_proc_scratch).
+ * The buffers belong to the sampler and are reused from device to device. */
+struct egs_proc_read {
+    struct egs_process_list info;
+    struct egs_process *procs;
+    unsigned int n, cap;
+    void *raw;
+    size_t raw_cap;
+    unsigned long long since_us;    /* utilisation samples newer than this count (unix us): one
+                                     * pass period back, at least EGS_PROC_WINDOW_S */
+};
+
+/* A process-list buffer's first size when the previous pass found none. */
+#define EGS_PROC_INITIAL 16
+/* Calls of one list per pass at most when the library keeps saying the buffer is short (the
+ * list grew between the calls). */
+#define EGS_PROC_ATTEMPTS 4
+/* The shortest window of per-process utilisation samples a pass averages: a driver samples
+ * every fraction of a second, so any second holds a sample of a busy process. */
+#define EGS_PROC_WINDOW_S 1.0
+
 struct egs_backend;
 struct egs_vendor;
 
@@ -84,6 +106,12 @@ struct egs_dev {
     int lost;
     int events_on;                  /* AMD SMI: event notification initialised on this device,
                                      * to be stopped on close even once the device is lost */
+    /* Per-process reads: the published list (under core->lock) and the sampler's own state. */
+    struct egs_process_list plist;
+    struct egs_process *procs;
+    unsigned int pcap;
+    unsigned int proc_hint;         /* the longest list of the previous pass: the next buffer's size */
+    int proc_util_off;              /* the utilisation call said NOT_SUPPORTED: not asked again */
 };
 
 struct egs_backend {
@@ -124,6 +152,8 @@ struct egs_vendor {
     int (*open)(struct egs_core *core, struct egs_backend *b);
     /* Reads the fields of t->want (egs_want) of one device into t (egs_put). */
     void (*read)(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t);
+    /* Fills r with the processes using device d (NULL: the library has no process list). */
+    void (*read_processes)(struct egs_backend *b, struct egs_dev *d, struct egs_proc_read *r);
     /* Registers for events on the devices; nonzero when at least one accepted. */
     int (*open_events)(struct egs_core *core, struct egs_backend *b);
     int (*wait_event)(struct egs_backend *b, struct egs_core *core, int timeout_ms);
@@ -212,6 +242,9 @@ struct egs_core {
     double ring_lag_s;              /* the oldest a buffered sample was when folded: the ring is
                                      * in time order but for that much (egs_ring_read) */
     unsigned int slow_every;        /* from cfg.hz / cfg.slow_hz, fixed at egs_core_new */
+    unsigned int proc_every;        /* from cfg.hz / cfg.process_hz; 0 = no per-process pass */
+    unsigned long long process_passes, process_calls;
+    double process_s, process_cpu_s;
     double read_s, fold_s;
     unsigned int *late_hist;        /* EGS_LATE_BUCKETS */
     unsigned int *fold_hist;        /* EGS_FOLD_BUCKETS */
@@ -238,6 +271,13 @@ EGS_HIDDEN void egs_backend_failed(struct egs_backend *b, int status, const char
  * returns the status of the field that call served: EGS_R_SKIPPED. */
 EGS_HIDDEN unsigned char egs_tick_lost(struct egs_tick *t, long long code, const char *symbol,
                                        const char *message);
+/* The entry of `pid` in the pass's list, added (zeroed, figures NaN) when new; NULL when out
+ * of memory. */
+EGS_HIDDEN struct egs_process *egs_proc_add(struct egs_proc_read *r, unsigned int pid);
+/* The pass's scratch space, at least `bytes` long; NULL when out of memory. */
+EGS_HIDDEN void *egs_proc_scratch(struct egs_proc_read *r, size_t bytes);
+/* Ends a pass in error: the library's `status` at `symbol`, with its message. */
+EGS_HIDDEN void egs_proc_failed(struct egs_proc_read *r, int status, const char *symbol, const char *message);
 /* Queues an event; the caller must NOT hold core->lock. */
 EGS_HIDDEN void egs_push_event(struct egs_core *core, int kind, unsigned int device,
                                unsigned long long code, const char *detail);

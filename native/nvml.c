@@ -15,6 +15,7 @@
  * and retried on the next tick. Every vendor call the sampler makes is counted (t->calls).
  */
 #define _GNU_SOURCE
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -39,7 +40,7 @@ enum {
 enum { NV_CLOCK_SM = 1, NV_CLOCK_MEM = 2 };
 enum { NV_TEMPERATURE_GPU = 0 };
 enum { NV_FI_TOTAL_ENERGY = 83, NV_FI_POWER_INSTANT = 186 };
-enum { NV_NOT_FOUND = 6 };
+enum { NV_NOT_FOUND = 6, NV_INSUFFICIENT_SIZE = 7 };
 /* nvmlSamplingType_t values of the buffers the catalogue can use. */
 enum {
     NV_SAMPLES_POWER = 0, NV_SAMPLES_GPU_UTIL = 1, NV_SAMPLES_MEM_UTIL = 2,
@@ -107,6 +108,48 @@ struct nv_event_data {
     unsigned int compute_instance_id;
 };
 
+/* Per-process records, from pynvml's structures: nvmlProcessInfo_v1_t (the unversioned
+ * list calls) is pid + usedGpuMemory, 16 bytes; _v2 and _v3 add the GPU and compute instance
+ * ids, 24 bytes. Their pid and usedGpuMemory sit at the same offsets. */
+struct nv_process_v1 {
+    unsigned int pid;
+    unsigned long long used_memory;    /* NV_VALUE_NOT_AVAILABLE: the driver cannot say */
+};
+
+struct nv_process_v2 {
+    unsigned int pid;
+    unsigned long long used_memory;
+    unsigned int gpu_instance_id, compute_instance_id;
+};
+
+struct nv_process_sample {         /* nvmlProcessUtilizationSample_t */
+    unsigned int pid;
+    unsigned long long timestamp;  /* microseconds since 1970 */
+    unsigned int sm, mem, enc, dec;
+};
+
+struct nv_process_util {           /* nvmlProcessUtilizationInfo_v1_t */
+    unsigned long long timestamp;
+    unsigned int pid;
+    unsigned int sm, mem, enc, dec, jpg, ofa;
+};
+
+struct nv_processes_util {         /* nvmlProcessesUtilizationInfo_t, version 1 */
+    unsigned int version;
+    unsigned int count;
+    unsigned long long last_seen;
+    struct nv_process_util *samples;
+};
+
+#define NV_VALUE_NOT_AVAILABLE (~0ull)
+#define NV_PROCESSES_UTIL_V1 ((unsigned int)sizeof(struct nv_processes_util) | (1u << 24))
+
+_Static_assert(sizeof(struct nv_process_v1) == 16, "nvmlProcessInfo_v1_t is 16 bytes");
+_Static_assert(sizeof(struct nv_process_v2) == 24, "nvmlProcessInfo_v2_t is 24 bytes");
+_Static_assert(sizeof(struct nv_process_sample) == 32, "nvmlProcessUtilizationSample_t is 32 bytes");
+_Static_assert(sizeof(struct nv_process_util) == 40, "nvmlProcessUtilizationInfo_v1_t is 40 bytes");
+_Static_assert(NV_PROCESSES_UTIL_V1 == 0x01000018u, "ProcessesUtilizationInfo_v1");
+
 #define NV_TEMPERATURE_V1 ((unsigned int)sizeof(struct nv_temperature) | (1u << 24))
 #define NV_MEMORY_V2 ((unsigned int)sizeof(struct nv_memory_v2) | (2u << 24))
 
@@ -147,7 +190,8 @@ static const struct {
 enum {
     R_INIT, R_SHUTDOWN, R_ERROR_STRING, R_DRIVER_VERSION, R_COUNT, R_HANDLE, R_NAME, R_UUID,
     R_PCI, R_UTILIZATION, R_MEMORY, R_TEMPERATURE, R_FIELD_VALUES, R_SAMPLES, R_POWER, R_CLOCK,
-    R_FAN, R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE, R_COUNT_ROLES
+    R_FAN, R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE,
+    R_COMPUTE_PROCS, R_GRAPHICS_PROCS, R_PROCS_UTIL, R_PROC_UTIL, R_COUNT_ROLES
 };
 
 static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
@@ -173,6 +217,13 @@ static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
     [R_REGISTER_EVENTS] = {"register_events", {"nvmlDeviceRegisterEvents"}},
     [R_EVENT_WAIT] = {"event_wait", {"nvmlEventSetWait_v2", "nvmlEventSetWait"}},
     [R_EVENT_SET_FREE] = {"event_set_free", {"nvmlEventSetFree"}},
+    /* The unversioned list calls fill the v1 record (nv_list_record_size). */
+    [R_COMPUTE_PROCS] = {"compute_processes", {"nvmlDeviceGetComputeRunningProcesses_v3",
+                         "nvmlDeviceGetComputeRunningProcesses_v2", "nvmlDeviceGetComputeRunningProcesses"}},
+    [R_GRAPHICS_PROCS] = {"graphics_processes", {"nvmlDeviceGetGraphicsRunningProcesses_v3",
+                          "nvmlDeviceGetGraphicsRunningProcesses_v2", "nvmlDeviceGetGraphicsRunningProcesses"}},
+    [R_PROCS_UTIL] = {"processes_utilization", {"nvmlDeviceGetProcessesUtilizationInfo"}},
+    [R_PROC_UTIL] = {"process_utilization", {"nvmlDeviceGetProcessUtilization"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
@@ -201,6 +252,9 @@ typedef nv_return (*fn_clock)(nv_device, int, unsigned int *);
 typedef nv_return (*fn_field_values)(nv_device, int, struct nv_field_value *);
 typedef nv_return (*fn_samples)(nv_device, int, unsigned long long, int *, unsigned int *,
                                 struct nv_sample *);
+typedef nv_return (*fn_processes)(nv_device, unsigned int *, void *);
+typedef nv_return (*fn_process_samples)(nv_device, struct nv_process_sample *, unsigned int *,
+                                        unsigned long long);
 typedef nv_return (*fn_set_create)(nv_event_set *);
 typedef nv_return (*fn_register)(nv_device, unsigned long long, nv_event_set);
 typedef nv_return (*fn_wait)(nv_event_set, struct nv_event_data *, unsigned int);
@@ -531,6 +585,174 @@ static void nv_choose_paths(const struct egs_core *core, const struct nv_lib *li
     memcpy(d->info.paths, d->path, sizeof(d->info.paths));
 }
 
+/* --- per-process reads ------------------------------------------------------------------- */
+
+/* The record the resolved list call fills: the unversioned symbol is the v1 layout. */
+static size_t nv_list_record_size(const struct nv_lib *lib, int role)
+{
+    const char *sym = lib->roles[role].symbol;
+    size_t n = strlen(sym);
+    return n > 3 && sym[n - 3] == '_' && sym[n - 2] == 'v' ? sizeof(struct nv_process_v2)
+                                                            : sizeof(struct nv_process_v1);
+}
+
+/* Fails the pass with NVML's reason, or marks it lost; returns rc. */
+static nv_return nv_proc_error(const struct nv_lib *lib, struct egs_proc_read *r, nv_return rc, int role)
+{
+    char msg[EGS_TEXT - 64];
+    if (rc == NV_GPU_IS_LOST || rc == NV_RESET_REQUIRED)
+        r->info.state = EGS_PLIST_LOST;
+    else
+        egs_proc_failed(r, rc, lib->roles[role].symbol, nv_error(lib, rc, msg, sizeof(msg)));
+    return rc;
+}
+
+/* Calls a list or sample function into scratch space of `size`-byte records, growing it
+ * while NVML says it is short. *count is in: the first capacity; out: the records. */
+static nv_return nv_grow_call(const struct nv_lib *lib, struct egs_dev *d, struct egs_proc_read *r,
+                              int role, size_t size, unsigned int *count, unsigned long long last_seen)
+{
+    unsigned int cap = *count;
+    nv_return rc = NV_INSUFFICIENT_SIZE;
+    for (int attempt = 0; attempt < EGS_PROC_ATTEMPTS && rc == NV_INSUFFICIENT_SIZE; attempt++) {
+        void *raw = egs_proc_scratch(r, cap * size);
+        if (raw == NULL)
+            return -1;
+        unsigned int n = cap;
+        r->info.calls++;
+        if (role == R_PROCS_UTIL) {
+            struct nv_processes_util u = {NV_PROCESSES_UTIL_V1, cap, last_seen, raw};
+            rc = EGS_FN(lib, role, nv_return (*)(nv_device, struct nv_processes_util *))(d->handle, &u);
+            n = u.count;
+        } else if (role == R_PROC_UTIL) {
+            rc = EGS_FN(lib, role, fn_process_samples)(d->handle, raw, &n, last_seen);
+        } else {
+            rc = EGS_FN(lib, role, fn_processes)(d->handle, &n, raw);
+        }
+        /* A list that grew between NVML's count and this call: ask again, with room to spare. */
+        if (rc == NV_INSUFFICIENT_SIZE)
+            cap = n > cap ? n + n / 4 + 4 : cap * 2;
+        else
+            *count = n;
+    }
+    return rc;
+}
+
+/* One of the compute / graphics lists into r. NV_SUCCESS, NV_NOT_SUPPORTED (no such list on
+ * this device), or the failure already recorded in r. */
+static nv_return nv_process_list(const struct nv_lib *lib, struct egs_dev *d, struct egs_proc_read *r,
+                                 int role, unsigned int kind, unsigned int *longest)
+{
+    if (lib->roles[role].fn == NULL)
+        return NV_NOT_SUPPORTED;
+    size_t size = nv_list_record_size(lib, role);
+    unsigned int n = d->proc_hint ? d->proc_hint + d->proc_hint / 4 + 4 : EGS_PROC_INITIAL;
+    nv_return rc = nv_grow_call(lib, d, r, role, size, &n, 0);
+    if (rc == NV_NOT_SUPPORTED || rc == NV_FUNCTION_NOT_FOUND)
+        return NV_NOT_SUPPORTED;
+    if (rc == -1) {
+        egs_proc_failed(r, 0, lib->roles[role].symbol, "out of memory");
+        return rc;
+    }
+    if (rc != NV_SUCCESS)
+        return nv_proc_error(lib, r, rc, role);
+    if (n > *longest)
+        *longest = n;
+    for (unsigned int k = 0; k < n; k++) {
+        struct nv_process_v1 rec;
+        memcpy(&rec, (const char *)r->raw + k * size, sizeof(rec));
+        struct egs_process *p = egs_proc_add(r, rec.pid);
+        if (p == NULL) {
+            egs_proc_failed(r, 0, lib->roles[role].symbol, "out of memory");
+            return -1;
+        }
+        p->kinds |= kind;
+        if (rec.used_memory != NV_VALUE_NOT_AVAILABLE && isnan(p->used_memory))
+            p->used_memory = (double)rec.used_memory;
+    }
+    return NV_SUCCESS;
+}
+
+/* One utilisation record of either call, as (pid, timestamp, SM, memory, encoder, decoder). */
+static void nv_util_record(int role, const char *rec, unsigned int *pid, unsigned long long *ts,
+                           unsigned int u[4])
+{
+    if (role == R_PROCS_UTIL) {
+        struct nv_process_util s;
+        memcpy(&s, rec, sizeof(s));
+        *pid = s.pid, *ts = s.timestamp, u[0] = s.sm, u[1] = s.mem, u[2] = s.enc, u[3] = s.dec;
+    } else {
+        struct nv_process_sample s;
+        memcpy(&s, rec, sizeof(s));
+        *pid = s.pid, *ts = s.timestamp, u[0] = s.sm, u[1] = s.mem, u[2] = s.enc, u[3] = s.dec;
+    }
+}
+
+/* Per-process utilisation: the mean of each listed process's samples over the pass's window
+ * (r->since_us on). NVML gives a sample only to a process with some utilisation in the sample
+ * period, so a listed process with none (or NOT_FOUND: no sample at all) was idle: 0. */
+static void nv_process_utilization(const struct nv_lib *lib, struct egs_dev *d, struct egs_proc_read *r)
+{
+    int role = lib->roles[R_PROCS_UTIL].fn != NULL ? R_PROCS_UTIL
+             : lib->roles[R_PROC_UTIL].fn != NULL ? R_PROC_UTIL : -1;
+    if (role < 0 || d->proc_util_off || r->n == 0)
+        return;
+    size_t size = role == R_PROCS_UTIL ? sizeof(struct nv_process_util) : sizeof(struct nv_process_sample);
+    unsigned int n = r->n + 4;
+    nv_return rc = nv_grow_call(lib, d, r, role, size, &n, r->since_us);
+    if (rc == NV_NOT_SUPPORTED || rc == NV_FUNCTION_NOT_FOUND) {
+        d->proc_util_off = 1;
+        return;
+    }
+    if (rc == NV_NOT_FOUND)
+        n = 0;
+    else if (rc != NV_SUCCESS)
+        return;     /* no figures this pass (NaN); the list itself stands */
+    r->info.utilization = EGS_PUTIL_SAMPLES;
+    for (unsigned int k = 0; k < r->n; k++) {
+        struct egs_process *p = &r->procs[k];
+        double sum[4] = {0, 0, 0, 0};
+        unsigned int m = 0, pid, u[4];
+        unsigned long long ts;
+        for (unsigned int j = 0; j < n; j++) {
+            nv_util_record(role, (const char *)r->raw + j * size, &pid, &ts, u);
+            if (pid != p->pid)
+                continue;
+            for (int f = 0; f < 4; f++)
+                sum[f] += u[f];
+            m++;
+        }
+        p->sm = m ? sum[0] / m : 0.0;
+        p->mem = m ? sum[1] / m : 0.0;
+        p->enc = m ? sum[2] / m : 0.0;
+        p->dec = m ? sum[3] / m : 0.0;
+    }
+}
+
+static void nv_read_processes(struct egs_backend *b, struct egs_dev *d, struct egs_proc_read *r)
+{
+    const struct nv_lib *lib = b->impl;
+    unsigned int longest = 0;
+    int served = 0;
+    nv_return rc = nv_process_list(lib, d, r, R_COMPUTE_PROCS, EGS_PROC_COMPUTE, &longest);
+    if (rc == NV_SUCCESS)
+        served++;
+    else if (rc != NV_NOT_SUPPORTED)
+        return;
+    rc = nv_process_list(lib, d, r, R_GRAPHICS_PROCS, EGS_PROC_GRAPHICS, &longest);
+    if (rc == NV_SUCCESS)
+        served++;
+    else if (rc != NV_NOT_SUPPORTED)
+        return;
+    d->proc_hint = longest;
+    if (!served) {
+        r->info.state = EGS_PLIST_UNSUPPORTED;
+        return;
+    }
+    r->info.state = EGS_PLIST_OK;
+    nv_process_utilization(lib, d, r);
+}
+
 static int nv_wait_event(struct egs_backend *b, struct egs_core *core, int timeout_ms)
 {
     struct nv_lib *lib = b->impl;
@@ -694,6 +916,7 @@ const struct egs_vendor egs_nvml = {
     .shutdown = R_SHUTDOWN,
     .open = nv_open,
     .read = nv_read,
+    .read_processes = nv_read_processes,
     .open_events = nv_open_events,
     .wait_event = nv_wait_event,
     .close_events = nv_close_events,

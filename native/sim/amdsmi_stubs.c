@@ -721,12 +721,6 @@ SIM_EXPORT uint32_t amdsmi_get_violation_status(void *a0, void *a1)
     return AMDSMI_STATUS_NOT_SUPPORTED;
 }
 
-SIM_EXPORT uint32_t amdsmi_get_gpu_process_list(void *a0, void *a1, void *a2)
-{
-    (void)a0; (void)a1; (void)a2;
-    return AMDSMI_STATUS_NOT_SUPPORTED;
-}
-
 SIM_EXPORT uint32_t amdsmi_gpu_driver_reload(void)
 {
     return AMDSMI_STATUS_NOT_SUPPORTED;

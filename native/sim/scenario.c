@@ -485,7 +485,7 @@ static int parse_wave(struct parser *p, const char *field, const struct value *v
 /* ------------------------------------------------------------------------------------------ */
 /* Sections                                                                                   */
 
-enum section { SEC_NONE, SEC_SIM, SEC_GPU, SEC_FIELDS, SEC_FAULT };
+enum section { SEC_NONE, SEC_SIM, SEC_GPU, SEC_FIELDS, SEC_FAULT, SEC_PROCESS };
 
 struct state {
     int section;
@@ -496,6 +496,8 @@ struct state {
     struct sim_gpu *gpu;
     struct sim_fault *fault;
     unsigned fault_seen;
+    struct sim_process *proc;
+    unsigned proc_seen;
 };
 
 static int key_index(const char *const *keys, const char *key)
@@ -584,14 +586,15 @@ static int sim_key(struct parser *p, struct sim_scenario *s, struct state *st, c
 static int gpu_key(struct parser *p, struct state *st, const char *key, const struct value *v)
 {
     static const char *const keys[] = {"vendor", "name", "uuid", "pci_bus_id", "memory_total_mib",
-                                       NULL};
+                                       "process_list", "process_utilization", NULL};
     struct sim_gpu *g = st->gpu;
     char buf[SIM_NAME_LEN];
     long long n;
     int idx = key_index(keys, key);
     if (idx < 0)
         return fail(p, "unknown key '%s' in [[gpu]] (vendor, name, uuid, pci_bus_id, "
-                       "memory_total_mib; fields go under [gpu.fields])", key);
+                       "memory_total_mib, process_list, process_utilization; fields go under [gpu.fields])",
+                    key);
     if (mark_seen(p, &st->seen, idx, key))
         return -1;
     switch (idx) {
@@ -616,11 +619,76 @@ static int gpu_key(struct parser *p, struct state *st, const char *key, const st
             return fail(p, "pci_bus_id must look like \"00000000:00:08.0\" (domain:bus:device.function"
                            " in hex), got \"%s\"", buf);
         return 0;
-    default:
+    case 4:
         if (want_int(p, key, v, 1, 16 * 1024 * 1024, &n))
             return -1;
         g->memory_total_mib = (unsigned long long)n;
         return 0;
+    default:
+        /* Only "unsupported" can be said: by default both are supported. */
+        if (want_str(p, key, v, buf, sizeof buf))
+            return -1;
+        if (strcmp(buf, "unsupported") != 0)
+            return fail(p, "%s can only be \"unsupported\", got \"%s\"", key, buf);
+        if (idx == 5)
+            g->processes_unsupported = 1;
+        else
+            g->process_util_unsupported = 1;
+        return 0;
+    }
+}
+
+static int process_key(struct parser *p, struct state *st, const char *key, const struct value *v)
+{
+    static const char *const keys[] = {"pid", "kind", "memory_mib", "sm", "mem", "enc", "dec", "name",
+                                       NULL};
+    struct sim_process *pr = st->proc;
+    char buf[64];
+    long long n;
+    int idx = key_index(keys, key);
+    if (idx < 0)
+        return fail(p, "unknown key '%s' in [[gpu.processes]] (pid, kind, memory_mib, sm, mem, enc, "
+                       "dec, name)", key);
+    if (mark_seen(p, &st->seen, idx, key))
+        return -1;
+    switch (idx) {
+    case 0:
+        if (want_int(p, key, v, 1, 4194304, &n))
+            return -1;
+        pr->pid = (unsigned int)n;
+        return 0;
+    case 1:
+        if (want_str(p, key, v, buf, sizeof buf))
+            return -1;
+        if (strcmp(buf, "compute") == 0)
+            pr->kinds = SIM_PROC_COMPUTE;
+        else if (strcmp(buf, "graphics") == 0)
+            pr->kinds = SIM_PROC_GRAPHICS;
+        else if (strcmp(buf, "both") == 0)
+            pr->kinds = SIM_PROC_COMPUTE | SIM_PROC_GRAPHICS;
+        else
+            return fail(p, "process kind must be \"compute\", \"graphics\" or \"both\", got \"%s\"", buf);
+        return 0;
+    case 2:
+        if (v->type == V_STR && strcmp(v->str, "unknown") == 0) {
+            pr->memory_mib = NAN;
+            return 0;
+        }
+        if (want_num(p, key, v, &pr->memory_mib))
+            return -1;
+        if (pr->memory_mib < 0)
+            return fail(p, "memory_mib must be >= 0 (or \"unknown\")");
+        return 0;
+    case 7:
+        return want_str(p, key, v, pr->name, sizeof pr->name);
+    default: {
+        double *slot[] = {&pr->sm, &pr->mem, &pr->enc, &pr->dec};
+        if (want_num(p, key, v, slot[idx - 3]))
+            return -1;
+        if (*slot[idx - 3] < 0 || *slot[idx - 3] > 100)
+            return fail(p, "%s must be a percentage (0..100)", key);
+        return 0;
+    }
     }
 }
 
@@ -713,6 +781,14 @@ static int check_fault(struct parser *p, struct state *st)
     return 0;
 }
 
+/* A finished [[gpu.processes]] table must name its process. */
+static int check_process(struct parser *p, struct state *st)
+{
+    if (st->proc && !(st->proc_seen & 1u))
+        return fail(p, "the [[gpu.processes]] table above has no 'pid'");
+    return 0;
+}
+
 static int finish_gpu(struct sim_gpu *g)
 {
     if (!g)
@@ -746,9 +822,10 @@ static int handle_header(struct parser *p, struct sim_scenario *s, struct state 
     for (char *e = name + strlen(name); e > name && (e[-1] == ' ' || e[-1] == '\t');)
         *--e = '\0';
 
-    if (check_fault(p, st))
+    if (check_fault(p, st) || check_process(p, st))
         return -1;
     st->fault = NULL;
+    st->proc = NULL;
     st->seen = 0;
     if (!array && strcmp(name, "sim") == 0) {
         if (st->saw_sim)
@@ -788,8 +865,22 @@ static int handle_header(struct parser *p, struct sim_scenario *s, struct state 
         st->section = SEC_FAULT;
         return 0;
     }
+    if (array && strcmp(name, "gpu.processes") == 0) {
+        if (!st->gpu)
+            return fail(p, "[[gpu.processes]] before any [[gpu]]");
+        if (s->nprocs >= SIM_MAX_PROCS)
+            return fail(p, "more than %d [[gpu.processes]] tables", SIM_MAX_PROCS);
+        st->proc = &s->procs[s->nprocs++];
+        memset(st->proc, 0, sizeof *st->proc);
+        st->proc->gpu = st->gpu->index;
+        st->proc->kinds = SIM_PROC_COMPUTE;
+        st->proc->sm = st->proc->mem = st->proc->enc = st->proc->dec = NAN;
+        st->proc_seen = 0;
+        st->section = SEC_PROCESS;
+        return 0;
+    }
     return fail(p, "unknown table %s%s%s (the format has [sim], [[gpu]], [gpu.fields], "
-                   "[[gpu.faults]])", array ? "[[" : "[", name, array ? "]]" : "]");
+                   "[[gpu.faults]], [[gpu.processes]])", array ? "[[" : "[", name, array ? "]]" : "]");
 }
 
 /* Cuts a trailing comment, honouring '#' inside strings. */
@@ -852,6 +943,11 @@ static int handle_line(struct parser *p, struct sim_scenario *s, struct state *s
         if (fault_key(p, st, key, &v))
             return -1;
         st->fault_seen = st->seen;
+        return 0;
+    case SEC_PROCESS:
+        if (process_key(p, st, key, &v))
+            return -1;
+        st->proc_seen = st->seen;
         return 0;
     default:
         return fail(p, "key '%s' outside any table (start with [sim] or [[gpu]])", key);
@@ -962,7 +1058,7 @@ int sim_scenario_load(const char *path, struct sim_scenario *out, char *err, siz
             goto out;
         cur = next;
     }
-    if (check_fault(&p, &st))
+    if (check_fault(&p, &st) || check_process(&p, &st))
         goto out;
     finish_gpu(st.gpu);
     rc = 0;

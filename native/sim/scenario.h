@@ -22,6 +22,8 @@
 #define SIM_UUID_LEN   96
 #define SIM_BUSID_LEN  32
 #define SIM_ERR_LEN    512
+#define SIM_MAX_PROCS  1024 /* [[gpu.processes]] tables of the whole file */
+#define SIM_PROC_NAME  64
 
 enum sim_vendor { SIM_VENDOR_NVIDIA = 0, SIM_VENDOR_AMD = 1 };
 
@@ -71,6 +73,20 @@ struct sim_fault {
     long latency_us;        /* SIM_FAULT_SLOW */
 };
 
+/* One process using a GPU ([[gpu.processes]]): what the process-list and per-process
+ * utilisation calls report for it. Utilisation figures are percent, NaN when not given
+ * (the process then has no utilisation sample). */
+enum sim_proc_kind { SIM_PROC_COMPUTE = 1, SIM_PROC_GRAPHICS = 2 };
+
+struct sim_process {
+    int gpu;                /* index into sim_scenario.gpus */
+    unsigned int pid;
+    int kinds;              /* SIM_PROC_* bits */
+    double memory_mib;      /* NaN: the driver cannot say (NVML_VALUE_NOT_AVAILABLE) */
+    double sm, mem, enc, dec;
+    char name[SIM_PROC_NAME];
+};
+
 struct sim_gpu {
     int vendor;
     int index;              /* position among all [[gpu]] tables of the file */
@@ -82,6 +98,8 @@ struct sim_gpu {
     struct sim_wave fields[SIM_F_COUNT];
     int nfaults;
     struct sim_fault faults[SIM_MAX_FAULTS];
+    int processes_unsupported;      /* the process-list calls answer NOT_SUPPORTED */
+    int process_util_unsupported;   /* per-process utilisation answers NOT_SUPPORTED */
 };
 
 struct sim_scenario {
@@ -94,6 +112,8 @@ struct sim_scenario {
     char amd_driver_version[80]; /* amdgpu module (amdsmi_get_gpu_driver_info) */
     int ngpus;
     struct sim_gpu gpus[SIM_MAX_GPUS];
+    int nprocs;
+    struct sim_process procs[SIM_MAX_PROCS];
 };
 
 /* Field name as written in [gpu.fields], or NULL. */

@@ -11,6 +11,7 @@
  */
 #include "scenario.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,6 +32,15 @@ static void json_string(const char *s)
             putchar(c);
     }
     putchar('"');
+}
+
+/* A number, or null for NaN (a figure the scenario leaves out). */
+static void json_number(double v)
+{
+    if (isnan(v))
+        printf("null");
+    else
+        printf("%.17g", v);
 }
 
 static void json_wave(const struct sim_wave *w)
@@ -92,6 +102,28 @@ static void json_scenario(const struct sim_scenario *s)
                 printf(", \"code\": %llu", fl->code);
             if (fl->kind == SIM_FAULT_SLOW)
                 printf(", \"latency_us\": %ld", fl->latency_us);
+            putchar('}');
+        }
+        printf("], \"process_list\": \"%s\", \"process_utilization\": \"%s\", \"processes\": [",
+               g->processes_unsupported ? "unsupported" : "supported",
+               g->process_util_unsupported ? "unsupported" : "supported");
+        int k = 0;
+        for (int j = 0; j < s->nprocs; j++) {
+            const struct sim_process *pr = &s->procs[j];
+            static const char *const kinds[] = {"", "compute", "graphics", "both"};
+            if (pr->gpu != g->index)
+                continue;
+            printf("%s{\"pid\": %u, \"kind\": \"%s\", \"memory_mib\": ", k++ ? ", " : "", pr->pid,
+                   kinds[pr->kinds & 3]);
+            json_number(pr->memory_mib);
+            const double util[] = {pr->sm, pr->mem, pr->enc, pr->dec};
+            const char *const names[] = {"sm", "mem", "enc", "dec"};
+            for (int u = 0; u < 4; u++) {
+                printf(", \"%s\": ", names[u]);
+                json_number(util[u]);
+            }
+            printf(", \"name\": ");
+            json_string(pr->name);
             putchar('}');
         }
         printf("]}");

@@ -36,6 +36,7 @@ enum {
     AMDSMI_STATUS_NOT_SUPPORTED = 2,
     AMDSMI_STATUS_NOT_YET_IMPLEMENTED = 3,
     AMDSMI_STATUS_TIMEOUT = 8,
+    AMDSMI_STATUS_OUT_OF_RESOURCES = 15,
     AMDSMI_STATUS_RETRY = 9,
     AMDSMI_STATUS_NO_PERM = 10,
     AMDSMI_STATUS_INIT_ERROR = 18,
@@ -644,6 +645,73 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_metrics_info(void *h, amdsmi_gpu_metri
     out->head = m;
     memcpy(out->bytes + GPU_METRICS_CURRENT_SOCKET_POWER, &current_power, sizeof current_power);
     return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Processes                                                                                  */
+
+/* amdsmi_proc_info_t (packed, 704 bytes), from the amdsmi package's wrapper. */
+#pragma pack(push, 1)
+typedef struct {
+    char name[256];
+    uint32_t pid;
+    uint8_t pad0[4];
+    uint64_t mem;
+    struct {
+        uint64_t gfx, enc;          /* engine busy time, ns */
+        uint32_t reserved[12];
+    } engine_usage;
+    struct {
+        uint64_t gtt_mem, cpu_mem, vram_mem;
+        uint32_t reserved[10];
+    } memory_usage;
+    char container_name[256];
+    uint32_t cu_occupancy;
+    uint32_t reserved[11];
+} amdsmi_proc_info_t;
+#pragma pack(pop)
+_Static_assert(sizeof(amdsmi_proc_info_t) == 704, "amdsmi_proc_info_t layout");
+
+/*
+ * The scenario's [[gpu.processes]] of this GPU: VRAM as `memory_mib`, the gfx and encoder
+ * engines busy `sm` and `enc` percent of the time since init (their counters grow by that
+ * share of wall time), GTT and CPU memory 0. A NULL list asks how many; a list shorter than
+ * that is filled as far as it goes and answered OUT_OF_RESOURCES with the count needed.
+ */
+SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_process_list(void *h, uint32_t *max_processes,
+                                                       amdsmi_proc_info_t *list)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t;
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, max_processes, &g, &t);
+    if (rc != AMDSMI_STATUS_SUCCESS)
+        return rc;
+    if (g->processes_unsupported)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
+    const struct sim_scenario *s = &g_sim.scn;
+    uint32_t n = 0, k = 0;
+    for (int i = 0; i < s->nprocs; i++) {
+        const struct sim_process *p = &s->procs[i];
+        if (p->gpu != g->index)
+            continue;
+        if (list != NULL && k < *max_processes) {
+            amdsmi_proc_info_t *e = &list[k++];
+            memset(e, 0, sizeof *e);
+            snprintf(e->name, sizeof e->name, "%s", p->name);
+            e->pid = p->pid;
+            uint64_t bytes = isnan(p->memory_mib) ? 0 : (uint64_t)llround(p->memory_mib * 1048576.0);
+            e->mem = bytes;
+            e->memory_usage.vram_mem = bytes;
+            e->engine_usage.gfx = isnan(p->sm) ? 0 : (uint64_t)llround(p->sm / 100.0 * t * 1e9);
+            e->engine_usage.enc = isnan(p->enc) ? 0 : (uint64_t)llround(p->enc / 100.0 * t * 1e9);
+            e->cu_occupancy = UINT32_MAX;
+        }
+        n++;
+    }
+    rc = list != NULL && n > *max_processes ? AMDSMI_STATUS_OUT_OF_RESOURCES : AMDSMI_STATUS_SUCCESS;
+    *max_processes = n;
+    return sim_end_query(&g_sim, rc);
 }
 
 /* ------------------------------------------------------------------------------------------ */

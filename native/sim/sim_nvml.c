@@ -893,6 +893,201 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t d, int type, unsigned 
 #endif
 
 /* ------------------------------------------------------------------------------------------ */
+/* Processes                                                                                  */
+
+/*
+ * The scenario's [[gpu.processes]]: nvmlDeviceGet{Compute,Graphics}RunningProcesses in their
+ * three struct versions (the unversioned symbol fills the oldest, 16-byte record; _v2 and _v3
+ * the 24-byte one with the MIG instance ids), and per-process utilisation from a "driver"
+ * sample taken every PROC_SAMPLE_S of scenario time, holding the processes with some non-zero
+ * figure (as NVML documents: a process idle over the sample period has no sample).
+ */
+#define PROC_SAMPLE_S 1.0
+#define NVML_VALUE_NOT_AVAILABLE_ULL (~0ull)
+#define NVML_PROCESSES_UTILIZATION_INFO_V1 0x01000018u
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+} nvmlProcessInfo_v1_t;
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlProcessInfo_v2_t;
+
+typedef struct {
+    unsigned int pid;
+    unsigned long long timeStamp;
+    unsigned int smUtil, memUtil, encUtil, decUtil;
+} nvmlProcessUtilizationSample_t;
+
+typedef struct {
+    unsigned long long timeStamp;
+    unsigned int pid;
+    unsigned int smUtil, memUtil, encUtil, decUtil, jpgUtil, ofaUtil;
+} nvmlProcessUtilizationInfo_v1_t;
+
+typedef struct {
+    unsigned int version;
+    unsigned int processSamplesCount;
+    unsigned long long lastSeenTimeStamp;
+    nvmlProcessUtilizationInfo_v1_t *procUtilArray;
+} nvmlProcessesUtilizationInfo_t;
+
+_Static_assert(sizeof(nvmlProcessInfo_v1_t) == 16, "nvmlProcessInfo_v1_t layout");
+_Static_assert(sizeof(nvmlProcessInfo_v2_t) == 24, "nvmlProcessInfo_v2_t layout");
+_Static_assert(sizeof(nvmlProcessUtilizationSample_t) == 32, "nvmlProcessUtilizationSample_t layout");
+_Static_assert(sizeof(nvmlProcessUtilizationInfo_v1_t) == 40, "nvmlProcessUtilizationInfo_v1_t layout");
+_Static_assert(sizeof(nvmlProcessesUtilizationInfo_t) == 24, "nvmlProcessesUtilizationInfo_t layout");
+
+static int proc_on(const struct sim_process *p, const struct sim_gpu *g, int kind)
+{
+    return p->gpu == g->index && (p->kinds & kind);
+}
+
+/* One of the process-list calls; `size` is the caller's record size (16 or 24 bytes). */
+static nvmlReturn_t running_processes(nvmlDevice_t d, unsigned int *count, void *infos, int kind,
+                                      size_t size)
+{
+    const struct sim_gpu *g;
+    double t;
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, count, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (g->processes_unsupported)
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    const struct sim_scenario *s = &g_sim.scn;
+    unsigned int n = 0;
+    for (int i = 0; i < s->nprocs; i++)
+        n += proc_on(&s->procs[i], g, kind);
+    if (n > *count || (infos == NULL && n > 0)) {
+        *count = n;
+        return sim_end_query(&g_sim, NVML_ERROR_INSUFFICIENT_SIZE);
+    }
+    unsigned int k = 0;
+    for (int i = 0; i < s->nprocs && infos != NULL; i++) {
+        const struct sim_process *p = &s->procs[i];
+        if (!proc_on(p, g, kind))
+            continue;
+        nvmlProcessInfo_v2_t rec = {.pid = p->pid, .gpuInstanceId = ~0u, .computeInstanceId = ~0u};
+        rec.usedGpuMemory = isnan(p->memory_mib) ? NVML_VALUE_NOT_AVAILABLE_ULL
+                                                 : (unsigned long long)llround(p->memory_mib * 1048576.0);
+        memcpy((char *)infos + (size_t)k++ * size, &rec, size);
+    }
+    *count = n;
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+#define RUNNING_PROCESSES(name, kind, type)                                                   \
+    SIM_EXPORT nvmlReturn_t name(nvmlDevice_t d, unsigned int *count, type *infos)            \
+    {                                                                                         \
+        SIM_COUNT(&g_sim);                                                                    \
+        return running_processes(d, count, infos, kind, sizeof(type));                        \
+    }
+
+RUNNING_PROCESSES(nvmlDeviceGetComputeRunningProcesses, SIM_PROC_COMPUTE, nvmlProcessInfo_v1_t)
+RUNNING_PROCESSES(nvmlDeviceGetGraphicsRunningProcesses, SIM_PROC_GRAPHICS, nvmlProcessInfo_v1_t)
+#ifndef SIM_NVML_LEGACY
+RUNNING_PROCESSES(nvmlDeviceGetComputeRunningProcesses_v2, SIM_PROC_COMPUTE, nvmlProcessInfo_v2_t)
+RUNNING_PROCESSES(nvmlDeviceGetGraphicsRunningProcesses_v2, SIM_PROC_GRAPHICS, nvmlProcessInfo_v2_t)
+RUNNING_PROCESSES(nvmlDeviceGetComputeRunningProcesses_v3, SIM_PROC_COMPUTE, nvmlProcessInfo_v2_t)
+RUNNING_PROCESSES(nvmlDeviceGetGraphicsRunningProcesses_v3, SIM_PROC_GRAPHICS, nvmlProcessInfo_v2_t)
+#endif
+
+/* Whether process p of g has a utilisation sample (some non-zero figure). */
+static int proc_sampled(const struct sim_process *p, const struct sim_gpu *g)
+{
+    if (p->gpu != g->index)
+        return 0;
+    const double u[] = {p->sm, p->mem, p->enc, p->dec};
+    for (int i = 0; i < 4; i++)
+        if (!isnan(u[i]) && u[i] > 0)
+            return 1;
+    return 0;
+}
+
+static unsigned int pct(double v)
+{
+    return isnan(v) ? 0 : sim_to_u32(v);
+}
+
+/* The newest per-process sample's timestamp and how many processes it holds; NOT_FOUND when
+ * it is not newer than lastSeen or holds none. Caller holds the query. */
+static nvmlReturn_t proc_samples(const struct sim_gpu *g, double t, unsigned long long lastSeen,
+                                 unsigned long long *ts, unsigned int *n)
+{
+    if (g->process_util_unsupported)
+        return NVML_ERROR_NOT_SUPPORTED;
+    *ts = (unsigned long long)(g_sim.t0_unix_us + llround(floor(t / PROC_SAMPLE_S) * PROC_SAMPLE_S * 1e6));
+    *n = 0;
+    for (int i = 0; i < g_sim.scn.nprocs; i++)
+        *n += proc_sampled(&g_sim.scn.procs[i], g);
+    return *ts <= lastSeen || *n == 0 ? NVML_ERROR_NOT_FOUND : NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t d, nvmlProcessUtilizationSample_t *util,
+                                                        unsigned int *count, unsigned long long lastSeen)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t;
+    unsigned long long ts;
+    unsigned int n;
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, count, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if ((rc = proc_samples(g, t, lastSeen, &ts, &n)) != NVML_SUCCESS)
+        return sim_end_query(&g_sim, rc);
+    if (util == NULL || *count < n) {
+        *count = n;
+        return sim_end_query(&g_sim, NVML_ERROR_INSUFFICIENT_SIZE);
+    }
+    unsigned int k = 0;
+    for (int i = 0; i < g_sim.scn.nprocs; i++) {
+        const struct sim_process *p = &g_sim.scn.procs[i];
+        if (proc_sampled(p, g))
+            util[k++] = (nvmlProcessUtilizationSample_t){p->pid, ts, pct(p->sm), pct(p->mem), pct(p->enc),
+                                                          pct(p->dec)};
+    }
+    *count = n;
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+#ifndef SIM_NVML_LEGACY
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetProcessesUtilizationInfo(nvmlDevice_t d, nvmlProcessesUtilizationInfo_t *info)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t;
+    unsigned long long ts;
+    unsigned int n;
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, info, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (info->version != NVML_PROCESSES_UTILIZATION_INFO_V1)
+        return sim_end_query(&g_sim, NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    if ((rc = proc_samples(g, t, info->lastSeenTimeStamp, &ts, &n)) != NVML_SUCCESS)
+        return sim_end_query(&g_sim, rc);
+    if (info->procUtilArray == NULL || info->processSamplesCount < n) {
+        info->processSamplesCount = n;
+        return sim_end_query(&g_sim, NVML_ERROR_INSUFFICIENT_SIZE);
+    }
+    unsigned int k = 0;
+    for (int i = 0; i < g_sim.scn.nprocs; i++) {
+        const struct sim_process *p = &g_sim.scn.procs[i];
+        if (proc_sampled(p, g))
+            info->procUtilArray[k++] = (nvmlProcessUtilizationInfo_v1_t){
+                ts, p->pid, pct(p->sm), pct(p->mem), pct(p->enc), pct(p->dec), 0, 0};
+    }
+    info->processSamplesCount = n;
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+#endif
+
+/* ------------------------------------------------------------------------------------------ */
 /* Events                                                                                     */
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetSupportedEventTypes(nvmlDevice_t d,

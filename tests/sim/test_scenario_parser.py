@@ -57,6 +57,12 @@ def reference(doc: dict) -> dict:
             "memory_total_mib": g.get("memory_total_mib", 16384),
             "fields": fields,
             "faults": [dict(f) for f in g.get("faults", [])],
+            "process_list": g.get("process_list", "supported"),
+            "process_utilization": g.get("process_utilization", "supported"),
+            "processes": [{"pid": p["pid"], "kind": p.get("kind", "compute"),
+                           "memory_mib": None if p.get("memory_mib") == "unknown" else p.get("memory_mib", 0),
+                           **{k: p.get(k) for k in ("sm", "mem", "enc", "dec")}, "name": p.get("name", "")}
+                          for p in g.get("processes", [])],
         })
     return {"init_error": sim.get("init_error", 0), "amd_init_error": sim.get("amd_init_error"),
             "call_latency_us": sim.get("call_latency_us", 0),
