@@ -135,6 +135,8 @@ class Fleet:
         self._was_connected: set[str] = set()
         self._stale: set[str] = set()
         self._rows_at = 0.0
+        self._changed: set[str] = set()  # the hosts the last tick changed, and their JSON
+        self._changed_bytes: bytes | None = None
         self._ready: asyncio.Future | None = None
 
     # --- following the hub --------------------------------------------------------------
@@ -283,8 +285,18 @@ class Fleet:
         for name in dirty:
             if name in self.hosts:
                 self.hosts[name].json = None
+        self._changed, self._changed_bytes = dirty, None
         for page in self.pages:
             page.mark(dirty, alarms)
+
+    def changed_bytes(self, names: set[str]) -> bytes:
+        """`fleet_json(names)` encoded; built once a tick for the pages that are up to date
+        (their changes are the tick's), however many they are."""
+        if names != self._changed:
+            return self.fleet_json(names).encode()
+        if self._changed_bytes is None:
+            self._changed_bytes = self.fleet_json(names).encode()
+        return self._changed_bytes
 
     # --- the views the pages read ----------------------------------------------------------
 

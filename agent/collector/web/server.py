@@ -336,7 +336,7 @@ class WebServer:
                     dirty &= {host}
                 parts = []
                 if dirty:
-                    parts.append(b"event: fleet\ndata: " + self.fleet.fleet_json(dirty).encode() + b"\n\n")
+                    parts.append(b"event: fleet\ndata: " + self.fleet.changed_bytes(dirty) + b"\n\n")
                 if page.alarms:
                     page.alarms = False
                     parts.append(b"event: alarms\ndata: " + json.dumps(self.fleet.alarm_list(host or "")).encode() + b"\n\n")
