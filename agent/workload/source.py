@@ -15,6 +15,7 @@ from agent.workload.attribution import Attributor, Snapshot
 from agent.workload.fdinfo import DrmFdinfoSource
 from agent.workload.kubelet import PodResources
 from agent.workload.records import GpuRef, ProcessSource
+from agent.workload.vendor import covered_vendors, vendor_sources
 
 
 def gpu_refs(devices) -> list[GpuRef]:
@@ -31,10 +32,12 @@ class WorkloadSource(Source):
         self.settings = settings
         self.gpu_source = gpu_source
         self.interval = parse_duration(settings.interval)
+        self.fdinfo: DrmFdinfoSource | None = None
         if attributor is None:
             sources = list(vendor_sources)
             if settings.drm_fdinfo:
-                sources.append(DrmFdinfoSource(settings.procfs))
+                self.fdinfo = DrmFdinfoSource(settings.procfs)
+                sources.append(self.fdinfo)
             kubelet = (PodResources(settings.kubelet_socket, refresh_s=parse_duration(settings.kubelet_refresh))
                        if settings.kubelet_socket else None)
             attributor = Attributor(sources, settings.procfs, settings.top_n, kubelet)
@@ -47,6 +50,17 @@ class WorkloadSource(Source):
         if self.attributor.kubelet is not None:
             self.attributor.kubelet.close()
 
+    def native_core(self):
+        """The GPU source's core when it is the native one (it has process lists), else None."""
+        core = getattr(self.gpu_source, "core", None)
+        return core if hasattr(core, "processes") else None
+
+    def listed_vendors(self) -> tuple[str, ...]:
+        """Vendors whose process lists come from the core: the DRM fdinfo walk (which costs per
+        open file on the host) leaves their GPUs alone."""
+        core = self.native_core()
+        return covered_vendors(core) if core is not None else ()
+
     def gpus(self) -> list[GpuRef]:
         return gpu_refs(self.gpu_source.devices) if self.gpu_source is not None else []
 
@@ -54,6 +68,8 @@ class WorkloadSource(Source):
         if self._last_pass is not None and now - self._last_pass < self.interval:
             return []
         self._last_pass = now
+        if self.fdinfo is not None:
+            self.fdinfo.skip_vendors = frozenset(self.listed_vendors())
         snapshot = self.attributor.run(self.gpus())
         with self._lock:
             self._snapshot = snapshot
@@ -68,9 +84,15 @@ class WorkloadSource(Source):
 
 
 def build(cfg, ctx) -> WorkloadSource | None:
-    """The workload source, or None when `workload.enabled` is false. Vendor process lists
-    (NVML, AMD SMI, from the C core) go first in `vendor_sources` once the core has them."""
+    """The workload source, or None when `workload.enabled` is false. The vendor process lists
+    (NVML, AMD SMI, read by the C core on its own period) go first, DRM fdinfo after them."""
     settings = cfg.workload
     if not settings.enabled:
         return None
-    return WorkloadSource(settings, ctx.sources.get("gpu"))
+    source: WorkloadSource | None = None
+
+    def core():
+        return source.native_core() if source is not None else None
+
+    source = WorkloadSource(settings, ctx.sources.get("gpu"), vendor_sources=vendor_sources(core))
+    return source
