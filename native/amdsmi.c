@@ -405,6 +405,14 @@ static void am_choose_paths(const struct egs_core *core, const struct am_lib *li
         for (unsigned int k = 0; k < AM_NMETRIC_FIELDS; k++)
             if (!isnan(am_metric(d, table, am_metric_fields[k])))
                 d->batched |= 1u << am_metric_fields[k];
+        /* amdsmi_gpu_metrics_t states no unit for its temperatures, and the kernel's tables
+         * differ by version (some in centi-degrees): the table serves temperature only where
+         * it agrees with amdsmi_get_temp_metric (degrees C) on this device at start. */
+        int64_t c = 0;
+        if ((d->batched & (1u << EGS_F_TEMPERATURE)) && lib->roles[R_TEMPERATURE].fn != NULL &&
+            EGS_FN(lib, R_TEMPERATURE, fn_temp)(d->handle, AM_TEMP_EDGE, AM_TEMP_CURRENT, &c) == AM_SUCCESS &&
+            fabs(am_metric(d, table, EGS_F_TEMPERATURE) - (double)c) > 3.0)
+            d->batched &= ~(1u << EGS_F_TEMPERATURE);
     }
     free(table);
     /* The table serves a field this library has no narrow call for. */

@@ -55,7 +55,8 @@ def shims(tmp_path_factory):
     out = tmp_path_factory.mktemp("shims")
     built = {}
     for source, lib in (("samples_gone_shim.c", sim_paths.NVML_LIB),
-                        ("amd_no_metrics_shim.c", sim_paths.AMDSMI_LIB)):
+                        ("amd_no_metrics_shim.c", sim_paths.AMDSMI_LIB),
+                        ("amd_centi_temp_shim.c", sim_paths.AMDSMI_LIB)):
         so = out / ("lib" + source.replace(".c", ".so"))
         subprocess.run(["cc", "-shared", "-fPIC", "-O1", "-o", str(so), str(HERE / source),
                         "-L", str(lib.parent), "-Wl,--no-as-needed", f"-l:{lib.name}",
@@ -161,6 +162,7 @@ print(json.dumps({**{k: m[k] for k in keys}, "resolution": e["counter_resolution
     core = make_core("constant", hz=20, nvidia=False, events=False)
     time.sleep(0.3)
     last = {s.metric: s.last for s in core.drain()}
+    # The table's temperature agrees with amdsmi_get_temp_metric here, so it serves it too.
     assert core.devices()[0].paths["gpu_temperature_celsius"] == "batch"
     assert last["gpu_temperature_celsius"] == theirs["temperature_edge"] == 61
     assert last["gpu_utilization_percent"] == theirs["average_gfx_activity"] == 55
@@ -186,6 +188,18 @@ def test_a_driver_without_field_values_or_samples_is_read_by_the_old_calls(make_
     assert last[(0, "gpu_utilization_percent")] == 75
     assert last[(0, "gpu_power_watts")] == pytest.approx(180.5)
     assert last[(1, "gpu_energy_joules_total")] == pytest.approx(5000)
+
+
+def test_a_table_temperature_in_another_unit_keeps_the_narrow_call(make_core, shims):
+    # amd_centi_temp_shim.c: the table's temperature in centi-degrees, as some gpu_metrics
+    # versions hold it; the narrow call's degrees disagree at start, so temperature keeps it.
+    core = make_core("constant", amdsmi_library=str(shims["amd_centi_temp_shim.c"]), hz=20,
+                     nvidia=False, events=False)
+    time.sleep(0.3)
+    last = {s.metric: s.last for s in core.drain()}
+    paths = core.devices()[0].paths
+    assert paths["gpu_temperature_celsius"] == "call" and paths["gpu_power_watts"] == "batch"
+    assert last["gpu_temperature_celsius"] == 61
 
 
 def test_an_amd_part_without_a_metrics_table_keeps_its_narrow_calls(make_core, shims):
