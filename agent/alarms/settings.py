@@ -20,6 +20,8 @@ SECTIONS = [
         "enabled": Key(True, bool, "Evaluate alarm rules (the built-in ones and every [[alarm]])."),
         "builtin_lost_gpu": Key(True, bool, "Built-in rule gpu-lost: alarm while a GPU does not answer."),
         "builtin_critical_xid": Key(True, bool, "Built-in rule gpu-critical-xid: alarm while a critical XID is in its hold period."),
+        "builtin_gpu_signals": Key(True, bool, "Built-in rules gpu-health-failed and gpu-health-degraded: alarm while a "
+                                   "health signal (ECC, row remapping, page retirement, slowdown) fails or degrades a GPU."),
         "hook_workers": Key(2, int, "Hook commands run at the same time at most.", min=1, max=32),
         "hook_queue": Key(32, int, "Hooks waiting for a worker at most; more are dropped and counted.", min=0, max=10000),
     }),
