@@ -33,6 +33,39 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("gpu_memory_clock_mhz", "MHz", "Memory clock."),
     Metric("gpu_energy_joules_total", "joules", "Energy consumed since the driver was loaded.", kind="counter"),
     Metric("gpu_fan_speed_percent", "percent", "Fan speed as a share of its maximum."),
+    # GPU health signals (scope "gpu_health"): read by the core's health pass on its own period
+    # (agent.native.HEALTH_HZ) and handed on as readings by the GPU source, labelled like the
+    # GPU metrics; a GPU that does not give one has no series (never 0).
+    Metric("gpu_clock_event_active", "boolean", "1 while the driver holds the clocks down for the reason in label "
+           "reason (gpu_idle, applications_clocks, sw_power_cap, hw_slowdown, sync_boost, sw_thermal_slowdown, "
+           "hw_thermal_slowdown, hw_power_brake_slowdown, display_clocks), else 0.", scope="gpu_health"),
+    Metric("gpu_ecc_corrected_volatile_total", "errors", "Corrected (single-bit) ECC errors since the driver loaded.",
+           kind="counter", scope="gpu_health"),
+    Metric("gpu_ecc_uncorrected_volatile_total", "errors", "Uncorrected (double-bit) ECC errors since the driver loaded.",
+           kind="counter", scope="gpu_health"),
+    Metric("gpu_ecc_corrected_aggregate_total", "errors", "Corrected ECC errors over the GPU's life.",
+           kind="counter", scope="gpu_health"),
+    Metric("gpu_ecc_uncorrected_aggregate_total", "errors", "Uncorrected ECC errors over the GPU's life.",
+           kind="counter", scope="gpu_health"),
+    Metric("gpu_retired_pages_sbe", "pages", "Framebuffer pages retired for multiple single-bit ECC errors "
+           "(NVIDIA before Ampere).", scope="gpu_health"),
+    Metric("gpu_retired_pages_dbe", "pages", "Framebuffer pages retired for a double-bit ECC error (NVIDIA before Ampere).",
+           scope="gpu_health"),
+    Metric("gpu_retired_pages_pending", "boolean", "1 while a page retirement waits for the next reset.",
+           scope="gpu_health"),
+    Metric("gpu_remapped_rows_correctable", "rows", "Memory rows remapped for correctable errors (NVIDIA Ampere on).",
+           scope="gpu_health"),
+    Metric("gpu_remapped_rows_uncorrectable", "rows", "Memory rows remapped for uncorrectable errors.",
+           scope="gpu_health"),
+    Metric("gpu_row_remap_pending", "boolean", "1 while a row remap waits for a GPU reset.", scope="gpu_health"),
+    Metric("gpu_row_remap_failed", "boolean", "1 when a row remap failed (the GPU needs service).",
+           scope="gpu_health"),
+    Metric("gpu_power_limit_watts", "watts", "Enforced board power limit.", scope="gpu_health"),
+    Metric("gpu_pcie_tx_bytes_per_second", "bytes/s", "PCIe bytes sent by the GPU per second (the driver's "
+           "last sample).", scope="gpu_health"),
+    Metric("gpu_pcie_rx_bytes_per_second", "bytes/s", "PCIe bytes received by the GPU per second.", scope="gpu_health"),
+    Metric("gpu_pcie_replays_total", "replays", "PCIe replays (link-level retransmissions) since the driver loaded.",
+           kind="counter", scope="gpu_health"),
     Metric("cpu_utilization_percent", "percent", "Host CPU busy time, all cores (label cpu for one core).", scope="host"),
     Metric("memory_used_percent", "percent", "Host memory in use (total minus available) as a share of the total.", scope="host"),
     Metric("net_rx_bytes_per_second", "bytes/s", "Bytes received per second.", scope="nic"),

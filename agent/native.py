@@ -81,6 +81,19 @@ SLOW_HZ = 1.0  # the slow tier's default rate (config key gpu.slow_hz)
 # (workload.interval). The lists are costlier calls (three per NVIDIA GPU a pass, one per AMD
 # GPU), so they are not read at the slow tier's rate.
 PROCESS_HZ = 0.2
+# The health pass's default rate: every 10 s (five calls per NVIDIA GPU a pass: clock-event
+# reasons, one field-values call for ECC / retired pages / remapped rows / PCIe replays, the
+# enforced power limit, PCIe TX and RX).
+HEALTH_HZ = 0.1
+# Health signals (egs_core.h EGS_H_*), by index; the catalogue's metrics are made of them in
+# agent.sources.gpu.
+HEALTH: tuple[str, ...] = (
+    "clock_reasons", "ecc_corrected_volatile", "ecc_uncorrected_volatile", "ecc_corrected_aggregate",
+    "ecc_uncorrected_aggregate", "retired_pages_sbe", "retired_pages_dbe", "retired_pages_pending",
+    "remapped_rows_correctable", "remapped_rows_uncorrectable", "row_remap_pending", "row_remap_failure",
+    "power_limit_watts", "pcie_tx_bytes_per_second", "pcie_rx_bytes_per_second", "pcie_replays",
+)
+assert len(HEALTH) == lib.EGS_NHEALTH
 _PLIST_STATES = {lib.EGS_PLIST_NONE: "none", lib.EGS_PLIST_OK: "ok", lib.EGS_PLIST_UNSUPPORTED: "unsupported",
                  lib.EGS_PLIST_ERROR: "error", lib.EGS_PLIST_LOST: "lost"}
 _PUTIL = {lib.EGS_PUTIL_NONE: "none", lib.EGS_PUTIL_SAMPLES: "samples", lib.EGS_PUTIL_COUNTERS: "counters"}
@@ -237,6 +250,19 @@ class ProcessList:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class HealthReading:
+    """One GPU's latest health read (egs_core.h, "Health signals"): `values` by HEALTH name,
+    None where the device does not give it (never 0)."""
+
+    gpu: int
+    vendor: str
+    uuid: str
+    ts: float
+    values: dict[str, float | None]
+    calls: int = 0
+
+
 def _unsupported_names(mask: int) -> frozenset[str]:
     names = {name for f, name in enumerate(FIELDS) if mask & (1 << f)}
     if mask & (1 << _USED | 1 << _TOTAL):
@@ -263,12 +289,14 @@ class Core:
     def __init__(self, nvml_library: str | None = None, amdsmi_library: str | None = None,
                  hz: float = 10.0, ring_seconds: float = 60.0, nvidia: bool = True,
                  amd: bool = True, events: bool = True, slow_hz: float | None = None,
-                 batch: bool = True, buffers: bool = True, process_hz: float = PROCESS_HZ):
+                 batch: bool = True, buffers: bool = True, process_hz: float = PROCESS_HZ,
+                 health_hz: float = HEALTH_HZ):
         """`slow_hz` is the slow tier's rate (None: SLOW_HZ, or hz when hz is lower); the
         core reads it every round(hz / slow_hz) ticks of the `hz` grid. `batch` and
         `buffers` allow the BATCH and BUFFER paths (PATHS): off, every field is read by a
         call of its own, as before they existed. `process_hz` is the per-process pass's rate
-        (`processes()`; 0: no pass; above `hz`: `hz`)."""
+        (`processes()`; 0: no pass; above `hz`: `hz`), `health_hz` the health pass's
+        (`health()`), likewise."""
         if not hz > 0:
             raise ValueError(f"hz must be positive, got {hz!r}")
         if slow_hz is None:
@@ -281,6 +309,10 @@ class Core:
         if not process_hz >= 0:
             raise ValueError(f"process_hz must not be negative, got {process_hz!r}")
         self.process_hz = process_hz
+        health_hz = min(float(health_hz), float(hz))
+        if not health_hz >= 0:
+            raise ValueError(f"health_hz must not be negative, got {health_hz!r}")
+        self.health_hz = health_hz
         self.nvml_library = nvml_library or os.environ.get(libraries.NVML_ENV) or libraries.NVML_LIBRARY
         self.amdsmi_library = (amdsmi_library or os.environ.get(libraries.AMDSMI_ENV)
                                or libraries.default_amdsmi_library())
@@ -297,7 +329,7 @@ class Core:
             "nvidia": int(self.nvidia), "amd": int(self.amd), "hz": self.hz,
             "slow_hz": self.slow_hz, "ring_len": self.ring_len, "events": int(self.want_events),
             "no_batch": int(not self.batch), "no_buffers": int(not self.buffers),
-            "process_hz": self.process_hz})
+            "process_hz": self.process_hz, "health_hz": self.health_hz})
         out = ffi.new("struct egs_core **")
         _check(lib.egs_core_new(cfg, out), "egs_core_new")
         self._core = ffi.gc(out[0], lib.egs_core_free)
@@ -470,6 +502,20 @@ class Core:
                                    calls=plist.calls, status=plist.status, detail=_text(plist.detail)))
         return out
 
+    def health(self) -> list[HealthReading]:
+        """The latest health read of every GPU of the core that has had one."""
+        out = []
+        info = ffi.new("struct egs_device_info *")
+        h = ffi.new("struct egs_health *")
+        for i in range(self._ndev):
+            _check(lib.egs_device_get(self._core, i, info), "egs_device_get")
+            _check(lib.egs_health_read(self._core, i, h), "egs_health_read")
+            if h.ts == 0:
+                continue
+            out.append(HealthReading(info.index, _VENDORS[info.backend], _text(info.uuid), h.ts,
+                                     {name: _nan_to_none(h.values[k]) for k, name in enumerate(HEALTH)}, h.calls))
+        return out
+
     def sampler_stats(self) -> dict[str, float | int]:
         """The sampler's counters. `reads` (field values read) = `reads_fast` + `reads_slow`,
         `buffered_reads` of them samples out of driver buffers; `slow_ticks` of the `ticks`
@@ -488,4 +534,5 @@ class Core:
                 "events_dropped": s.events_dropped, "abandoned_threads": s.abandoned_threads,
                 "library_calls": s.calls, "buffered_reads": s.buffered_reads,
                 "library_calls_per_gpu_per_s": per_gpu_s, "process_passes": s.process_passes,
-                "process_calls": s.process_calls, "process_s": s.process_s, "process_cpu_s": s.process_cpu_s}
+                "process_calls": s.process_calls, "process_s": s.process_s, "process_cpu_s": s.process_cpu_s,
+                "health_passes": s.health_passes, "health_calls": s.health_calls}

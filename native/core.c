@@ -173,6 +173,15 @@ static void acc_reset(struct egs_acc *a, size_t n)
 
 /* --- lifecycle ---------------------------------------------------------------------------- */
 
+/* Ticks of a `hz` grid between runs of a pass at `rate`; 0 when rate is 0 (no pass). */
+static unsigned int every_ticks(double hz, double rate)
+{
+    if (!(rate > 0.0))
+        return 0;
+    long long every = llround(hz / rate);
+    return every < 1 ? 1u : every > 0x7fffffff ? 0x7fffffffu : (unsigned int)every;
+}
+
 EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
 {
     if (cfg == NULL || out == NULL || !(cfg->hz > 0.0))
@@ -180,7 +189,8 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
     /* NaN fails both comparisons, so it is refused too. */
     if (!(cfg->slow_hz >= 0.0 && cfg->slow_hz <= cfg->hz))
         return EGS_E_INVALID;
-    if (!(cfg->process_hz >= 0.0 && cfg->process_hz <= cfg->hz))
+    if (!(cfg->process_hz >= 0.0 && cfg->process_hz <= cfg->hz) ||
+        !(cfg->health_hz >= 0.0 && cfg->health_hz <= cfg->hz))
         return EGS_E_INVALID;
     struct egs_core *core = calloc(1, sizeof(*core));
     if (core == NULL)
@@ -198,10 +208,8 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
         long long every = llround(cfg->hz / cfg->slow_hz);
         core->slow_every = every < 1 ? 1u : every > 0x7fffffff ? 0x7fffffffu : (unsigned int)every;
     }
-    if (cfg->process_hz > 0.0) {
-        long long every = llround(cfg->hz / cfg->process_hz);
-        core->proc_every = every < 1 ? 1u : every > 0x7fffffff ? 0x7fffffffu : (unsigned int)every;
-    }
+    core->proc_every = every_ticks(cfg->hz, cfg->process_hz);
+    core->health_every = every_ticks(cfg->hz, cfg->health_hz);
     pthread_mutex_init(&core->life, NULL);
     pthread_mutex_init(&core->lock, NULL);
     for (int i = 0; i < EGS_NBACKENDS; i++) {
@@ -515,6 +523,7 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->calls = core->buffered_reads = 0;
     core->process_passes = core->process_calls = 0;
     core->process_s = core->process_cpu_s = 0.0;
+    core->health_passes = core->health_calls = 0;
     core->ring_lag_s = 0.0;
     core->read_s = core->fold_s = 0.0;
     core->thread_cpu_s = 0.0;
@@ -710,6 +719,32 @@ static void process_pass(struct egs_core *core, struct egs_proc_read *r)
     pthread_mutex_unlock(&core->lock);
 }
 
+/* Reads every device's health signals and publishes each (one short critical section per
+ * device); on the sampler thread between ticks, like the per-process pass. */
+static void health_pass(struct egs_core *core)
+{
+    unsigned long long calls = 0;
+    for (unsigned int i = 0; i < core->ndevs && !stopping(core); i++) {
+        struct egs_dev *d = &core->devs[i];
+        const struct egs_vendor *v = d->backend->vendor;
+        struct egs_health h;
+        h.ts = unix_time(core);
+        h.calls = 0;
+        for (int k = 0; k < EGS_NHEALTH; k++)
+            h.values[k] = NAN;
+        if (!d->lost && v != NULL && v->read_health != NULL)
+            v->read_health(d->backend, d, &h);
+        calls += h.calls;
+        pthread_mutex_lock(&core->lock);
+        d->health = h;
+        pthread_mutex_unlock(&core->lock);
+    }
+    pthread_mutex_lock(&core->lock);
+    core->health_passes++;
+    core->health_calls += calls;
+    pthread_mutex_unlock(&core->lock);
+}
+
 /* --- the sampler ---------------------------------------------------------------------------- */
 
 static void ring_advance(struct egs_core *core, unsigned int i)
@@ -878,6 +913,8 @@ static void *sampler_main(void *arg)
     unsigned long long next_slow = 0;   /* first grid slot at which the slow tier is due */
     const unsigned long long proc_every = core->proc_every;
     unsigned long long next_proc = 0;   /* likewise for the per-process pass */
+    const unsigned long long health_every = core->health_every;
+    unsigned long long next_health = 0; /* and the health pass */
     struct egs_proc_read procs;
     memset(&procs, 0, sizeof(procs));
 
@@ -977,6 +1014,11 @@ static void *sampler_main(void *arg)
         if (proc_every > 0 && slot >= next_proc) {
             next_proc = (slot / proc_every + 1) * proc_every;
             process_pass(core, &procs);
+            clock_gettime(CLOCK_MONOTONIC, &fold_end);
+        }
+        if (health_every > 0 && slot >= next_health) {
+            next_health = (slot / health_every + 1) * health_every;
+            health_pass(core);
             clock_gettime(CLOCK_MONOTONIC, &fold_end);
         }
 
@@ -1239,6 +1281,8 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     out->process_calls = core->process_calls;
     out->process_s = core->process_s;
     out->process_cpu_s = core->process_cpu_s;
+    out->health_passes = core->health_passes;
+    out->health_calls = core->health_calls;
     out->slow_every = core->slow_every;
     out->events_dropped = core->ev_dropped;
     out->abandoned_threads = core->abandoned;
@@ -1301,6 +1345,20 @@ EGS_EXPORT int egs_processes_read(struct egs_core *core, unsigned int device, st
     if (d->plist.count > 0)
         memcpy(out, d->procs, d->plist.count * sizeof(*out));
 out:
+    pthread_mutex_unlock(&core->lock);
+    return rc;
+}
+
+EGS_EXPORT int egs_health_read(struct egs_core *core, unsigned int device, struct egs_health *out)
+{
+    int rc = EGS_OK;
+    if (core == NULL || out == NULL)
+        return EGS_E_INVALID;
+    pthread_mutex_lock(&core->lock);
+    if (device >= core->ndevs)
+        rc = EGS_E_INVALID;
+    else
+        *out = core->devs[device].health;
     pthread_mutex_unlock(&core->lock);
     return rc;
 }

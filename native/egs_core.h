@@ -102,6 +102,7 @@ struct egs_config {
     int no_buffers;               /* nonzero: no BUFFER path (driver sample buffers unused) */
     double process_hz;            /* per-process pass rate (egs_processes_read), 0 < process_hz
                                    * <= hz: every round(hz / process_hz) ticks; 0 = none */
+    double health_hz;             /* health pass rate (egs_health_read), likewise; 0 = none */
 };
 
 struct egs_backend_info {
@@ -175,6 +176,8 @@ struct egs_sampler_stats {
     unsigned long long process_calls; /* vendor calls those passes made (not in `calls`) */
     double process_s;                 /* wall time of those passes */
     double process_cpu_s;             /* the sampler thread's CPU time in those passes */
+    unsigned long long health_passes; /* health passes made (every device each) */
+    unsigned long long health_calls;  /* vendor calls those passes made (not in `calls`) */
     unsigned int abandoned_threads;   /* sampler/event threads egs_core_stop stopped waiting for
                                        * (stuck in a vendor call): they were left running, so
                                        * the vendor libraries stay loaded and the core cannot
@@ -222,6 +225,37 @@ struct egs_process_list {
     char detail[EGS_TEXT];        /* the failing call and the library's message when ERROR */
 };
 
+/* Health signals. On its own period (egs_config.health_hz) the sampler reads, per device,
+ * the figures that say a GPU is sick before a job dies: NVML's clock-event reasons
+ * (nvmlDeviceGetCurrentClocksEventReasons, else ...ThrottleReasons), one
+ * nvmlDeviceGetFieldValues call for ECC, retired pages, remapped rows and the PCIe replay
+ * counter, the enforced power limit and PCIe throughput. A value the device does not give
+ * is NaN, never 0; a call that answers NOT_SUPPORTED is not made again on that device. AMD
+ * SMI devices give none of these yet (all NaN). */
+#define EGS_H_CLOCK_REASONS            0  /* bit mask of nvmlClocksEventReason* */
+#define EGS_H_ECC_CORRECTED_VOLATILE   1  /* errors since the driver loaded */
+#define EGS_H_ECC_UNCORRECTED_VOLATILE 2
+#define EGS_H_ECC_CORRECTED_AGGREGATE  3  /* errors over the GPU's life */
+#define EGS_H_ECC_UNCORRECTED_AGGREGATE 4
+#define EGS_H_RETIRED_SBE              5  /* pages retired (pre-Ampere): multiple single-bit errors */
+#define EGS_H_RETIRED_DBE              6  /* double-bit errors */
+#define EGS_H_RETIRED_PENDING          7  /* 1: a retirement waits for a reset */
+#define EGS_H_REMAPPED_CORRECTABLE     8  /* rows remapped (Ampere on) */
+#define EGS_H_REMAPPED_UNCORRECTABLE   9
+#define EGS_H_REMAP_PENDING           10  /* 1: a remap waits for a reset */
+#define EGS_H_REMAP_FAILURE           11  /* 1: a remap failed */
+#define EGS_H_POWER_LIMIT             12  /* W, enforced */
+#define EGS_H_PCIE_TX                 13  /* bytes/s, the driver's last sample */
+#define EGS_H_PCIE_RX                 14
+#define EGS_H_PCIE_REPLAYS            15  /* replay counter */
+#define EGS_NHEALTH                   16
+
+struct egs_health {
+    double ts;                    /* unix seconds of the read; 0 = not read yet */
+    unsigned int calls;           /* vendor calls the read made */
+    double values[16];            /* EGS_NHEALTH entries, NaN where not given */
+};
+
 struct egs_core;
 
 int egs_core_new(const struct egs_config *cfg, struct egs_core **out);
@@ -261,3 +295,6 @@ int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *out);
  * processes into out; EGS_E_SIZE with *n = the count when cap is smaller. */
 int egs_processes_read(struct egs_core *core, unsigned int device, struct egs_process_list *info,
                        struct egs_process *out, unsigned int cap, unsigned int *n);
+
+/* The latest health read of one device. */
+int egs_health_read(struct egs_core *core, unsigned int device, struct egs_health *out);

@@ -112,6 +112,9 @@ struct egs_dev {
     unsigned int pcap;
     unsigned int proc_hint;         /* the longest list of the previous pass: the next buffer's size */
     int proc_util_off;              /* the utilisation call said NOT_SUPPORTED: not asked again */
+    struct egs_health health;       /* the latest health read, published under core->lock */
+    unsigned int health_off;        /* sampler-private: vendor-defined bits of health calls that
+                                     * said NOT_SUPPORTED on this device (not made again) */
 };
 
 struct egs_backend {
@@ -154,6 +157,9 @@ struct egs_vendor {
     void (*read)(struct egs_backend *b, struct egs_dev *d, struct egs_tick *t);
     /* Fills r with the processes using device d (NULL: the library has no process list). */
     void (*read_processes)(struct egs_backend *b, struct egs_dev *d, struct egs_proc_read *r);
+    /* Fills h->values (all NaN on entry) and h->calls with device d's health signals (NULL:
+     * the library gives none). */
+    void (*read_health)(struct egs_backend *b, struct egs_dev *d, struct egs_health *h);
     /* Registers for events on the devices; nonzero when at least one accepted. */
     int (*open_events)(struct egs_core *core, struct egs_backend *b);
     int (*wait_event)(struct egs_backend *b, struct egs_core *core, int timeout_ms);
@@ -243,6 +249,8 @@ struct egs_core {
                                      * in time order but for that much (egs_ring_read) */
     unsigned int slow_every;        /* from cfg.hz / cfg.slow_hz, fixed at egs_core_new */
     unsigned int proc_every;        /* from cfg.hz / cfg.process_hz; 0 = no per-process pass */
+    unsigned int health_every;      /* from cfg.hz / cfg.health_hz; 0 = no health pass */
+    unsigned long long health_passes, health_calls;
     unsigned long long process_passes, process_calls;
     double process_s, process_cpu_s;
     double read_s, fold_s;

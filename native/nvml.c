@@ -191,7 +191,8 @@ enum {
     R_INIT, R_SHUTDOWN, R_ERROR_STRING, R_DRIVER_VERSION, R_COUNT, R_HANDLE, R_NAME, R_UUID,
     R_PCI, R_UTILIZATION, R_MEMORY, R_TEMPERATURE, R_FIELD_VALUES, R_SAMPLES, R_POWER, R_CLOCK,
     R_FAN, R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE,
-    R_COMPUTE_PROCS, R_GRAPHICS_PROCS, R_PROCS_UTIL, R_PROC_UTIL, R_COUNT_ROLES
+    R_COMPUTE_PROCS, R_GRAPHICS_PROCS, R_PROCS_UTIL, R_PROC_UTIL, R_CLOCK_REASONS, R_POWER_LIMIT,
+    R_PCIE_THROUGHPUT, R_COUNT_ROLES
 };
 
 static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
@@ -224,6 +225,10 @@ static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
                           "nvmlDeviceGetGraphicsRunningProcesses_v2", "nvmlDeviceGetGraphicsRunningProcesses"}},
     [R_PROCS_UTIL] = {"processes_utilization", {"nvmlDeviceGetProcessesUtilizationInfo"}},
     [R_PROC_UTIL] = {"process_utilization", {"nvmlDeviceGetProcessUtilization"}},
+    [R_CLOCK_REASONS] = {"clock_reasons", {"nvmlDeviceGetCurrentClocksEventReasons",
+                         "nvmlDeviceGetCurrentClocksThrottleReasons"}},
+    [R_POWER_LIMIT] = {"power_limit", {"nvmlDeviceGetEnforcedPowerLimit"}},
+    [R_PCIE_THROUGHPUT] = {"pcie_throughput", {"nvmlDeviceGetPcieThroughput"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
@@ -585,6 +590,88 @@ static void nv_choose_paths(const struct egs_core *core, const struct nv_lib *li
     memcpy(d->info.paths, d->path, sizeof(d->info.paths));
 }
 
+/* --- health signals ----------------------------------------------------------------------- */
+
+/* Field ids (pynvml's NVML_FI_DEV_*) of the health signals one nvmlDeviceGetFieldValues call
+ * serves. */
+static const struct {
+    int health;
+    unsigned int id;
+} nv_health_fields[] = {
+    {EGS_H_ECC_CORRECTED_VOLATILE, 3},      /* ECC_SBE_VOL_TOTAL */
+    {EGS_H_ECC_UNCORRECTED_VOLATILE, 4},    /* ECC_DBE_VOL_TOTAL */
+    {EGS_H_ECC_CORRECTED_AGGREGATE, 5},     /* ECC_SBE_AGG_TOTAL */
+    {EGS_H_ECC_UNCORRECTED_AGGREGATE, 6},   /* ECC_DBE_AGG_TOTAL */
+    {EGS_H_RETIRED_SBE, 29},
+    {EGS_H_RETIRED_DBE, 30},
+    {EGS_H_RETIRED_PENDING, 31},
+    {EGS_H_PCIE_REPLAYS, 94},               /* PCIE_REPLAY_COUNTER */
+    {EGS_H_REMAPPED_CORRECTABLE, 142},      /* REMAPPED_COR */
+    {EGS_H_REMAPPED_UNCORRECTABLE, 143},    /* REMAPPED_UNC */
+    {EGS_H_REMAP_PENDING, 144},
+    {EGS_H_REMAP_FAILURE, 145},
+};
+#define NV_NHEALTH_FIELDS (sizeof(nv_health_fields) / sizeof(nv_health_fields[0]))
+
+/* Bits of egs_dev.health_off: calls that said NOT_SUPPORTED on the device. */
+enum { NV_HOFF_REASONS = 1, NV_HOFF_FIELDS = 2, NV_HOFF_LIMIT = 4, NV_HOFF_PCIE = 8 };
+
+/* NOT_SUPPORTED (or no such entry point) switches the call off for the device. */
+static int nv_health_ok(struct egs_dev *d, nv_return rc, unsigned int bit)
+{
+    if (rc == NV_NOT_SUPPORTED || rc == NV_FUNCTION_NOT_FOUND)
+        d->health_off |= bit;
+    return rc == NV_SUCCESS;
+}
+
+static void nv_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_health *h)
+{
+    const struct nv_lib *lib = b->impl;
+    nv_device dev = d->handle;
+    if (lib->roles[R_CLOCK_REASONS].fn != NULL && !(d->health_off & NV_HOFF_REASONS)) {
+        unsigned long long reasons = 0;
+        h->calls++;
+        if (nv_health_ok(d, EGS_FN(lib, R_CLOCK_REASONS, fn_dev_ull)(dev, &reasons), NV_HOFF_REASONS))
+            h->values[EGS_H_CLOCK_REASONS] = (double)reasons;
+    }
+    if (lib->roles[R_FIELD_VALUES].fn != NULL && !(d->health_off & NV_HOFF_FIELDS)) {
+        struct nv_field_value fv[NV_NHEALTH_FIELDS];
+        memset(fv, 0, sizeof(fv));
+        for (size_t k = 0; k < NV_NHEALTH_FIELDS; k++)
+            fv[k].field_id = nv_health_fields[k].id;
+        h->calls++;
+        if (nv_health_ok(d, EGS_FN(lib, R_FIELD_VALUES, fn_field_values)(dev, (int)NV_NHEALTH_FIELDS, fv),
+                         NV_HOFF_FIELDS)) {
+            int any = 0;
+            for (size_t k = 0; k < NV_NHEALTH_FIELDS; k++) {
+                if (fv[k].ret != NV_SUCCESS)
+                    continue;
+                h->values[nv_health_fields[k].health] = nv_value_as_double(fv[k].value_type, &fv[k].value);
+                any = 1;
+            }
+            /* Not one entry answers on this device: the call is of no use to ask again. */
+            if (!any)
+                d->health_off |= NV_HOFF_FIELDS;
+        }
+    }
+    if (lib->roles[R_POWER_LIMIT].fn != NULL && !(d->health_off & NV_HOFF_LIMIT)) {
+        unsigned int mw = 0;
+        h->calls++;
+        if (nv_health_ok(d, EGS_FN(lib, R_POWER_LIMIT, fn_dev_uint)(dev, &mw), NV_HOFF_LIMIT))
+            h->values[EGS_H_POWER_LIMIT] = mw / 1000.0;
+    }
+    if (lib->roles[R_PCIE_THROUGHPUT].fn != NULL && !(d->health_off & NV_HOFF_PCIE)) {
+        /* NVML gives KB/s; taken as 1000 bytes (nvml.h does not say KiB). */
+        for (int counter = 0; counter < 2; counter++) {
+            unsigned int kbps = 0;
+            h->calls++;
+            if (!nv_health_ok(d, EGS_FN(lib, R_PCIE_THROUGHPUT, fn_clock)(dev, counter, &kbps), NV_HOFF_PCIE))
+                break;
+            h->values[counter == 0 ? EGS_H_PCIE_TX : EGS_H_PCIE_RX] = kbps * 1000.0;
+        }
+    }
+}
+
 /* --- per-process reads ------------------------------------------------------------------- */
 
 /* The record the resolved list call fills: the unversioned symbol is the v1 layout. */
@@ -917,6 +1004,7 @@ const struct egs_vendor egs_nvml = {
     .open = nv_open,
     .read = nv_read,
     .read_processes = nv_read_processes,
+    .read_health = nv_read_health,
     .open_events = nv_open_events,
     .wait_event = nv_wait_event,
     .close_events = nv_close_events,

@@ -76,6 +76,43 @@ FIELDS: tuple[Field, ...] = (
     Field("DCGM_FI_DEV_FB_FREE", "gauge", "Framebuffer memory free, MiB.", "gpu_memory_total_bytes", _fb_free),
     Field("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used, MiB.", "gpu_memory_used_bytes", _fb_used),
 )
+# The health signals (agent.metrics scope "gpu_health"), from status --json's per-GPU "signals"
+# (the latest health read); names and units as DCGM's field list has them. Counters are
+# declared `unknown` like the energy count, for the same reason.
+FIELDS += (
+    Field("DCGM_FI_DEV_CLOCK_THROTTLE_REASONS", "gauge", "Clock-event (throttle) reasons, NVML's bit mask.",
+          "gpu_clock_event_active", _scaled("clock_reasons", 1)),
+    Field("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "unknown", "Single-bit volatile ECC errors.",
+          "gpu_ecc_corrected_volatile_total", _scaled("gpu_ecc_corrected_volatile_total", 1)),
+    Field("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "unknown", "Double-bit volatile ECC errors.",
+          "gpu_ecc_uncorrected_volatile_total", _scaled("gpu_ecc_uncorrected_volatile_total", 1)),
+    Field("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "unknown", "Single-bit persistent ECC errors.",
+          "gpu_ecc_corrected_aggregate_total", _scaled("gpu_ecc_corrected_aggregate_total", 1)),
+    Field("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "unknown", "Double-bit persistent ECC errors.",
+          "gpu_ecc_uncorrected_aggregate_total", _scaled("gpu_ecc_uncorrected_aggregate_total", 1)),
+    Field("DCGM_FI_DEV_RETIRED_SBE", "gauge", "Total number of retired pages due to single-bit errors.",
+          "gpu_retired_pages_sbe", _scaled("gpu_retired_pages_sbe", 1)),
+    Field("DCGM_FI_DEV_RETIRED_DBE", "gauge", "Total number of retired pages due to double-bit errors.",
+          "gpu_retired_pages_dbe", _scaled("gpu_retired_pages_dbe", 1)),
+    Field("DCGM_FI_DEV_RETIRED_PENDING", "gauge", "Number of pages pending retirement.",
+          "gpu_retired_pages_pending", _scaled("gpu_retired_pages_pending", 1)),
+    Field("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "gauge", "Number of remapped rows for correctable errors.",
+          "gpu_remapped_rows_correctable", _scaled("gpu_remapped_rows_correctable", 1)),
+    Field("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "gauge", "Number of remapped rows for uncorrectable errors.",
+          "gpu_remapped_rows_uncorrectable", _scaled("gpu_remapped_rows_uncorrectable", 1)),
+    Field("DCGM_FI_DEV_ROW_REMAP_PENDING", "gauge", "Whether a row remap is pending (1) or not (0).",
+          "gpu_row_remap_pending", _scaled("gpu_row_remap_pending", 1)),
+    Field("DCGM_FI_DEV_ROW_REMAP_FAILURE", "gauge", "Whether remapping of rows has failed (1) or not (0).",
+          "gpu_row_remap_failed", _scaled("gpu_row_remap_failed", 1)),
+    Field("DCGM_FI_DEV_ENFORCED_POWER_LIMIT", "gauge", "Enforced power limit, W.", "gpu_power_limit_watts",
+          _scaled("gpu_power_limit_watts", 1, integer=False), integer=False),
+    Field("DCGM_FI_DEV_PCIE_TX_THROUGHPUT", "gauge", "PCIe TX throughput, KB/s.", "gpu_pcie_tx_bytes_per_second",
+          _scaled("gpu_pcie_tx_bytes_per_second", 1e-3)),
+    Field("DCGM_FI_DEV_PCIE_RX_THROUGHPUT", "gauge", "PCIe RX throughput, KB/s.", "gpu_pcie_rx_bytes_per_second",
+          _scaled("gpu_pcie_rx_bytes_per_second", 1e-3)),
+    Field("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "unknown", "Total number of PCIe retries.", "gpu_pcie_replays_total",
+          _scaled("gpu_pcie_replays_total", 1)),
+)
 XID = Field("DCGM_FI_DEV_XID_ERRORS", "gauge", "Code of the last XID error seen (0: none since the agent started).",
             "", lambda metrics: None)
 
@@ -108,10 +145,12 @@ def dcgm_families(gpus: list[dict], health: list[dict], hostname: str, extra: di
     keys = {g["index"]: ("dcgm", g["index"], g["uuid"], g.get("pci_bus_id"), g["vendor"], g["name"], hostname,
                          extra_key) for g in gpus}
     labels_of = {g["index"]: remember(keys[g["index"]], lambda g=g: dcgm_labels(g, hostname, extra)) for g in gpus}
+    # The GPU's metrics and its latest health signals (status --json "signals"), by name.
+    figures = {g["index"]: {**g["metrics"], **g["signals"]} if g.get("signals") else g["metrics"] for g in gpus}
     for f in FIELDS:
         samples = []
         for g in gpus:
-            value = f.convert(g["metrics"])
+            value = f.convert(figures[g["index"]])
             if value is not None and math.isfinite(value):
                 samples.append((labels_of[g["index"]], value))
         if samples:

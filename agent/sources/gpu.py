@@ -19,6 +19,7 @@ extension itself is not built, both backends are reported unavailable with that 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, NamedTuple, Protocol
 
 from agent.events import Event
@@ -59,6 +60,52 @@ class ReadState(NamedTuple):
 
 
 _NO_READS = ReadState(0.0, {}, {}, {}, {})
+
+
+# NVML's clock-event reason bits (nvmlClocksEventReason*, from pynvml) -> the `reason` label of
+# gpu_clock_event_active.
+CLOCK_REASONS: dict[str, int] = {
+    "gpu_idle": 0x1, "applications_clocks": 0x2, "sw_power_cap": 0x4, "hw_slowdown": 0x8, "sync_boost": 0x10,
+    "sw_thermal_slowdown": 0x20, "hw_thermal_slowdown": 0x40, "hw_power_brake_slowdown": 0x80,
+    "display_clocks": 0x100,
+}
+# The core's health signals (agent.native.HEALTH) -> catalogue metric (agent.metrics, scope
+# "gpu_health"); clock_reasons becomes one gpu_clock_event_active series per reason.
+HEALTH_METRICS: dict[str, str] = {
+    "ecc_corrected_volatile": "gpu_ecc_corrected_volatile_total",
+    "ecc_uncorrected_volatile": "gpu_ecc_uncorrected_volatile_total",
+    "ecc_corrected_aggregate": "gpu_ecc_corrected_aggregate_total",
+    "ecc_uncorrected_aggregate": "gpu_ecc_uncorrected_aggregate_total",
+    "retired_pages_sbe": "gpu_retired_pages_sbe", "retired_pages_dbe": "gpu_retired_pages_dbe",
+    "retired_pages_pending": "gpu_retired_pages_pending",
+    "remapped_rows_correctable": "gpu_remapped_rows_correctable",
+    "remapped_rows_uncorrectable": "gpu_remapped_rows_uncorrectable",
+    "row_remap_pending": "gpu_row_remap_pending", "row_remap_failure": "gpu_row_remap_failed",
+    "power_limit_watts": "gpu_power_limit_watts",
+    "pcie_tx_bytes_per_second": "gpu_pcie_tx_bytes_per_second",
+    "pcie_rx_bytes_per_second": "gpu_pcie_rx_bytes_per_second",
+    "pcie_replays": "gpu_pcie_replays_total",
+}
+CLOCK_EVENT = "gpu_clock_event_active"
+
+
+def health_samples(values: dict[str, float | None], labels: dict[str, str], ts: float,
+                   reason_labels: dict[str, dict[str, str]] | None = None) -> list[Sample]:
+    """One health read's samples: every signal the GPU gives (None: no sample), the clock-event
+    mask as one 0/1 series per reason. `reason_labels` caches the per-reason label dicts."""
+    out = [Sample.reading(metric, labels, float(values[name]), ts)
+           for name, metric in HEALTH_METRICS.items() if values.get(name) is not None]
+    mask = values.get("clock_reasons")
+    if mask is not None:
+        bits = int(mask)
+        for reason, bit in CLOCK_REASONS.items():
+            rl = reason_labels.get(reason) if reason_labels is not None else None
+            if rl is None:
+                rl = {**labels, "reason": reason}
+                if reason_labels is not None:
+                    reason_labels[reason] = rl
+            out.append(Sample.reading(CLOCK_EVENT, rl, 1.0 if bits & bit else 0.0, ts))
+    return out
 
 
 def gpu_event(event: Any, labels: dict[str, str] | None) -> Event:
@@ -114,6 +161,9 @@ class GpuSource(Source):
         self._reads = _NO_READS
         self._slow: frozenset[str] = frozenset()
         self._fallback_hz: float | None = None
+        self._health_ts: dict[int, float] = {}                 # gpu -> ts of the last health read taken
+        self._reason_labels: dict[int, dict[str, dict[str, str]]] = {}
+        self.health_readings: dict[int, Any] = {}             # gpu -> latest agent.native.HealthReading
 
     def start(self) -> None:
         if not self.settings.enabled:
@@ -151,6 +201,7 @@ class GpuSource(Source):
                             for d in devices}
             self._identity = identity
             self._error_labels = {}
+            self._reason_labels = {}
         states = [(d.index, d.state) for d in devices]
         if states != self._device_states:
             # Backends are described once at start; a device lost or back is the only thing
@@ -207,11 +258,41 @@ class GpuSource(Source):
             out.append(Sample(s.metric, labels, int(s.count), float(s.mean) * s.count, float(s.min),
                               float(s.max), float(s.last), float(s.last_ts)))
         out += self._error_samples(now)
+        out += self._health_samples()
         self._reads = ReadState(now, dict(self._last_seen), dict(self._watched_since),
                                 dict(self._errors) if errors_changed else self._reads.errors,
                                 dict(self._last_error) if errors_changed else self._reads.last_error)
         self.status.state = "ok" if self._devices else "unavailable"
         self.status.detail = {"devices": len(self._devices), "sampler": self.core.sampler_stats()}
+        return out
+
+    def _health_samples(self) -> list[Sample]:
+        """The health reads the core made since the last collection, as readings at their own
+        time (`health_readings` keeps the latest per GPU for the health source). A stand-in
+        core without `health` gives none."""
+        read = getattr(self.core, "health", None)
+        if read is None:
+            return []
+        out = []
+        for h in read():
+            labels = self._labels.get(h.gpu)
+            if labels is None or self._health_ts.get(h.gpu) == h.ts:
+                continue
+            self._health_ts[h.gpu] = h.ts
+            self.health_readings[h.gpu] = h
+            out += health_samples(h.values, labels, h.ts, self._reason_labels.setdefault(h.gpu, {}))
+        return out
+
+    def signals(self, gpu: int) -> dict[str, float | None]:
+        """The GPU's latest health read by catalogue metric (None where it gives none; the raw
+        clock-event mask as `clock_reasons`); {} before the first read or once it is stale
+        (`stale_bound(health_hz)`: 30 s at the default 0.1 Hz)."""
+        h = self.health_readings.get(gpu)
+        # A read older than its staleness bound (a sampler held up in a hung call) says nothing.
+        if h is None or time.time() - h.ts > stale_bound(float(getattr(self.core, "health_hz", 0.0))):
+            return {}
+        out: dict[str, float | None] = {metric: h.values.get(name) for name, metric in HEALTH_METRICS.items()}
+        out["clock_reasons"] = h.values.get("clock_reasons")
         return out
 
     def _error_samples(self, now: float) -> list[Sample]:
@@ -291,6 +372,7 @@ class GpuSource(Source):
                         "pci_bus_id": d.pci_bus_id, "state": d.state, "lost_reason": d.lost_reason,
                         "unsupported": sorted(unsupported), "metrics": metrics, "stale": stale,
                         "paths": dict(getattr(d, "paths", {})),
+                        "signals": {} if lost else self.signals(d.index),
                         "read_errors": dict(sorted(read_errors.items())),
                         "last_errors": dict(sorted(last_errors.items()))})
         return out

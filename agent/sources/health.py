@@ -76,7 +76,55 @@ GPU_HEALTH_STATE = register(Metric(
     "gpu_health_state", "state", "Health as a number: 0 ok, 1 degraded, 2 failed, 3 lost."))
 GPU_XID_TOTAL = register(Metric("gpu_xid_errors_total", "errors", "XID errors seen since the agent started.",
                                 kind="counter"))
-METRICS = (GPU_LOST.name, GPU_XID_CRITICAL.name, GPU_HEALTH_STATE.name, GPU_XID_TOTAL.name)
+GPU_SIGNAL_DEGRADED = register(Metric(
+    "gpu_health_signal_degraded", "boolean",
+    "1 while a health signal degrades the GPU (row remap or page retirement pending, thermal or power-brake "
+    "slowdown), else 0."))
+GPU_SIGNAL_FAILED = register(Metric(
+    "gpu_health_signal_failed", "boolean",
+    "1 while a health signal fails the GPU (row remap failure, uncorrectable ECC errors), else 0."))
+METRICS = (GPU_LOST.name, GPU_XID_CRITICAL.name, GPU_HEALTH_STATE.name, GPU_XID_TOTAL.name,
+           GPU_SIGNAL_DEGRADED.name, GPU_SIGNAL_FAILED.name)
+
+# Clock-event reason bits (nvmlClocksEventReason*) that make a GPU degraded while they hold.
+THERMAL_SLOWDOWN = 0x20 | 0x40     # software and hardware thermal slowdown
+POWER_BRAKE_SLOWDOWN = 0x80        # hardware power brake (the board's external power signal)
+
+
+def _flag(v: dict, name: str) -> bool:
+    x = v.get(name)
+    return x is not None and x >= 1
+
+
+def _count(v: dict, name: str) -> float:
+    x = v.get(name)
+    return x if x is not None else 0.0
+
+
+def _reasons(v: dict) -> int:
+    x = v.get("clock_reasons")
+    return int(x) if x is not None else 0
+
+
+# The health signals' conditions, from NVIDIA's guidance ("GPU Memory Error Management": a
+# pending row remap or page retirement needs a GPU reset; a remap failure or an uncorrectable
+# error needs the GPU taken out of service; thermal and power-brake slowdowns cut the clocks
+# while they hold): (name, effect, active(values), detail(values)). Each holds while its
+# condition does, read again on every health read (agent.native.HEALTH_HZ).
+SIGNALS: tuple[tuple[str, str, Callable[[dict], bool], Callable[[dict], str]], ...] = (
+    ("row_remap_failure", "failed", lambda v: _flag(v, "row_remap_failure"),
+     lambda v: "row remapping failed: the GPU needs service"),
+    ("ecc_uncorrected", "failed", lambda v: _count(v, "ecc_uncorrected_volatile") > 0,
+     lambda v: f"uncorrectable ECC errors: {int(_count(v, 'ecc_uncorrected_volatile'))} since the driver loaded"),
+    ("row_remap_pending", "degraded", lambda v: _flag(v, "row_remap_pending"),
+     lambda v: "row remapping pending: reset needed"),
+    ("retired_pages_pending", "degraded", lambda v: _flag(v, "retired_pages_pending"),
+     lambda v: "page retirement pending: reset needed"),
+    ("thermal_slowdown", "degraded", lambda v: bool(_reasons(v) & THERMAL_SLOWDOWN),
+     lambda v: "thermal slowdown: clocks held down (" + ("hardware" if _reasons(v) & 0x40 else "software") + ")"),
+    ("power_brake_slowdown", "degraded", lambda v: bool(_reasons(v) & POWER_BRAKE_SLOWDOWN),
+     lambda v: "power-brake slowdown: clocks held down by the board's power brake"),
+)
 
 
 def classify_xid(code: int) -> tuple[str, str]:
@@ -87,12 +135,12 @@ def classify_xid(code: int) -> tuple[str, str]:
 
 @dataclass
 class Reason:
-    kind: str  # "xid" | "amd" | "lost"
+    kind: str  # "xid" | "amd" | "lost" | "signal"
     effect: str  # "degraded" | "failed" | "lost"
     detail: str
     since: float
     last_seen: float
-    code: int | None = None
+    code: int | str | None = None   # the XID or AMD event code; the signal's name
     count: int = 1
     until: float | None = None  # when it lapses; None: until the device answers again
 
@@ -183,6 +231,28 @@ class Health:
                 out += self._settle(g, now, f"{r.detail} lapsed: none for {self.hold_s:g}s")
         return out
 
+    def observe_signals(self, readings: Iterable[Any], now: float) -> list[Event]:
+        """Fold the GPUs' latest health reads (`agent.native.HealthReading`: gpu, ts, values)
+        into health: each of SIGNALS holds while its condition does. Returns the health
+        events (one per signal that starts or ends)."""
+        out: list[Event] = []
+        for h in readings:
+            g = self._gpu(h.gpu, now)
+            ts = float(h.ts or now)
+            for name, effect, active, detail in SIGNALS:
+                key = ("signal", name)
+                on = active(h.values)
+                if on and key not in g.reasons:
+                    text = detail(h.values)
+                    g.reasons[key] = Reason("signal", effect, text, ts, ts, name)
+                    out += self._restate(g, ts, {"kind": "signal", "code": name, "effect": effect, "detail": text})
+                elif on:
+                    g.reasons[key].last_seen = ts
+                elif key in g.reasons:
+                    r = g.reasons.pop(key)
+                    out += self._settle(g, ts, f"{r.detail}: cleared")
+        return out
+
     def _xid(self, g: GpuHealth, code: int, ts: float, detail: str) -> list[Event]:
         effect, name = classify_xid(code)
         g.xid_total += 1
@@ -252,6 +322,9 @@ class Health:
             return float(STATES.index(g.state))
         if metric == GPU_XID_TOTAL.name:
             return float(g.xid_total)
+        if metric in (GPU_SIGNAL_DEGRADED.name, GPU_SIGNAL_FAILED.name):
+            effect = "degraded" if metric == GPU_SIGNAL_DEGRADED.name else "failed"
+            return 1.0 if any(r.kind == "signal" and r.effect == effect for r in g.reasons.values()) else 0.0
         raise KeyError(metric)
 
     def samples(self, now: float) -> list[Sample]:
@@ -277,10 +350,17 @@ class HealthSource(Source):
         self.gpu = gpu
         self.health = Health(hold_s=hold_s)
         self._gpus: list[dict[str, Any]] = []
+        self._seen: dict[int, float] = {}    # gpu -> ts of the health read folded last
 
     def collect(self, now: float) -> list[Sample]:
         # The faults themselves are the GPU source's events (the daemon emits those first).
         self.tick_events = self.health.observe(self.gpu.tick_events, self.gpu.devices, now)
+        # The GPU source's latest health reads (none with a stand-in GPU source).
+        readings = getattr(self.gpu, "health_readings", {})
+        fresh = [h for h in readings.values() if self._seen.get(h.gpu) != h.ts]
+        for h in fresh:
+            self._seen[h.gpu] = h.ts
+        self.tick_events += self.health.observe_signals(fresh, now)
         self._gpus = self.health.status()
         return self.health.samples(now)
 

@@ -28,6 +28,9 @@
 static const char *const field_names[SIM_F_COUNT] = {
     "temperature", "power", "utilization", "memory_busy", "memory_used_mib",
     "sm_clock", "memory_clock", "fan", "energy",
+    "clock_reasons", "ecc_corrected", "ecc_uncorrected", "retired_sbe", "retired_dbe", "retired_pending",
+    "remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failure", "power_limit",
+    "pcie_tx_kbps", "pcie_rx_kbps", "pcie_replays",
 };
 
 const char *sim_field_name(int field)
@@ -528,6 +531,8 @@ static void gpu_defaults(struct sim_gpu *g, int index)
         g->fields[f].p[0] = defaults[f];
     }
     g->fields[SIM_F_ENERGY].kind = SIM_WAVE_INTEGRAL;
+    for (int f = SIM_F_CLOCK_REASONS; f < SIM_F_COUNT; f++)
+        g->fields[f].kind = SIM_WAVE_UNSUPPORTED;
 }
 
 static int parse_bus_id(const char *s, struct sim_gpu *g)
@@ -697,7 +702,10 @@ static int fields_key(struct parser *p, struct state *st, const char *key, const
     int f = field_by_name(key);
     if (f < 0)
         return fail(p, "unknown field '%s' in [gpu.fields] (temperature, power, utilization, "
-                       "memory_busy, memory_used_mib, sm_clock, memory_clock, fan, energy)", key);
+                       "memory_busy, memory_used_mib, sm_clock, memory_clock, fan, energy, clock_reasons, "
+                       "ecc_corrected, ecc_uncorrected, retired_sbe, retired_dbe, retired_pending, "
+                       "remapped_correctable, remapped_uncorrectable, remap_pending, remap_failure, "
+                       "power_limit, pcie_tx_kbps, pcie_rx_kbps, pcie_replays)", key);
     if (mark_seen(p, &st->seen, f, key))
         return -1;
     return parse_wave(p, key, v, &st->gpu->fields[f]);

@@ -38,6 +38,21 @@ enum sim_field {
     SIM_F_MEMORY_CLOCK,    /* MHz */
     SIM_F_FAN,             /* % */
     SIM_F_ENERGY,          /* J, a counter */
+    /* Health signals: "unsupported" unless the scenario gives them. */
+    SIM_F_CLOCK_REASONS,   /* NVML clock-event reason bit mask (a sequence wave changes it over time) */
+    SIM_F_ECC_CORRECTED,   /* corrected (single-bit) ECC errors: volatile and aggregate counts */
+    SIM_F_ECC_UNCORRECTED, /* uncorrected (double-bit) */
+    SIM_F_RETIRED_SBE,     /* pages retired for single-bit errors (pre-Ampere) */
+    SIM_F_RETIRED_DBE,     /* pages retired for double-bit errors */
+    SIM_F_RETIRED_PENDING, /* 1: a retirement waits for a reset */
+    SIM_F_REMAPPED_CORRECTABLE,   /* rows remapped for correctable errors (Ampere on) */
+    SIM_F_REMAPPED_UNCORRECTABLE, /* rows remapped for uncorrectable errors */
+    SIM_F_REMAP_PENDING,   /* 1: a remap waits for a reset */
+    SIM_F_REMAP_FAILURE,   /* 1: a remap failed */
+    SIM_F_POWER_LIMIT,     /* W, enforced */
+    SIM_F_PCIE_TX,         /* KB/s */
+    SIM_F_PCIE_RX,         /* KB/s */
+    SIM_F_PCIE_REPLAYS,    /* replay counter */
     SIM_F_COUNT
 };
 

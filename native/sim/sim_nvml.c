@@ -733,6 +733,45 @@ static long long unix_us(void)
     return (long long)ts.tv_sec * 1000000LL + ts.tv_nsec / 1000;
 }
 
+/* Field ids of the health signals (pynvml's NVML_FI_DEV_*) and the scenario field behind
+ * each; all unsigned long long. */
+static const struct {
+    unsigned int id;
+    int field;
+} health_fields[] = {
+    {3, SIM_F_ECC_CORRECTED},   /* ECC_SBE_VOL_TOTAL */
+    {4, SIM_F_ECC_UNCORRECTED}, /* ECC_DBE_VOL_TOTAL */
+    {5, SIM_F_ECC_CORRECTED},   /* ECC_SBE_AGG_TOTAL: the scenario has one count for both */
+    {6, SIM_F_ECC_UNCORRECTED}, /* ECC_DBE_AGG_TOTAL */
+    {29, SIM_F_RETIRED_SBE},
+    {30, SIM_F_RETIRED_DBE},
+    {31, SIM_F_RETIRED_PENDING},
+    {94, SIM_F_PCIE_REPLAYS},   /* PCIE_REPLAY_COUNTER */
+    {142, SIM_F_REMAPPED_CORRECTABLE},
+    {143, SIM_F_REMAPPED_UNCORRECTABLE},
+    {144, SIM_F_REMAP_PENDING},
+    {145, SIM_F_REMAP_FAILURE},
+};
+
+/* Fills fv when its id is a health field; 0 when it is not one. */
+static int health_field_value(const struct sim_gpu *g, double t, nvmlFieldValue_t *fv)
+{
+    double v;
+    for (size_t k = 0; k < sizeof(health_fields) / sizeof(health_fields[0]); k++) {
+        if (health_fields[k].id != fv->fieldId)
+            continue;
+        fv->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        if (sim_gpu_field(g, health_fields[k].field, t, &v) != 0) {
+            fv->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+            return 1;
+        }
+        fv->value.ullVal = (unsigned long long)llround(v);
+        fv->nvmlReturn = NVML_SUCCESS;
+        return 1;
+    }
+    return 0;
+}
+
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvmlFieldValue_t *values)
 {
     SIM_COUNT(&g_sim);
@@ -780,6 +819,8 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t d, int count, nvml
             fv->nvmlReturn = NVML_SUCCESS;
             break;
         default:
+            if (health_field_value(g, t, fv))
+                break;
             /* A real driver (580.159.04, H100) calls id 0 and ids past the last defined one
              * invalid, and a defined field the device lacks not supported. */
             fv->valueType = NVML_VALUE_TYPE_DOUBLE;
@@ -891,6 +932,85 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetSamples(nvmlDevice_t d, int type, unsigned 
     return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 #endif
+
+/* ------------------------------------------------------------------------------------------ */
+/* Health signals                                                                             */
+
+/* read_uint for the 64-bit outputs. */
+static nvmlReturn_t health_query(nvmlDevice_t d, int field, double scale, unsigned long long *out)
+{
+    const struct sim_gpu *g;
+    double t, v;
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, out, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (sim_gpu_field(g, field, t, &v) != 0)
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    *out = (unsigned long long)llround(v * scale);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+/* `clock_reasons` is the bit mask itself (nvmlClocksEventReason*). */
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t d, unsigned long long *reasons)
+{
+    SIM_COUNT(&g_sim);
+    return health_query(d, SIM_F_CLOCK_REASONS, 1.0, reasons);
+}
+
+#ifndef SIM_NVML_LEGACY
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t d, unsigned long long *reasons)
+{
+    SIM_COUNT(&g_sim);
+    return health_query(d, SIM_F_CLOCK_REASONS, 1.0, reasons);
+}
+#endif
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t d, unsigned int *milliwatts)
+{
+    SIM_COUNT(&g_sim);
+    return read_uint(d, SIM_F_POWER_LIMIT, 1000.0, milliwatts);
+}
+
+/* counter 0: TX, 1: RX, KB/s. */
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t d, int counter, unsigned int *value)
+{
+    SIM_COUNT(&g_sim);
+    if (counter != 0 && counter != 1)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    return read_uint(d, counter == 0 ? SIM_F_PCIE_TX : SIM_F_PCIE_RX, 1.0, value);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetPcieReplayCounter(nvmlDevice_t d, unsigned int *value)
+{
+    SIM_COUNT(&g_sim);
+    return read_uint(d, SIM_F_PCIE_REPLAYS, 1.0, value);
+}
+
+/* errorType 0 corrected, 1 uncorrected; counterType 0 volatile, 1 aggregate (the same count). */
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t d, int errorType, int counterType,
+                                                    unsigned long long *count)
+{
+    SIM_COUNT(&g_sim);
+    if ((errorType != 0 && errorType != 1) || (counterType != 0 && counterType != 1))
+        return NVML_ERROR_INVALID_ARGUMENT;
+    return health_query(d, errorType == 0 ? SIM_F_ECC_CORRECTED : SIM_F_ECC_UNCORRECTED, 1.0, count);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t d, unsigned int *corr, unsigned int *unc,
+                                                  unsigned int *pending, unsigned int *failure)
+{
+    SIM_COUNT(&g_sim);
+    if (!unc || !pending || !failure)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t rc = read_uint(d, SIM_F_REMAPPED_CORRECTABLE, 1.0, corr);
+    if (rc == NVML_SUCCESS)
+        rc = read_uint(d, SIM_F_REMAPPED_UNCORRECTABLE, 1.0, unc);
+    if (rc == NVML_SUCCESS)
+        rc = read_uint(d, SIM_F_REMAP_PENDING, 1.0, pending);
+    if (rc == NVML_SUCCESS)
+        rc = read_uint(d, SIM_F_REMAP_FAILURE, 1.0, failure);
+    return rc;
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Processes                                                                                  */

@@ -252,8 +252,9 @@ def test_power_falls_back_to_the_older_call_when_power_instant_stops_answering(
     # power_instant_shim.c): the 6th nvmlDeviceGetFieldValues call and later say NOT_SUPPORTED.
     shim = _shim(tmp_path, "power_instant_shim.c")
     monkeypatch.setenv("EGS_SIM_SCENARIO", str(sim_paths.scenario("constant")))
-    # Power from POWER_INSTANT, not from the driver's power sample buffer (test_paths.py).
-    core = Core(nvml_library=str(shim), amd=False, events=False, hz=50, buffers=False).start()
+    # Power from POWER_INSTANT, not from the driver's power sample buffer (test_paths.py); no
+    # health pass, whose own nvmlDeviceGetFieldValues calls the shim would count too.
+    core = Core(nvml_library=str(shim), amd=False, events=False, hz=50, buffers=False, health_hz=0).start()
     try:
         deadline = time.monotonic() + 30.0
         power: dict[int, list[float]] = {}

@@ -18,6 +18,10 @@ import sim_paths
 
 FIELD_DEFAULTS = {"temperature": 45, "power": 60, "utilization": 0, "memory_busy": 0,
                   "memory_used_mib": 0, "sm_clock": 1000, "memory_clock": 800, "fan": 30}
+# Health signal fields: unsupported unless given.
+HEALTH_FIELDS = ("clock_reasons", "ecc_corrected", "ecc_uncorrected", "retired_sbe", "retired_dbe",
+                 "retired_pending", "remapped_correctable", "remapped_uncorrectable", "remap_pending",
+                 "remap_failure", "power_limit", "pcie_tx_kbps", "pcie_rx_kbps", "pcie_replays")
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +42,8 @@ def reference(doc: dict) -> dict:
         else:
             bus_id = f"00000000:{0x10 + i:02X}:00.0"
         fields = {}
-        for name in list(FIELD_DEFAULTS) + ["energy"]:
-            v = g.get("fields", {}).get(name, FIELD_DEFAULTS.get(name))
+        for name in list(FIELD_DEFAULTS) + ["energy"] + list(HEALTH_FIELDS):
+            v = g.get("fields", {}).get(name, "unsupported" if name in HEALTH_FIELDS else FIELD_DEFAULTS.get(name))
             if v is None:
                 fields[name] = {"wave": "integral"}
             elif v == "unsupported":

@@ -1,0 +1,213 @@
+"""Health signals (issue 15): the core's health read on the simulated NVML is what pynvml reads
+through NVML's own calls; a signal the device does not give is None and has no series (never
+0); clock-event reasons become one 0/1 series per reason; a row remap pending degrades the GPU
+("reset needed"), a remap failure or an uncorrectable ECC error fails it, a thermal or
+power-brake slowdown degrades it while it holds; the built-in rules and the DCGM names see them."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import sim_paths
+from agent import config
+from agent.native import HEALTH, Core, HealthReading
+from agent.prometheus.dcgm import dcgm_families
+from agent.sources.amdgpuinfo import CoreWithFallback
+from agent.sources.gpu import CLOCK_EVENT, CLOCK_REASONS, GpuSource, health_samples
+from agent.sources.health import Health, HealthSource
+
+STEADY = """
+[[gpu]]
+vendor = "nvidia"
+[gpu.fields]
+clock_reasons = 68
+ecc_corrected = 12
+ecc_uncorrected = 0
+remapped_correctable = 2
+remapped_uncorrectable = 1
+remap_pending = 1
+remap_failure = 0
+power_limit = 250
+pcie_tx_kbps = 1500
+pcie_rx_kbps = 2500
+pcie_replays = 7
+[[gpu]]
+vendor = "amd"
+"""
+
+PYNVML = """
+import json, pynvml as N
+N.nvmlInit()
+h = N.nvmlDeviceGetHandleByIndex(0)
+print(json.dumps({
+    "reasons": N.nvmlDeviceGetCurrentClocksEventReasons(h),
+    "ecc": [N.nvmlDeviceGetTotalEccErrors(h, e, c) for e in (0, 1) for c in (0, 1)],
+    "remapped": list(N.nvmlDeviceGetRemappedRows(h)),
+    "limit_mw": N.nvmlDeviceGetEnforcedPowerLimit(h),
+    "pcie_kbps": [N.nvmlDeviceGetPcieThroughput(h, c) for c in (0, 1)],
+    "replays": N.nvmlDeviceGetPcieReplayCounter(h),
+}))
+"""
+
+
+def scenario_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "health.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def core_on(sim_out, monkeypatch):
+    cores: list[Core] = []
+
+    def make(path: Path, **kw) -> Core:
+        monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
+        # The class the GPU source's default factory makes (Core, with the pyamdgpuinfo fallback).
+        core = CoreWithFallback(**({"nvml_library": str(sim_paths.NVML_LIB), "amdsmi_library": str(sim_paths.AMDSMI_LIB),
+                                    "hz": 20.0, "health_hz": 10.0, "process_hz": 0.0} | kw))
+        cores.append(core)
+        return core
+
+    yield make
+    for c in cores:
+        c.stop()
+
+
+def wait_health(core: Core, n: int, timeout: float = 5.0) -> list[HealthReading]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = core.health()
+        if len(got) == n:
+            return got
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+
+
+def test_the_core_reads_what_pynvml_reads_and_nothing_for_what_is_not_given(core_on, tmp_path):
+    path = scenario_file(tmp_path, STEADY)
+    core = core_on(path).start()
+    nv, amd = wait_health(core, 2)
+    result = subprocess.run([sys.executable, "-c", PYNVML], env=sim_paths.nvml_env(path), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    v = nv.values
+    assert v["clock_reasons"] == ref["reasons"] == 68
+    assert [v["ecc_corrected_volatile"], v["ecc_corrected_aggregate"], v["ecc_uncorrected_volatile"],
+            v["ecc_uncorrected_aggregate"]] == ref["ecc"]
+    corr, unc, pending, failure = ref["remapped"]
+    assert (v["remapped_rows_correctable"], v["remapped_rows_uncorrectable"], v["row_remap_pending"],
+            v["row_remap_failure"]) == (corr, unc, pending, failure)
+    assert v["power_limit_watts"] == ref["limit_mw"] / 1000
+    assert [v["pcie_tx_bytes_per_second"], v["pcie_rx_bytes_per_second"]] == [k * 1000 for k in ref["pcie_kbps"]]
+    assert v["pcie_replays"] == ref["replays"]
+    # Retired pages are a pre-Ampere figure this scenario does not give: None, not 0.
+    assert v["retired_pages_sbe"] is None and v["retired_pages_pending"] is None
+    assert nv.calls == 5     # reasons, one field-values call, power limit, PCIe TX and RX
+    assert amd.values == {name: None for name in HEALTH}
+    assert core.backends["nvidia"].symbols["clock_reasons"] == "nvmlDeviceGetCurrentClocksEventReasons"
+
+
+def test_an_old_driver_falls_back_to_throttle_reasons(core_on, tmp_path):
+    core = core_on(scenario_file(tmp_path, STEADY), nvml_library=str(sim_paths.NVML_LEGACY_LIB), amd=False).start()
+    [nv] = wait_health(core, 1)
+    assert core.backends["nvidia"].symbols["clock_reasons"] == "nvmlDeviceGetCurrentClocksThrottleReasons"
+    assert nv.values["clock_reasons"] == 68
+    # No nvmlDeviceGetFieldValues on that driver: ECC and row figures are not read (None).
+    assert nv.values["ecc_corrected_volatile"] is None and nv.values["power_limit_watts"] == 250
+
+
+def test_clock_event_reasons_are_one_series_per_reason():
+    labels = {"gpu": "0", "uuid": "GPU-0", "vendor": "nvidia", "model": "H100"}
+    values = {name: None for name in HEALTH} | {"clock_reasons": 68.0, "power_limit_watts": 250.0}
+    samples = health_samples(values, labels, 100.0)
+    active = {s.labels["reason"]: s.last for s in samples if s.metric == CLOCK_EVENT}
+    assert set(active) == set(CLOCK_REASONS)
+    assert {r for r, v in active.items() if v == 1.0} == {"sw_power_cap", "hw_thermal_slowdown"}
+    others = {s.metric: s.last for s in samples if s.metric != CLOCK_EVENT}
+    assert others == {"gpu_power_limit_watts": 250.0}      # nothing for the signals not given
+    assert health_samples({name: None for name in HEALTH}, labels, 100.0) == []
+
+
+def reading(gpu=0, ts=1.0, **values):
+    return HealthReading(gpu, "nvidia", f"GPU-{gpu}", ts, {name: None for name in HEALTH} | values)
+
+
+@pytest.mark.parametrize("values, state, text", [
+    ({"row_remap_pending": 1.0, "row_remap_failure": 0.0}, "degraded", "row remapping pending: reset needed"),
+    ({"row_remap_failure": 1.0}, "failed", "row remapping failed"),
+    ({"ecc_uncorrected_volatile": 3.0}, "failed", "uncorrectable ECC errors: 3"),
+    ({"retired_pages_pending": 1.0}, "degraded", "page retirement pending: reset needed"),
+    ({"clock_reasons": 0x40}, "degraded", "thermal slowdown"),
+    ({"clock_reasons": 0x80}, "degraded", "power-brake slowdown"),
+    ({"clock_reasons": 0x4 | 0x1, "ecc_uncorrected_volatile": 0.0, "row_remap_pending": 0.0}, "ok", None),
+])
+def test_signals_set_health_with_the_reason_and_clear_with_it(values, state, text):
+    h = Health()
+    events = h.observe_signals([reading(ts=10.0, **values)], 10.0)
+    g = h.gpus[0]
+    assert g.state == state
+    if text is None:
+        assert events == [] and g.reasons == {}
+        return
+    [ev] = events
+    assert text in ev.data["cause"]["detail"] and ev.data["state"] == state
+    assert h.value("gpu_health_signal_" + ("failed" if state == "failed" else "degraded"), g) == 1.0
+    cleared = h.observe_signals([reading(ts=20.0)], 20.0)   # the next read: none holds
+    assert g.state == "ok" and cleared[0].data["cause"]["kind"] == "recovered"
+
+
+THROTTLE = """
+[[gpu]]
+vendor = "nvidia"
+[gpu.fields]
+clock_reasons = { wave = "step", before = 128, after = 0, at = 1.5 }
+"""
+
+
+def test_a_power_brake_slowdown_degrades_the_gpu_while_it_holds_end_to_end(core_on, tmp_path):
+    path = scenario_file(tmp_path, THROTTLE)
+    gpu_settings = dataclasses.replace(config.parse("", "test.toml").gpu, hz=20.0, slow_hz=1.0)
+    gpu = GpuSource(gpu_settings, core_factory=lambda s: core_on(path, amd=False))
+    gpu.start()
+    health = HealthSource(gpu, hold_s=900.0)
+    states, series = [], []
+    deadline = time.monotonic() + 8
+    try:
+        while states[-1:] != ["ok"]:
+            assert time.monotonic() < deadline, states
+            now = time.time()
+            series += [s for s in gpu.collect(now) if s.metric == CLOCK_EVENT and s.labels["reason"] ==
+                       "hw_power_brake_slowdown"]
+            health.collect(now)
+            for ev in health.tick_events:
+                states.append(ev.data["state"])
+            time.sleep(0.1)
+    finally:
+        gpu.stop()
+    assert states == ["degraded", "ok"]
+    assert {s.last for s in series} == {1.0, 0.0}
+    assert gpu.gpu_status(_NoWindows())[0]["signals"]["clock_reasons"] == 0.0
+
+
+class _NoWindows:
+    def latest(self, metric, labels):
+        return None
+
+
+def test_dcgm_names_of_the_signals_and_none_for_what_is_missing():
+    g = {"index": 0, "uuid": "GPU-0", "vendor": "nvidia", "name": "H100", "pci_bus_id": "", "metrics": {},
+         "signals": {"gpu_row_remap_pending": 1.0, "gpu_power_limit_watts": 250.0, "gpu_pcie_tx_bytes_per_second":
+                     1.5e6, "gpu_ecc_uncorrected_volatile_total": None, "clock_reasons": 68.0}}
+    fams = {f.name: samples for f, samples in dcgm_families([g], [], "", {})}
+    assert fams["DCGM_FI_DEV_ROW_REMAP_PENDING"][0][1] == 1.0
+    assert fams["DCGM_FI_DEV_ENFORCED_POWER_LIMIT"][0][1] == 250.0
+    assert fams["DCGM_FI_DEV_PCIE_TX_THROUGHPUT"][0][1] == 1500.0
+    assert fams["DCGM_FI_DEV_CLOCK_THROTTLE_REASONS"][0][1] == 68.0
+    assert "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL" not in fams and "DCGM_FI_DEV_RETIRED_SBE" not in fams
