@@ -67,7 +67,8 @@ def test_xid_gives_a_health_event_and_the_builtin_rule_fires_sharing_one_recordi
 
 
 def test_builtin_rules_can_be_switched_off(tmp_path):
-    d = Daemonish(tmp_path, CONFIG + "\n[alarms]\nbuiltin_critical_xid = false\nbuiltin_lost_gpu = false\n")
+    d = Daemonish(tmp_path, CONFIG + "\n[alarms]\nbuiltin_critical_xid = false\nbuiltin_lost_gpu = false\n"
+                  "builtin_gpu_signals = false\n")
     try:
         assert sorted(d.alarms.engine.rules) == ["gpu-hot"]
     finally:

@@ -39,7 +39,8 @@ def test_alarms_json_lists_rules_states_and_health(served, capsys):
     rc, out, _ = run_cli(capsys, "--socket", socket, "alarms", "--json")
     doc = json.loads(out)
     assert rc == 0
-    assert {r["name"] for r in doc["rules"]} == {"gpu-hot", "gpu-lost", "gpu-critical-xid"}
+    assert {r["name"] for r in doc["rules"]} == {"gpu-hot", "gpu-lost", "gpu-critical-xid", "gpu-health-failed",
+                                                 "gpu-health-degraded"}
     hot = {s["labels"]["gpu"]: s["state"] for s in doc["states"] if s["rule"] == "gpu-hot"}
     assert hot == {"0": "alarm", "1": "ok"}
     assert [g["state"] for g in doc["health"]] == ["ok", "ok"]
