@@ -251,6 +251,17 @@ class ProcessList:
 
 
 @dataclass(frozen=True)
+class MigInstance:
+    """A MIG GPU instance of a GPU in MIG mode (a child device): its GPU instance id, MIG
+    device UUID and memory in bytes (None where not given)."""
+
+    instance: int
+    uuid: str
+    memory_used_bytes: float | None
+    memory_total_bytes: float | None
+
+
+@dataclass(frozen=True)
 class HealthReading:
     """One GPU's latest health read (egs_core.h, "Health signals"): `values` by HEALTH name,
     None where the device does not give it (never 0)."""
@@ -261,6 +272,8 @@ class HealthReading:
     ts: float
     values: dict[str, float | None]
     calls: int = 0
+    mig_mode: bool | None = None               # None: the library does not say (not MIG-capable)
+    mig: tuple[MigInstance, ...] = ()
 
 
 def _unsupported_names(mask: int) -> frozenset[str]:
@@ -512,8 +525,11 @@ class Core:
             _check(lib.egs_health_read(self._core, i, h), "egs_health_read")
             if h.ts == 0:
                 continue
+            migs = tuple(MigInstance(m.instance, _text(m.uuid), _nan_to_none(m.memory_used), _nan_to_none(m.memory_total))
+                         for m in (h.migs[k] for k in range(h.nmig)))
             out.append(HealthReading(info.index, _VENDORS[info.backend], _text(info.uuid), h.ts,
-                                     {name: _nan_to_none(h.values[k]) for k, name in enumerate(HEALTH)}, h.calls))
+                                     {name: _nan_to_none(h.values[k]) for k, name in enumerate(HEALTH)}, h.calls,
+                                     None if h.mig < 0 else bool(h.mig), migs))
         return out
 
     def sampler_stats(self) -> dict[str, float | int]:

@@ -728,8 +728,9 @@ static void health_pass(struct egs_core *core)
         struct egs_dev *d = &core->devs[i];
         const struct egs_vendor *v = d->backend->vendor;
         struct egs_health h;
+        memset(&h, 0, sizeof(h));
         h.ts = unix_time(core);
-        h.calls = 0;
+        h.mig = -1;
         for (int k = 0; k < EGS_NHEALTH; k++)
             h.values[k] = NAN;
         if (!d->lost && v != NULL && v->read_health != NULL)

@@ -250,10 +250,24 @@ struct egs_process_list {
 #define EGS_H_PCIE_REPLAYS            15  /* replay counter */
 #define EGS_NHEALTH                   16
 
+/* A MIG GPU instance of a device in MIG mode, read on the health pass: NVML's MIG device
+ * handles (nvmlDeviceGetMigDeviceHandleByIndex) with their instance id, UUID and memory. */
+#define EGS_MAX_MIG 7
+
+struct egs_mig {
+    unsigned int instance;        /* GPU instance id */
+    char uuid[EGS_NAME];          /* "MIG-..." */
+    double memory_used, memory_total;  /* bytes; NaN where not given */
+};
+
 struct egs_health {
     double ts;                    /* unix seconds of the read; 0 = not read yet */
     unsigned int calls;           /* vendor calls the read made */
     double values[16];            /* EGS_NHEALTH entries, NaN where not given */
+    int mig;                      /* 1: the device is in MIG mode (its instances below), 0: not,
+                                   * -1: the library does not say (not MIG-capable) */
+    unsigned int nmig;
+    struct egs_mig migs[7];       /* EGS_MAX_MIG entries */
 };
 
 struct egs_core;

@@ -20,7 +20,7 @@
 
 #define EGS_HIDDEN __attribute__((visibility("hidden")))
 
-#define EGS_MAX_ROLES      32
+#define EGS_MAX_ROLES      40
 #define EGS_MAX_CANDIDATES 4
 #define EGS_EVENT_QUEUE    256
 #define EGS_LATE_BUCKETS   10000   /* 1 us buckets of wake-up lateness; the last collects the rest */

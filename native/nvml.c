@@ -192,7 +192,7 @@ enum {
     R_PCI, R_UTILIZATION, R_MEMORY, R_TEMPERATURE, R_FIELD_VALUES, R_SAMPLES, R_POWER, R_CLOCK,
     R_FAN, R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE,
     R_COMPUTE_PROCS, R_GRAPHICS_PROCS, R_PROCS_UTIL, R_PROC_UTIL, R_CLOCK_REASONS, R_POWER_LIMIT,
-    R_PCIE_THROUGHPUT, R_COUNT_ROLES
+    R_PCIE_THROUGHPUT, R_MIG_MODE, R_MIG_COUNT, R_MIG_HANDLE, R_GPU_INSTANCE, R_COUNT_ROLES
 };
 
 static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
@@ -229,6 +229,10 @@ static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
                          "nvmlDeviceGetCurrentClocksThrottleReasons"}},
     [R_POWER_LIMIT] = {"power_limit", {"nvmlDeviceGetEnforcedPowerLimit"}},
     [R_PCIE_THROUGHPUT] = {"pcie_throughput", {"nvmlDeviceGetPcieThroughput"}},
+    [R_MIG_MODE] = {"mig_mode", {"nvmlDeviceGetMigMode"}},
+    [R_MIG_COUNT] = {"mig_device_count", {"nvmlDeviceGetMaxMigDeviceCount"}},
+    [R_MIG_HANDLE] = {"mig_device_handle", {"nvmlDeviceGetMigDeviceHandleByIndex"}},
+    [R_GPU_INSTANCE] = {"gpu_instance_id", {"nvmlDeviceGetGpuInstanceId"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
@@ -614,7 +618,68 @@ static const struct {
 #define NV_NHEALTH_FIELDS (sizeof(nv_health_fields) / sizeof(nv_health_fields[0]))
 
 /* Bits of egs_dev.health_off: calls that said NOT_SUPPORTED on the device. */
-enum { NV_HOFF_REASONS = 1, NV_HOFF_FIELDS = 2, NV_HOFF_LIMIT = 4, NV_HOFF_PCIE = 8 };
+enum { NV_HOFF_REASONS = 1, NV_HOFF_FIELDS = 2, NV_HOFF_LIMIT = 4, NV_HOFF_PCIE = 8, NV_HOFF_MIG = 16 };
+
+static int nv_health_ok(struct egs_dev *d, nv_return rc, unsigned int bit);
+
+typedef nv_return (*fn_mig_mode)(nv_device, unsigned int *, unsigned int *);
+typedef nv_return (*fn_mig_handle)(nv_device, unsigned int, nv_device *);
+
+/* The memory of one device handle (a MIG device's: its instance's share), in bytes. */
+static nv_return nv_memory_of(const struct nv_lib *lib, nv_device h, double *used, double *total)
+{
+    nv_return rc;
+    if (lib->memory_v2) {
+        struct nv_memory_v2 m = {.version = NV_MEMORY_V2};
+        rc = EGS_FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
+        *used = (double)m.used, *total = (double)m.total;
+    } else {
+        struct nv_memory m = {0, 0, 0};
+        rc = EGS_FN(lib, R_MEMORY, fn_dev_ptr)(h, &m);
+        *used = (double)m.used, *total = (double)m.total;
+    }
+    return rc;
+}
+
+/* The device's MIG instances, when it is in MIG mode: for each MIG device handle, its GPU
+ * instance id, UUID and memory (four calls an instance, two a pass for the mode and count). */
+static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_health *h)
+{
+    if (lib->roles[R_MIG_MODE].fn == NULL || lib->roles[R_MIG_COUNT].fn == NULL ||
+        lib->roles[R_MIG_HANDLE].fn == NULL || (d->health_off & NV_HOFF_MIG))
+        return;
+    unsigned int current = 0, pending = 0, slots = 0;
+    h->calls++;
+    if (!nv_health_ok(d, EGS_FN(lib, R_MIG_MODE, fn_mig_mode)(d->handle, &current, &pending), NV_HOFF_MIG))
+        return;
+    h->mig = current == 1;
+    if (!h->mig)
+        return;
+    h->calls++;
+    if (EGS_FN(lib, R_MIG_COUNT, fn_dev_uint)(d->handle, &slots) != NV_SUCCESS)
+        return;
+    for (unsigned int i = 0; i < slots && h->nmig < EGS_MAX_MIG; i++) {
+        nv_device mig = NULL;
+        h->calls++;
+        if (EGS_FN(lib, R_MIG_HANDLE, fn_mig_handle)(d->handle, i, &mig) != NV_SUCCESS)
+            continue;   /* NOT_FOUND: an empty slot */
+        struct egs_mig *m = &h->migs[h->nmig++];
+        m->memory_used = m->memory_total = NAN;
+        if (lib->roles[R_GPU_INSTANCE].fn != NULL) {
+            h->calls++;
+            EGS_FN(lib, R_GPU_INSTANCE, fn_dev_uint)(mig, &m->instance);
+        }
+        if (lib->roles[R_UUID].fn != NULL) {
+            h->calls++;
+            if (EGS_FN(lib, R_UUID, fn_dev_text)(mig, m->uuid, sizeof(m->uuid)) != NV_SUCCESS)
+                m->uuid[0] = '\0';
+        }
+        double used, total;
+        h->calls++;
+        if (nv_memory_of(lib, mig, &used, &total) == NV_SUCCESS)
+            m->memory_used = used, m->memory_total = total;
+    }
+}
 
 /* NOT_SUPPORTED (or no such entry point) switches the call off for the device. */
 static int nv_health_ok(struct egs_dev *d, nv_return rc, unsigned int bit)
@@ -670,6 +735,7 @@ static void nv_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_
             h->values[counter == 0 ? EGS_H_PCIE_TX : EGS_H_PCIE_RX] = kbps * 1000.0;
         }
     }
+    nv_read_mig(lib, d, h);
 }
 
 /* --- per-process reads ------------------------------------------------------------------- */

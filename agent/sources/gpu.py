@@ -108,6 +108,19 @@ def health_samples(values: dict[str, float | None], labels: dict[str, str], ts: 
     return out
 
 
+def mig_samples(instances: Any, labels: dict[str, str], ts: float) -> list[Sample]:
+    """The MIG GPU instances of one GPU (`agent.native.MigInstance`) as child devices: memory
+    used and total, labelled with the parent's labels plus gpu_instance and mig_uuid."""
+    out = []
+    for m in instances:
+        child = {**labels, "gpu_instance": str(m.instance), "mig_uuid": m.uuid}
+        if m.memory_used_bytes is not None:
+            out.append(Sample.reading("gpu_mig_memory_used_bytes", child, float(m.memory_used_bytes), ts))
+        if m.memory_total_bytes is not None:
+            out.append(Sample.reading("gpu_mig_memory_total_bytes", child, float(m.memory_total_bytes), ts))
+    return out
+
+
 def gpu_event(event: Any, labels: dict[str, str] | None) -> Event:
     """The daemon's `Event(kind="gpu")` for one core event (`agent.native.CoreEvent`: kind
     "xid" | "lost" | "amd", gpu, code, ts, detail). The core's kind goes in `data.event`;
@@ -281,6 +294,7 @@ class GpuSource(Source):
             self._health_ts[h.gpu] = h.ts
             self.health_readings[h.gpu] = h
             out += health_samples(h.values, labels, h.ts, self._reason_labels.setdefault(h.gpu, {}))
+            out += mig_samples(getattr(h, "mig", ()), labels, h.ts)
         return out
 
     def signals(self, gpu: int) -> dict[str, float | None]:
@@ -294,6 +308,15 @@ class GpuSource(Source):
         out: dict[str, float | None] = {metric: h.values.get(name) for name, metric in HEALTH_METRICS.items()}
         out["clock_reasons"] = h.values.get("clock_reasons")
         return out
+
+    def mig(self, gpu: int) -> list[dict] | None:
+        """The GPU's MIG instances as of its latest health read (None: not in MIG mode, or
+        not known)."""
+        h = self.health_readings.get(gpu)
+        if h is None or not getattr(h, "mig_mode", None):
+            return None
+        return [{"gpu_instance": m.instance, "mig_uuid": m.uuid, "memory_used_bytes": m.memory_used_bytes,
+                 "memory_total_bytes": m.memory_total_bytes} for m in h.mig]
 
     def _error_samples(self, now: float) -> list[Sample]:
         """`gpu_read_errors_total`, one series per (GPU, metric) that has failed at least once
@@ -373,6 +396,7 @@ class GpuSource(Source):
                         "unsupported": sorted(unsupported), "metrics": metrics, "stale": stale,
                         "paths": dict(getattr(d, "paths", {})),
                         "signals": {} if lost else self.signals(d.index),
+                        "mig": None if lost else self.mig(d.index),
                         "read_errors": dict(sorted(read_errors.items())),
                         "last_errors": dict(sorted(last_errors.items()))})
         return out

@@ -488,7 +488,7 @@ static int parse_wave(struct parser *p, const char *field, const struct value *v
 /* ------------------------------------------------------------------------------------------ */
 /* Sections                                                                                   */
 
-enum section { SEC_NONE, SEC_SIM, SEC_GPU, SEC_FIELDS, SEC_FAULT, SEC_PROCESS };
+enum section { SEC_NONE, SEC_SIM, SEC_GPU, SEC_FIELDS, SEC_FAULT, SEC_PROCESS, SEC_MIG };
 
 struct state {
     int section;
@@ -501,6 +501,8 @@ struct state {
     unsigned fault_seen;
     struct sim_process *proc;
     unsigned proc_seen;
+    struct sim_mig *mig;
+    unsigned mig_seen;
 };
 
 static int key_index(const char *const *keys, const char *key)
@@ -789,6 +791,46 @@ static int check_fault(struct parser *p, struct state *st)
     return 0;
 }
 
+static int mig_key(struct parser *p, struct state *st, const char *key, const struct value *v)
+{
+    static const char *const keys[] = {"instance", "memory_total_mib", "memory_used_mib", "uuid", NULL};
+    struct sim_mig *m = st->mig;
+    long long n;
+    int idx = key_index(keys, key);
+    if (idx < 0)
+        return fail(p, "unknown key '%s' in [[gpu.mig]] (instance, memory_total_mib, memory_used_mib, uuid)", key);
+    if (mark_seen(p, &st->seen, idx, key))
+        return -1;
+    switch (idx) {
+    case 0:
+        if (want_int(p, key, v, 0, 14, &n))
+            return -1;
+        m->instance = (unsigned int)n;
+        return 0;
+    case 1:
+        if (want_int(p, key, v, 1, 16 * 1024 * 1024, &n))
+            return -1;
+        m->memory_total_mib = (unsigned long long)n;
+        return 0;
+    case 2:
+        if (want_num(p, key, v, &m->memory_used_mib))
+            return -1;
+        if (m->memory_used_mib < 0)
+            return fail(p, "memory_used_mib must be >= 0");
+        return 0;
+    default:
+        return want_str(p, key, v, m->uuid, sizeof m->uuid);
+    }
+}
+
+/* A finished [[gpu.mig]] table must say which instance and how large. */
+static int check_mig(struct parser *p, struct state *st)
+{
+    if (st->mig && (st->mig_seen & 3u) != 3u)
+        return fail(p, "the [[gpu.mig]] table above needs instance and memory_total_mib");
+    return 0;
+}
+
 /* A finished [[gpu.processes]] table must name its process. */
 static int check_process(struct parser *p, struct state *st)
 {
@@ -830,10 +872,11 @@ static int handle_header(struct parser *p, struct sim_scenario *s, struct state 
     for (char *e = name + strlen(name); e > name && (e[-1] == ' ' || e[-1] == '\t');)
         *--e = '\0';
 
-    if (check_fault(p, st) || check_process(p, st))
+    if (check_fault(p, st) || check_process(p, st) || check_mig(p, st))
         return -1;
     st->fault = NULL;
     st->proc = NULL;
+    st->mig = NULL;
     st->seen = 0;
     if (!array && strcmp(name, "sim") == 0) {
         if (st->saw_sim)
@@ -887,8 +930,26 @@ static int handle_header(struct parser *p, struct sim_scenario *s, struct state 
         st->section = SEC_PROCESS;
         return 0;
     }
+    if (array && strcmp(name, "gpu.mig") == 0) {
+        if (!st->gpu)
+            return fail(p, "[[gpu.mig]] before any [[gpu]]");
+        if (st->gpu->vendor != SIM_VENDOR_NVIDIA)
+            return fail(p, "[[gpu.mig]] on a GPU that is not vendor = \"nvidia\" (put vendor first)");
+        int on_gpu = 0;
+        for (int i = 0; i < s->nmig; i++)
+            on_gpu += s->migs[i].gpu == st->gpu->index;
+        if (on_gpu >= SIM_MIG_PER_GPU || s->nmig >= SIM_MAX_MIG)
+            return fail(p, "more than %d [[gpu.mig]] tables on one GPU (or %d in the file)", SIM_MIG_PER_GPU,
+                        SIM_MAX_MIG);
+        st->mig = &s->migs[s->nmig++];
+        memset(st->mig, 0, sizeof *st->mig);
+        st->mig->gpu = st->gpu->index;
+        st->mig_seen = 0;
+        st->section = SEC_MIG;
+        return 0;
+    }
     return fail(p, "unknown table %s%s%s (the format has [sim], [[gpu]], [gpu.fields], "
-                   "[[gpu.faults]], [[gpu.processes]])", array ? "[[" : "[", name, array ? "]]" : "]");
+                   "[[gpu.faults]], [[gpu.processes]], [[gpu.mig]])", array ? "[[" : "[", name, array ? "]]" : "]");
 }
 
 /* Cuts a trailing comment, honouring '#' inside strings. */
@@ -956,6 +1017,11 @@ static int handle_line(struct parser *p, struct sim_scenario *s, struct state *s
         if (process_key(p, st, key, &v))
             return -1;
         st->proc_seen = st->seen;
+        return 0;
+    case SEC_MIG:
+        if (mig_key(p, st, key, &v))
+            return -1;
+        st->mig_seen = st->seen;
         return 0;
     default:
         return fail(p, "key '%s' outside any table (start with [sim] or [[gpu]])", key);
@@ -1066,9 +1132,18 @@ int sim_scenario_load(const char *path, struct sim_scenario *out, char *err, siz
             goto out;
         cur = next;
     }
-    if (check_fault(&p, &st) || check_process(&p, &st))
+    if (check_fault(&p, &st) || check_process(&p, &st) || check_mig(&p, &st))
         goto out;
     finish_gpu(st.gpu);
+    /* MIG device UUIDs, where not given: derived from the parent's and the instance. */
+    for (int i = 0; i < out->nmig; i++) {
+        struct sim_mig *m = &out->migs[i];
+        char parent[SIM_UUID_LEN];
+        if (m->uuid[0] != '\0')
+            continue;
+        memcpy(parent, out->gpus[m->gpu].uuid, sizeof parent);
+        snprintf(m->uuid, sizeof m->uuid, "MIG-%.60s-%u", parent, m->instance);
+    }
     rc = 0;
 out:
     free(buf);

@@ -24,6 +24,8 @@
 #define SIM_ERR_LEN    512
 #define SIM_MAX_PROCS  1024 /* [[gpu.processes]] tables of the whole file */
 #define SIM_PROC_NAME  64
+#define SIM_MAX_MIG    64   /* [[gpu.mig]] tables of the whole file */
+#define SIM_MIG_PER_GPU 7   /* NVML's most GPU instances on one GPU (A100/H100) */
 
 enum sim_vendor { SIM_VENDOR_NVIDIA = 0, SIM_VENDOR_AMD = 1 };
 
@@ -102,6 +104,15 @@ struct sim_process {
     char name[SIM_PROC_NAME];
 };
 
+/* One MIG GPU instance of a GPU ([[gpu.mig]]): a MIG device handle of its own. */
+struct sim_mig {
+    int gpu;                /* index into sim_scenario.gpus */
+    unsigned int instance;  /* GPU instance id */
+    unsigned long long memory_total_mib;
+    double memory_used_mib;
+    char uuid[SIM_UUID_LEN];
+};
+
 struct sim_gpu {
     int vendor;
     int index;              /* position among all [[gpu]] tables of the file */
@@ -129,6 +140,8 @@ struct sim_scenario {
     struct sim_gpu gpus[SIM_MAX_GPUS];
     int nprocs;
     struct sim_process procs[SIM_MAX_PROCS];
+    int nmig;
+    struct sim_mig migs[SIM_MAX_MIG];
 };
 
 /* Field name as written in [gpu.fields], or NULL. */

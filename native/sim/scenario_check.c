@@ -126,6 +126,17 @@ static void json_scenario(const struct sim_scenario *s)
             json_string(pr->name);
             putchar('}');
         }
+        printf("], \"mig\": [");
+        k = 0;
+        for (int j = 0; j < s->nmig; j++) {
+            const struct sim_mig *m = &s->migs[j];
+            if (m->gpu != g->index)
+                continue;
+            printf("%s{\"instance\": %u, \"memory_total_mib\": %llu, \"memory_used_mib\": %.17g, \"uuid\": ",
+                   k++ ? ", " : "", m->instance, m->memory_total_mib, m->memory_used_mib);
+            json_string(m->uuid);
+            putchar('}');
+        }
         printf("]}");
     }
     printf("]}\n");

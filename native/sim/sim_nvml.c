@@ -199,6 +199,17 @@ static struct sim_lib g_sim = {
     .count_mu = PTHREAD_MUTEX_INITIALIZER,
 };
 
+/* MIG devices: handle k is the scenario's k-th [[gpu.mig]] (its `index`), `gpu` its parent. */
+static struct sim_dev g_mig_devs[SIM_MAX_MIG];
+
+/* The MIG instance behind handle d, or NULL when d is not a MIG handle. Caller holds the read lock. */
+static const struct sim_mig *mig_of(nvmlDevice_t d)
+{
+    if (!sim_handle_in(d, g_mig_devs, sizeof g_mig_devs[0], (unsigned int)g_sim.scn.nmig))
+        return NULL;
+    return &g_sim.scn.migs[d - g_mig_devs];
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Init and shutdown                                                                          */
 
@@ -295,6 +306,110 @@ SIM_EXPORT unsigned int egs_sim_nvml_calls(unsigned int cap, const char **names,
                                            unsigned long long *counts, int reset)
 {
     return sim_calls(&g_sim, cap, names, counts, reset);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* MIG                                                                                        */
+
+/*
+ * A GPU with [[gpu.mig]] tables is in MIG mode (current and pending 1) with room for
+ * SIM_MIG_PER_GPU MIG devices, the tables in order at indexes 0.. and NOT_FOUND past them;
+ * a GPU without is not MIG-capable (NOT_SUPPORTED), as the pre-Ampere parts the other
+ * scenarios model. A MIG handle answers nvmlDeviceGetGpuInstanceId, nvmlDeviceGetUUID and
+ * nvmlDeviceGetMemoryInfo(_v2) with its instance's figures.
+ */
+
+/* The prologue of a query on a MIG handle: INVALID_ARGUMENT (no lock held) when d is not one,
+ * else as sim_begin_query (success holds the read lock; the parent's lost state counts). */
+static nvmlReturn_t mig_query(nvmlDevice_t d, const void *out, const struct sim_mig **m)
+{
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    *m = mig_of(d);
+    if (*m == NULL || !out)
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
+    const struct sim_gpu *g = &g_sim.scn.gpus[(*m)->gpu];
+    double t = sim_scenario_time(&g_sim);
+    sim_sleep_us(sim_query_latency_us(&g_sim.scn, g, t));
+    if (sim_gpu_lost(g, t))
+        return sim_end_query(&g_sim, NVML_ERROR_GPU_IS_LOST);
+    return NVML_SUCCESS;
+}
+
+/* The MIG instances of g, as indexes into the scenario's table, in file order. */
+static int mig_instances(const struct sim_gpu *g, int *out)
+{
+    int n = 0;
+    for (int i = 0; i < g_sim.scn.nmig; i++)
+        if (g_sim.scn.migs[i].gpu == g->index)
+            out[n++] = i;
+    return n;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t d, unsigned int *current, unsigned int *pending)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t;
+    int idx[SIM_MIG_PER_GPU];
+    if (!pending)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, current, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (mig_instances(g, idx) == 0)
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    *current = *pending = 1;
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t d, unsigned int *count)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t;
+    int idx[SIM_MIG_PER_GPU];
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, count, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (mig_instances(g, idx) == 0)
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    *count = SIM_MIG_PER_GPU;
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsigned int index, nvmlDevice_t *mig)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t;
+    int idx[SIM_MIG_PER_GPU];
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, mig, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    int n = mig_instances(g, idx);
+    if (n == 0)
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    if (index >= SIM_MIG_PER_GPU)
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
+    if ((int)index >= n)
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_FOUND);
+    g_mig_devs[idx[index]].gpu = g;
+    g_mig_devs[idx[index]].index = (unsigned int)idx[index];
+    *mig = &g_mig_devs[idx[index]];
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t d, unsigned int *id)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_mig *m;
+    nvmlReturn_t rc = mig_query(d, id, &m);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    *id = m->instance;
+    return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -496,7 +611,11 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t d, char *uuid, unsigned i
     SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
-    nvmlReturn_t rc = sim_begin_query(&g_sim, d, uuid, &g, &t);
+    const struct sim_mig *m;
+    nvmlReturn_t rc = mig_query(d, uuid, &m);
+    if (rc != NVML_ERROR_INVALID_ARGUMENT)
+        return rc == NVML_SUCCESS ? sim_end_query(&g_sim, copy_string(m->uuid, uuid, length)) : rc;
+    rc = sim_begin_query(&g_sim, d, uuid, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     return sim_end_query(&g_sim, copy_string(g->uuid, uuid, length));
@@ -588,7 +707,18 @@ static nvmlReturn_t memory_bytes(nvmlDevice_t d, const void *out, unsigned long 
 {
     const struct sim_gpu *g;
     double t, mib;
-    nvmlReturn_t rc = sim_begin_query(&g_sim, d, out, &g, &t);
+    const struct sim_mig *m;
+    nvmlReturn_t rc = mig_query(d, out, &m);
+    if (rc == NVML_SUCCESS) {   /* a MIG device: its instance's share of the memory */
+        *total = m->memory_total_mib << 20;
+        *used = (unsigned long long)llround(m->memory_used_mib) << 20;
+        if (*used > *total)
+            *used = *total;
+        return sim_end_query(&g_sim, NVML_SUCCESS);
+    }
+    if (rc != NVML_ERROR_INVALID_ARGUMENT)
+        return rc;
+    rc = sim_begin_query(&g_sim, d, out, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     if (sim_gpu_field(g, SIM_F_MEMORY_USED_MIB, t, &mib) != 0)

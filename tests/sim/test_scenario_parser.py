@@ -52,11 +52,12 @@ def reference(doc: dict) -> dict:
                 fields[name] = dict(v)
             else:
                 fields[name] = {"wave": "constant", "value": v}
+        uuid = g.get("uuid", f"GPU-5e0c0000-0000-4000-8000-{i:012x}" if vendor == "nvidia"
+                     else f"a1000000-0000-4000-8000-{i:012x}")
         gpus.append({
             "vendor": vendor,
             "name": g.get("name", "Tesla P100-PCIE-16GB" if vendor == "nvidia" else "AMD FirePro S7150"),
-            "uuid": g.get("uuid", f"GPU-5e0c0000-0000-4000-8000-{i:012x}" if vendor == "nvidia"
-                          else f"a1000000-0000-4000-8000-{i:012x}"),
+            "uuid": uuid,
             "pci_bus_id": bus_id,
             "memory_total_mib": g.get("memory_total_mib", 16384),
             "fields": fields,
@@ -67,6 +68,9 @@ def reference(doc: dict) -> dict:
                            "memory_mib": None if p.get("memory_mib") == "unknown" else p.get("memory_mib", 0),
                            **{k: p.get(k) for k in ("sm", "mem", "enc", "dec")}, "name": p.get("name", "")}
                           for p in g.get("processes", [])],
+            "mig": [{"instance": m["instance"], "memory_total_mib": m["memory_total_mib"],
+                     "memory_used_mib": m.get("memory_used_mib", 0),
+                     "uuid": m.get("uuid", f"MIG-{uuid[:60]}-{m['instance']}")} for m in g.get("mig", [])],
         })
     return {"init_error": sim.get("init_error", 0), "amd_init_error": sim.get("amd_init_error"),
             "call_latency_us": sim.get("call_latency_us", 0),

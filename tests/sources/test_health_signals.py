@@ -109,7 +109,9 @@ def test_the_core_reads_what_pynvml_reads_and_nothing_for_what_is_not_given(core
     assert v["pcie_replays"] == ref["replays"]
     # Retired pages are a pre-Ampere figure this scenario does not give: None, not 0.
     assert v["retired_pages_sbe"] is None and v["retired_pages_pending"] is None
-    assert nv.calls == 5     # reasons, one field-values call, power limit, PCIe TX and RX
+    # Reasons, one field-values call, power limit, PCIe TX and RX; on the first read also the
+    # MIG mode, which this GPU does not have (NOT_SUPPORTED: not asked again).
+    assert nv.calls in (5, 6) and nv.mig_mode is None
     assert amd.values == {name: None for name in HEALTH}
     assert core.backends["nvidia"].symbols["clock_reasons"] == "nvmlDeviceGetCurrentClocksEventReasons"
 
@@ -211,3 +213,70 @@ def test_dcgm_names_of_the_signals_and_none_for_what_is_missing():
     assert fams["DCGM_FI_DEV_PCIE_TX_THROUGHPUT"][0][1] == 1500.0
     assert fams["DCGM_FI_DEV_CLOCK_THROTTLE_REASONS"][0][1] == 68.0
     assert "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL" not in fams and "DCGM_FI_DEV_RETIRED_SBE" not in fams
+
+
+MIG = """
+[[gpu]]
+vendor = "nvidia"
+name = "NVIDIA A100-SXM4-40GB"
+memory_total_mib = 40960
+[[gpu.mig]]
+instance = 1
+memory_total_mib = 19968
+memory_used_mib = 1024
+[[gpu.mig]]
+instance = 5
+memory_total_mib = 9856
+[[gpu]]
+vendor = "nvidia"
+"""
+
+PYNVML_MIG = """
+import json, pynvml as N
+N.nvmlInit()
+h = N.nvmlDeviceGetHandleByIndex(0)
+out = {"mode": N.nvmlDeviceGetMigMode(h), "migs": []}
+for i in range(N.nvmlDeviceGetMaxMigDeviceCount(h)):
+    try:
+        m = N.nvmlDeviceGetMigDeviceHandleByIndex(h, i)
+    except N.NVMLError_NotFound:
+        continue
+    mem = N.nvmlDeviceGetMemoryInfo(m)
+    out["migs"].append([N.nvmlDeviceGetGpuInstanceId(m), N.nvmlDeviceGetUUID(m), mem.used, mem.total])
+try:
+    N.nvmlDeviceGetMigMode(N.nvmlDeviceGetHandleByIndex(1))
+except N.NVMLError_NotSupported:
+    out["other"] = "not supported"
+print(json.dumps(out))
+"""
+
+
+def test_a_mig_gpu_has_its_instances_as_child_devices_as_pynvml_reads_them(core_on, tmp_path):
+    path = scenario_file(tmp_path, MIG)
+    gpu_settings = dataclasses.replace(config.parse("", "test.toml").gpu, hz=20.0, slow_hz=1.0)
+    gpu = GpuSource(gpu_settings, core_factory=lambda s: core_on(path, amd=False))
+    gpu.start()
+    try:
+        readings = wait_health(gpu.core, 2)
+        samples = []
+        deadline = time.monotonic() + 5
+        while not samples:
+            assert time.monotonic() < deadline
+            samples = [s for s in gpu.collect(time.time()) if s.metric.startswith("gpu_mig_")]
+            time.sleep(0.05)
+        status = gpu.gpu_status(_NoWindows())
+    finally:
+        gpu.stop()
+    result = subprocess.run([sys.executable, "-c", PYNVML_MIG], env=sim_paths.nvml_env(path), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    mig, other = readings
+    assert ref["mode"] == [1, 1] and mig.mig_mode is True
+    assert [[m.instance, m.uuid, m.memory_used_bytes, m.memory_total_bytes] for m in mig.mig] == ref["migs"]
+    assert ref["other"] == "not supported" and other.mig_mode is None and other.mig == ()
+    by = {(s.metric, s.labels["gpu_instance"]): s for s in samples}
+    used = by[("gpu_mig_memory_used_bytes", "1")]
+    assert used.last == 1024 * 2**20 and used.labels["gpu"] == "0" and used.labels["mig_uuid"] == ref["migs"][0][1]
+    assert by[("gpu_mig_memory_total_bytes", "5")].last == 9856 * 2**20
+    assert [m["gpu_instance"] for m in status[0]["mig"]] == [1, 5] and status[1]["mig"] is None
