@@ -1,5 +1,5 @@
 """What the C core's per-process pass costs per GPU (issue 15): `docs/benchmarks.md`,
-"Vendor process lists".
+"Vendor process lists"; and the calls of its health pass.
 
 For 1, 10 and 100 processes per GPU on GPUS simulated GPUs of each kind (NVML with the current
 symbols, NVML of an old driver: v1 records and nvmlDeviceGetProcessUtilization, AMD SMI), the
@@ -94,6 +94,42 @@ def measure(kind: str, gpus: int, per_gpu: int, seconds: float) -> dict:
             "python_cpu_us_per_gpu_pass": 1e6 * statistics.median(cpu) / gpus}
 
 
+HEALTH_SCENARIO = """
+[[gpu]]
+vendor = "nvidia"
+{mig}[gpu.fields]
+clock_reasons = 0
+ecc_corrected = 0
+ecc_uncorrected = 0
+remapped_correctable = 0
+remapped_uncorrectable = 0
+remap_pending = 0
+remap_failure = 0
+power_limit = 300
+pcie_tx_kbps = 1000
+pcie_rx_kbps = 1000
+pcie_replays = 0
+"""
+
+
+def measure_health(gpus: int, mig: int, seconds: float) -> dict:
+    """The health pass (a pass every tick) on GPUS NVIDIA GPUs giving every signal, each with
+    `mig` MIG instances: calls per GPU per pass, as the core counts them."""
+    migs = "".join(f"[[gpu.mig]]\ninstance = {k + 1}\nmemory_total_mib = 4864\n" for k in range(mig))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "health.toml"
+        path.write_text(HEALTH_SCENARIO.format(mig=migs) * gpus)
+        os.environ["EGS_SIM_SCENARIO"] = str(path)
+        core = Core(nvml_library=str(sim_paths.NVML_LIB), amd=False, hz=10.0, health_hz=10.0, process_hz=0.0,
+                    events=False)
+        core.start()
+        time.sleep(seconds)
+        core.stop()
+        s = core.sampler_stats()
+    return {"kind": "health", "mig_instances": mig, "gpus": gpus, "passes": s["health_passes"],
+            "calls_per_gpu_pass": s["health_calls"] / s["health_passes"] / gpus}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpus", type=int, default=8)
@@ -101,8 +137,9 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = [measure(kind, args.gpus, n, args.seconds) for kind in KINDS for n in (1, 10, 100)]
+    health = [measure_health(args.gpus, mig, args.seconds) for mig in (0, 7)]
     if args.json:
-        print(json.dumps(rows, indent=1))
+        print(json.dumps(rows + health, indent=1))
         return 0
     print(f"{'library':12} {'procs/GPU':>9} {'passes':>6} {'calls/GPU':>9} {'(lib count)':>11} {'core CPU us/GPU':>15} "
           f"{'core wall us/GPU':>16} {'Python CPU us/GPU':>17}")
@@ -111,6 +148,9 @@ def main() -> int:
               f"{r['library_count_per_gpu_pass']:>11.2f} "
               f"{r['core_cpu_us_per_gpu_pass']:>15.1f} {r['core_wall_us_per_gpu_pass']:>16.1f} "
               f"{r['python_cpu_us_per_gpu_pass']:>17.1f}")
+    for h in health:
+        print(f"health pass, {h['mig_instances']} MIG instances per GPU: {h['calls_per_gpu_pass']:.2f} calls per GPU "
+              f"per pass ({h['passes']} passes)")
     return 0
 
 
