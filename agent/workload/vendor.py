@@ -58,7 +58,7 @@ class CoreProcessSource:
     def processes(self, gpus: Sequence[GpuRef]) -> list[GpuProcess]:
         core = self.core()
         self.errors = []
-        if core is None:
+        if core is None or not hasattr(core, "processes"):   # not started, or a stand-in without lists
             return []
         by_uuid = {g.uuid: g for g in gpus}
         now, bound = self.clock(), self.stale_after(core)
