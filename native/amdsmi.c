@@ -139,7 +139,7 @@ _Static_assert(sizeof(struct am_event) == 272, "amdsmi_evt_notification_data_t l
 enum {
     R_INIT, R_SHUTDOWN, R_STATUS_STRING, R_SOCKETS, R_PROCESSORS, R_TYPE, R_UUID, R_BDF, R_ASIC,
     R_DRIVER, R_TEMPERATURE, R_ACTIVITY, R_VRAM, R_POWER, R_CLOCK, R_ENERGY, R_METRICS, R_EVENT_INIT,
-    R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_PROCESSES, R_COUNT_ROLES
+    R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_PROCESSES, R_TOTAL_ECC, R_COUNT_ROLES
 };
 
 static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
@@ -165,6 +165,7 @@ static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
     [R_EVENT_GET] = {"event_get", {"amdsmi_get_gpu_event_notification"}},
     [R_EVENT_STOP] = {"event_stop", {"amdsmi_stop_gpu_event_notification"}},
     [R_PROCESSES] = {"processes", {"amdsmi_get_gpu_process_list"}},
+    [R_TOTAL_ECC] = {"total_ecc", {"amdsmi_get_gpu_total_ecc_count"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
@@ -673,6 +674,34 @@ static void am_read_processes(struct egs_backend *b, struct egs_dev *d, struct e
     r->info.utilization = EGS_PUTIL_COUNTERS;
 }
 
+/* --- health signals ----------------------------------------------------------------------- */
+
+struct am_error_count {            /* amdsmi_error_count_t (amdsmi_wrapper.py) */
+    uint64_t correctable, uncorrectable, deferred;
+    uint64_t reserved[5];
+};
+_Static_assert(sizeof(struct am_error_count) == 64, "amdsmi_error_count_t is 64 bytes");
+
+/* The ECC totals (the kernel's RAS error counters, which count since the driver loaded: the
+ * volatile pair). The other signals have no AMD SMI call the core reads yet: NaN. */
+static void am_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_health *h)
+{
+    const struct am_lib *lib = b->impl;
+    typedef am_status (*fn_ecc)(am_handle, struct am_error_count *);
+    if (lib->roles[R_TOTAL_ECC].fn == NULL || (d->health_off & 1u))
+        return;
+    struct am_error_count ec;
+    memset(&ec, 0, sizeof(ec));
+    h->calls++;
+    am_status rc = EGS_FN(lib, R_TOTAL_ECC, fn_ecc)(d->handle, &ec);
+    if (rc == AM_NOT_SUPPORTED || rc == AM_NOT_YET_IMPLEMENTED)
+        d->health_off |= 1u;
+    if (rc != AM_SUCCESS)
+        return;
+    h->values[EGS_H_ECC_CORRECTED_VOLATILE] = (double)ec.correctable;
+    h->values[EGS_H_ECC_UNCORRECTED_VOLATILE] = (double)ec.uncorrectable;
+}
+
 const struct egs_vendor egs_amdsmi = {
     .what = "AMD SMI",
     .roles = am_roles_template,
@@ -684,6 +713,7 @@ const struct egs_vendor egs_amdsmi = {
     .open = am_open,
     .read = am_read,
     .read_processes = am_read_processes,
+    .read_health = am_read_health,
     .open_events = am_open_events,
     .wait_event = am_wait_event,
     .close_events = am_close_events,

@@ -231,7 +231,8 @@ struct egs_process_list {
  * nvmlDeviceGetFieldValues call for ECC, retired pages, remapped rows and the PCIe replay
  * counter, the enforced power limit and PCIe throughput. A value the device does not give
  * is NaN, never 0; a call that answers NOT_SUPPORTED is not made again on that device. AMD
- * SMI devices give none of these yet (all NaN). */
+ * SMI devices give the ECC totals (amdsmi_get_gpu_total_ecc_count, the kernel's RAS counters
+ * since the driver loaded: the volatile pair) and nothing else yet (NaN). */
 #define EGS_H_CLOCK_REASONS            0  /* bit mask of nvmlClocksEventReason* */
 #define EGS_H_ECC_CORRECTED_VOLATILE   1  /* errors since the driver loaded */
 #define EGS_H_ECC_UNCORRECTED_VOLATILE 2

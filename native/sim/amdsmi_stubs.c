@@ -457,12 +457,6 @@ SIM_EXPORT uint32_t amdsmi_get_gpu_ecc_enabled(void *a0, void *a1)
     return AMDSMI_STATUS_NOT_SUPPORTED;
 }
 
-SIM_EXPORT uint32_t amdsmi_get_gpu_total_ecc_count(void *a0, void *a1)
-{
-    (void)a0; (void)a1;
-    return AMDSMI_STATUS_NOT_SUPPORTED;
-}
-
 SIM_EXPORT uint32_t amdsmi_get_gpu_cper_entries(void *a0, uint32_t a1, void *a2, void *a3, void *a4, void *a5, void *a6)
 {
     (void)a0; (void)a1; (void)a2; (void)a3; (void)a4; (void)a5; (void)a6;

@@ -648,6 +648,32 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_metrics_info(void *h, amdsmi_gpu_metri
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Health signals                                                                             */
+
+typedef struct {
+    uint64_t correctable_count, uncorrectable_count, deferred_count;
+    uint64_t reserved[5];
+} amdsmi_error_count_t;
+_Static_assert(sizeof(amdsmi_error_count_t) == 64, "amdsmi_error_count_t layout");
+
+/* The scenario's ecc_corrected / ecc_uncorrected (deferred 0); NOT_SUPPORTED unless both are given. */
+SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_total_ecc_count(void *h, amdsmi_error_count_t *ec)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t, corr, unc;
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, ec, &g, &t);
+    if (rc != AMDSMI_STATUS_SUCCESS)
+        return rc;
+    if (sim_gpu_field(g, SIM_F_ECC_CORRECTED, t, &corr) != 0 || sim_gpu_field(g, SIM_F_ECC_UNCORRECTED, t, &unc) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
+    memset(ec, 0, sizeof *ec);
+    ec->correctable_count = (uint64_t)llround(corr);
+    ec->uncorrectable_count = (uint64_t)llround(unc);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Processes                                                                                  */
 
 /* amdsmi_proc_info_t (packed, 704 bytes), from the amdsmi package's wrapper. */

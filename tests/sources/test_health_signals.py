@@ -280,3 +280,39 @@ def test_a_mig_gpu_has_its_instances_as_child_devices_as_pynvml_reads_them(core_
     assert used.last == 1024 * 2**20 and used.labels["gpu"] == "0" and used.labels["mig_uuid"] == ref["migs"][0][1]
     assert by[("gpu_mig_memory_total_bytes", "5")].last == 9856 * 2**20
     assert [m["gpu_instance"] for m in status[0]["mig"]] == [1, 5] and status[1]["mig"] is None
+
+
+AMD_ECC = """
+[[gpu]]
+vendor = "amd"
+[gpu.fields]
+ecc_corrected = 5
+ecc_uncorrected = 2
+[[gpu]]
+vendor = "amd"
+"""
+
+AMDSMI_ECC = """
+import json, amdsmi as A
+A.amdsmi_init()
+h = A.amdsmi_get_processor_handles()[0]
+print(json.dumps(A.amdsmi_get_gpu_total_ecc_count(h)))
+"""
+
+
+def test_amd_ecc_totals_are_what_amdsmi_reads_and_fail_the_gpu(core_on, tmp_path):
+    path = scenario_file(tmp_path, AMD_ECC)
+    core = core_on(path, nvidia=False).start()
+    amd = wait_health(core, 2)
+    result = subprocess.run([sys.executable, "-c", AMDSMI_ECC], env=sim_paths.amdsmi_env(path), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    v = amd[0].values
+    assert (v["ecc_corrected_volatile"], v["ecc_uncorrected_volatile"]) == (ref["correctable_count"],
+                                                                          ref["uncorrectable_count"]) == (5, 2)
+    assert v["ecc_corrected_aggregate"] is None and v["clock_reasons"] is None
+    assert amd[1].values["ecc_corrected_volatile"] is None     # that GPU's scenario gives no ECC
+    h = Health()
+    [ev] = h.observe_signals([amd[0]], time.time())
+    assert ev.data["state"] == "failed" and "uncorrectable ECC errors: 2" in ev.data["cause"]["detail"]
