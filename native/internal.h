@@ -87,6 +87,8 @@ struct egs_proc_read {
 /* The shortest window of per-process utilisation samples a pass averages: a driver samples
  * every fraction of a second, so any second holds a sample of a busy process. */
 #define EGS_PROC_WINDOW_S 1.0
+/* Health passes between re-reads of a MIG device's identity (about a minute at the default). */
+#define EGS_MIG_REREAD 6
 
 struct egs_backend;
 struct egs_vendor;
@@ -115,6 +117,13 @@ struct egs_dev {
     struct egs_health health;       /* the latest health read, published under core->lock */
     unsigned int health_off;        /* sampler-private: vendor-defined bits of health calls that
                                      * said NOT_SUPPORTED on this device (not made again) */
+    /* Sampler-private: the MIG devices' identities (instance id, UUID) by slot, with the
+     * handle they were read from, re-read when the handle changes or every EGS_MIG_REREAD
+     * passes (they change only when an operator repartitions the GPU). */
+    void *mig_handle[EGS_MAX_MIG];
+    unsigned int mig_instance[EGS_MAX_MIG];
+    char mig_uuid[EGS_MAX_MIG][EGS_NAME];
+    unsigned int mig_passes;
 };
 
 struct egs_backend {

@@ -642,7 +642,9 @@ static nv_return nv_memory_of(const struct nv_lib *lib, nv_device h, double *use
 }
 
 /* The device's MIG instances, when it is in MIG mode: for each MIG device handle, its GPU
- * instance id, UUID and memory (four calls an instance, two a pass for the mode and count). */
+ * instance id and UUID (read again only when the handle changes or every EGS_MIG_REREAD
+ * passes) and memory: two calls a pass for the mode and the slot count, one per slot, one more
+ * per instance (three on a re-read). */
 static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_health *h)
 {
     if (lib->roles[R_MIG_MODE].fn == NULL || lib->roles[R_MIG_COUNT].fn == NULL ||
@@ -658,22 +660,32 @@ static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_
     h->calls++;
     if (EGS_FN(lib, R_MIG_COUNT, fn_dev_uint)(d->handle, &slots) != NV_SUCCESS)
         return;
-    for (unsigned int i = 0; i < slots && h->nmig < EGS_MAX_MIG; i++) {
+    int reread = d->mig_passes++ % EGS_MIG_REREAD == 0;
+    for (unsigned int i = 0; i < slots && i < EGS_MAX_MIG; i++) {
         nv_device mig = NULL;
         h->calls++;
-        if (EGS_FN(lib, R_MIG_HANDLE, fn_mig_handle)(d->handle, i, &mig) != NV_SUCCESS)
+        if (EGS_FN(lib, R_MIG_HANDLE, fn_mig_handle)(d->handle, i, &mig) != NV_SUCCESS) {
+            d->mig_handle[i] = NULL;
             continue;   /* NOT_FOUND: an empty slot */
+        }
+        if (reread || mig != d->mig_handle[i]) {
+            d->mig_handle[i] = mig;
+            d->mig_instance[i] = 0;
+            d->mig_uuid[i][0] = '\0';
+            if (lib->roles[R_GPU_INSTANCE].fn != NULL) {
+                h->calls++;
+                EGS_FN(lib, R_GPU_INSTANCE, fn_dev_uint)(mig, &d->mig_instance[i]);
+            }
+            if (lib->roles[R_UUID].fn != NULL) {
+                h->calls++;
+                if (EGS_FN(lib, R_UUID, fn_dev_text)(mig, d->mig_uuid[i], EGS_NAME) != NV_SUCCESS)
+                    d->mig_uuid[i][0] = '\0';
+            }
+        }
         struct egs_mig *m = &h->migs[h->nmig++];
+        m->instance = d->mig_instance[i];
+        memcpy(m->uuid, d->mig_uuid[i], sizeof(m->uuid));
         m->memory_used = m->memory_total = NAN;
-        if (lib->roles[R_GPU_INSTANCE].fn != NULL) {
-            h->calls++;
-            EGS_FN(lib, R_GPU_INSTANCE, fn_dev_uint)(mig, &m->instance);
-        }
-        if (lib->roles[R_UUID].fn != NULL) {
-            h->calls++;
-            if (EGS_FN(lib, R_UUID, fn_dev_text)(mig, m->uuid, sizeof(m->uuid)) != NV_SUCCESS)
-                m->uuid[0] = '\0';
-        }
         double used, total;
         h->calls++;
         if (nv_memory_of(lib, mig, &used, &total) == NV_SUCCESS)
