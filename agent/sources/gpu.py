@@ -12,6 +12,11 @@ named in `stale`, never as its last good value), and the core's fault events (XI
 AMD events), drained every tick so the C queue never overflows and handed on as this tick's
 `Event(kind="gpu")`s (`gpu_event`): the health source reads them, the daemon emits them.
 
+The core's health pass (clock-event reasons, ECC, retired pages, remapped rows, power limit,
+PCIe; MIG instances) comes out as readings at its own time when a new one is there
+(`health_samples`, `mig_samples`); the latest per GPU stays in `health_readings` for the health
+source and as `signals` / `mig` in `gpu_status`.
+
 Missing vendor libraries are not failures: the core reports those backends as
 `unavailable` with the reason, and this source stays up with no devices. If the native
 extension itself is not built, both backends are reported unavailable with that reason.

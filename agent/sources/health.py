@@ -7,6 +7,11 @@ gauges for the windows (`gpu_lost`, `gpu_xid_critical`, `gpu_health_state`,
 `gpu_xid_errors_total`, which the built-in alarm rules watch there like any metric) and
 events (the GPU's fault events as they came, then an `Event(kind="health")` per change).
 
+It also reads the GPU source's latest health signals (`SIGNALS`: row remap or page
+retirement pending, remap failure, uncorrectable ECC, thermal or power-brake slowdown), each a
+reason that holds while its condition does; `gpu_health_signal_failed` / `_degraded` are their
+gauges.
+
 Recovery (docs/alarms.md, "Health"): an XID is an event, not a state of the hardware, so its
 effect on health lasts `hold` seconds after the latest occurrence and then lapses; the
 gauge goes back to 0, the built-in rule resolves, and the XID stays in the GPU's history and
