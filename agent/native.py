@@ -352,14 +352,24 @@ class Core:
     @classmethod
     def from_config(cls, cfg: Any) -> "Core":
         """From a loaded agent.config (env overrides already applied by load())."""
-        return cls.from_settings(cfg.gpu)
+        return cls.from_settings(cfg.gpu, getattr(cfg, "workload", None))
 
     @classmethod
-    def from_settings(cls, g: Any) -> "Core":
-        """From the `[gpu]` section alone."""
+    def from_settings(cls, g: Any, workload: Any = None) -> "Core":
+        """From the `[gpu]` section (the health pass every `gpu.health_interval`, none when
+        "off") and the `[workload]` one: the per-process pass every `workload.interval` while
+        `workload.enabled`, none otherwise (no process-list call is made); without a
+        `[workload]` section, at PROCESS_HZ."""
+        from agent.config import health_interval_seconds, parse_duration
+
+        health_s = health_interval_seconds(g.health_interval)
+        if workload is None:
+            process_hz = PROCESS_HZ
+        else:
+            process_hz = 1.0 / parse_duration(workload.interval) if workload.enabled else 0.0
         return cls(nvml_library=g.nvml_library, amdsmi_library=g.amdsmi_library or None,
                    hz=g.hz, slow_hz=g.slow_hz, ring_seconds=g.ring_seconds, nvidia=g.nvidia,
-                   amd=g.amd)
+                   amd=g.amd, process_hz=process_hz, health_hz=1.0 / health_s if health_s else 0.0)
 
     # -- lifecycle --
     def start(self) -> "Core":

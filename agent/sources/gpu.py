@@ -150,11 +150,12 @@ class GpuCore(Protocol):
     def sampler_stats(self) -> dict: ...
 
 
-def default_core_factory(settings: Any):
+def default_core_factory(settings: Any, workload: Any = None):
+    """The core for `[gpu]` (`settings`) and `[workload]` (the per-process pass's period)."""
     # The native extension may be missing on a bare checkout: ImportError, which start reports.
     from agent.sources.amdgpuinfo import CoreWithFallback
 
-    return CoreWithFallback.from_settings(settings)
+    return CoreWithFallback.from_settings(settings, workload)
 
 
 class GpuSource(Source):
@@ -410,4 +411,6 @@ class GpuSource(Source):
 def build(cfg, ctx) -> GpuSource:
     """The GPU source (`agent.sources.SOURCES`); with `gpu.enabled = false` it reports itself
     disabled rather than being absent, so `status` says why there are no GPUs."""
-    return GpuSource(cfg.gpu, core_factory=ctx.core_factory)
+    workload = getattr(cfg, "workload", None)
+    return GpuSource(cfg.gpu, core_factory=ctx.core_factory
+                     or (lambda settings: default_core_factory(settings, workload)))
