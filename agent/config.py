@@ -398,7 +398,7 @@ CORE_SECTIONS: list[Section] = [
         "hz": Key(10.0, (int, float), "Sampling rate of the fast fields (utilization, memory busy, memory used/total, temperature, power), reads per second. Every read costs CPU in the vendor driver (docs/benchmarks.md has the figures), and NVML refreshes utilization itself only every 1/6 to 1 s.", min=1, max=5000),
         "slow_hz": Key(1.0, (int, float), "Sampling rate of the slow fields (SM and memory clocks, energy counter, fan): read on every round(hz / slow_hz)-th tick of the same grid, so at most gpu.hz.", min=0.1, max=5000),
         "ring_seconds": Key(60.0, (int, float), "Seconds of raw samples kept per GPU for the flight recorder.", min=1, max=3600),
-        "health_interval": Key("10s", str, "Time between health reads (clock-event reasons, ECC, retired pages, remapped rows, power limit, PCIe, MIG instances; a few library calls per GPU a read), a duration 1s..1h; \"off\" (or \"0\"): no health reads.",
+        "health_interval": Key("10s", str, "Time between health reads (clock-event reasons, ECC, retired pages, remapped rows, power limit, PCIe, NVLink, MIG instances; a few library calls per GPU a read), a duration 1s..1h; \"off\" (or \"0\"): no health reads.",
                                max_len=16, check=health_interval_problem),
     }, check=lambda g: ("slow_hz", f"must be <= gpu.hz ({g.hz!r}), got {g.slow_hz!r}") if g.slow_hz > g.hz else None),
     Section("host", "Host CPU, memory and network figures (psutil).", {

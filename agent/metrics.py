@@ -66,6 +66,11 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("gpu_pcie_rx_bytes_per_second", "bytes/s", "PCIe bytes received by the GPU per second.", scope="gpu_health"),
     Metric("gpu_pcie_replays_total", "replays", "PCIe replays (link-level retransmissions) since the driver loaded.",
            kind="counter", scope="gpu_health"),
+    Metric("gpu_nvlink_tx_bytes_total", "bytes", "Data bytes the GPU sent over NVLink, all links (NVML's "
+           "NVLINK_THROUGHPUT_DATA_TX counter, kept in KiB by the driver); no series without NVLink.",
+           kind="counter", scope="gpu_health"),
+    Metric("gpu_nvlink_rx_bytes_total", "bytes", "Data bytes the GPU received over NVLink, all links.",
+           kind="counter", scope="gpu_health"),
     # MIG GPU instances as child devices (scope "gpu_mig"): the parent GPU's labels plus
     # gpu_instance (the GPU instance id) and mig_uuid; read on the health pass.
     Metric("gpu_mig_memory_used_bytes", "bytes", "Framebuffer in use in one MIG GPU instance (labels gpu_instance, "

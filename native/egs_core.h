@@ -228,8 +228,8 @@ struct egs_process_list {
 /* Health signals. On its own period (egs_config.health_hz) the sampler reads, per device,
  * the figures that say a GPU is sick before a job dies: NVML's clock-event reasons
  * (nvmlDeviceGetCurrentClocksEventReasons, else ...ThrottleReasons), one
- * nvmlDeviceGetFieldValues call for ECC, retired pages, remapped rows and the PCIe replay
- * counter, the enforced power limit and PCIe throughput. A value the device does not give
+ * nvmlDeviceGetFieldValues call for ECC, retired pages, remapped rows, the PCIe replay
+ * counter and NVLink data throughput counters, the enforced power limit and PCIe throughput. A value the device does not give
  * is NaN, never 0; a call that answers NOT_SUPPORTED is not made again on that device. AMD
  * SMI devices give the ECC totals (amdsmi_get_gpu_total_ecc_count, the kernel's RAS counters
  * since the driver loaded: the volatile pair) and nothing else yet (NaN). */
@@ -249,7 +249,9 @@ struct egs_process_list {
 #define EGS_H_PCIE_TX                 13  /* bytes/s, the driver's last sample */
 #define EGS_H_PCIE_RX                 14
 #define EGS_H_PCIE_REPLAYS            15  /* replay counter */
-#define EGS_NHEALTH                   16
+#define EGS_H_NVLINK_TX               16  /* bytes of data sent over NVLink, all links (a counter) */
+#define EGS_H_NVLINK_RX               17  /* received */
+#define EGS_NHEALTH                   18
 
 /* A MIG GPU instance of a device in MIG mode, read on the health pass: NVML's MIG device
  * handles (nvmlDeviceGetMigDeviceHandleByIndex) with their instance id, UUID and memory. */
@@ -264,7 +266,7 @@ struct egs_mig {
 struct egs_health {
     double ts;                    /* unix seconds of the read; 0 = not read yet */
     unsigned int calls;           /* vendor calls the read made */
-    double values[16];            /* EGS_NHEALTH entries, NaN where not given */
+    double values[18];            /* EGS_NHEALTH entries, NaN where not given */
     int mig;                      /* 1: the device is in MIG mode (its instances below), 0: not,
                                    * -1: the library does not say (not MIG-capable) */
     unsigned int nmig;

@@ -597,23 +597,30 @@ static void nv_choose_paths(const struct egs_core *core, const struct nv_lib *li
 /* --- health signals ----------------------------------------------------------------------- */
 
 /* Field ids (pynvml's NVML_FI_DEV_*) of the health signals one nvmlDeviceGetFieldValues call
- * serves. */
+ * serves, their scope and the factor to the core's unit. */
+#define NV_ALL_LINKS 0xFFFFFFFFu   /* an NVLink field's scopeId for the sum over all links (nvml.h) */
 static const struct {
     int health;
     unsigned int id;
+    unsigned int scope;
+    double scale;
 } nv_health_fields[] = {
-    {EGS_H_ECC_CORRECTED_VOLATILE, 3},      /* ECC_SBE_VOL_TOTAL */
-    {EGS_H_ECC_UNCORRECTED_VOLATILE, 4},    /* ECC_DBE_VOL_TOTAL */
-    {EGS_H_ECC_CORRECTED_AGGREGATE, 5},     /* ECC_SBE_AGG_TOTAL */
-    {EGS_H_ECC_UNCORRECTED_AGGREGATE, 6},   /* ECC_DBE_AGG_TOTAL */
-    {EGS_H_RETIRED_SBE, 29},
-    {EGS_H_RETIRED_DBE, 30},
-    {EGS_H_RETIRED_PENDING, 31},
-    {EGS_H_PCIE_REPLAYS, 94},               /* PCIE_REPLAY_COUNTER */
-    {EGS_H_REMAPPED_CORRECTABLE, 142},      /* REMAPPED_COR */
-    {EGS_H_REMAPPED_UNCORRECTABLE, 143},    /* REMAPPED_UNC */
-    {EGS_H_REMAP_PENDING, 144},
-    {EGS_H_REMAP_FAILURE, 145},
+    {EGS_H_ECC_CORRECTED_VOLATILE, 3, 0, 1},      /* ECC_SBE_VOL_TOTAL */
+    {EGS_H_ECC_UNCORRECTED_VOLATILE, 4, 0, 1},    /* ECC_DBE_VOL_TOTAL */
+    {EGS_H_ECC_CORRECTED_AGGREGATE, 5, 0, 1},     /* ECC_SBE_AGG_TOTAL */
+    {EGS_H_ECC_UNCORRECTED_AGGREGATE, 6, 0, 1},   /* ECC_DBE_AGG_TOTAL */
+    {EGS_H_RETIRED_SBE, 29, 0, 1},
+    {EGS_H_RETIRED_DBE, 30, 0, 1},
+    {EGS_H_RETIRED_PENDING, 31, 0, 1},
+    {EGS_H_PCIE_REPLAYS, 94, 0, 1},               /* PCIE_REPLAY_COUNTER */
+    {EGS_H_REMAPPED_CORRECTABLE, 142, 0, 1},      /* REMAPPED_COR */
+    {EGS_H_REMAPPED_UNCORRECTABLE, 143, 0, 1},    /* REMAPPED_UNC */
+    {EGS_H_REMAP_PENDING, 144, 0, 1},
+    {EGS_H_REMAP_FAILURE, 145, 0, 1},
+    /* NVLINK_THROUGHPUT_DATA_TX / _RX: counters of KiB of data (without protocol overhead); a
+     * GPU without NVLink answers NOT_SUPPORTED for the entry. */
+    {EGS_H_NVLINK_TX, 138, NV_ALL_LINKS, 1024},
+    {EGS_H_NVLINK_RX, 139, NV_ALL_LINKS, 1024},
 };
 #define NV_NHEALTH_FIELDS (sizeof(nv_health_fields) / sizeof(nv_health_fields[0]))
 
@@ -715,7 +722,7 @@ static void nv_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_
         struct nv_field_value fv[NV_NHEALTH_FIELDS];
         memset(fv, 0, sizeof(fv));
         for (size_t k = 0; k < NV_NHEALTH_FIELDS; k++)
-            fv[k].field_id = nv_health_fields[k].id;
+            fv[k].field_id = nv_health_fields[k].id, fv[k].scope_id = nv_health_fields[k].scope;
         h->calls++;
         if (nv_health_ok(d, EGS_FN(lib, R_FIELD_VALUES, fn_field_values)(dev, (int)NV_NHEALTH_FIELDS, fv),
                          NV_HOFF_FIELDS)) {
@@ -723,7 +730,8 @@ static void nv_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_
             for (size_t k = 0; k < NV_NHEALTH_FIELDS; k++) {
                 if (fv[k].ret != NV_SUCCESS)
                     continue;
-                h->values[nv_health_fields[k].health] = nv_value_as_double(fv[k].value_type, &fv[k].value);
+                h->values[nv_health_fields[k].health] =
+                    nv_value_as_double(fv[k].value_type, &fv[k].value) * nv_health_fields[k].scale;
                 any = 1;
             }
             /* Not one entry answers on this device: the call is of no use to ask again. */

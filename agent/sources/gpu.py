@@ -90,6 +90,7 @@ HEALTH_METRICS: dict[str, str] = {
     "pcie_tx_bytes_per_second": "gpu_pcie_tx_bytes_per_second",
     "pcie_rx_bytes_per_second": "gpu_pcie_rx_bytes_per_second",
     "pcie_replays": "gpu_pcie_replays_total",
+    "nvlink_tx_bytes": "gpu_nvlink_tx_bytes_total", "nvlink_rx_bytes": "gpu_nvlink_rx_bytes_total",
 }
 CLOCK_EVENT = "gpu_clock_event_active"
 

@@ -55,6 +55,8 @@ enum sim_field {
     SIM_F_PCIE_TX,         /* KB/s */
     SIM_F_PCIE_RX,         /* KB/s */
     SIM_F_PCIE_REPLAYS,    /* replay counter */
+    SIM_F_NVLINK_TX,       /* KiB/s over NVLink (all links); NVML's counter is its integral, in KiB */
+    SIM_F_NVLINK_RX,
     SIM_F_COUNT
 };
 

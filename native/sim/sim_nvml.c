@@ -883,10 +883,34 @@ static const struct {
     {145, SIM_F_REMAP_FAILURE},
 };
 
+/* NVLink data throughput counters (NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX / _RX, KiB): the
+ * integral of the scenario's rate. A simulated GPU has SIM_NVLINKS links sharing the traffic
+ * evenly: scopeId 0..SIM_NVLINKS-1 gives one link's count, UINT_MAX the sum over all links
+ * (nvml.h), any other scope is not supported. */
+#define SIM_NVLINKS 2
+static const struct {
+    unsigned int id;
+    int field;
+} nvlink_fields[] = {{138, SIM_F_NVLINK_TX}, {139, SIM_F_NVLINK_RX}};
+
 /* Fills fv when its id is a health field; 0 when it is not one. */
 static int health_field_value(const struct sim_gpu *g, double t, nvmlFieldValue_t *fv)
 {
     double v;
+    for (size_t k = 0; k < sizeof(nvlink_fields) / sizeof(nvlink_fields[0]); k++) {
+        if (nvlink_fields[k].id != fv->fieldId)
+            continue;
+        fv->valueType = NVML_VALUE_TYPE_UNSIGNED_LONG_LONG;
+        if (sim_gpu_field(g, nvlink_fields[k].field, t, &v) != 0 ||
+            (fv->scopeId >= SIM_NVLINKS && fv->scopeId != UINT32_MAX)) {
+            fv->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+            return 1;
+        }
+        double kib = sim_wave_integral(&g->fields[nvlink_fields[k].field], t);
+        fv->value.ullVal = (unsigned long long)llround(fv->scopeId == UINT32_MAX ? kib : kib / SIM_NVLINKS);
+        fv->nvmlReturn = NVML_SUCCESS;
+        return 1;
+    }
     for (size_t k = 0; k < sizeof(health_fields) / sizeof(health_fields[0]); k++) {
         if (health_fields[k].id != fv->fieldId)
             continue;
