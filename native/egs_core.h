@@ -229,7 +229,8 @@ struct egs_process_list {
  * the figures that say a GPU is sick before a job dies: NVML's clock-event reasons
  * (nvmlDeviceGetCurrentClocksEventReasons, else ...ThrottleReasons), one
  * nvmlDeviceGetFieldValues call for ECC, retired pages, remapped rows, the PCIe replay
- * counter and NVLink data throughput counters, the enforced power limit and PCIe throughput. A value the device does not give
+ * counter and NVLink data throughput counters (without that call, on old drivers, all but NVLink
+ * from their own calls), the enforced power limit and PCIe throughput. A value the device does not give
  * is NaN, never 0; a call that answers NOT_SUPPORTED is not made again on that device. AMD
  * SMI devices give the ECC totals (amdsmi_get_gpu_total_ecc_count, the kernel's RAS counters
  * since the driver loaded: the volatile pair) and nothing else yet (NaN). */

@@ -192,7 +192,8 @@ enum {
     R_PCI, R_UTILIZATION, R_MEMORY, R_TEMPERATURE, R_FIELD_VALUES, R_SAMPLES, R_POWER, R_CLOCK,
     R_FAN, R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE,
     R_COMPUTE_PROCS, R_GRAPHICS_PROCS, R_PROCS_UTIL, R_PROC_UTIL, R_CLOCK_REASONS, R_POWER_LIMIT,
-    R_PCIE_THROUGHPUT, R_MIG_MODE, R_MIG_COUNT, R_MIG_HANDLE, R_GPU_INSTANCE, R_COUNT_ROLES
+    R_PCIE_THROUGHPUT, R_MIG_MODE, R_MIG_COUNT, R_MIG_HANDLE, R_GPU_INSTANCE, R_TOTAL_ECC,
+    R_RETIRED_PAGES, R_RETIRED_PENDING, R_REMAPPED_ROWS, R_PCIE_REPLAYS, R_COUNT_ROLES
 };
 
 static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
@@ -233,6 +234,12 @@ static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
     [R_MIG_COUNT] = {"mig_device_count", {"nvmlDeviceGetMaxMigDeviceCount"}},
     [R_MIG_HANDLE] = {"mig_device_handle", {"nvmlDeviceGetMigDeviceHandleByIndex"}},
     [R_GPU_INSTANCE] = {"gpu_instance_id", {"nvmlDeviceGetGpuInstanceId"}},
+    /* The health fields' own calls, for drivers without nvmlDeviceGetFieldValues. */
+    [R_TOTAL_ECC] = {"total_ecc_errors", {"nvmlDeviceGetTotalEccErrors"}},
+    [R_RETIRED_PAGES] = {"retired_pages", {"nvmlDeviceGetRetiredPages_v2", "nvmlDeviceGetRetiredPages"}},
+    [R_RETIRED_PENDING] = {"retired_pages_pending", {"nvmlDeviceGetRetiredPagesPendingStatus"}},
+    [R_REMAPPED_ROWS] = {"remapped_rows", {"nvmlDeviceGetRemappedRows"}},
+    [R_PCIE_REPLAYS] = {"pcie_replay_counter", {"nvmlDeviceGetPcieReplayCounter"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
@@ -625,7 +632,11 @@ static const struct {
 #define NV_NHEALTH_FIELDS (sizeof(nv_health_fields) / sizeof(nv_health_fields[0]))
 
 /* Bits of egs_dev.health_off: calls that said NOT_SUPPORTED on the device. */
-enum { NV_HOFF_REASONS = 1, NV_HOFF_FIELDS = 2, NV_HOFF_LIMIT = 4, NV_HOFF_PCIE = 8, NV_HOFF_MIG = 16 };
+enum {
+    NV_HOFF_REASONS = 1, NV_HOFF_FIELDS = 2, NV_HOFF_LIMIT = 4, NV_HOFF_PCIE = 8, NV_HOFF_MIG = 16,
+    NV_HOFF_ECC = 32, NV_HOFF_RETIRED = 64, NV_HOFF_RETIRED_PENDING = 128, NV_HOFF_REMAPPED = 256,
+    NV_HOFF_REPLAYS = 512
+};
 
 static int nv_health_ok(struct egs_dev *d, nv_return rc, unsigned int bit);
 
@@ -708,6 +719,75 @@ static int nv_health_ok(struct egs_dev *d, nv_return rc, unsigned int bit)
     return rc == NV_SUCCESS;
 }
 
+typedef nv_return (*fn_total_ecc)(nv_device, int, int, unsigned long long *);
+typedef nv_return (*fn_retired_v1)(nv_device, int, unsigned int *, unsigned long long *);
+typedef nv_return (*fn_retired_v2)(nv_device, int, unsigned int *, unsigned long long *, unsigned long long *);
+typedef nv_return (*fn_remapped)(nv_device, unsigned int *, unsigned int *, unsigned int *, unsigned int *);
+
+/* The field-values entries, each from its own call, for a driver without
+ * nvmlDeviceGetFieldValues: ECC (nvmlDeviceGetTotalEccErrors: corrected / uncorrected x
+ * volatile / aggregate), retired pages (nvmlDeviceGetRetiredPages(_v2), asked for the count
+ * only, and ...PendingStatus), remapped rows (nvmlDeviceGetRemappedRows) and the PCIe replay
+ * counter: up to eight calls. NVLink throughput has no call of its own here. */
+static void nv_read_health_calls(const struct nv_lib *lib, struct egs_dev *d, struct egs_health *h)
+{
+    nv_device dev = d->handle;
+    if (lib->roles[R_TOTAL_ECC].fn != NULL && !(d->health_off & NV_HOFF_ECC)) {
+        static const int slot[2][2] = {
+            {EGS_H_ECC_CORRECTED_VOLATILE, EGS_H_ECC_CORRECTED_AGGREGATE},
+            {EGS_H_ECC_UNCORRECTED_VOLATILE, EGS_H_ECC_UNCORRECTED_AGGREGATE},
+        };
+        for (int error = 0; error < 2; error++)        /* nvmlMemoryErrorType_t: corrected, uncorrected */
+            for (int counter = 0; counter < 2; counter++) {   /* nvmlEccCounterType_t: volatile, aggregate */
+                unsigned long long n = 0;
+                h->calls++;
+                nv_return rc = EGS_FN(lib, R_TOTAL_ECC, fn_total_ecc)(dev, error, counter, &n);
+                if (!nv_health_ok(d, rc, NV_HOFF_ECC))
+                    goto ecc_done;
+                h->values[slot[error][counter]] = (double)n;
+            }
+    }
+ecc_done:
+    if (lib->roles[R_RETIRED_PAGES].fn != NULL && !(d->health_off & NV_HOFF_RETIRED)) {
+        int v2 = strcmp(lib->roles[R_RETIRED_PAGES].symbol, "nvmlDeviceGetRetiredPages_v2") == 0;
+        for (int cause = 0; cause < 2; cause++) {     /* multiple single-bit, double-bit */
+            /* A count of 0 and no buffer asks for the count: SUCCESS or INSUFFICIENT_SIZE. */
+            unsigned int n = 0;
+            h->calls++;
+            nv_return rc = v2 ? EGS_FN(lib, R_RETIRED_PAGES, fn_retired_v2)(dev, cause, &n, NULL, NULL)
+                              : EGS_FN(lib, R_RETIRED_PAGES, fn_retired_v1)(dev, cause, &n, NULL);
+            if (rc == NV_INSUFFICIENT_SIZE)
+                rc = NV_SUCCESS;
+            if (!nv_health_ok(d, rc, NV_HOFF_RETIRED))
+                break;
+            h->values[cause == 0 ? EGS_H_RETIRED_SBE : EGS_H_RETIRED_DBE] = n;
+        }
+    }
+    if (lib->roles[R_RETIRED_PENDING].fn != NULL && !(d->health_off & NV_HOFF_RETIRED_PENDING)) {
+        unsigned int pending = 0;    /* nvmlEnableState_t */
+        h->calls++;
+        if (nv_health_ok(d, EGS_FN(lib, R_RETIRED_PENDING, fn_dev_uint)(dev, &pending), NV_HOFF_RETIRED_PENDING))
+            h->values[EGS_H_RETIRED_PENDING] = pending != 0;
+    }
+    if (lib->roles[R_REMAPPED_ROWS].fn != NULL && !(d->health_off & NV_HOFF_REMAPPED)) {
+        unsigned int corr = 0, unc = 0, pending = 0, failure = 0;
+        h->calls++;
+        if (nv_health_ok(d, EGS_FN(lib, R_REMAPPED_ROWS, fn_remapped)(dev, &corr, &unc, &pending, &failure),
+                         NV_HOFF_REMAPPED)) {
+            h->values[EGS_H_REMAPPED_CORRECTABLE] = corr;
+            h->values[EGS_H_REMAPPED_UNCORRECTABLE] = unc;
+            h->values[EGS_H_REMAP_PENDING] = pending != 0;
+            h->values[EGS_H_REMAP_FAILURE] = failure != 0;
+        }
+    }
+    if (lib->roles[R_PCIE_REPLAYS].fn != NULL && !(d->health_off & NV_HOFF_REPLAYS)) {
+        unsigned int n = 0;
+        h->calls++;
+        if (nv_health_ok(d, EGS_FN(lib, R_PCIE_REPLAYS, fn_dev_uint)(dev, &n), NV_HOFF_REPLAYS))
+            h->values[EGS_H_PCIE_REPLAYS] = n;
+    }
+}
+
 static void nv_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_health *h)
 {
     const struct nv_lib *lib = b->impl;
@@ -739,6 +819,8 @@ static void nv_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_
                 d->health_off |= NV_HOFF_FIELDS;
         }
     }
+    if (lib->roles[R_FIELD_VALUES].fn == NULL)
+        nv_read_health_calls(lib, d, h);
     if (lib->roles[R_POWER_LIMIT].fn != NULL && !(d->health_off & NV_HOFF_LIMIT)) {
         unsigned int mw = 0;
         h->calls++;

@@ -1166,6 +1166,58 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t d, unsigned int *
     return rc;
 }
 
+/* Retired pages: `retired_sbe` / `retired_dbe` pages (cause 0 / 1), at made-up addresses.
+ * A count smaller than the pages there are (0 asks for the count) is INSUFFICIENT_SIZE with
+ * the count set, as NVML does; the legacy build has only the unversioned call. */
+static nvmlReturn_t retired_pages(nvmlDevice_t d, int cause, unsigned int *count,
+                                  unsigned long long *addresses, unsigned long long *timestamps)
+{
+    unsigned int n = 0;
+    if (!count || (cause != 0 && cause != 1))
+        return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t rc = read_uint(d, cause == 0 ? SIM_F_RETIRED_SBE : SIM_F_RETIRED_DBE, 1.0, &n);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (*count < n || (n > 0 && !addresses)) {
+        *count = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (unsigned int i = 0; i < n; i++) {
+        addresses[i] = 0x100000ull * (unsigned long long)(cause + 1) + 0x1000ull * i;
+        if (timestamps)
+            timestamps[i] = 1700000000ull + i;
+    }
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetRetiredPages(nvmlDevice_t d, int cause, unsigned int *count,
+                                                  unsigned long long *addresses)
+{
+    SIM_COUNT(&g_sim);
+    return retired_pages(d, cause, count, addresses, NULL);
+}
+
+#ifndef SIM_NVML_LEGACY
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetRetiredPages_v2(nvmlDevice_t d, int cause, unsigned int *count,
+                                                     unsigned long long *addresses,
+                                                     unsigned long long *timestamps)
+{
+    SIM_COUNT(&g_sim);
+    return retired_pages(d, cause, count, addresses, timestamps);
+}
+#endif
+
+/* `retired_pending` as nvmlEnableState_t (0 / 1). */
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t d, unsigned int *pending)
+{
+    SIM_COUNT(&g_sim);
+    nvmlReturn_t rc = read_uint(d, SIM_F_RETIRED_PENDING, 1.0, pending);
+    if (rc == NVML_SUCCESS)
+        *pending = *pending != 0;
+    return rc;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Processes                                                                                  */
 
