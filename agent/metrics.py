@@ -71,6 +71,7 @@ CATALOGUE: tuple[Metric, ...] = (
            kind="counter", scope="gpu_health"),
     Metric("gpu_nvlink_rx_bytes_total", "bytes", "Data bytes the GPU received over NVLink, all links.",
            kind="counter", scope="gpu_health"),
+    Metric("gpu_bad_pages", "pages", "Framebuffer pages the driver retired as bad (AMD).", scope="gpu_health"),
     # MIG GPU instances as child devices (scope "gpu_mig"): the parent GPU's labels plus
     # gpu_instance (the GPU instance id) and mig_uuid; read on the health pass.
     Metric("gpu_mig_memory_used_bytes", "bytes", "Framebuffer in use in one MIG GPU instance (labels gpu_instance, "

@@ -92,7 +92,7 @@ HEALTH: tuple[str, ...] = (
     "ecc_uncorrected_aggregate", "retired_pages_sbe", "retired_pages_dbe", "retired_pages_pending",
     "remapped_rows_correctable", "remapped_rows_uncorrectable", "row_remap_pending", "row_remap_failure",
     "power_limit_watts", "pcie_tx_bytes_per_second", "pcie_rx_bytes_per_second", "pcie_replays",
-    "nvlink_tx_bytes", "nvlink_rx_bytes",
+    "nvlink_tx_bytes", "nvlink_rx_bytes", "bad_pages",
 )
 assert len(HEALTH) == lib.EGS_NHEALTH
 _PLIST_STATES = {lib.EGS_PLIST_NONE: "none", lib.EGS_PLIST_OK: "ok", lib.EGS_PLIST_UNSUPPORTED: "unsupported",

@@ -139,7 +139,8 @@ _Static_assert(sizeof(struct am_event) == 272, "amdsmi_evt_notification_data_t l
 enum {
     R_INIT, R_SHUTDOWN, R_STATUS_STRING, R_SOCKETS, R_PROCESSORS, R_TYPE, R_UUID, R_BDF, R_ASIC,
     R_DRIVER, R_TEMPERATURE, R_ACTIVITY, R_VRAM, R_POWER, R_CLOCK, R_ENERGY, R_METRICS, R_EVENT_INIT,
-    R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_PROCESSES, R_TOTAL_ECC, R_COUNT_ROLES
+    R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_PROCESSES, R_TOTAL_ECC, R_POWER_CAP,
+    R_BAD_PAGES, R_COUNT_ROLES
 };
 
 static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
@@ -166,6 +167,8 @@ static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
     [R_EVENT_STOP] = {"event_stop", {"amdsmi_stop_gpu_event_notification"}},
     [R_PROCESSES] = {"processes", {"amdsmi_get_gpu_process_list"}},
     [R_TOTAL_ECC] = {"total_ecc", {"amdsmi_get_gpu_total_ecc_count"}},
+    [R_POWER_CAP] = {"power_cap", {"amdsmi_get_power_cap_info"}},
+    [R_BAD_PAGES] = {"bad_pages", {"amdsmi_get_gpu_bad_page_info"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
@@ -684,22 +687,54 @@ _Static_assert(sizeof(struct am_error_count) == 64, "amdsmi_error_count_t is 64 
 
 /* The ECC totals (the kernel's RAS error counters, which count since the driver loaded: the
  * volatile pair). The other signals have no AMD SMI call the core reads yet: NaN. */
+/* amdsmi_power_cap_info_t (packed): caps in microwatts on bare-metal Linux (amdsmi.h). */
+struct am_power_cap {
+    uint64_t power_cap, default_power_cap, dpm_cap, min_power_cap, max_power_cap;
+    uint64_t reserved[3];
+};
+_Static_assert(sizeof(struct am_power_cap) == 64, "amdsmi_power_cap_info_t is 64 bytes");
+
+/* Bits of egs_dev.health_off: calls that said NOT_SUPPORTED on the device. */
+enum { AM_HOFF_ECC = 1, AM_HOFF_CAP = 2, AM_HOFF_BAD_PAGES = 4 };
+
+/* NOT_SUPPORTED (or not implemented) switches the call off for the device. */
+static int am_health_ok(struct egs_dev *d, am_status rc, unsigned int bit)
+{
+    if (rc == AM_NOT_SUPPORTED || rc == AM_NOT_YET_IMPLEMENTED)
+        d->health_off |= bit;
+    return rc == AM_SUCCESS;
+}
+
+/* ECC totals, the power cap and the bad-page count: three calls a device a read. No throttle
+ * status: AMD SMI gives it only inside the gpu_metrics table, whose bits are ASIC-specific. */
 static void am_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_health *h)
 {
     const struct am_lib *lib = b->impl;
     typedef am_status (*fn_ecc)(am_handle, struct am_error_count *);
-    if (lib->roles[R_TOTAL_ECC].fn == NULL || (d->health_off & 1u))
-        return;
-    struct am_error_count ec;
-    memset(&ec, 0, sizeof(ec));
-    h->calls++;
-    am_status rc = EGS_FN(lib, R_TOTAL_ECC, fn_ecc)(d->handle, &ec);
-    if (rc == AM_NOT_SUPPORTED || rc == AM_NOT_YET_IMPLEMENTED)
-        d->health_off |= 1u;
-    if (rc != AM_SUCCESS)
-        return;
-    h->values[EGS_H_ECC_CORRECTED_VOLATILE] = (double)ec.correctable;
-    h->values[EGS_H_ECC_UNCORRECTED_VOLATILE] = (double)ec.uncorrectable;
+    typedef am_status (*fn_cap)(am_handle, uint32_t, struct am_power_cap *);
+    typedef am_status (*fn_bad_pages)(am_handle, uint32_t *, void *);
+    if (lib->roles[R_TOTAL_ECC].fn != NULL && !(d->health_off & AM_HOFF_ECC)) {
+        struct am_error_count ec;
+        memset(&ec, 0, sizeof(ec));
+        h->calls++;
+        if (am_health_ok(d, EGS_FN(lib, R_TOTAL_ECC, fn_ecc)(d->handle, &ec), AM_HOFF_ECC)) {
+            h->values[EGS_H_ECC_CORRECTED_VOLATILE] = (double)ec.correctable;
+            h->values[EGS_H_ECC_UNCORRECTED_VOLATILE] = (double)ec.uncorrectable;
+        }
+    }
+    if (lib->roles[R_POWER_CAP].fn != NULL && !(d->health_off & AM_HOFF_CAP)) {
+        struct am_power_cap cap;
+        memset(&cap, 0, sizeof(cap));
+        h->calls++;
+        if (am_health_ok(d, EGS_FN(lib, R_POWER_CAP, fn_cap)(d->handle, 0, &cap), AM_HOFF_CAP))
+            h->values[EGS_H_POWER_LIMIT] = (double)cap.power_cap / 1e6;
+    }
+    if (lib->roles[R_BAD_PAGES].fn != NULL && !(d->health_off & AM_HOFF_BAD_PAGES)) {
+        uint32_t n = 0;   /* no buffer: the count only */
+        h->calls++;
+        if (am_health_ok(d, EGS_FN(lib, R_BAD_PAGES, fn_bad_pages)(d->handle, &n, NULL), AM_HOFF_BAD_PAGES))
+            h->values[EGS_H_BAD_PAGES] = n;
+    }
 }
 
 const struct egs_vendor egs_amdsmi = {

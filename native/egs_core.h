@@ -233,7 +233,8 @@ struct egs_process_list {
  * from their own calls), the enforced power limit and PCIe throughput. A value the device does not give
  * is NaN, never 0; a call that answers NOT_SUPPORTED is not made again on that device. AMD
  * SMI devices give the ECC totals (amdsmi_get_gpu_total_ecc_count, the kernel's RAS counters
- * since the driver loaded: the volatile pair) and nothing else yet (NaN). */
+ * since the driver loaded: the volatile pair), the power cap (amdsmi_get_power_cap_info) and
+ * the bad-page count (amdsmi_get_gpu_bad_page_info), the rest NaN. */
 #define EGS_H_CLOCK_REASONS            0  /* bit mask of nvmlClocksEventReason* */
 #define EGS_H_ECC_CORRECTED_VOLATILE   1  /* errors since the driver loaded */
 #define EGS_H_ECC_UNCORRECTED_VOLATILE 2
@@ -252,7 +253,8 @@ struct egs_process_list {
 #define EGS_H_PCIE_REPLAYS            15  /* replay counter */
 #define EGS_H_NVLINK_TX               16  /* bytes of data sent over NVLink, all links (a counter) */
 #define EGS_H_NVLINK_RX               17  /* received */
-#define EGS_NHEALTH                   18
+#define EGS_H_BAD_PAGES               18  /* AMD: retired (bad) framebuffer pages */
+#define EGS_NHEALTH                   19
 
 /* A MIG GPU instance of a device in MIG mode, read on the health pass: NVML's MIG device
  * handles (nvmlDeviceGetMigDeviceHandleByIndex) with their instance id, UUID and memory. */
@@ -267,7 +269,7 @@ struct egs_mig {
 struct egs_health {
     double ts;                    /* unix seconds of the read; 0 = not read yet */
     unsigned int calls;           /* vendor calls the read made */
-    double values[18];            /* EGS_NHEALTH entries, NaN where not given */
+    double values[19];            /* EGS_NHEALTH entries, NaN where not given */
     int mig;                      /* 1: the device is in MIG mode (its instances below), 0: not,
                                    * -1: the library does not say (not MIG-capable) */
     unsigned int nmig;

@@ -91,6 +91,7 @@ HEALTH_METRICS: dict[str, str] = {
     "pcie_rx_bytes_per_second": "gpu_pcie_rx_bytes_per_second",
     "pcie_replays": "gpu_pcie_replays_total",
     "nvlink_tx_bytes": "gpu_nvlink_tx_bytes_total", "nvlink_rx_bytes": "gpu_nvlink_rx_bytes_total",
+    "bad_pages": "gpu_bad_pages",
 }
 CLOCK_EVENT = "gpu_clock_event_active"
 

@@ -193,12 +193,6 @@ SIM_EXPORT uint32_t amdsmi_get_gpu_memory_usage(void *a0, uint32_t a1, void *a2)
     return AMDSMI_STATUS_NOT_SUPPORTED;
 }
 
-SIM_EXPORT uint32_t amdsmi_get_gpu_bad_page_info(void *a0, void *a1, void *a2)
-{
-    (void)a0; (void)a1; (void)a2;
-    return AMDSMI_STATUS_NOT_SUPPORTED;
-}
-
 SIM_EXPORT uint32_t amdsmi_get_gpu_bad_page_threshold(void *a0, void *a1)
 {
     (void)a0; (void)a1;
@@ -670,12 +664,6 @@ SIM_EXPORT uint32_t amdsmi_get_gpu_vram_info(void *a0, void *a1)
 SIM_EXPORT uint32_t amdsmi_get_gpu_board_info(void *a0, void *a1)
 {
     (void)a0; (void)a1;
-    return AMDSMI_STATUS_NOT_SUPPORTED;
-}
-
-SIM_EXPORT uint32_t amdsmi_get_power_cap_info(void *a0, uint32_t a1, void *a2)
-{
-    (void)a0; (void)a1; (void)a2;
     return AMDSMI_STATUS_NOT_SUPPORTED;
 }
 

@@ -57,6 +57,7 @@ enum sim_field {
     SIM_F_PCIE_REPLAYS,    /* replay counter */
     SIM_F_NVLINK_TX,       /* KiB/s over NVLink (all links); NVML's counter is its integral, in KiB */
     SIM_F_NVLINK_RX,
+    SIM_F_BAD_PAGES,       /* AMD: retired (bad) framebuffer pages */
     SIM_F_COUNT
 };
 

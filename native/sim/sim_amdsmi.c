@@ -673,6 +673,67 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_total_ecc_count(void *h, amdsmi_error_
     return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
+/* amdsmi_power_cap_info_t (packed, 64 bytes): caps in microwatts on Linux. */
+#pragma pack(push, 1)
+typedef struct {
+    uint64_t power_cap, default_power_cap, dpm_cap, min_power_cap, max_power_cap;
+    uint64_t reserved[3];
+} amdsmi_power_cap_info_t;
+/* amdsmi_retired_page_record_t (packed, 24 bytes). */
+typedef struct {
+    uint64_t page_address, page_size;
+    uint32_t status;          /* amdsmi_memory_page_status_t: 0 reserved */
+    uint8_t pad[4];
+} amdsmi_retired_page_record_t;
+#pragma pack(pop)
+_Static_assert(sizeof(amdsmi_power_cap_info_t) == 64, "amdsmi_power_cap_info_t layout");
+_Static_assert(sizeof(amdsmi_retired_page_record_t) == 24, "amdsmi_retired_page_record_t layout");
+
+/* The scenario's power_limit (W) as the current, default and maximum cap. */
+SIM_EXPORT amdsmi_status_t amdsmi_get_power_cap_info(void *h, uint32_t sensor, amdsmi_power_cap_info_t *info)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t, w;
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, info, &g, &t);
+    if (rc != AMDSMI_STATUS_SUCCESS)
+        return rc;
+    if (sensor != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_INVAL);
+    if (sim_gpu_field(g, SIM_F_POWER_LIMIT, t, &w) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
+    memset(info, 0, sizeof *info);
+    info->power_cap = info->default_power_cap = info->max_power_cap = (uint64_t)llround(w * 1e6);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
+}
+
+/* The scenario's bad_pages, 4 KiB each at made-up addresses; no buffer asks for the count,
+ * a buffer gets at most *num_pages of them. */
+SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_bad_page_info(void *h, uint32_t *num_pages,
+                                                        amdsmi_retired_page_record_t *info)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t, v;
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, num_pages, &g, &t);
+    if (rc != AMDSMI_STATUS_SUCCESS)
+        return rc;
+    if (sim_gpu_field(g, SIM_F_BAD_PAGES, t, &v) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
+    uint32_t n = (uint32_t)llround(v);
+    if (info != NULL) {
+        if (n > *num_pages)
+            n = *num_pages;
+        for (uint32_t i = 0; i < n; i++) {
+            memset(&info[i], 0, sizeof info[i]);
+            info[i].page_address = 0x200000ull + 0x1000ull * i;
+            info[i].page_size = 4096;
+        }
+    }
+    *num_pages = n;
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Processes                                                                                  */
 

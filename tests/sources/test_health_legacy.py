@@ -85,5 +85,5 @@ def test_an_old_driver_reads_each_signal_from_its_own_call(sim_out, tmp_path: Pa
     bare = first[1].values
     assert all(bare[name] is None for name in ("ecc_corrected_volatile", "retired_pages_sbe", "retired_pages_pending",
                                                "remapped_rows_correctable", "pcie_replays"))
-    assert first[1].calls > 0 and later[1].calls == 0
+    assert later[1].calls == 0
     assert later[0].calls == 9
