@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import sim_paths
@@ -32,22 +31,14 @@ print(json.dumps({"cap": A.amdsmi_get_power_cap_info(h), "bad": len(A.amdsmi_get
 """
 
 
-def test_amd_power_cap_and_bad_pages_are_what_amdsmi_reads(sim_out, tmp_path: Path, monkeypatch):
+def test_amd_power_cap_and_bad_pages_are_what_amdsmi_reads(sim_out, tmp_path: Path, monkeypatch, two_health_reads):
     path = tmp_path / "amd.toml"
     path.write_text(SCENARIO)
     monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
     core = Core(amdsmi_library=str(sim_paths.AMDSMI_LIB), nvidia=False, events=False, hz=20.0, health_hz=10.0,
                 process_hz=0.0).start()
     try:
-        deadline = time.monotonic() + 5
-        while len(core.health()) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        first = {h.gpu: h for h in core.health()}
-        while min(h.ts for h in core.health()) <= max(h.ts for h in first.values()):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        later = {h.gpu: h for h in core.health()}
+        first, later = two_health_reads(core, 2)
     finally:
         core.stop()
     result = subprocess.run([sys.executable, "-c", AMDSMI], env=sim_paths.amdsmi_env(path), capture_output=True,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import sim_paths
@@ -45,7 +44,7 @@ print(json.dumps({
     "replays": N.nvmlDeviceGetPcieReplayCounter(h),
 }))
 """
-def test_an_old_driver_reads_each_signal_from_its_own_call(sim_out, tmp_path: Path, monkeypatch):
+def test_an_old_driver_reads_each_signal_from_its_own_call(sim_out, tmp_path: Path, monkeypatch, two_health_reads):
     path = tmp_path / "legacy.toml"
     path.write_text(SCENARIO)
     monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
@@ -54,15 +53,7 @@ def test_an_old_driver_reads_each_signal_from_its_own_call(sim_out, tmp_path: Pa
     try:
         symbols = core.backends["nvidia"].symbols
         assert not symbols.get("field_values") and symbols["retired_pages"] == "nvmlDeviceGetRetiredPages"
-        deadline = time.monotonic() + 5
-        while len(core.health()) < 2:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        first = {h.gpu: h for h in core.health()}
-        while min(h.ts for h in core.health()) <= max(h.ts for h in first.values()):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        later = {h.gpu: h for h in core.health()}
+        first, later = two_health_reads(core, 2)
     finally:
         core.stop()
     # pynvml itself needs nvmlDeviceGetHandleByIndex_v2, which the legacy build lacks: it reads
