@@ -81,9 +81,12 @@ SLOW_HZ = 1.0  # the slow tier's default rate (config key gpu.slow_hz)
 # (workload.interval). The lists are costlier calls (three per NVIDIA GPU a pass, one per AMD
 # GPU), so they are not read at the slow tier's rate.
 PROCESS_HZ = 0.2
-# The health pass's default rate: every 10 s (five calls per NVIDIA GPU a pass: clock-event
-# reasons, one field-values call for ECC / retired pages / remapped rows / PCIe replays, the
-# enforced power limit, PCIe TX and RX).
+# The health pass's default rate: every 10 s (config key gpu.health_interval). Five calls per
+# NVIDIA GPU a pass: clock-event reasons, one field-values call for ECC / retired pages /
+# remapped rows / PCIe replays / NVLink, the enforced power limit, PCIe TX and RX; a driver
+# without nvmlDeviceGetFieldValues makes up to nine calls for those fields instead of one (no
+# NVLink). Three per AMD GPU: ECC totals, power cap, bad-page count. A call that answers
+# NOT_SUPPORTED is not made again on that device.
 HEALTH_HZ = 0.1
 # Health signals (egs_core.h EGS_H_*), by index; the catalogue's metrics are made of them in
 # agent.sources.gpu.
