@@ -72,10 +72,10 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("gpu_nvlink_rx_bytes_total", "bytes", "Data bytes the GPU received over NVLink, all links.",
            kind="counter", scope="gpu_health"),
     Metric("gpu_bad_pages", "pages", "Framebuffer pages the driver retired as bad (AMD).", scope="gpu_health"),
-    # MIG GPU instances as child devices (scope "gpu_mig"): the parent GPU's labels plus
-    # gpu_instance (the GPU instance id) and mig_uuid; read on the health pass.
+    # MIG devices as child devices (scope "gpu_mig"): the parent GPU's labels plus
+    # gpu_instance (the GPU instance id), compute_instance and mig_uuid; read on the health pass.
     Metric("gpu_mig_memory_used_bytes", "bytes", "Framebuffer in use in one MIG GPU instance (labels gpu_instance, "
-           "mig_uuid; gpu and uuid are the parent GPU's).", scope="gpu_mig"),
+           "compute_instance, mig_uuid; gpu and uuid are the parent GPU's).", scope="gpu_mig"),
     Metric("gpu_mig_memory_total_bytes", "bytes", "Framebuffer of one MIG GPU instance.", scope="gpu_mig"),
     Metric("cpu_utilization_percent", "percent", "Host CPU busy time, all cores (label cpu for one core).", scope="host"),
     Metric("memory_used_percent", "percent", "Host memory in use (total minus available) as a share of the total.", scope="host"),

@@ -256,13 +256,15 @@ class ProcessList:
 
 @dataclass(frozen=True)
 class MigInstance:
-    """A MIG GPU instance of a GPU in MIG mode (a child device): its GPU instance id, MIG
-    device UUID and memory in bytes (None where not given)."""
+    """A MIG device of a GPU in MIG mode (a child device): its GPU instance id, MIG device
+    UUID, memory in bytes (None where not given; the GPU instance's, shared by its compute
+    instances) and compute instance id within the GPU instance."""
 
     instance: int
     uuid: str
     memory_used_bytes: float | None
     memory_total_bytes: float | None
+    compute_instance: int = 0
 
 
 @dataclass(frozen=True)
@@ -539,7 +541,8 @@ class Core:
             _check(lib.egs_health_read(self._core, i, h), "egs_health_read")
             if h.ts == 0:
                 continue
-            migs = tuple(MigInstance(m.instance, _text(m.uuid), _nan_to_none(m.memory_used), _nan_to_none(m.memory_total))
+            migs = tuple(MigInstance(m.instance, _text(m.uuid), _nan_to_none(m.memory_used), _nan_to_none(m.memory_total),
+                                     m.compute_instance)
                          for m in (h.migs[k] for k in range(h.nmig)))
             out.append(HealthReading(info.index, _VENDORS[info.backend], _text(info.uuid), h.ts,
                                      {name: _nan_to_none(h.values[k]) for k, name in enumerate(HEALTH)}, h.calls,

@@ -256,12 +256,13 @@ struct egs_process_list {
 #define EGS_H_BAD_PAGES               18  /* AMD: retired (bad) framebuffer pages */
 #define EGS_NHEALTH                   19
 
-/* A MIG GPU instance of a device in MIG mode, read on the health pass: NVML's MIG device
- * handles (nvmlDeviceGetMigDeviceHandleByIndex) with their instance id, UUID and memory. */
+/* A MIG device of a GPU in MIG mode, read on the health pass: NVML's MIG device handles
+ * (nvmlDeviceGetMigDeviceHandleByIndex) with their GPU and compute instance ids, UUID and memory. */
 #define EGS_MAX_MIG 7
 
 struct egs_mig {
     unsigned int instance;        /* GPU instance id */
+    unsigned int compute_instance;/* compute instance id within it */
     char uuid[EGS_NAME];          /* "MIG-..." */
     double memory_used, memory_total;  /* bytes; NaN where not given */
 };

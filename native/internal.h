@@ -117,11 +117,12 @@ struct egs_dev {
     struct egs_health health;       /* the latest health read, published under core->lock */
     unsigned int health_off;        /* sampler-private: vendor-defined bits of health calls that
                                      * said NOT_SUPPORTED on this device (not made again) */
-    /* Sampler-private: the MIG devices' identities (instance id, UUID) by slot, with the
+    /* Sampler-private: the MIG devices' identities (GPU / compute instance ids, UUID) by slot, with the
      * handle they were read from, re-read when the handle changes or every EGS_MIG_REREAD
      * passes (they change only when an operator repartitions the GPU). */
     void *mig_handle[EGS_MAX_MIG];
     unsigned int mig_instance[EGS_MAX_MIG];
+    unsigned int mig_compute[EGS_MAX_MIG];
     char mig_uuid[EGS_MAX_MIG][EGS_NAME];
     unsigned int mig_passes;
 };

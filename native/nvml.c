@@ -192,7 +192,7 @@ enum {
     R_PCI, R_UTILIZATION, R_MEMORY, R_TEMPERATURE, R_FIELD_VALUES, R_SAMPLES, R_POWER, R_CLOCK,
     R_FAN, R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE,
     R_COMPUTE_PROCS, R_GRAPHICS_PROCS, R_PROCS_UTIL, R_PROC_UTIL, R_CLOCK_REASONS, R_POWER_LIMIT,
-    R_PCIE_THROUGHPUT, R_MIG_MODE, R_MIG_COUNT, R_MIG_HANDLE, R_GPU_INSTANCE, R_TOTAL_ECC,
+    R_PCIE_THROUGHPUT, R_MIG_MODE, R_MIG_COUNT, R_MIG_HANDLE, R_GPU_INSTANCE, R_COMPUTE_INSTANCE, R_TOTAL_ECC,
     R_RETIRED_PAGES, R_RETIRED_PENDING, R_REMAPPED_ROWS, R_PCIE_REPLAYS, R_COUNT_ROLES
 };
 
@@ -234,6 +234,7 @@ static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
     [R_MIG_COUNT] = {"mig_device_count", {"nvmlDeviceGetMaxMigDeviceCount"}},
     [R_MIG_HANDLE] = {"mig_device_handle", {"nvmlDeviceGetMigDeviceHandleByIndex"}},
     [R_GPU_INSTANCE] = {"gpu_instance_id", {"nvmlDeviceGetGpuInstanceId"}},
+    [R_COMPUTE_INSTANCE] = {"compute_instance_id", {"nvmlDeviceGetComputeInstanceId"}},
     /* The health fields' own calls, for drivers without nvmlDeviceGetFieldValues. */
     [R_TOTAL_ECC] = {"total_ecc_errors", {"nvmlDeviceGetTotalEccErrors"}},
     [R_RETIRED_PAGES] = {"retired_pages", {"nvmlDeviceGetRetiredPages_v2", "nvmlDeviceGetRetiredPages"}},
@@ -660,9 +661,9 @@ static nv_return nv_memory_of(const struct nv_lib *lib, nv_device h, double *use
 }
 
 /* The device's MIG instances, when it is in MIG mode: for each MIG device handle, its GPU
- * instance id and UUID (read again only when the handle changes or every EGS_MIG_REREAD
- * passes) and memory: two calls a pass for the mode and the slot count, one per slot, one more
- * per instance (three on a re-read). */
+ * and compute instance ids and UUID (read again only when the handle changes or every
+ * EGS_MIG_REREAD passes) and memory: two calls a pass for the mode and the slot count, one per
+ * slot, one more per instance (four on a re-read). */
 static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_health *h)
 {
     if (lib->roles[R_MIG_MODE].fn == NULL || lib->roles[R_MIG_COUNT].fn == NULL ||
@@ -688,11 +689,15 @@ static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_
         }
         if (reread || mig != d->mig_handle[i]) {
             d->mig_handle[i] = mig;
-            d->mig_instance[i] = 0;
+            d->mig_instance[i] = d->mig_compute[i] = 0;
             d->mig_uuid[i][0] = '\0';
             if (lib->roles[R_GPU_INSTANCE].fn != NULL) {
                 h->calls++;
                 EGS_FN(lib, R_GPU_INSTANCE, fn_dev_uint)(mig, &d->mig_instance[i]);
+            }
+            if (lib->roles[R_COMPUTE_INSTANCE].fn != NULL) {
+                h->calls++;
+                EGS_FN(lib, R_COMPUTE_INSTANCE, fn_dev_uint)(mig, &d->mig_compute[i]);
             }
             if (lib->roles[R_UUID].fn != NULL) {
                 h->calls++;
@@ -702,6 +707,7 @@ static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_
         }
         struct egs_mig *m = &h->migs[h->nmig++];
         m->instance = d->mig_instance[i];
+        m->compute_instance = d->mig_compute[i];
         memcpy(m->uuid, d->mig_uuid[i], sizeof(m->uuid));
         m->memory_used = m->memory_total = NAN;
         double used, total;

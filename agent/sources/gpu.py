@@ -117,10 +117,12 @@ def health_samples(values: dict[str, float | None], labels: dict[str, str], ts: 
 
 def mig_samples(instances: Any, labels: dict[str, str], ts: float) -> list[Sample]:
     """The MIG GPU instances of one GPU (`agent.native.MigInstance`) as child devices: memory
-    used and total, labelled with the parent's labels plus gpu_instance and mig_uuid."""
+    used and total, labelled with the parent's labels plus gpu_instance, compute_instance and
+    mig_uuid."""
     out = []
     for m in instances:
-        child = {**labels, "gpu_instance": str(m.instance), "mig_uuid": m.uuid}
+        child = {**labels, "gpu_instance": str(m.instance), "compute_instance": str(m.compute_instance),
+                 "mig_uuid": m.uuid}
         if m.memory_used_bytes is not None:
             out.append(Sample.reading("gpu_mig_memory_used_bytes", child, float(m.memory_used_bytes), ts))
         if m.memory_total_bytes is not None:
@@ -323,7 +325,8 @@ class GpuSource(Source):
         h = self.health_readings.get(gpu)
         if h is None or not getattr(h, "mig_mode", None):
             return None
-        return [{"gpu_instance": m.instance, "mig_uuid": m.uuid, "memory_used_bytes": m.memory_used_bytes,
+        return [{"gpu_instance": m.instance, "compute_instance": m.compute_instance, "mig_uuid": m.uuid,
+                 "memory_used_bytes": m.memory_used_bytes,
                  "memory_total_bytes": m.memory_total_bytes} for m in h.mig]
 
     def _error_samples(self, now: float) -> list[Sample]:

@@ -794,12 +794,14 @@ static int check_fault(struct parser *p, struct state *st)
 
 static int mig_key(struct parser *p, struct state *st, const char *key, const struct value *v)
 {
-    static const char *const keys[] = {"instance", "memory_total_mib", "memory_used_mib", "uuid", NULL};
+    static const char *const keys[] = {"instance", "memory_total_mib", "memory_used_mib", "uuid",
+                                       "compute_instance", NULL};
     struct sim_mig *m = st->mig;
     long long n;
     int idx = key_index(keys, key);
     if (idx < 0)
-        return fail(p, "unknown key '%s' in [[gpu.mig]] (instance, memory_total_mib, memory_used_mib, uuid)", key);
+        return fail(p, "unknown key '%s' in [[gpu.mig]] (instance, memory_total_mib, memory_used_mib, uuid, "
+                    "compute_instance)", key);
     if (mark_seen(p, &st->seen, idx, key))
         return -1;
     switch (idx) {
@@ -818,6 +820,11 @@ static int mig_key(struct parser *p, struct state *st, const char *key, const st
             return -1;
         if (m->memory_used_mib < 0)
             return fail(p, "memory_used_mib must be >= 0");
+        return 0;
+    case 4:
+        if (want_int(p, key, v, 0, 7, &n))
+            return -1;
+        m->compute_instance = (unsigned int)n;
         return 0;
     default:
         return want_str(p, key, v, m->uuid, sizeof m->uuid);

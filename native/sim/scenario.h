@@ -111,6 +111,7 @@ struct sim_process {
 struct sim_mig {
     int gpu;                /* index into sim_scenario.gpus */
     unsigned int instance;  /* GPU instance id */
+    unsigned int compute_instance;  /* compute instance id within it (0 when not given) */
     unsigned long long memory_total_mib;
     double memory_used_mib;
     char uuid[SIM_UUID_LEN];

@@ -132,8 +132,9 @@ static void json_scenario(const struct sim_scenario *s)
             const struct sim_mig *m = &s->migs[j];
             if (m->gpu != g->index)
                 continue;
-            printf("%s{\"instance\": %u, \"memory_total_mib\": %llu, \"memory_used_mib\": %.17g, \"uuid\": ",
-                   k++ ? ", " : "", m->instance, m->memory_total_mib, m->memory_used_mib);
+            printf("%s{\"instance\": %u, \"compute_instance\": %u, \"memory_total_mib\": %llu, "
+                   "\"memory_used_mib\": %.17g, \"uuid\": ",
+                   k++ ? ", " : "", m->instance, m->compute_instance, m->memory_total_mib, m->memory_used_mib);
             json_string(m->uuid);
             putchar('}');
         }

@@ -315,7 +315,8 @@ SIM_EXPORT unsigned int egs_sim_nvml_calls(unsigned int cap, const char **names,
  * A GPU with [[gpu.mig]] tables is in MIG mode (current and pending 1) with room for
  * SIM_MIG_PER_GPU MIG devices, the tables in order at indexes 0.. and NOT_FOUND past them;
  * a GPU without is not MIG-capable (NOT_SUPPORTED), as the pre-Ampere parts the other
- * scenarios model. A MIG handle answers nvmlDeviceGetGpuInstanceId, nvmlDeviceGetUUID and
+ * scenarios model. A MIG handle answers nvmlDeviceGetGpuInstanceId,
+ * nvmlDeviceGetComputeInstanceId, nvmlDeviceGetUUID and
  * nvmlDeviceGetMemoryInfo(_v2) with its instance's figures.
  */
 
@@ -409,6 +410,17 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t d, unsigned int 
     if (rc != NVML_SUCCESS)
         return rc;
     *id = m->instance;
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t d, unsigned int *id)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_mig *m;
+    nvmlReturn_t rc = mig_query(d, id, &m);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    *id = m->compute_instance;
     return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 

@@ -69,7 +69,8 @@ def reference(doc: dict) -> dict:
                            "memory_mib": None if p.get("memory_mib") == "unknown" else p.get("memory_mib", 0),
                            **{k: p.get(k) for k in ("sm", "mem", "enc", "dec")}, "name": p.get("name", "")}
                           for p in g.get("processes", [])],
-            "mig": [{"instance": m["instance"], "memory_total_mib": m["memory_total_mib"],
+            "mig": [{"instance": m["instance"], "compute_instance": m.get("compute_instance", 0),
+                     "memory_total_mib": m["memory_total_mib"],
                      "memory_used_mib": m.get("memory_used_mib", 0),
                      "uuid": m.get("uuid", f"MIG-{uuid[:60]}-{m['instance']}")} for m in g.get("mig", [])],
         })

@@ -226,6 +226,12 @@ instance = 1
 memory_total_mib = 19968
 memory_used_mib = 1024
 [[gpu.mig]]
+instance = 1
+compute_instance = 1
+memory_total_mib = 19968
+memory_used_mib = 1024
+uuid = "MIG-1-ci1"
+[[gpu.mig]]
 instance = 5
 memory_total_mib = 9856
 [[gpu]]
@@ -243,7 +249,8 @@ for i in range(N.nvmlDeviceGetMaxMigDeviceCount(h)):
     except N.NVMLError_NotFound:
         continue
     mem = N.nvmlDeviceGetMemoryInfo(m)
-    out["migs"].append([N.nvmlDeviceGetGpuInstanceId(m), N.nvmlDeviceGetUUID(m), mem.used, mem.total])
+    out["migs"].append([N.nvmlDeviceGetGpuInstanceId(m), N.nvmlDeviceGetComputeInstanceId(m), N.nvmlDeviceGetUUID(m),
+                        mem.used, mem.total])
 try:
     N.nvmlDeviceGetMigMode(N.nvmlDeviceGetHandleByIndex(1))
 except N.NVMLError_NotSupported:
@@ -274,13 +281,17 @@ def test_a_mig_gpu_has_its_instances_as_child_devices_as_pynvml_reads_them(core_
     ref = json.loads(result.stdout.strip().splitlines()[-1])
     mig, other = readings
     assert ref["mode"] == [1, 1] and mig.mig_mode is True
-    assert [[m.instance, m.uuid, m.memory_used_bytes, m.memory_total_bytes] for m in mig.mig] == ref["migs"]
+    assert [[m.instance, m.compute_instance, m.uuid, m.memory_used_bytes, m.memory_total_bytes]
+            for m in mig.mig] == ref["migs"]
+    assert [m[:2] for m in ref["migs"]] == [[1, 0], [1, 1], [5, 0]]   # two compute instances in GPU instance 1
     assert ref["other"] == "not supported" and other.mig_mode is None and other.mig == ()
-    by = {(s.metric, s.labels["gpu_instance"]): s for s in samples}
-    used = by[("gpu_mig_memory_used_bytes", "1")]
-    assert used.last == 1024 * 2**20 and used.labels["gpu"] == "0" and used.labels["mig_uuid"] == ref["migs"][0][1]
-    assert by[("gpu_mig_memory_total_bytes", "5")].last == 9856 * 2**20
-    assert [m["gpu_instance"] for m in status[0]["mig"]] == [1, 5] and status[1]["mig"] is None
+    by = {(s.metric, s.labels["gpu_instance"], s.labels["compute_instance"]): s for s in samples}
+    used = by[("gpu_mig_memory_used_bytes", "1", "0")]
+    assert used.last == 1024 * 2**20 and used.labels["gpu"] == "0" and used.labels["mig_uuid"] == ref["migs"][0][2]
+    assert by[("gpu_mig_memory_used_bytes", "1", "1")].labels["mig_uuid"] == "MIG-1-ci1"
+    assert by[("gpu_mig_memory_total_bytes", "5", "0")].last == 9856 * 2**20
+    assert [(m["gpu_instance"], m["compute_instance"]) for m in status[0]["mig"]] == [(1, 0), (1, 1), (5, 0)]
+    assert status[1]["mig"] is None
 
 
 AMD_ECC = """
