@@ -77,6 +77,11 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("gpu_mig_memory_used_bytes", "bytes", "Framebuffer in use in one MIG GPU instance (labels gpu_instance, "
            "compute_instance, mig_uuid; gpu and uuid are the parent GPU's).", scope="gpu_mig"),
     Metric("gpu_mig_memory_total_bytes", "bytes", "Framebuffer of one MIG GPU instance.", scope="gpu_mig"),
+    # AMD partition modes (scope "gpu_partition"): 1, labelled with the GPU's labels plus
+    # compute_partition and memory_partition (each only where the device gives it); health pass.
+    Metric("gpu_partition_info", "", "AMD GPU partition modes: always 1, labels compute_partition (SPX, DPX, TPX, "
+           "QPX, CPX) and memory_partition (NPS1, NPS2, NPS4, NPS8) where the device gives them.",
+           scope="gpu_partition"),
     Metric("cpu_utilization_percent", "percent", "Host CPU busy time, all cores (label cpu for one core).", scope="host"),
     Metric("memory_used_percent", "percent", "Host memory in use (total minus available) as a share of the total.", scope="host"),
     Metric("net_rx_bytes_per_second", "bytes/s", "Bytes received per second.", scope="nic"),

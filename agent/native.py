@@ -85,8 +85,8 @@ PROCESS_HZ = 0.2
 # NVIDIA GPU a pass: clock-event reasons, one field-values call for ECC / retired pages /
 # remapped rows / PCIe replays / NVLink, the enforced power limit, PCIe TX and RX; a driver
 # without nvmlDeviceGetFieldValues makes up to nine calls for those fields instead of one (no
-# NVLink). Three per AMD GPU: ECC totals, power cap, bad-page count. A call that answers
-# NOT_SUPPORTED is not made again on that device.
+# NVLink). Five per AMD GPU: ECC totals, power cap, bad-page count, compute and memory
+# partition modes. A call that answers NOT_SUPPORTED is not made again on that device.
 HEALTH_HZ = 0.1
 # Health signals (egs_core.h EGS_H_*), by index; the catalogue's metrics are made of them in
 # agent.sources.gpu.
@@ -280,6 +280,9 @@ class HealthReading:
     calls: int = 0
     mig_mode: bool | None = None               # None: the library does not say (not MIG-capable)
     mig: tuple[MigInstance, ...] = ()
+    # AMD: the partition modes, {"compute": "SPX".."CPX", "memory": "NPS1".."NPS8"}, each None
+    # where the device does not say (NOT_SUPPORTED); None on NVIDIA.
+    partition: dict[str, str | None] | None = None
 
 
 def _unsupported_names(mask: int) -> frozenset[str]:
@@ -544,9 +547,12 @@ class Core:
             migs = tuple(MigInstance(m.instance, _text(m.uuid), _nan_to_none(m.memory_used), _nan_to_none(m.memory_total),
                                      m.compute_instance)
                          for m in (h.migs[k] for k in range(h.nmig)))
-            out.append(HealthReading(info.index, _VENDORS[info.backend], _text(info.uuid), h.ts,
+            vendor = _VENDORS[info.backend]
+            partition = ({"compute": _text(h.compute_partition) or None, "memory": _text(h.memory_partition) or None}
+                         if vendor == "amd" else None)
+            out.append(HealthReading(info.index, vendor, _text(info.uuid), h.ts,
                                      {name: _nan_to_none(h.values[k]) for k, name in enumerate(HEALTH)}, h.calls,
-                                     None if h.mig < 0 else bool(h.mig), migs))
+                                     None if h.mig < 0 else bool(h.mig), migs, partition))
         return out
 
     def sampler_stats(self) -> dict[str, float | int]:

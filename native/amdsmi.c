@@ -140,7 +140,7 @@ enum {
     R_INIT, R_SHUTDOWN, R_STATUS_STRING, R_SOCKETS, R_PROCESSORS, R_TYPE, R_UUID, R_BDF, R_ASIC,
     R_DRIVER, R_TEMPERATURE, R_ACTIVITY, R_VRAM, R_POWER, R_CLOCK, R_ENERGY, R_METRICS, R_EVENT_INIT,
     R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_PROCESSES, R_TOTAL_ECC, R_POWER_CAP,
-    R_BAD_PAGES, R_COUNT_ROLES
+    R_BAD_PAGES, R_COMPUTE_PARTITION, R_MEMORY_PARTITION, R_COUNT_ROLES
 };
 
 static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
@@ -169,6 +169,8 @@ static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
     [R_TOTAL_ECC] = {"total_ecc", {"amdsmi_get_gpu_total_ecc_count"}},
     [R_POWER_CAP] = {"power_cap", {"amdsmi_get_power_cap_info"}},
     [R_BAD_PAGES] = {"bad_pages", {"amdsmi_get_gpu_bad_page_info"}},
+    [R_COMPUTE_PARTITION] = {"compute_partition", {"amdsmi_get_gpu_compute_partition"}},
+    [R_MEMORY_PARTITION] = {"memory_partition", {"amdsmi_get_gpu_memory_partition"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
@@ -695,7 +697,7 @@ struct am_power_cap {
 _Static_assert(sizeof(struct am_power_cap) == 64, "amdsmi_power_cap_info_t is 64 bytes");
 
 /* Bits of egs_dev.health_off: calls that said NOT_SUPPORTED on the device. */
-enum { AM_HOFF_ECC = 1, AM_HOFF_CAP = 2, AM_HOFF_BAD_PAGES = 4 };
+enum { AM_HOFF_ECC = 1, AM_HOFF_CAP = 2, AM_HOFF_BAD_PAGES = 4, AM_HOFF_COMPUTE_PART = 8, AM_HOFF_MEMORY_PART = 16 };
 
 /* NOT_SUPPORTED (or not implemented) switches the call off for the device. */
 static int am_health_ok(struct egs_dev *d, am_status rc, unsigned int bit)
@@ -705,8 +707,23 @@ static int am_health_ok(struct egs_dev *d, am_status rc, unsigned int bit)
     return rc == AM_SUCCESS;
 }
 
-/* ECC totals, the power cap and the bad-page count: three calls a device a read. No throttle
- * status: AMD SMI gives it only inside the gpu_metrics table, whose bits are ASIC-specific. */
+/* One partition mode string (amdsmi_get_gpu_compute_partition / _memory_partition: handle,
+ * buffer, its length), left "" unless the call succeeds. */
+static void am_read_partition(const struct am_lib *lib, int role, unsigned int bit, struct egs_dev *d,
+                              struct egs_health *h, char *out, size_t len)
+{
+    typedef am_status (*fn_partition)(am_handle, char *, uint32_t);
+    if (lib->roles[role].fn == NULL || (d->health_off & bit))
+        return;
+    h->calls++;
+    if (!am_health_ok(d, EGS_FN(lib, role, fn_partition)(d->handle, out, (uint32_t)len), bit))
+        out[0] = '\0';
+    out[len - 1] = '\0';
+}
+
+/* ECC totals, the power cap, the bad-page count and the compute and memory partition modes:
+ * five calls a device a read. No throttle status: AMD SMI gives it only inside the gpu_metrics
+ * table, whose bits are ASIC-specific. */
 static void am_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_health *h)
 {
     const struct am_lib *lib = b->impl;
@@ -735,6 +752,10 @@ static void am_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_
         if (am_health_ok(d, EGS_FN(lib, R_BAD_PAGES, fn_bad_pages)(d->handle, &n, NULL), AM_HOFF_BAD_PAGES))
             h->values[EGS_H_BAD_PAGES] = n;
     }
+    am_read_partition(lib, R_COMPUTE_PARTITION, AM_HOFF_COMPUTE_PART, d, h, h->compute_partition,
+                      sizeof(h->compute_partition));
+    am_read_partition(lib, R_MEMORY_PARTITION, AM_HOFF_MEMORY_PART, d, h, h->memory_partition,
+                      sizeof(h->memory_partition));
 }
 
 const struct egs_vendor egs_amdsmi = {

@@ -275,6 +275,9 @@ struct egs_health {
                                    * -1: the library does not say (not MIG-capable) */
     unsigned int nmig;
     struct egs_mig migs[7];       /* EGS_MAX_MIG entries */
+    char compute_partition[16];   /* AMD: the compute partition mode ("SPX", "DPX", "TPX", "QPX",
+                                   * "CPX"); "" where not given (NOT_SUPPORTED, NVIDIA) */
+    char memory_partition[16];    /* AMD: the memory partition mode ("NPS1".."NPS8"); likewise */
 };
 
 struct egs_core;

@@ -13,9 +13,9 @@ AMD events), drained every tick so the C queue never overflows and handed on as 
 `Event(kind="gpu")`s (`gpu_event`): the health source reads them, the daemon emits them.
 
 The core's health pass (clock-event reasons, ECC, retired pages, remapped rows, power limit,
-PCIe; MIG instances) comes out as readings at its own time when a new one is there
-(`health_samples`, `mig_samples`); the latest per GPU stays in `health_readings` for the health
-source and as `signals` / `mig` in `gpu_status`.
+PCIe; MIG instances; AMD partition modes) comes out as readings at its own time when a new one
+is there (`health_samples`, `mig_samples`, `partition_samples`); the latest per GPU stays in
+`health_readings` for the health source and as `signals` / `mig` / `partition` in `gpu_status`.
 
 Missing vendor libraries are not failures: the core reports those backends as
 `unavailable` with the reason, and this source stays up with no devices. If the native
@@ -128,6 +128,14 @@ def mig_samples(instances: Any, labels: dict[str, str], ts: float) -> list[Sampl
         if m.memory_total_bytes is not None:
             out.append(Sample.reading("gpu_mig_memory_total_bytes", child, float(m.memory_total_bytes), ts))
     return out
+
+
+def partition_samples(partition: dict[str, str | None] | None, labels: dict[str, str], ts: float) -> list[Sample]:
+    """An AMD GPU's partition modes (`HealthReading.partition`) as the info gauge
+    gpu_partition_info = 1 with labels compute_partition / memory_partition for the modes
+    given; nothing when none is."""
+    given = {f"{kind}_partition": mode for kind, mode in (partition or {}).items() if mode}
+    return [Sample.reading("gpu_partition_info", {**labels, **given}, 1.0, ts)] if given else []
 
 
 def gpu_event(event: Any, labels: dict[str, str] | None) -> Event:
@@ -305,6 +313,7 @@ class GpuSource(Source):
             self.health_readings[h.gpu] = h
             out += health_samples(h.values, labels, h.ts, self._reason_labels.setdefault(h.gpu, {}))
             out += mig_samples(getattr(h, "mig", ()), labels, h.ts)
+            out += partition_samples(getattr(h, "partition", None), labels, h.ts)
         return out
 
     def signals(self, gpu: int) -> dict[str, float | None]:
@@ -328,6 +337,14 @@ class GpuSource(Source):
         return [{"gpu_instance": m.instance, "compute_instance": m.compute_instance, "mig_uuid": m.uuid,
                  "memory_used_bytes": m.memory_used_bytes,
                  "memory_total_bytes": m.memory_total_bytes} for m in h.mig]
+
+    def partition(self, gpu: int) -> dict[str, str | None] | None:
+        """The AMD GPU's partition modes as of its latest health read ({"compute": "SPX",
+        "memory": "NPS1"}, None for a mode the device does not give); None on NVIDIA or before
+        the first read."""
+        h = self.health_readings.get(gpu)
+        partition = getattr(h, "partition", None)
+        return dict(partition) if partition is not None else None
 
     def _error_samples(self, now: float) -> list[Sample]:
         """`gpu_read_errors_total`, one series per (GPU, metric) that has failed at least once
@@ -408,6 +425,7 @@ class GpuSource(Source):
                         "paths": dict(getattr(d, "paths", {})),
                         "signals": {} if lost else self.signals(d.index),
                         "mig": None if lost else self.mig(d.index),
+                        "partition": None if lost else self.partition(d.index),
                         "read_errors": dict(sorted(read_errors.items())),
                         "last_errors": dict(sorted(last_errors.items()))})
         return out

@@ -595,21 +595,9 @@ SIM_EXPORT uint32_t amdsmi_topo_get_p2p_status(void *a0, void *a1, void *a2, voi
     return AMDSMI_STATUS_NOT_SUPPORTED;
 }
 
-SIM_EXPORT uint32_t amdsmi_get_gpu_compute_partition(void *a0, void *a1, uint32_t a2)
-{
-    (void)a0; (void)a1; (void)a2;
-    return AMDSMI_STATUS_NOT_SUPPORTED;
-}
-
 SIM_EXPORT uint32_t amdsmi_set_gpu_compute_partition(void *a0, uint32_t a1)
 {
     (void)a0; (void)a1;
-    return AMDSMI_STATUS_NOT_SUPPORTED;
-}
-
-SIM_EXPORT uint32_t amdsmi_get_gpu_memory_partition(void *a0, void *a1, uint32_t a2)
-{
-    (void)a0; (void)a1; (void)a2;
     return AMDSMI_STATUS_NOT_SUPPORTED;
 }
 

@@ -594,14 +594,18 @@ static int sim_key(struct parser *p, struct sim_scenario *s, struct state *st, c
 static int gpu_key(struct parser *p, struct state *st, const char *key, const struct value *v)
 {
     static const char *const keys[] = {"vendor", "name", "uuid", "pci_bus_id", "memory_total_mib",
-                                       "process_list", "process_utilization", NULL};
+                                       "process_list", "process_utilization", "compute_partition",
+                                       "memory_partition", NULL};
+    static const char *const compute_modes[] = {"SPX", "DPX", "TPX", "QPX", "CPX", NULL};
+    static const char *const memory_modes[] = {"NPS1", "NPS2", "NPS4", "NPS8", NULL};
     struct sim_gpu *g = st->gpu;
     char buf[SIM_NAME_LEN];
     long long n;
     int idx = key_index(keys, key);
     if (idx < 0)
         return fail(p, "unknown key '%s' in [[gpu]] (vendor, name, uuid, pci_bus_id, "
-                       "memory_total_mib, process_list, process_utilization; fields go under [gpu.fields])",
+                       "memory_total_mib, process_list, process_utilization, compute_partition, "
+                       "memory_partition; fields go under [gpu.fields])",
                     key);
     if (mark_seen(p, &st->seen, idx, key))
         return -1;
@@ -631,6 +635,20 @@ static int gpu_key(struct parser *p, struct state *st, const char *key, const st
         if (want_int(p, key, v, 1, 16 * 1024 * 1024, &n))
             return -1;
         g->memory_total_mib = (unsigned long long)n;
+        return 0;
+    case 7:
+        if (want_str(p, key, v, buf, sizeof buf))
+            return -1;
+        if ((n = key_index(compute_modes, buf)) < 0)
+            return fail(p, "compute_partition must be SPX, DPX, TPX, QPX or CPX, got \"%s\"", buf);
+        memcpy(g->compute_partition, compute_modes[n], strlen(compute_modes[n]) + 1);   /* at most "NPS8" */
+        return 0;
+    case 8:
+        if (want_str(p, key, v, buf, sizeof buf))
+            return -1;
+        if ((n = key_index(memory_modes, buf)) < 0)
+            return fail(p, "memory_partition must be NPS1, NPS2, NPS4 or NPS8, got \"%s\"", buf);
+        memcpy(g->memory_partition, memory_modes[n], strlen(memory_modes[n]) + 1);   /* at most "NPS8" */
         return 0;
     default:
         /* Only "unsupported" can be said: by default both are supported. */

@@ -130,6 +130,8 @@ struct sim_gpu {
     struct sim_fault faults[SIM_MAX_FAULTS];
     int processes_unsupported;      /* the process-list calls answer NOT_SUPPORTED */
     int process_util_unsupported;   /* per-process utilisation answers NOT_SUPPORTED */
+    char compute_partition[8];      /* AMD: "SPX".."CPX"; "" = the call answers NOT_SUPPORTED */
+    char memory_partition[8];       /* AMD: "NPS1".."NPS8"; likewise */
 };
 
 struct sim_scenario {

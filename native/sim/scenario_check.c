@@ -104,9 +104,13 @@ static void json_scenario(const struct sim_scenario *s)
                 printf(", \"latency_us\": %ld", fl->latency_us);
             putchar('}');
         }
-        printf("], \"process_list\": \"%s\", \"process_utilization\": \"%s\", \"processes\": [",
+        printf("], \"process_list\": \"%s\", \"process_utilization\": \"%s\", \"compute_partition\": ",
                g->processes_unsupported ? "unsupported" : "supported",
                g->process_util_unsupported ? "unsupported" : "supported");
+        json_string(g->compute_partition);
+        printf(", \"memory_partition\": ");
+        json_string(g->memory_partition);
+        printf(", \"processes\": [");
         int k = 0;
         for (int j = 0; j < s->nprocs; j++) {
             const struct sim_process *pr = &s->procs[j];

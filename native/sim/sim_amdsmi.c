@@ -734,6 +734,39 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_bad_page_info(void *h, uint32_t *num_p
     return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
+/* A partition mode as a string into the caller's buffer of `len` bytes: NOT_SUPPORTED when
+ * the scenario gives none, INSUFFICIENT_SIZE when it does not fit with its NUL. */
+static amdsmi_status_t partition(void *h, char *out, uint32_t len, int memory)
+{
+    const struct sim_gpu *g;
+    double t;
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, out, &g, &t);
+    if (rc != AMDSMI_STATUS_SUCCESS)
+        return rc;
+    const char *mode = memory ? g->memory_partition : g->compute_partition;
+    size_t n = strlen(mode);
+    if (n == 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
+    if (len < n + 1)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_INSUFFICIENT_SIZE);
+    memcpy(out, mode, n + 1);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
+}
+
+/* The scenario's compute_partition ("SPX".."CPX"). */
+SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_compute_partition(void *h, char *out, uint32_t len)
+{
+    SIM_COUNT(&g_sim);
+    return partition(h, out, len, 0);
+}
+
+/* The scenario's memory_partition ("NPS1".."NPS8"). */
+SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_memory_partition(void *h, char *out, uint32_t len)
+{
+    SIM_COUNT(&g_sim);
+    return partition(h, out, len, 1);
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Processes                                                                                  */
 

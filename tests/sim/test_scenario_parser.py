@@ -65,6 +65,8 @@ def reference(doc: dict) -> dict:
             "faults": [dict(f) for f in g.get("faults", [])],
             "process_list": g.get("process_list", "supported"),
             "process_utilization": g.get("process_utilization", "supported"),
+            "compute_partition": g.get("compute_partition", ""),
+            "memory_partition": g.get("memory_partition", ""),
             "processes": [{"pid": p["pid"], "kind": p.get("kind", "compute"),
                            "memory_mib": None if p.get("memory_mib") == "unknown" else p.get("memory_mib", 0),
                            **{k: p.get(k) for k in ("sm", "mem", "enc", "dec")}, "name": p.get("name", "")}
@@ -113,6 +115,8 @@ def test_shipped_scenario_means_what_tomllib_reads(checker, name):
     ("[[gpu]]\n[[gpu.faults]]\nkind = \"lost\"\n", ":3: the [[gpu.faults]] table above has no 'at'"),
     ("[[gpu]]\n[[gpu.faults]]\nat = 1\nkind = \"slow\"\n", ":4: the \"slow\" fault above needs latency_us"),
     ("[[gpu]]\n[[gpu.faults]]\nat = -1\n", ":3: 'at' must be >= 0"),
+    ("[[gpu]]\ncompute_partition = \"SPX2\"\n", ":2: compute_partition must be SPX, DPX"),
+    ("[[gpu]]\nmemory_partition = \"NPS3\"\n", ":2: memory_partition must be NPS1"),
     ("[sim]\n[sim]\n", ":2: [sim] appears twice"),
     ("[[gpu]]\n[gpu.fields]\n[gpu.fields]\n", ":3: [gpu.fields] appears twice"),
 ])

@@ -1,17 +1,23 @@
 """AMD health signals beyond ECC (issue 15): the power cap (amdsmi_get_power_cap_info, uW ->
 W as gpu_power_limit_watts) and the bad-page count (amdsmi_get_gpu_bad_page_info, as
-gpu_bad_pages) on the simulated AMD SMI are what the official amdsmi package reads there; a
-GPU that gives neither has None and no series, and is not asked again."""
+gpu_bad_pages) and the compute / memory partition modes (amdsmi_get_gpu_compute_partition /
+_memory_partition, as status `partition` and gpu_partition_info) on the simulated AMD SMI are
+what the official amdsmi package reads there; a GPU that gives none has None and no series, and
+is not asked again."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import sim_paths
+from agent import config
 from agent.native import Core
-from agent.sources.gpu import health_samples
+from agent.sources.amdgpuinfo import CoreWithFallback
+from agent.sources.gpu import GpuSource, health_samples
 
 SCENARIO = """
 [[gpu]]
@@ -55,3 +61,75 @@ def test_amd_power_cap_and_bad_pages_are_what_amdsmi_reads(sim_out, tmp_path: Pa
     assert first[1].values["power_limit_watts"] is None and first[1].values["bad_pages"] is None
     assert health_samples(first[1].values, labels, 1.0) == []
     assert later[1].calls == 0 and later[0].calls == 2   # GPU 0: no ECC in its scenario either
+
+
+PARTITIONS = """
+[[gpu]]
+vendor = "amd"
+compute_partition = "CPX"
+memory_partition = "NPS4"
+[[gpu]]
+vendor = "amd"
+compute_partition = "DPX"
+[[gpu]]
+vendor = "amd"
+"""
+
+AMDSMI_PARTITIONS = """
+import json, amdsmi as A
+A.amdsmi_init()
+out = []
+for h in A.amdsmi_get_processor_handles():
+    row = []
+    for read in (A.amdsmi_get_gpu_compute_partition, A.amdsmi_get_gpu_memory_partition):
+        try:
+            row.append(read(h))
+        except A.AmdSmiLibraryException as e:
+            row.append(e.get_error_code())
+    out.append(row)
+print(json.dumps(out))
+"""
+
+
+class _NoWindows:
+    def latest(self, metric, labels):
+        return None
+
+
+def test_amd_partition_modes_are_what_amdsmi_reads_in_status_and_an_info_series(sim_out, tmp_path: Path, monkeypatch,
+                                                                              two_health_reads):
+    path = tmp_path / "partitions.toml"
+    path.write_text(PARTITIONS)
+    monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
+    settings = dataclasses.replace(config.parse("", "test.toml").gpu, hz=20.0, slow_hz=1.0)
+    # CoreWithFallback: the class the GPU source's default factory makes.
+    gpu = GpuSource(settings, core_factory=lambda s: CoreWithFallback(
+        amdsmi_library=str(sim_paths.AMDSMI_LIB), nvidia=False, events=False, hz=20.0, health_hz=10.0, process_hz=0.0))
+    gpu.start()
+    try:
+        first, later = two_health_reads(gpu.core, 3)
+        samples = []
+        deadline = time.monotonic() + 5
+        while len(samples) < 2:
+            assert time.monotonic() < deadline, samples
+            samples += [s for s in gpu.collect(time.time()) if s.metric == "gpu_partition_info"]
+            time.sleep(0.05)
+        status = gpu.gpu_status(_NoWindows())
+    finally:
+        gpu.stop()
+    result = subprocess.run([sys.executable, "-c", AMDSMI_PARTITIONS], env=sim_paths.amdsmi_env(path),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    # AMDSMI_STATUS_NOT_SUPPORTED (2) where the scenario gives no mode: None here.
+    assert ref == [["CPX", "NPS4"], ["DPX", 2], [2, 2]]
+    assert [first[i].partition for i in range(3)] == [{"compute": "CPX", "memory": "NPS4"},
+                                                      {"compute": "DPX", "memory": None},
+                                                      {"compute": None, "memory": None}]
+    assert [g["partition"] for g in status] == [first[i].partition for i in range(3)]
+    by_gpu = {s.labels["gpu"]: s for s in samples}
+    assert set(by_gpu) == {"0", "1"} and by_gpu["0"].last == 1.0    # GPU 2 gives no mode: no series
+    assert (by_gpu["0"].labels["compute_partition"], by_gpu["0"].labels["memory_partition"]) == ("CPX", "NPS4")
+    assert "memory_partition" not in by_gpu["1"].labels
+    # The modes are read every pass where given; a NOT_SUPPORTED one is not asked again.
+    assert later[0].partition == first[0].partition and later[2].calls == 0
