@@ -123,6 +123,7 @@ struct am_metrics_head {
 
 #define AM_METRICS_SIZE 4544
 #define AM_METRICS_CURRENT_SOCKET_POWER 120
+#define AM_METRICS_INDEP_THROTTLE 112   /* indep_throttle_status, uint64; all ones: N/A */
 _Static_assert(sizeof(struct am_metrics_head) == 72, "amdsmi_gpu_metrics_t head layout");
 #define AM_NA16 0xFFFFu
 
@@ -697,7 +698,20 @@ struct am_power_cap {
 _Static_assert(sizeof(struct am_power_cap) == 64, "amdsmi_power_cap_info_t is 64 bytes");
 
 /* Bits of egs_dev.health_off: calls that said NOT_SUPPORTED on the device. */
-enum { AM_HOFF_ECC = 1, AM_HOFF_CAP = 2, AM_HOFF_BAD_PAGES = 4, AM_HOFF_COMPUTE_PART = 8, AM_HOFF_MEMORY_PART = 16 };
+enum {
+    AM_HOFF_ECC = 1, AM_HOFF_CAP = 2, AM_HOFF_BAD_PAGES = 4, AM_HOFF_COMPUTE_PART = 8, AM_HOFF_MEMORY_PART = 16,
+    AM_HOFF_THROTTLE = 32
+};
+
+/* The kernel's ASIC-independent throttler bits (amdgpu_smu.h SMU_THROTTLER_*, the layout of
+ * gpu_metrics' indep_throttle_status) that map clearly to an NVML clock-event reason: the
+ * package power limits (PPT0-3, SPL, FPPT, SPPT, SPPT_APU: bits 0-7) to SW power cap, the
+ * temperature limits the firmware holds (TEMP_*: bits 32-43) to SW thermal slowdown. Current
+ * (TDC/EDC/APCC), VRHOT/PROCHOT, PPM and FIT have no clear counterpart and are left out. */
+#define AM_THROTTLE_POWER   0x00000000000000FFull
+#define AM_THROTTLE_THERMAL 0x00000FFF00000000ull
+#define NV_REASON_SW_POWER_CAP       0x04u   /* nvmlClocksEventReasonSwPowerCap */
+#define NV_REASON_SW_THERMAL         0x20u   /* nvmlClocksEventReasonSwThermalSlowdown */
 
 /* NOT_SUPPORTED (or not implemented) switches the call off for the device. */
 static int am_health_ok(struct egs_dev *d, am_status rc, unsigned int bit)
@@ -721,9 +735,29 @@ static void am_read_partition(const struct am_lib *lib, int role, unsigned int b
     out[len - 1] = '\0';
 }
 
-/* ECC totals, the power cap, the bad-page count and the compute and memory partition modes:
- * five calls a device a read. No throttle status: AMD SMI gives it only inside the gpu_metrics
- * table, whose bits are ASIC-specific. */
+/* The throttle status as an NVML clock-event reason mask (EGS_H_CLOCK_REASONS): one
+ * gpu_metrics call, its indep_throttle_status (tables before v1.4 say N/A there: NaN, and
+ * the call is not made again on the device). */
+static void am_read_throttle(const struct am_lib *lib, struct egs_dev *d, struct egs_health *h)
+{
+    unsigned char table[AM_METRICS_SIZE];
+    uint64_t indep;
+    if (lib->roles[R_METRICS].fn == NULL || (d->health_off & AM_HOFF_THROTTLE))
+        return;
+    h->calls++;
+    if (!am_health_ok(d, EGS_FN(lib, R_METRICS, fn_ptr)(d->handle, table), AM_HOFF_THROTTLE))
+        return;
+    memcpy(&indep, table + AM_METRICS_INDEP_THROTTLE, sizeof(indep));
+    if (indep == UINT64_MAX) {
+        d->health_off |= AM_HOFF_THROTTLE;
+        return;
+    }
+    h->values[EGS_H_CLOCK_REASONS] = (double)((indep & AM_THROTTLE_POWER ? NV_REASON_SW_POWER_CAP : 0u) |
+                                              (indep & AM_THROTTLE_THERMAL ? NV_REASON_SW_THERMAL : 0u));
+}
+
+/* ECC totals, the power cap, the bad-page count, the compute and memory partition modes and
+ * the throttle status (gpu_metrics' ASIC-independent bits): six calls a device a read. */
 static void am_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_health *h)
 {
     const struct am_lib *lib = b->impl;
@@ -756,6 +790,7 @@ static void am_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_
                       sizeof(h->compute_partition));
     am_read_partition(lib, R_MEMORY_PARTITION, AM_HOFF_MEMORY_PART, d, h, h->memory_partition,
                       sizeof(h->memory_partition));
+    am_read_throttle(lib, d, h);
 }
 
 const struct egs_vendor egs_amdsmi = {

@@ -74,6 +74,9 @@ CLOCK_REASONS: dict[str, int] = {
     "sw_thermal_slowdown": 0x20, "hw_thermal_slowdown": 0x40, "hw_power_brake_slowdown": 0x80,
     "display_clocks": 0x100,
 }
+# The reasons an AMD GPU's mask can hold (native/amdsmi.c am_read_throttle maps the kernel's
+# ASIC-independent throttler bits to these two): only these get a series on AMD.
+AMD_CLOCK_REASONS = ("sw_power_cap", "sw_thermal_slowdown")
 # The core's health signals (agent.native.HEALTH) -> catalogue metric (agent.metrics, scope
 # "gpu_health"); clock_reasons becomes one gpu_clock_event_active series per reason.
 HEALTH_METRICS: dict[str, str] = {
@@ -99,13 +102,17 @@ CLOCK_EVENT = "gpu_clock_event_active"
 def health_samples(values: dict[str, float | None], labels: dict[str, str], ts: float,
                    reason_labels: dict[str, dict[str, str]] | None = None) -> list[Sample]:
     """One health read's samples: every signal the GPU gives (None: no sample), the clock-event
-    mask as one 0/1 series per reason. `reason_labels` caches the per-reason label dicts."""
+    mask as one 0/1 series per reason (on AMD only the reasons it can give, AMD_CLOCK_REASONS).
+    `reason_labels` caches the per-reason label dicts."""
     out = [Sample.reading(metric, labels, float(values[name]), ts)
            for name, metric in HEALTH_METRICS.items() if values.get(name) is not None]
     mask = values.get("clock_reasons")
     if mask is not None:
         bits = int(mask)
+        amd = labels.get("vendor") == "amd"
         for reason, bit in CLOCK_REASONS.items():
+            if amd and reason not in AMD_CLOCK_REASONS:
+                continue
             rl = reason_labels.get(reason) if reason_labels is not None else None
             if rl is None:
                 rl = {**labels, "reason": reason}

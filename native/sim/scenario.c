@@ -31,7 +31,7 @@ static const char *const field_names[SIM_F_COUNT] = {
     "clock_reasons", "ecc_corrected", "ecc_uncorrected", "retired_sbe", "retired_dbe", "retired_pending",
     "remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failure", "power_limit",
     "pcie_tx_kbps", "pcie_rx_kbps", "pcie_replays", "nvlink_tx_kibps", "nvlink_rx_kibps",
-    "bad_pages",
+    "bad_pages", "indep_throttle_status",
 };
 
 const char *sim_field_name(int field)
@@ -726,7 +726,8 @@ static int fields_key(struct parser *p, struct state *st, const char *key, const
                        "memory_busy, memory_used_mib, sm_clock, memory_clock, fan, energy, clock_reasons, "
                        "ecc_corrected, ecc_uncorrected, retired_sbe, retired_dbe, retired_pending, "
                        "remapped_correctable, remapped_uncorrectable, remap_pending, remap_failure, "
-                       "power_limit, pcie_tx_kbps, pcie_rx_kbps, pcie_replays, nvlink_tx_kibps, nvlink_rx_kibps, bad_pages)", key);
+                       "power_limit, pcie_tx_kbps, pcie_rx_kbps, pcie_replays, nvlink_tx_kibps, nvlink_rx_kibps, bad_pages, "
+                       "indep_throttle_status)", key);
     if (mark_seen(p, &st->seen, f, key))
         return -1;
     return parse_wave(p, key, v, &st->gpu->fields[f]);

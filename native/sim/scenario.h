@@ -58,6 +58,8 @@ enum sim_field {
     SIM_F_NVLINK_TX,       /* KiB/s over NVLink (all links); NVML's counter is its integral, in KiB */
     SIM_F_NVLINK_RX,
     SIM_F_BAD_PAGES,       /* AMD: retired (bad) framebuffer pages */
+    SIM_F_INDEP_THROTTLE,  /* AMD: gpu_metrics' indep_throttle_status, the kernel's ASIC-independent
+                            * SMU_THROTTLER_* bit mask (a double: exact up to 2^53) */
     SIM_F_COUNT
 };
 

@@ -575,8 +575,9 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_energy_count(void *h, uint64_t *accumulato
 /*
  * The whole metrics table in one call (amdsmi_gpu_metrics_t, packed, 4544 bytes in amdsmi
  * 7.0.2). Only its head is simulated; every other figure reads as the library's N/A marker
- * (all bits set), as AMD SMI reports what a part's firmware table lacks. A field the scenario
- * does not support is N/A here too, while the call itself succeeds.
+ * (all bits set), as AMD SMI reports what a part's firmware table lacks, but for
+ * indep_throttle_status, the scenario's field of that name. A field the scenario does not
+ * support is N/A here too, while the call itself succeeds.
  */
 #pragma pack(push, 1)
 struct gpu_metrics_head {
@@ -598,6 +599,7 @@ struct gpu_metrics_head {
 #pragma pack(pop)
 #define GPU_METRICS_SIZE 4544
 #define GPU_METRICS_CURRENT_SOCKET_POWER 120 /* offset of current_socket_power (uint16) */
+#define GPU_METRICS_INDEP_THROTTLE 112      /* offset of indep_throttle_status (uint64) */
 typedef union {
     struct gpu_metrics_head head;
     unsigned char bytes[GPU_METRICS_SIZE];
@@ -644,6 +646,10 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_metrics_info(void *h, amdsmi_gpu_metri
     m.throttle_status = 0;
     out->head = m;
     memcpy(out->bytes + GPU_METRICS_CURRENT_SOCKET_POWER, &current_power, sizeof current_power);
+    if (sim_gpu_field(g, SIM_F_INDEP_THROTTLE, t, &v) == 0) {
+        uint64_t mask = (uint64_t)llround(v);
+        memcpy(out->bytes + GPU_METRICS_INDEP_THROTTLE, &mask, sizeof mask);
+    }
     return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 

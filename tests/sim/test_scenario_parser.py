@@ -22,7 +22,7 @@ FIELD_DEFAULTS = {"temperature": 45, "power": 60, "utilization": 0, "memory_busy
 HEALTH_FIELDS = ("clock_reasons", "ecc_corrected", "ecc_uncorrected", "retired_sbe", "retired_dbe",
                  "retired_pending", "remapped_correctable", "remapped_uncorrectable", "remap_pending",
                  "remap_failure", "power_limit", "pcie_tx_kbps", "pcie_rx_kbps", "pcie_replays",
-                 "nvlink_tx_kibps", "nvlink_rx_kibps", "bad_pages")
+                 "nvlink_tx_kibps", "nvlink_rx_kibps", "bad_pages", "indep_throttle_status")
 
 
 @pytest.fixture(scope="module")

@@ -133,3 +133,56 @@ def test_amd_partition_modes_are_what_amdsmi_reads_in_status_and_an_info_series(
     assert "memory_partition" not in by_gpu["1"].labels
     # The modes are read every pass where given; a NOT_SUPPORTED one is not asked again.
     assert later[0].partition == first[0].partition and later[2].calls == 0
+
+
+THROTTLE = """
+[[gpu]]
+vendor = "amd"
+[gpu.fields]
+indep_throttle_status = 34359738369
+[[gpu]]
+vendor = "amd"
+[gpu.fields]
+indep_throttle_status = 65536
+[[gpu]]
+vendor = "amd"
+"""
+
+# The raw table through the package's own ctypes layout (its dict form turns the mask into a bool).
+AMDSMI_THROTTLE = """
+import ctypes, json, amdsmi as A
+from amdsmi import amdsmi_wrapper as W
+A.amdsmi_init()
+out = []
+for h in A.amdsmi_get_processor_handles():
+    m = W.amdsmi_gpu_metrics_t()
+    assert W.amdsmi_get_gpu_metrics_info(h, ctypes.byref(m)) == 0
+    out.append(m.indep_throttle_status)
+print(json.dumps(out))
+"""
+
+
+def test_amd_throttle_bits_map_to_the_power_cap_and_thermal_reasons(sim_out, tmp_path: Path, monkeypatch,
+                                                                   two_health_reads):
+    path = tmp_path / "throttle.toml"
+    path.write_text(THROTTLE)
+    monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
+    core = Core(amdsmi_library=str(sim_paths.AMDSMI_LIB), nvidia=False, events=False, hz=20.0, health_hz=10.0,
+                process_hz=0.0).start()
+    try:
+        first, later = two_health_reads(core, 3)
+    finally:
+        core.stop()
+    result = subprocess.run([sys.executable, "-c", AMDSMI_THROTTLE], env=sim_paths.amdsmi_env(path),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    # PPT0 (bit 0) and TEMP_EDGE (bit 35); TDC_GFX (bit 16) alone; N/A (all ones: no such table field).
+    assert ref == [1 | 1 << 35, 1 << 16, 2**64 - 1]
+    assert first[0].values["clock_reasons"] == 0x4 | 0x20      # sw_power_cap | sw_thermal_slowdown
+    assert first[1].values["clock_reasons"] == 0                # a current limit: no NVML counterpart
+    assert first[2].values["clock_reasons"] is None and later[2].calls == 0   # N/A: not asked again
+    labels = {"gpu": "0", "uuid": "u", "vendor": "amd", "model": "MI300X"}
+    active = {s.labels["reason"]: s.last for s in health_samples(first[0].values, labels, 1.0)
+              if s.metric == "gpu_clock_event_active"}
+    assert active == {"sw_power_cap": 1.0, "sw_thermal_slowdown": 1.0}   # only the reasons AMD can give
