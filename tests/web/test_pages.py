@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -142,9 +143,13 @@ def test_a_host_page_chart_holds_the_points_egs_collector_query_returns(page, fl
     browser, base, shots = page
     col, _ = fleet
     metric = "gpu_temperature_celsius"
-    # Two finished 10 s buckets at least, so the comparison covers more than one point.
-    wait_for(lambda: sum(len(s["points"]) for s in _query(col, metric, "web-a")["series"]) >= 4, timeout=40,
-             interval=1.0, what="two 10 s rollups of web-a's temperatures")
+    # Two settled 10 s buckets per series at least (ended, and past the 5 s the store may take
+    # to flush: the comparison below skips younger ones), so it covers more than one point.
+    def settled(series):
+        return sum(1 for p in series["points"] if p["ts"] + 10 + 5 + 1 <= time.time() - 1)
+
+    wait_for(lambda: (lambda answer: len(answer["series"]) >= 2 and all(settled(s) >= 2 for s in answer["series"]))(
+        _query(col, metric, "web-a")), timeout=60, interval=1.0, what="two settled 10 s rollups per GPU of web-a")
     browser.get(f"{base}/host/web-a")
     chart = wait_for(lambda: browser.execute_script(
         "const c = (window.egsCharts || {})[arguments[0]];"
