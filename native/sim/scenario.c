@@ -591,6 +591,21 @@ static int sim_key(struct parser *p, struct sim_scenario *s, struct state *st, c
     }
 }
 
+/* An AMD partition mode: one of `modes` (each at most 4 characters), copied into `out`
+ * (a sim_gpu partition field). */
+static int partition_mode(struct parser *p, const char *key, const struct value *v, const char *const *modes,
+                          const char *which, char out[8])
+{
+    char buf[SIM_NAME_LEN];
+    int n;
+    if (want_str(p, key, v, buf, sizeof buf))
+        return -1;
+    if ((n = key_index(modes, buf)) < 0)
+        return fail(p, "%s must be %s, got \"%s\"", key, which, buf);
+    memcpy(out, modes[n], strlen(modes[n]) + 1);
+    return 0;
+}
+
 static int gpu_key(struct parser *p, struct state *st, const char *key, const struct value *v)
 {
     static const char *const keys[] = {"vendor", "name", "uuid", "pci_bus_id", "memory_total_mib",
@@ -637,19 +652,9 @@ static int gpu_key(struct parser *p, struct state *st, const char *key, const st
         g->memory_total_mib = (unsigned long long)n;
         return 0;
     case 7:
-        if (want_str(p, key, v, buf, sizeof buf))
-            return -1;
-        if ((n = key_index(compute_modes, buf)) < 0)
-            return fail(p, "compute_partition must be SPX, DPX, TPX, QPX or CPX, got \"%s\"", buf);
-        memcpy(g->compute_partition, compute_modes[n], strlen(compute_modes[n]) + 1);   /* at most "NPS8" */
-        return 0;
+        return partition_mode(p, key, v, compute_modes, "SPX, DPX, TPX, QPX or CPX", g->compute_partition);
     case 8:
-        if (want_str(p, key, v, buf, sizeof buf))
-            return -1;
-        if ((n = key_index(memory_modes, buf)) < 0)
-            return fail(p, "memory_partition must be NPS1, NPS2, NPS4 or NPS8, got \"%s\"", buf);
-        memcpy(g->memory_partition, memory_modes[n], strlen(memory_modes[n]) + 1);   /* at most "NPS8" */
-        return 0;
+        return partition_mode(p, key, v, memory_modes, "NPS1, NPS2, NPS4 or NPS8", g->memory_partition);
     default:
         /* Only "unsupported" can be said: by default both are supported. */
         if (want_str(p, key, v, buf, sizeof buf))

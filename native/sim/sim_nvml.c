@@ -402,26 +402,27 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t d, unsi
     return sim_end_query(&g_sim, NVML_SUCCESS);
 }
 
-SIM_EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t d, unsigned int *id)
+/* A MIG handle's GPU instance id, or its compute instance id within it. */
+static nvmlReturn_t mig_id(nvmlDevice_t d, unsigned int *id, int compute)
 {
-    SIM_COUNT(&g_sim);
     const struct sim_mig *m;
     nvmlReturn_t rc = mig_query(d, id, &m);
     if (rc != NVML_SUCCESS)
         return rc;
-    *id = m->instance;
+    *id = compute ? m->compute_instance : m->instance;
     return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t d, unsigned int *id)
+{
+    SIM_COUNT(&g_sim);
+    return mig_id(d, id, 0);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t d, unsigned int *id)
 {
     SIM_COUNT(&g_sim);
-    const struct sim_mig *m;
-    nvmlReturn_t rc = mig_query(d, id, &m);
-    if (rc != NVML_SUCCESS)
-        return rc;
-    *id = m->compute_instance;
-    return sim_end_query(&g_sim, NVML_SUCCESS);
+    return mig_id(d, id, 1);
 }
 
 /* ------------------------------------------------------------------------------------------ */
