@@ -4,6 +4,7 @@ the GPU source (whose devices it reads), its series in the windows, `status --js
 from __future__ import annotations
 
 import json
+import logging
 
 from agent import config
 from agent.daemon import Daemon
@@ -94,3 +95,17 @@ def test_a_bad_workload_key_names_file_line_and_key(short_dir):
         assert "workload.top_n" in str(e) and str(path.name) in str(e)
     else:
         raise AssertionError("top_n = 0 was accepted")
+
+
+def test_a_reload_that_changes_workload_keys_says_they_take_effect_on_restart(short_dir, caplog):
+    path = write_config(short_dir, "[gpu]\nenabled = false\n[workload]\ntop_n = 5\n")
+    d = Daemon(config.load(path, env={}), config_path=str(path), env={}, components=())
+    d.start()
+    try:
+        path.write_text(path.read_text().replace("top_n = 5", 'top_n = 7\ninterval = "10s"'))
+        with caplog.at_level(logging.WARNING, logger="egs-agent"):
+            assert d.reload() is True
+        (warning,) = [r.getMessage() for r in caplog.records if "takes effect on restart" in r.getMessage()]
+        assert "workload.interval" in warning and "workload.top_n" in warning and "workload.procfs" not in warning
+    finally:
+        d.stop()
