@@ -384,9 +384,10 @@ class Consumers(collector_pb2_grpc.ConsumersServicer):
 
     async def Query(self, request, context):
         await self._authorize(context)
-        if not 0 < len(request.metric) <= NAME_MAX or len(request.host) > NAME_MAX:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"metric is required; metric and host are at most {NAME_MAX} characters")
+        try:  # the store checks them too (QueryBounds.names); here before the query queues
+            self.bounds.names(request.metric, request.host)
+        except ValueError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         error = _labels_error(request.labels)
         if error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, error)

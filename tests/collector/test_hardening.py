@@ -249,6 +249,15 @@ def test_queries_outside_a_sane_range_are_refused_at_once(col, fields):
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("names", [{"metric": ""}, {"metric": "m" * 10_000}, {"metric": "m", "host": "h" * 10_000}],
+                         ids=["no metric", "10 KB metric", "10 KB host"])
+def test_query_names_past_the_bound_are_refused_naming_it(col, names):
+    with col.consumer_channel() as ch:
+        with pytest.raises(grpc.RpcError) as e:
+            col.stub(ch).Query(collector_pb2.QueryRequest(**names), metadata=_metadata(col), timeout=10)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "at most 253 characters" in e.value.details()
+
+
 def test_a_wide_rollup_query_reads_only_the_partitions_that_exist(col):
     with col.consumer_channel() as ch:
         out = col.stub(ch).Query(collector_pb2.QueryRequest(metric="test_marker", start=1.0, resolution="1m"),

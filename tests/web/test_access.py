@@ -107,6 +107,22 @@ def test_a_request_past_the_bounds_gets_an_error_and_the_server_keeps_serving(tl
     assert request(tls_collector, "/api/fleet", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
 
 
+def test_history_parameters_out_of_bounds_get_400_naming_them_and_the_server_keeps_serving(tls_collector):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    base = "/api/history?host=h1&metric=gpu_power_watts"
+    for bad, named in ((base + "&seconds=nan", "seconds"), (base + "&seconds=-1", "seconds"),
+                       (base + "&seconds=1e300", "seconds"), (base + "&seconds=0", "seconds"),
+                       (base + "&seconds=abc", "seconds"), ("/api/history?metric=gpu_power_watts", "host"),
+                       ("/api/history?host=h1" + "&metric=gpu_power_watts" * 65, "metric"),
+                       (base + "&resolution=7s", "resolution"), (base + "&resolution=" + "x" * 10_000, "resolution"),
+                       ("/api/history?host=h1&metric=" + "m" * 10_000, "metric")):
+        status, _, body = request(tls_collector, bad, headers=auth)
+        assert status == 400, (bad[:80], status, body[:200])
+        assert named in json.loads(body)["error"], (bad[:80], body[:200])
+    status, _, body = request(tls_collector, base + "&seconds=60", headers=auth)
+    assert status == 200 and json.loads(body)["metrics"] == {"gpu_power_watts": []}
+
+
 def test_a_consumer_token_cannot_publish(tls_collector):
     col = tls_collector
     batch = collector_pb2.Batch(host_id="intruder", epoch=1, seq=1, created=time.time())

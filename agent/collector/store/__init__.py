@@ -55,6 +55,13 @@ class QueryBounds:
     max_series: int = 20_000        # series matched (consumers.max_query_series)
     max_raw_batches: int = 100_000  # stored batches a raw query may decode (~40 us each)
     max_future: float = 86400.0     # how far past now `end` may lie
+    max_name: int = 253             # characters of the metric and the host a query names
+
+    def names(self, metric: str, host: str) -> None:
+        """ValueError unless the metric is named and both names are within `max_name`."""
+        if not 0 < len(metric) <= self.max_name or len(host) > self.max_name:
+            raise ValueError(f"metric is required; metric and host are at most {self.max_name} characters "
+                             f"(got {len(metric)} and {len(host)})")
 
     def window(self, start: float, end: float, now: float) -> tuple[float, float]:
         """The range a query covers (`end` 0: now; `start` 0: an hour before `end`);

@@ -123,6 +123,7 @@ class RemoteReader:
               end: float = 0, resolution: str = "", limit: int = 10000,
               bounds: QueryBounds = QueryBounds()) -> tuple[str, list[StoredSeries]]:
         """As `StoreReader.query`; `EngineQueryError` when the engine cannot answer."""
+        bounds.names(metric, host)
         start, end = bounds.window(start, end, self.clock())
         kind = self._pick(resolution, start, end)
         if kind == "raw" and end - start > bounds.max_span:

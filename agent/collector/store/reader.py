@@ -42,6 +42,7 @@ class SQLiteReader:
               end: float = 0, resolution: str = "", limit: int = 10000,
               bounds: QueryBounds = QueryBounds()) -> tuple[str, list[StoredSeries]]:
         """As `StoreReader.query` (agent/collector/store)."""
+        bounds.names(metric, host)
         now = time.time()
         start, end = bounds.window(start, end, now)
         kind = self._pick(resolution, start, now)
