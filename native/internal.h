@@ -20,7 +20,7 @@
 
 #define EGS_HIDDEN __attribute__((visibility("hidden")))
 
-#define EGS_MAX_ROLES      40
+#define EGS_MAX_ROLES      48
 #define EGS_MAX_CANDIDATES 4
 #define EGS_EVENT_QUEUE    256
 #define EGS_LATE_BUCKETS   10000   /* 1 us buckets of wake-up lateness; the last collects the rest */
@@ -173,7 +173,8 @@ struct egs_vendor {
     /* Registers for events on the devices; nonzero when at least one accepted. */
     int (*open_events)(struct egs_core *core, struct egs_backend *b);
     int (*wait_event)(struct egs_backend *b, struct egs_core *core, int timeout_ms);
-    /* Releases what open_events set up (lost devices included); runs before the shutdown. */
+    /* Releases what open_events set up (lost devices included) and whatever else of the
+     * library's the reads hold (NVML's GPM samples); runs on every close, before the shutdown. */
     void (*close_events)(struct egs_backend *b);
 };
 
