@@ -72,11 +72,24 @@ CATALOGUE: tuple[Metric, ...] = (
     Metric("gpu_nvlink_rx_bytes_total", "bytes", "Data bytes the GPU received over NVLink, all links.",
            kind="counter", scope="gpu_health"),
     Metric("gpu_bad_pages", "pages", "Framebuffer pages the driver retired as bad (AMD).", scope="gpu_health"),
+    Metric("gpu_bad_pages_threshold", "pages", "Bad pages at which the driver considers the GPU bad and it should "
+           "be replaced (AMD; gpu_bad_pages reaching it fails the GPU's health).", scope="gpu_health"),
     # MIG devices as child devices (scope "gpu_mig"): the parent GPU's labels plus
     # gpu_instance (the GPU instance id), compute_instance and mig_uuid; read on the health pass.
     Metric("gpu_mig_memory_used_bytes", "bytes", "Framebuffer in use in one MIG GPU instance (labels gpu_instance, "
            "compute_instance, mig_uuid; gpu and uuid are the parent GPU's).", scope="gpu_mig"),
     Metric("gpu_mig_memory_total_bytes", "bytes", "Framebuffer of one MIG GPU instance.", scope="gpu_mig"),
+    # Their GPU instance's utilisation from NVML's GPM (Hopper on): the mean since the previous
+    # health pass; none on an instance's first pass or without GPM. Compute instances of one GPU
+    # instance share its figures.
+    Metric("gpu_mig_graphics_utilization_percent", "percent", "Share of the time any graphics or compute work was "
+           "active on one MIG GPU instance since the previous health read (GPM GRAPHICS_UTIL).", scope="gpu_mig"),
+    Metric("gpu_mig_sm_utilization_percent", "percent", "Share of the MIG GPU instance's SMs that were busy "
+           "(GPM SM_UTIL).", scope="gpu_mig"),
+    Metric("gpu_mig_sm_occupancy_percent", "percent", "Warps resident on the MIG GPU instance's SMs as a share of "
+           "the most they can hold (GPM SM_OCCUPANCY).", scope="gpu_mig"),
+    Metric("gpu_mig_dram_bandwidth_utilization_percent", "percent", "DRAM bandwidth the MIG GPU instance used as "
+           "a share of the maximum (GPM DRAM_BW_UTIL).", scope="gpu_mig"),
     # AMD partition modes (scope "gpu_partition"): 1, labelled with the GPU's labels plus
     # compute_partition and memory_partition (each only where the device gives it); health pass.
     Metric("gpu_partition_info", "", "AMD GPU partition modes: always 1, labels compute_partition (SPX, DPX, TPX, "

@@ -96,7 +96,7 @@ HEALTH: tuple[str, ...] = (
     "ecc_uncorrected_aggregate", "retired_pages_sbe", "retired_pages_dbe", "retired_pages_pending",
     "remapped_rows_correctable", "remapped_rows_uncorrectable", "row_remap_pending", "row_remap_failure",
     "power_limit_watts", "pcie_tx_bytes_per_second", "pcie_rx_bytes_per_second", "pcie_replays",
-    "nvlink_tx_bytes", "nvlink_rx_bytes", "bad_pages",
+    "nvlink_tx_bytes", "nvlink_rx_bytes", "bad_pages", "bad_page_threshold",
 )
 assert len(HEALTH) == lib.EGS_NHEALTH
 _PLIST_STATES = {lib.EGS_PLIST_NONE: "none", lib.EGS_PLIST_OK: "ok", lib.EGS_PLIST_UNSUPPORTED: "unsupported",
@@ -259,13 +259,20 @@ class ProcessList:
 class MigInstance:
     """A MIG device of a GPU in MIG mode (a child device): its GPU instance id, MIG device
     UUID, memory in bytes (None where not given; the GPU instance's, shared by its compute
-    instances) and compute instance id within the GPU instance."""
+    instances) and compute instance id within the GPU instance; and its GPU instance's
+    utilisation from GPM, percent, the mean since the previous health pass (`GPM`: None on an
+    instance's first pass and where the GPU or driver has no GPM; shared by its compute
+    instances)."""
 
     instance: int
     uuid: str
     memory_used_bytes: float | None
     memory_total_bytes: float | None
     compute_instance: int = 0
+    graphics_util_percent: float | None = None
+    sm_util_percent: float | None = None
+    sm_occupancy_percent: float | None = None
+    dram_bw_util_percent: float | None = None
 
 
 @dataclass(frozen=True)
@@ -546,7 +553,8 @@ class Core:
             if h.ts == 0:
                 continue
             migs = tuple(MigInstance(m.instance, _text(m.uuid), _nan_to_none(m.memory_used), _nan_to_none(m.memory_total),
-                                     m.compute_instance)
+                                     m.compute_instance, _nan_to_none(m.graphics_util), _nan_to_none(m.sm_util),
+                                     _nan_to_none(m.sm_occupancy), _nan_to_none(m.dram_bw_util))
                          for m in (h.migs[k] for k in range(h.nmig)))
             vendor = _VENDORS[info.backend]
             partition = ({"compute": _text(h.compute_partition) or None, "memory": _text(h.memory_partition) or None}

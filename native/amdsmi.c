@@ -141,7 +141,7 @@ enum {
     R_INIT, R_SHUTDOWN, R_STATUS_STRING, R_SOCKETS, R_PROCESSORS, R_TYPE, R_UUID, R_BDF, R_ASIC,
     R_DRIVER, R_TEMPERATURE, R_ACTIVITY, R_VRAM, R_POWER, R_CLOCK, R_ENERGY, R_METRICS, R_EVENT_INIT,
     R_EVENT_MASK, R_EVENT_GET, R_EVENT_STOP, R_PROCESSES, R_TOTAL_ECC, R_POWER_CAP,
-    R_BAD_PAGES, R_COMPUTE_PARTITION, R_MEMORY_PARTITION, R_COUNT_ROLES
+    R_BAD_PAGES, R_COMPUTE_PARTITION, R_MEMORY_PARTITION, R_BAD_PAGE_THRESHOLD, R_COUNT_ROLES
 };
 
 static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
@@ -172,6 +172,9 @@ static const struct egs_role am_roles_template[R_COUNT_ROLES] = {
     [R_BAD_PAGES] = {"bad_pages", {"amdsmi_get_gpu_bad_page_info"}},
     [R_COMPUTE_PARTITION] = {"compute_partition", {"amdsmi_get_gpu_compute_partition"}},
     [R_MEMORY_PARTITION] = {"memory_partition", {"amdsmi_get_gpu_memory_partition"}},
+    /* amdsmi_get_gpu_bad_page_threshold(handle, uint32_t *threshold): the bad-page count at
+     * which the driver considers the GPU bad (amdsmi.h, AMD SMI 6.x / 7.x). */
+    [R_BAD_PAGE_THRESHOLD] = {"bad_page_threshold", {"amdsmi_get_gpu_bad_page_threshold"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
@@ -700,7 +703,7 @@ _Static_assert(sizeof(struct am_power_cap) == 64, "amdsmi_power_cap_info_t is 64
 /* Bits of egs_dev.health_off: calls that said NOT_SUPPORTED on the device. */
 enum {
     AM_HOFF_ECC = 1, AM_HOFF_CAP = 2, AM_HOFF_BAD_PAGES = 4, AM_HOFF_COMPUTE_PART = 8, AM_HOFF_MEMORY_PART = 16,
-    AM_HOFF_THROTTLE = 32
+    AM_HOFF_THROTTLE = 32, AM_HOFF_BAD_THRESHOLD = 64
 };
 
 /* The kernel's ASIC-independent throttler bits (amdgpu_smu.h SMU_THROTTLER_*, the layout of
@@ -756,8 +759,9 @@ static void am_read_throttle(const struct am_lib *lib, struct egs_dev *d, struct
                                               (indep & AM_THROTTLE_THERMAL ? NV_REASON_SW_THERMAL : 0u));
 }
 
-/* ECC totals, the power cap, the bad-page count, the compute and memory partition modes and
- * the throttle status (gpu_metrics' ASIC-independent bits): six calls a device a read. */
+/* ECC totals, the power cap, the bad-page count and its threshold, the compute and memory
+ * partition modes and the throttle status (gpu_metrics' ASIC-independent bits): seven calls a
+ * device a read. */
 static void am_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_health *h)
 {
     const struct am_lib *lib = b->impl;
@@ -785,6 +789,12 @@ static void am_read_health(struct egs_backend *b, struct egs_dev *d, struct egs_
         h->calls++;
         if (am_health_ok(d, EGS_FN(lib, R_BAD_PAGES, fn_bad_pages)(d->handle, &n, NULL), AM_HOFF_BAD_PAGES))
             h->values[EGS_H_BAD_PAGES] = n;
+    }
+    if (lib->roles[R_BAD_PAGE_THRESHOLD].fn != NULL && !(d->health_off & AM_HOFF_BAD_THRESHOLD)) {
+        uint32_t n = 0;
+        h->calls++;
+        if (am_health_ok(d, EGS_FN(lib, R_BAD_PAGE_THRESHOLD, fn_u32)(d->handle, &n), AM_HOFF_BAD_THRESHOLD))
+            h->values[EGS_H_BAD_PAGE_THRESHOLD] = n;
     }
     am_read_partition(lib, R_COMPUTE_PARTITION, AM_HOFF_COMPUTE_PART, d, h, h->compute_partition,
                       sizeof(h->compute_partition));

@@ -234,7 +234,8 @@ struct egs_process_list {
  * is NaN, never 0; a call that answers NOT_SUPPORTED is not made again on that device. AMD
  * SMI devices give the ECC totals (amdsmi_get_gpu_total_ecc_count, the kernel's RAS counters
  * since the driver loaded: the volatile pair), the power cap (amdsmi_get_power_cap_info) and
- * the bad-page count (amdsmi_get_gpu_bad_page_info), the rest NaN. */
+ * the bad-page count (amdsmi_get_gpu_bad_page_info) and the count at which the GPU should be
+ * replaced (amdsmi_get_gpu_bad_page_threshold), the rest NaN. */
 #define EGS_H_CLOCK_REASONS            0  /* bit mask of nvmlClocksEventReason* */
 #define EGS_H_ECC_CORRECTED_VOLATILE   1  /* errors since the driver loaded */
 #define EGS_H_ECC_UNCORRECTED_VOLATILE 2
@@ -254,10 +255,15 @@ struct egs_process_list {
 #define EGS_H_NVLINK_TX               16  /* bytes of data sent over NVLink, all links (a counter) */
 #define EGS_H_NVLINK_RX               17  /* received */
 #define EGS_H_BAD_PAGES               18  /* AMD: retired (bad) framebuffer pages */
-#define EGS_NHEALTH                   19
+#define EGS_H_BAD_PAGE_THRESHOLD      19  /* AMD: bad pages at which the GPU should be replaced */
+#define EGS_NHEALTH                   20
 
 /* A MIG device of a GPU in MIG mode, read on the health pass: NVML's MIG device handles
- * (nvmlDeviceGetMigDeviceHandleByIndex) with their GPU and compute instance ids, UUID and memory. */
+ * (nvmlDeviceGetMigDeviceHandleByIndex) with their GPU and compute instance ids, UUID and memory,
+ * and its GPU instance's utilisation from GPM (nvmlGpmMigSampleGet on the parent, one sample a
+ * pass, nvmlGpmMetricsGet over this pass's and the previous pass's samples): the mean over the
+ * time between the two passes. NaN on the first pass of an instance (no previous sample), and
+ * where the GPU or driver has no GPM; compute instances of one GPU instance share its figures. */
 #define EGS_MAX_MIG 7
 
 struct egs_mig {
@@ -265,12 +271,16 @@ struct egs_mig {
     unsigned int compute_instance;/* compute instance id within it */
     char uuid[EGS_NAME];          /* "MIG-..." */
     double memory_used, memory_total;  /* bytes; NaN where not given */
+    double graphics_util;         /* percent: time any graphics/compute work was active (GPM GRAPHICS_UTIL) */
+    double sm_util;               /* percent of SMs busy (GPM SM_UTIL) */
+    double sm_occupancy;          /* percent of the SMs' warp slots in use (GPM SM_OCCUPANCY) */
+    double dram_bw_util;          /* percent of the DRAM bandwidth used (GPM DRAM_BW_UTIL) */
 };
 
 struct egs_health {
     double ts;                    /* unix seconds of the read; 0 = not read yet */
     unsigned int calls;           /* vendor calls the read made */
-    double values[19];            /* EGS_NHEALTH entries, NaN where not given */
+    double values[20];            /* EGS_NHEALTH entries, NaN where not given */
     int mig;                      /* 1: the device is in MIG mode (its instances below), 0: not,
                                    * -1: the library does not say (not MIG-capable) */
     unsigned int nmig;

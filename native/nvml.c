@@ -17,6 +17,7 @@
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -193,7 +194,8 @@ enum {
     R_FAN, R_ENERGY, R_EVENT_SET_CREATE, R_REGISTER_EVENTS, R_EVENT_WAIT, R_EVENT_SET_FREE,
     R_COMPUTE_PROCS, R_GRAPHICS_PROCS, R_PROCS_UTIL, R_PROC_UTIL, R_CLOCK_REASONS, R_POWER_LIMIT,
     R_PCIE_THROUGHPUT, R_MIG_MODE, R_MIG_COUNT, R_MIG_HANDLE, R_GPU_INSTANCE, R_COMPUTE_INSTANCE, R_TOTAL_ECC,
-    R_RETIRED_PAGES, R_RETIRED_PENDING, R_REMAPPED_ROWS, R_PCIE_REPLAYS, R_COUNT_ROLES
+    R_RETIRED_PAGES, R_RETIRED_PENDING, R_REMAPPED_ROWS, R_PCIE_REPLAYS, R_GPM_SUPPORT, R_GPM_ALLOC,
+    R_GPM_FREE, R_GPM_MIG_SAMPLE, R_GPM_METRICS, R_COUNT_ROLES
 };
 
 static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
@@ -241,18 +243,83 @@ static const struct egs_role nv_roles_template[R_COUNT_ROLES] = {
     [R_RETIRED_PENDING] = {"retired_pages_pending", {"nvmlDeviceGetRetiredPagesPendingStatus"}},
     [R_REMAPPED_ROWS] = {"remapped_rows", {"nvmlDeviceGetRemappedRows"}},
     [R_PCIE_REPLAYS] = {"pcie_replay_counter", {"nvmlDeviceGetPcieReplayCounter"}},
+    /* GPM (Hopper on, drivers R520 on): MIG GPU instances' utilisation. */
+    [R_GPM_SUPPORT] = {"gpm_device_support", {"nvmlGpmQueryDeviceSupport"}},
+    [R_GPM_ALLOC] = {"gpm_sample_alloc", {"nvmlGpmSampleAlloc"}},
+    [R_GPM_FREE] = {"gpm_sample_free", {"nvmlGpmSampleFree"}},
+    [R_GPM_MIG_SAMPLE] = {"gpm_mig_sample", {"nvmlGpmMigSampleGet"}},
+    [R_GPM_METRICS] = {"gpm_metrics", {"nvmlGpmMetricsGet"}},
 };
 
 _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
 
+/* GPM, from nvml.h (API 12.x / 13; pynvml carries the same): nvmlGpmSample_t is an opaque
+ * handle the library allocates (nvmlGpmSampleAlloc(&s), nvmlGpmSampleFree(s));
+ * nvmlGpmMigSampleGet(parent device, unsigned int gpuInstanceId, sample) fills one for a MIG
+ * GPU instance; nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *) computes metrics over two samples.
+ * nvmlGpmSupport_t = {unsigned int version (1), isSupportedDevice};
+ * nvmlGpmMetricsGet_t = {unsigned int version (1), numMetrics; sample1, sample2; metrics[]},
+ * each nvmlGpmMetric_t = {unsigned int metricId; nvmlReturn_t nvmlReturn; double value;
+ * metricInfo = three char pointers (short name, long name, unit)}, 40 bytes. The header's array
+ * is NVML_GPM_METRIC_MAX long, a size that grew between releases (98, 210, 333, 477) under the
+ * same version 1: numMetrics says how many entries are the caller's, so ours holds only the
+ * metrics asked. Metric ids (percent, 0-100): GRAPHICS_UTIL 1, SM_UTIL 2, SM_OCCUPANCY 3,
+ * DRAM_BW_UTIL 10. */
+typedef void *nv_gpm_sample;
+
+struct nv_gpm_support {
+    unsigned int version;
+    unsigned int supported;
+};
+
+struct nv_gpm_metric {
+    unsigned int id;
+    nv_return ret;
+    double value;
+    const char *short_name, *long_name, *unit;
+};
+
+enum { NV_GPM_SUPPORT_VERSION = 1, NV_GPM_METRICS_GET_VERSION = 1 };
+/* The metrics asked, in struct egs_mig's order: graphics_util, sm_util, sm_occupancy, dram_bw_util. */
+static const unsigned int nv_gpm_ids[] = {1, 2, 3, 10};
+#define NV_GPM_NMETRICS (sizeof(nv_gpm_ids) / sizeof(nv_gpm_ids[0]))
+
+struct nv_gpm_metrics_get {
+    unsigned int version;
+    unsigned int count;
+    nv_gpm_sample sample1, sample2;
+    struct nv_gpm_metric metrics[NV_GPM_NMETRICS];
+};
+
+_Static_assert(sizeof(struct nv_gpm_metric) == 40, "nvmlGpmMetric_t layout");
+
+/* One MIG GPU instance's GPM state: two samples, allocated at its first pass and kept (the
+ * newer one is the next pass's previous sample), freed at stop, when the device turns out lost,
+ * leaves MIG mode or has no GPM after all. */
+struct nv_gpm_instance {
+    int used;
+    unsigned int id;                /* GPU instance id */
+    nv_gpm_sample sample[2];
+    int newest;                     /* index of the latest sample taken; -1: none yet */
+    unsigned int pass;              /* the device's MIG pass that last read it */
+    double values[NV_GPM_NMETRICS]; /* that pass's figures (NaN: none) */
+};
+
+struct nv_gpm_dev {
+    int supported;                  /* nvmlGpmQueryDeviceSupport said yes */
+    struct nv_gpm_instance gi[EGS_MAX_MIG];
+};
+
 /* Per-backend state: the table (its role order is the enum above; first, as the core
- * expects) and the event set. */
+ * expects), the event set and GPM's per-device state. */
 struct nv_lib {
     struct egs_role roles[R_COUNT_ROLES];
     int temperature_v;              /* R_TEMPERATURE resolved to nvmlDeviceGetTemperatureV */
     int memory_v2;
     int pci_legacy;                 /* only the oldest nvmlDeviceGetPciInfo: bus id in the first 16 bytes */
     nv_event_set event_set;
+    struct nv_gpm_dev *gpm;         /* by vendor index; NULL when the library has no GPM */
+    unsigned int ngpm;
 };
 
 typedef nv_return (*fn_void)(void);
@@ -636,7 +703,7 @@ static const struct {
 enum {
     NV_HOFF_REASONS = 1, NV_HOFF_FIELDS = 2, NV_HOFF_LIMIT = 4, NV_HOFF_PCIE = 8, NV_HOFF_MIG = 16,
     NV_HOFF_ECC = 32, NV_HOFF_RETIRED = 64, NV_HOFF_RETIRED_PENDING = 128, NV_HOFF_REMAPPED = 256,
-    NV_HOFF_REPLAYS = 512
+    NV_HOFF_REPLAYS = 512, NV_HOFF_GPM = 1024
 };
 
 static int nv_health_ok(struct egs_dev *d, nv_return rc, unsigned int bit);
@@ -660,6 +727,126 @@ static nv_return nv_memory_of(const struct nv_lib *lib, nv_device h, double *use
     return rc;
 }
 
+typedef nv_return (*fn_gpm_support)(nv_device, struct nv_gpm_support *);
+typedef nv_return (*fn_gpm_alloc)(nv_gpm_sample *);
+typedef nv_return (*fn_gpm_free)(nv_gpm_sample);
+typedef nv_return (*fn_gpm_mig_sample)(nv_device, unsigned int, nv_gpm_sample);
+typedef nv_return (*fn_gpm_metrics)(struct nv_gpm_metrics_get *);
+
+/* Frees one GPU instance's samples (the library's memory) and forgets it. */
+static void nv_gpm_drop(const struct nv_lib *lib, struct nv_gpm_instance *gi)
+{
+    for (int k = 0; k < 2; k++)
+        if (gi->sample[k] != NULL)
+            EGS_FN(lib, R_GPM_FREE, fn_gpm_free)(gi->sample[k]);
+    memset(gi, 0, sizeof(*gi));
+    gi->newest = -1;
+}
+
+static void nv_gpm_drop_device(const struct nv_lib *lib, struct nv_gpm_dev *g)
+{
+    for (int i = 0; i < EGS_MAX_MIG; i++)
+        if (g->gi[i].used)
+            nv_gpm_drop(lib, &g->gi[i]);
+}
+
+/* Device d's GPM state when GPM can be read on it (asking nvmlGpmQueryDeviceSupport once, and
+ * again after a failure other than NOT_SUPPORTED); NULL switches GPM off for the pass. */
+static struct nv_gpm_dev *nv_gpm_of(const struct nv_lib *lib, struct egs_dev *d, struct egs_health *h)
+{
+    if (lib->gpm == NULL || d->info.vendor_index >= lib->ngpm || (d->health_off & NV_HOFF_GPM))
+        return NULL;
+    struct nv_gpm_dev *g = &lib->gpm[d->info.vendor_index];
+    if (!g->supported) {
+        struct nv_gpm_support sup = {.version = NV_GPM_SUPPORT_VERSION, .supported = 0};
+        h->calls++;
+        if (!nv_health_ok(d, EGS_FN(lib, R_GPM_SUPPORT, fn_gpm_support)(d->handle, &sup), NV_HOFF_GPM))
+            return NULL;
+        if (!sup.supported) {
+            d->health_off |= NV_HOFF_GPM;
+            return NULL;
+        }
+        g->supported = 1;
+    }
+    return g;
+}
+
+/* The GPM state of GPU instance `id` (claimed when new: a free entry, else the one read
+ * longest ago, whose samples are dropped). */
+static struct nv_gpm_instance *nv_gpm_instance(const struct nv_lib *lib, struct nv_gpm_dev *g, unsigned int id)
+{
+    struct nv_gpm_instance *oldest = &g->gi[0];
+    for (int i = 0; i < EGS_MAX_MIG; i++) {
+        struct nv_gpm_instance *gi = &g->gi[i];
+        if (gi->used && gi->id == id)
+            return gi;
+        if (!gi->used || (oldest->used && gi->pass < oldest->pass))
+            oldest = gi;
+    }
+    nv_gpm_drop(lib, oldest);
+    oldest->used = 1;
+    oldest->id = id;
+    return oldest;
+}
+
+/* One pass's GPM figures of GPU instance `id` into out (NaN where none): a new sample, and the
+ * metrics over it and the previous pass's. Once a pass per GPU instance, however many compute
+ * instances it has. NOT_SUPPORTED switches GPM off for the device (its samples freed); a lost
+ * device frees its samples (the pass does not come back to it). */
+static void nv_gpm_read(const struct nv_lib *lib, struct egs_dev *d, struct nv_gpm_dev *g, unsigned int pass,
+                        unsigned int id, struct egs_health *h, double out[NV_GPM_NMETRICS])
+{
+    for (size_t k = 0; k < NV_GPM_NMETRICS; k++)
+        out[k] = NAN;
+    struct nv_gpm_instance *gi = nv_gpm_instance(lib, g, id);
+    if (gi->pass != pass) {
+        gi->pass = pass;
+        for (size_t k = 0; k < NV_GPM_NMETRICS; k++)
+            gi->values[k] = NAN;
+        nv_return rc = NV_SUCCESS;
+        for (int k = 0; k < 2 && rc == NV_SUCCESS; k++)
+            if (gi->sample[k] == NULL) {
+                h->calls++;
+                rc = EGS_FN(lib, R_GPM_ALLOC, fn_gpm_alloc)(&gi->sample[k]);
+                if (rc != NV_SUCCESS)
+                    gi->sample[k] = NULL;
+            }
+        int cur = gi->newest == 0 ? 1 : 0;
+        if (rc == NV_SUCCESS) {
+            h->calls++;
+            rc = EGS_FN(lib, R_GPM_MIG_SAMPLE, fn_gpm_mig_sample)(d->handle, id, gi->sample[cur]);
+        }
+        if (rc == NV_SUCCESS && gi->newest >= 0) {
+            struct nv_gpm_metrics_get get;
+            memset(&get, 0, sizeof(get));
+            get.version = NV_GPM_METRICS_GET_VERSION;
+            get.count = (unsigned int)NV_GPM_NMETRICS;
+            get.sample1 = gi->sample[gi->newest];
+            get.sample2 = gi->sample[cur];
+            for (size_t k = 0; k < NV_GPM_NMETRICS; k++)
+                get.metrics[k].id = nv_gpm_ids[k];
+            h->calls++;
+            rc = EGS_FN(lib, R_GPM_METRICS, fn_gpm_metrics)(&get);
+            for (size_t k = 0; rc == NV_SUCCESS && k < NV_GPM_NMETRICS; k++)
+                if (get.metrics[k].ret == NV_SUCCESS)
+                    gi->values[k] = get.metrics[k].value;
+        }
+        if (rc == NV_SUCCESS) {
+            gi->newest = cur;
+        } else if (rc == NV_NOT_SUPPORTED || rc == NV_FUNCTION_NOT_FOUND) {
+            d->health_off |= NV_HOFF_GPM;
+            nv_gpm_drop_device(lib, g);
+            return;
+        } else if (rc == NV_GPU_IS_LOST || rc == NV_RESET_REQUIRED) {
+            nv_gpm_drop_device(lib, g);
+            return;
+        }
+        /* Any other failure leaves the previous sample as it was: the next pass measures
+         * over both intervals. */
+    }
+    memcpy(out, gi->values, sizeof(gi->values));
+}
+
 /* The device's MIG instances, when it is in MIG mode: for each MIG device handle, its GPU
  * and compute instance ids and UUID (read again only when the handle changes or every
  * EGS_MIG_REREAD passes) and memory: two calls a pass for the mode and the slot count, one per
@@ -674,12 +861,18 @@ static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_
     if (!nv_health_ok(d, EGS_FN(lib, R_MIG_MODE, fn_mig_mode)(d->handle, &current, &pending), NV_HOFF_MIG))
         return;
     h->mig = current == 1;
-    if (!h->mig)
+    struct nv_gpm_dev *gpm = lib->gpm != NULL && d->info.vendor_index < lib->ngpm ? &lib->gpm[d->info.vendor_index] : NULL;
+    if (!h->mig) {
+        if (gpm != NULL)
+            nv_gpm_drop_device(lib, gpm);   /* MIG was switched off: its instances are gone */
         return;
+    }
     h->calls++;
     if (EGS_FN(lib, R_MIG_COUNT, fn_dev_uint)(d->handle, &slots) != NV_SUCCESS)
         return;
+    unsigned int pass = d->mig_passes + 1;  /* never 0, a GPU instance's "not read yet" */
     int reread = d->mig_passes++ % EGS_MIG_REREAD == 0;
+    gpm = nv_gpm_of(lib, d, h);
     for (unsigned int i = 0; i < slots && i < EGS_MAX_MIG; i++) {
         nv_device mig = NULL;
         h->calls++;
@@ -688,6 +881,7 @@ static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_
             continue;   /* NOT_FOUND: an empty slot */
         }
         if (reread || mig != d->mig_handle[i]) {
+            int changed = mig != d->mig_handle[i];
             d->mig_handle[i] = mig;
             d->mig_instance[i] = d->mig_compute[i] = 0;
             d->mig_uuid[i][0] = '\0';
@@ -704,6 +898,11 @@ static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_
                 if (EGS_FN(lib, R_UUID, fn_dev_text)(mig, d->mig_uuid[i], EGS_NAME) != NV_SUCCESS)
                     d->mig_uuid[i][0] = '\0';
             }
+            /* A new handle may be a GPU instance made again under the same id: its counters
+             * start over, so the previous sample is of no use (unless this pass took it). */
+            for (int k = 0; changed && gpm != NULL && k < EGS_MAX_MIG; k++)
+                if (gpm->gi[k].used && gpm->gi[k].id == d->mig_instance[i] && gpm->gi[k].pass != pass)
+                    gpm->gi[k].newest = -1;
         }
         struct egs_mig *m = &h->migs[h->nmig++];
         m->instance = d->mig_instance[i];
@@ -714,6 +913,15 @@ static void nv_read_mig(const struct nv_lib *lib, struct egs_dev *d, struct egs_
         h->calls++;
         if (nv_memory_of(lib, mig, &used, &total) == NV_SUCCESS)
             m->memory_used = used, m->memory_total = total;
+        double gpm_values[NV_GPM_NMETRICS];
+        for (size_t k = 0; k < NV_GPM_NMETRICS; k++)
+            gpm_values[k] = NAN;
+        if (gpm != NULL && !(d->health_off & NV_HOFF_GPM))
+            nv_gpm_read(lib, d, gpm, pass, m->instance, h, gpm_values);
+        m->graphics_util = gpm_values[0];
+        m->sm_util = gpm_values[1];
+        m->sm_occupancy = gpm_values[2];
+        m->dram_bw_util = gpm_values[3];
     }
 }
 
@@ -1062,11 +1270,19 @@ static int nv_open_events(struct egs_core *core, struct egs_backend *b)
     return 1;
 }
 
+/* Runs before nvmlShutdown on every stop: the event set, and GPM's samples (the library's
+ * memory, of no use once it shuts down). */
 static void nv_close_events(struct egs_backend *b)
 {
     struct nv_lib *lib = b->impl;
     if (lib->event_set != NULL)
         EGS_FN(lib, R_EVENT_SET_FREE, fn_set_free)(lib->event_set);
+    if (lib->gpm != NULL) {
+        for (unsigned int i = 0; i < lib->ngpm; i++)
+            nv_gpm_drop_device(lib, &lib->gpm[i]);
+        free(lib->gpm);
+        lib->gpm = NULL;
+    }
 }
 
 /* One text label of a device. A failed call (or a missing symbol) leaves the reason in
@@ -1144,6 +1360,16 @@ static int nv_open(struct egs_core *core, struct egs_backend *b)
         return EGS_OK;
     }
     unsigned int missing = nv_missing_fields(lib);
+    /* GPM only when every call it needs is there (a driver before R520 has none). */
+    int gpm = 1;
+    for (int r = R_GPM_SUPPORT; r <= R_GPM_METRICS; r++)
+        gpm = gpm && lib->roles[r].fn != NULL;
+    if (gpm && count > 0) {
+        lib->gpm = calloc(count, sizeof(*lib->gpm));
+        if (lib->gpm == NULL)
+            return EGS_E_NOMEM;
+        lib->ngpm = count;
+    }
     for (unsigned int i = 0; i < count; i++) {
         nv_device h = NULL;
         rc = EGS_FN(lib, R_HANDLE, fn_handle)(i, &h);

@@ -94,7 +94,7 @@ HEALTH_METRICS: dict[str, str] = {
     "pcie_rx_bytes_per_second": "gpu_pcie_rx_bytes_per_second",
     "pcie_replays": "gpu_pcie_replays_total",
     "nvlink_tx_bytes": "gpu_nvlink_tx_bytes_total", "nvlink_rx_bytes": "gpu_nvlink_rx_bytes_total",
-    "bad_pages": "gpu_bad_pages",
+    "bad_pages": "gpu_bad_pages", "bad_page_threshold": "gpu_bad_pages_threshold",
 }
 CLOCK_EVENT = "gpu_clock_event_active"
 
@@ -122,18 +122,28 @@ def health_samples(values: dict[str, float | None], labels: dict[str, str], ts: 
     return out
 
 
+# A MIG device's figures (`agent.native.MigInstance` attribute) -> the child-device series.
+MIG_METRICS = {
+    "memory_used_bytes": "gpu_mig_memory_used_bytes", "memory_total_bytes": "gpu_mig_memory_total_bytes",
+    "graphics_util_percent": "gpu_mig_graphics_utilization_percent",
+    "sm_util_percent": "gpu_mig_sm_utilization_percent", "sm_occupancy_percent": "gpu_mig_sm_occupancy_percent",
+    "dram_bw_util_percent": "gpu_mig_dram_bandwidth_utilization_percent",
+}
+
+
 def mig_samples(instances: Any, labels: dict[str, str], ts: float) -> list[Sample]:
     """The MIG GPU instances of one GPU (`agent.native.MigInstance`) as child devices: memory
-    used and total, labelled with the parent's labels plus gpu_instance, compute_instance and
-    mig_uuid."""
+    used and total and the GPU instance's GPM utilisation (`MIG_METRICS`; a figure that is
+    None has no sample), labelled with the parent's labels plus gpu_instance, compute_instance
+    and mig_uuid."""
     out = []
     for m in instances:
         child = {**labels, "gpu_instance": str(m.instance), "compute_instance": str(m.compute_instance),
                  "mig_uuid": m.uuid}
-        if m.memory_used_bytes is not None:
-            out.append(Sample.reading("gpu_mig_memory_used_bytes", child, float(m.memory_used_bytes), ts))
-        if m.memory_total_bytes is not None:
-            out.append(Sample.reading("gpu_mig_memory_total_bytes", child, float(m.memory_total_bytes), ts))
+        for attr, metric in MIG_METRICS.items():
+            value = getattr(m, attr, None)
+            if value is not None:
+                out.append(Sample.reading(metric, child, float(value), ts))
     return out
 
 
@@ -342,8 +352,7 @@ class GpuSource(Source):
         if h is None or not getattr(h, "mig_mode", None):
             return None
         return [{"gpu_instance": m.instance, "compute_instance": m.compute_instance, "mig_uuid": m.uuid,
-                 "memory_used_bytes": m.memory_used_bytes,
-                 "memory_total_bytes": m.memory_total_bytes} for m in h.mig]
+                 **{attr: getattr(m, attr, None) for attr in MIG_METRICS}} for m in h.mig]
 
     def partition(self, gpu: int) -> dict[str, str | None] | None:
         """The AMD GPU's partition modes as of its latest health read ({"compute": "SPX",

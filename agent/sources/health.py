@@ -8,7 +8,8 @@ gauges for the windows (`gpu_lost`, `gpu_xid_critical`, `gpu_health_state`,
 events (the GPU's fault events as they came, then an `Event(kind="health")` per change).
 
 It also reads the GPU source's latest health signals (`SIGNALS`: row remap or page
-retirement pending, remap failure, uncorrectable ECC, thermal or power-brake slowdown), each a
+retirement pending, remap failure, uncorrectable ECC, thermal or power-brake slowdown, AMD bad
+pages at their threshold), each a
 reason that holds while its condition does; `gpu_health_signal_failed` / `_degraded` are their
 gauges.
 
@@ -129,6 +130,13 @@ SIGNALS: tuple[tuple[str, str, Callable[[dict], bool], Callable[[dict], str]], .
      lambda v: "thermal slowdown: clocks held down (" + ("hardware" if _reasons(v) & 0x40 else "software") + ")"),
     ("power_brake_slowdown", "degraded", lambda v: bool(_reasons(v) & POWER_BRAKE_SLOWDOWN),
      lambda v: "power-brake slowdown: clocks held down by the board's power brake"),
+    # AMD's RAS guidance: a GPU whose retired (bad) pages reach the driver's threshold is bad
+    # and to be replaced. A threshold of 0 means the driver retires no pages (amdgpu's
+    # bad_page_threshold=0): nothing to compare with.
+    ("bad_page_threshold", "failed",
+     lambda v: _count(v, "bad_page_threshold") > 0 and _count(v, "bad_pages") >= _count(v, "bad_page_threshold"),
+     lambda v: f"bad pages at the threshold ({int(_count(v, 'bad_pages'))} of {int(_count(v, 'bad_page_threshold'))}):"
+               " the GPU should be replaced"),
 )
 
 

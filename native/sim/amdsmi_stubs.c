@@ -193,12 +193,6 @@ SIM_EXPORT uint32_t amdsmi_get_gpu_memory_usage(void *a0, uint32_t a1, void *a2)
     return AMDSMI_STATUS_NOT_SUPPORTED;
 }
 
-SIM_EXPORT uint32_t amdsmi_get_gpu_bad_page_threshold(void *a0, void *a1)
-{
-    (void)a0; (void)a1;
-    return AMDSMI_STATUS_NOT_SUPPORTED;
-}
-
 SIM_EXPORT uint32_t amdsmi_gpu_validate_ras_eeprom(void *a0)
 {
     (void)a0;

@@ -31,8 +31,15 @@ static const char *const field_names[SIM_F_COUNT] = {
     "clock_reasons", "ecc_corrected", "ecc_uncorrected", "retired_sbe", "retired_dbe", "retired_pending",
     "remapped_correctable", "remapped_uncorrectable", "remap_pending", "remap_failure", "power_limit",
     "pcie_tx_kbps", "pcie_rx_kbps", "pcie_replays", "nvlink_tx_kibps", "nvlink_rx_kibps",
-    "bad_pages", "indep_throttle_status",
+    "bad_pages", "indep_throttle_status", "bad_page_threshold",
 };
+
+static const char *const gpm_names[SIM_GPM_COUNT] = {"graphics_util", "sm_util", "sm_occupancy", "dram_bw_util"};
+
+const char *sim_gpm_name(int k)
+{
+    return (k >= 0 && k < SIM_GPM_COUNT) ? gpm_names[k] : NULL;
+}
 
 const char *sim_field_name(int field)
 {
@@ -610,7 +617,7 @@ static int gpu_key(struct parser *p, struct state *st, const char *key, const st
 {
     static const char *const keys[] = {"vendor", "name", "uuid", "pci_bus_id", "memory_total_mib",
                                        "process_list", "process_utilization", "compute_partition",
-                                       "memory_partition", NULL};
+                                       "memory_partition", "gpm", NULL};
     static const char *const compute_modes[] = {"SPX", "DPX", "TPX", "QPX", "CPX", NULL};
     static const char *const memory_modes[] = {"NPS1", "NPS2", "NPS4", "NPS8", NULL};
     struct sim_gpu *g = st->gpu;
@@ -620,7 +627,7 @@ static int gpu_key(struct parser *p, struct state *st, const char *key, const st
     if (idx < 0)
         return fail(p, "unknown key '%s' in [[gpu]] (vendor, name, uuid, pci_bus_id, "
                        "memory_total_mib, process_list, process_utilization, compute_partition, "
-                       "memory_partition; fields go under [gpu.fields])",
+                       "memory_partition, gpm; fields go under [gpu.fields])",
                     key);
     if (mark_seen(p, &st->seen, idx, key))
         return -1;
@@ -663,8 +670,10 @@ static int gpu_key(struct parser *p, struct state *st, const char *key, const st
             return fail(p, "%s can only be \"unsupported\", got \"%s\"", key, buf);
         if (idx == 5)
             g->processes_unsupported = 1;
-        else
+        else if (idx == 6)
             g->process_util_unsupported = 1;
+        else
+            g->gpm_unsupported = 1;
         return 0;
     }
 }
@@ -732,7 +741,7 @@ static int fields_key(struct parser *p, struct state *st, const char *key, const
                        "ecc_corrected, ecc_uncorrected, retired_sbe, retired_dbe, retired_pending, "
                        "remapped_correctable, remapped_uncorrectable, remap_pending, remap_failure, "
                        "power_limit, pcie_tx_kbps, pcie_rx_kbps, pcie_replays, nvlink_tx_kibps, nvlink_rx_kibps, bad_pages, "
-                       "indep_throttle_status)", key);
+                       "indep_throttle_status, bad_page_threshold)", key);
     if (mark_seen(p, &st->seen, f, key))
         return -1;
     return parse_wave(p, key, v, &st->gpu->fields[f]);
@@ -823,9 +832,15 @@ static int mig_key(struct parser *p, struct state *st, const char *key, const st
     struct sim_mig *m = st->mig;
     long long n;
     int idx = key_index(keys, key);
+    for (int k = 0; idx < 0 && k < SIM_GPM_COUNT; k++)
+        if (strcmp(key, gpm_names[k]) == 0) {
+            if (mark_seen(p, &st->seen, 5 + k, key))
+                return -1;
+            return parse_wave(p, key, v, &m->gpm[k]);
+        }
     if (idx < 0)
         return fail(p, "unknown key '%s' in [[gpu.mig]] (instance, memory_total_mib, memory_used_mib, uuid, "
-                    "compute_instance)", key);
+                    "compute_instance, graphics_util, sm_util, sm_occupancy, dram_bw_util)", key);
     if (mark_seen(p, &st->seen, idx, key))
         return -1;
     switch (idx) {
@@ -855,11 +870,18 @@ static int mig_key(struct parser *p, struct state *st, const char *key, const st
     }
 }
 
-/* A finished [[gpu.mig]] table must say which instance and how large. */
-static int check_mig(struct parser *p, struct state *st)
+/* A finished [[gpu.mig]] table must say which instance and how large; GPM figures belong to
+ * the GPU instance, so only its first table may give them. */
+static int check_mig(struct parser *p, const struct sim_scenario *s, struct state *st)
 {
     if (st->mig && (st->mig_seen & 3u) != 3u)
         return fail(p, "the [[gpu.mig]] table above needs instance and memory_total_mib");
+    if (st->mig && (st->mig_seen & (((1u << SIM_GPM_COUNT) - 1) << 5)))
+        for (const struct sim_mig *o = s->migs; o < st->mig; o++)
+            if (o->gpu == st->mig->gpu && o->instance == st->mig->instance)
+                return fail(p, "the [[gpu.mig]] table above gives GPM figures for GPU instance %u, whose "
+                               "first table is earlier: give them there (they are the GPU instance's)",
+                            st->mig->instance);
     return 0;
 }
 
@@ -904,7 +926,7 @@ static int handle_header(struct parser *p, struct sim_scenario *s, struct state 
     for (char *e = name + strlen(name); e > name && (e[-1] == ' ' || e[-1] == '\t');)
         *--e = '\0';
 
-    if (check_fault(p, st) || check_process(p, st) || check_mig(p, st))
+    if (check_fault(p, st) || check_process(p, st) || check_mig(p, s, st))
         return -1;
     st->fault = NULL;
     st->proc = NULL;
@@ -976,6 +998,8 @@ static int handle_header(struct parser *p, struct sim_scenario *s, struct state 
         st->mig = &s->migs[s->nmig++];
         memset(st->mig, 0, sizeof *st->mig);
         st->mig->gpu = st->gpu->index;
+        for (int k = 0; k < SIM_GPM_COUNT; k++)
+            st->mig->gpm[k].kind = SIM_WAVE_UNSUPPORTED;
         st->mig_seen = 0;
         st->section = SEC_MIG;
         return 0;
@@ -1164,7 +1188,7 @@ int sim_scenario_load(const char *path, struct sim_scenario *out, char *err, siz
             goto out;
         cur = next;
     }
-    if (check_fault(&p, &st) || check_process(&p, &st) || check_mig(&p, &st))
+    if (check_fault(&p, &st) || check_process(&p, &st) || check_mig(&p, out, &st))
         goto out;
     finish_gpu(st.gpu);
     /* MIG device UUIDs, where not given: derived from the parent's and the instance. */

@@ -60,6 +60,8 @@ enum sim_field {
     SIM_F_BAD_PAGES,       /* AMD: retired (bad) framebuffer pages */
     SIM_F_INDEP_THROTTLE,  /* AMD: gpu_metrics' indep_throttle_status, the kernel's ASIC-independent
                             * SMU_THROTTLER_* bit mask (a double: exact up to 2^53) */
+    SIM_F_BAD_PAGE_THRESHOLD, /* AMD: bad pages at which the GPU should be replaced
+                               * (amdsmi_get_gpu_bad_page_threshold) */
     SIM_F_COUNT
 };
 
@@ -109,6 +111,10 @@ struct sim_process {
     char name[SIM_PROC_NAME];
 };
 
+/* GPM figures of a MIG GPU instance (nvmlGpmMigSampleGet / nvmlGpmMetricsGet), percent; the
+ * [[gpu.mig]] keys graphics_util, sm_util, sm_occupancy, dram_bw_util. */
+enum sim_gpm { SIM_GPM_GRAPHICS = 0, SIM_GPM_SM, SIM_GPM_SM_OCCUPANCY, SIM_GPM_DRAM_BW, SIM_GPM_COUNT };
+
 /* One MIG GPU instance of a GPU ([[gpu.mig]]): a MIG device handle of its own. */
 struct sim_mig {
     int gpu;                /* index into sim_scenario.gpus */
@@ -117,6 +123,9 @@ struct sim_mig {
     unsigned long long memory_total_mib;
     double memory_used_mib;
     char uuid[SIM_UUID_LEN];
+    /* The GPU instance's GPM figures (SIM_GPM_*; unsupported unless given). They belong to the
+     * GPU instance: given on its first [[gpu.mig]] table, shared by its compute instances. */
+    struct sim_wave gpm[SIM_GPM_COUNT];
 };
 
 struct sim_gpu {
@@ -132,6 +141,7 @@ struct sim_gpu {
     struct sim_fault faults[SIM_MAX_FAULTS];
     int processes_unsupported;      /* the process-list calls answer NOT_SUPPORTED */
     int process_util_unsupported;   /* per-process utilisation answers NOT_SUPPORTED */
+    int gpm_unsupported;            /* nvmlGpmQueryDeviceSupport says no; GPM samples NOT_SUPPORTED */
     char compute_partition[8];      /* AMD: "SPX".."CPX"; "" = the call answers NOT_SUPPORTED */
     char memory_partition[8];       /* AMD: "NPS1".."NPS8"; likewise */
 };
@@ -151,6 +161,9 @@ struct sim_scenario {
     int nmig;
     struct sim_mig migs[SIM_MAX_MIG];
 };
+
+/* The [[gpu.mig]] key of GPM figure k (SIM_GPM_*). */
+const char *sim_gpm_name(int k);
 
 /* Field name as written in [gpu.fields], or NULL. */
 const char *sim_field_name(int field);

@@ -110,6 +110,7 @@ static void json_scenario(const struct sim_scenario *s)
         json_string(g->compute_partition);
         printf(", \"memory_partition\": ");
         json_string(g->memory_partition);
+        printf(", \"gpm\": \"%s\"", g->gpm_unsupported ? "unsupported" : "supported");
         printf(", \"processes\": [");
         int k = 0;
         for (int j = 0; j < s->nprocs; j++) {
@@ -140,6 +141,10 @@ static void json_scenario(const struct sim_scenario *s)
                    "\"memory_used_mib\": %.17g, \"uuid\": ",
                    k++ ? ", " : "", m->instance, m->compute_instance, m->memory_total_mib, m->memory_used_mib);
             json_string(m->uuid);
+            for (int q = 0; q < SIM_GPM_COUNT; q++) {
+                printf(", \"%s\": ", sim_gpm_name(q));
+                json_wave(&m->gpm[q]);
+            }
             putchar('}');
         }
         printf("]}");

@@ -740,6 +740,21 @@ SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_bad_page_info(void *h, uint32_t *num_p
     return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
 }
 
+/* The scenario's bad_page_threshold (NOT_SUPPORTED when it gives none). */
+SIM_EXPORT amdsmi_status_t amdsmi_get_gpu_bad_page_threshold(void *h, uint32_t *threshold)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t, v;
+    amdsmi_status_t rc = sim_begin_query(&g_sim, h, threshold, &g, &t);
+    if (rc != AMDSMI_STATUS_SUCCESS)
+        return rc;
+    if (sim_gpu_field(g, SIM_F_BAD_PAGE_THRESHOLD, t, &v) != 0)
+        return sim_end_query(&g_sim, AMDSMI_STATUS_NOT_SUPPORTED);
+    *threshold = sim_to_u32(v);
+    return sim_end_query(&g_sim, AMDSMI_STATUS_SUCCESS);
+}
+
 /* A partition mode as a string into the caller's buffer of `len` bytes: NOT_SUPPORTED when
  * the scenario gives none, INSUFFICIENT_SIZE when it does not fit with its NUL. */
 static amdsmi_status_t partition(void *h, char *out, uint32_t len, int memory)

@@ -10,8 +10,8 @@
  *
  * Built with -DSIM_NVML_LEGACY it leaves out the newer versioned entry points (nvmlInit_v2,
  * nvmlDeviceGetCount_v2, nvmlDeviceGetHandleByIndex_v2, nvmlDeviceGetTemperatureV,
- * nvmlDeviceGetMemoryInfo_v2, nvmlDeviceGetFieldValues), standing in for an old driver so the
- * core's fallback to older symbols can be tested.
+ * nvmlDeviceGetMemoryInfo_v2, nvmlDeviceGetFieldValues) and GPM (nvmlGpm*), standing in for an
+ * old driver so the core's fallback to older symbols can be tested.
  *
  * Init, shutdown, the device table and the query prologue are the simulators' shared code
  * (sim_lib.c), which also says how they are thread-safe.
@@ -424,6 +424,202 @@ SIM_EXPORT nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t d, unsigned 
     SIM_COUNT(&g_sim);
     return mig_id(d, id, 1);
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* GPM (GPU performance monitoring) of MIG GPU instances                                     */
+
+/*
+ * A GPU with [[gpu.mig]] tables supports GPM unless its [[gpu]] says gpm = "unsupported"; one
+ * without is not GPM-capable (the pre-Hopper parts the other scenarios model). A sample
+ * (nvmlGpmSampleAlloc, freed by nvmlGpmSampleFree) taken by nvmlGpmMigSampleGet records the
+ * scenario time and, per GPM figure, the integral of its wave since init (percent x seconds),
+ * as the hardware's counters accumulate activity; nvmlGpmMetricsGet divides the difference
+ * of two samples by the time between them, so a constant figure comes back exactly and a
+ * moving one as its mean over the interval. Figures the GPU instance does not give answer
+ * NOT_SUPPORTED in their metric entry. Facts from nvml.h (API 12.x/13): nvmlGpmSupport_t =
+ * {version, isSupportedDevice}, version 1; nvmlGpmMetricsGet_t = {version, numMetrics,
+ * sample1, sample2, metrics[]} with version 1, each metric {metricId, nvmlReturn, value,
+ * metricInfo {shortName, longName, unit}}; metric ids GRAPHICS_UTIL 1, SM_UTIL 2,
+ * SM_OCCUPANCY 3, DRAM_BW_UTIL 10; only the first numMetrics entries are the caller's.
+ */
+#ifndef SIM_NVML_LEGACY   /* GPM came with Hopper-era drivers (R520 on): the old driver has none */
+#define NVML_GPM_SUPPORT_VERSION 1u
+#define NVML_GPM_METRICS_GET_VERSION 1u
+#define NVML_GPM_METRIC_MAX 477u   /* nvml.h API 13's array size: numMetrics may not exceed it */
+#define GPM_SAMPLE_MAGIC 0x47504d53u  /* "GPMS" */
+
+typedef struct {
+    unsigned int version;
+    unsigned int isSupportedDevice;
+} nvmlGpmSupport_t;
+
+typedef struct {
+    unsigned int metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    struct {
+        char *shortName;
+        char *longName;
+        char *unit;
+    } metricInfo;
+} nvmlGpmMetric_t;
+
+struct sim_gpm_sample {
+    unsigned int magic;
+    int filled;                     /* nvmlGpmMigSampleGet succeeded on it */
+    int gpu;                        /* scenario index of the parent GPU */
+    unsigned int instance;          /* GPU instance id */
+    double t;                       /* scenario time of the sample */
+    double integral[SIM_GPM_COUNT]; /* percent x seconds since init; NaN: not given */
+};
+typedef struct sim_gpm_sample *nvmlGpmSample_t;
+
+typedef struct {
+    unsigned int version;
+    unsigned int numMetrics;
+    nvmlGpmSample_t sample1;
+    nvmlGpmSample_t sample2;
+    nvmlGpmMetric_t metrics[]; /* numMetrics entries (nvml.h: NVML_GPM_METRIC_MAX) */
+} nvmlGpmMetricsGet_t;
+
+_Static_assert(sizeof(nvmlGpmMetric_t) == 40, "nvmlGpmMetric_t layout");
+_Static_assert(sizeof(nvmlGpmSupport_t) == 8, "nvmlGpmSupport_t layout");
+_Static_assert(offsetof(nvmlGpmMetricsGet_t, metrics) == 24, "nvmlGpmMetricsGet_t header layout");
+
+/* The metric ids the simulator serves, their SIM_GPM_* figure and names. */
+static const struct {
+    unsigned int id;
+    int figure;
+    char *short_name, *long_name;
+} gpm_metrics[] = {
+    {1, SIM_GPM_GRAPHICS, "GR_UTIL", "graphics utilization"},
+    {2, SIM_GPM_SM, "SM_UTIL", "SM utilization"},
+    {3, SIM_GPM_SM_OCCUPANCY, "SM_OCCUPANCY", "SM occupancy"},
+    {10, SIM_GPM_DRAM_BW, "DRAM_BW_UTIL", "DRAM bandwidth utilization"},
+};
+
+/* Whether g is GPM-capable: in MIG mode (some [[gpu.mig]]) and not marked unsupported. */
+static int gpm_capable(const struct sim_gpu *g)
+{
+    int idx[SIM_MIG_PER_GPU];
+    return !g->gpm_unsupported && mig_instances(g, idx) > 0;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t d, nvmlGpmSupport_t *support)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t;
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, support, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (support->version != NVML_GPM_SUPPORT_VERSION)
+        return sim_end_query(&g_sim, NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    support->isSupportedDevice = (unsigned int)gpm_capable(g);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample)
+{
+    SIM_COUNT(&g_sim);
+    if (sample == NULL)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    struct sim_gpm_sample *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return NVML_ERROR_MEMORY;
+    s->magic = GPM_SAMPLE_MAGIC;
+    *sample = s;
+    return NVML_SUCCESS;
+}
+
+SIM_EXPORT nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample)
+{
+    SIM_COUNT(&g_sim);
+    if (sample == NULL || sample->magic != GPM_SAMPLE_MAGIC)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    sample->magic = 0;   /* a second free of the same pointer is caught while the memory is not reused */
+    free(sample);
+    return NVML_SUCCESS;
+}
+
+/* The whole GPU's sample: MIG mode gives only per-instance samples here (NOT_SUPPORTED). */
+SIM_EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t d, nvmlGpmSample_t sample)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t;
+    if (sample == NULL || sample->magic != GPM_SAMPLE_MAGIC)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, sample, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t d, unsigned int gpu_instance, nvmlGpmSample_t sample)
+{
+    SIM_COUNT(&g_sim);
+    const struct sim_gpu *g;
+    double t;
+    if (sample == NULL || sample->magic != GPM_SAMPLE_MAGIC)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    nvmlReturn_t rc = sim_begin_query(&g_sim, d, sample, &g, &t);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (!gpm_capable(g))
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    const struct sim_mig *m = NULL;
+    for (int i = 0; i < g_sim.scn.nmig && m == NULL; i++)   /* the instance's first table */
+        if (g_sim.scn.migs[i].gpu == g->index && g_sim.scn.migs[i].instance == gpu_instance)
+            m = &g_sim.scn.migs[i];
+    if (m == NULL)
+        return sim_end_query(&g_sim, NVML_ERROR_NOT_FOUND);
+    sample->filled = 1;
+    sample->gpu = g->index;
+    sample->instance = gpu_instance;
+    sample->t = t;
+    for (int k = 0; k < SIM_GPM_COUNT; k++)
+        sample->integral[k] = m->gpm[k].kind == SIM_WAVE_UNSUPPORTED ? NAN : sim_wave_integral(&m->gpm[k], t);
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+
+SIM_EXPORT nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *get)
+{
+    SIM_COUNT(&g_sim);
+    nvmlReturn_t rc = sim_lock_initialized(&g_sim);
+    if (rc != NVML_SUCCESS)
+        return rc;
+    if (get == NULL)
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
+    if (get->version != NVML_GPM_METRICS_GET_VERSION)
+        return sim_end_query(&g_sim, NVML_ERROR_ARGUMENT_VERSION_MISMATCH);
+    const struct sim_gpm_sample *a = get->sample1, *b = get->sample2;
+    if (a == NULL || b == NULL || a->magic != GPM_SAMPLE_MAGIC || b->magic != GPM_SAMPLE_MAGIC ||
+        !a->filled || !b->filled || a->gpu != b->gpu || a->instance != b->instance ||
+        get->numMetrics == 0 || get->numMetrics > NVML_GPM_METRIC_MAX || !(b->t > a->t))
+        return sim_end_query(&g_sim, NVML_ERROR_INVALID_ARGUMENT);
+    for (unsigned int i = 0; i < get->numMetrics; i++) {
+        nvmlGpmMetric_t *out = &get->metrics[i];
+        out->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        out->value = 0;
+        out->metricInfo.shortName = out->metricInfo.longName = out->metricInfo.unit = NULL;
+        for (size_t k = 0; k < sizeof gpm_metrics / sizeof gpm_metrics[0]; k++) {
+            if (gpm_metrics[k].id != out->metricId)
+                continue;
+            out->metricInfo.shortName = gpm_metrics[k].short_name;
+            out->metricInfo.longName = gpm_metrics[k].long_name;
+            out->metricInfo.unit = "%";
+            int f = gpm_metrics[k].figure;
+            if (isnan(a->integral[f]))
+                break;
+            double v = (b->integral[f] - a->integral[f]) / (b->t - a->t);
+            out->value = v < 0 ? 0 : v > 100 ? 100 : v;
+            out->nvmlReturn = NVML_SUCCESS;
+        }
+    }
+    return sim_end_query(&g_sim, NVML_SUCCESS);
+}
+#endif
 
 /* ------------------------------------------------------------------------------------------ */
 /* Common query helpers                                                                       */

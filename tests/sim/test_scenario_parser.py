@@ -22,12 +22,20 @@ FIELD_DEFAULTS = {"temperature": 45, "power": 60, "utilization": 0, "memory_busy
 HEALTH_FIELDS = ("clock_reasons", "ecc_corrected", "ecc_uncorrected", "retired_sbe", "retired_dbe",
                  "retired_pending", "remapped_correctable", "remapped_uncorrectable", "remap_pending",
                  "remap_failure", "power_limit", "pcie_tx_kbps", "pcie_rx_kbps", "pcie_replays",
-                 "nvlink_tx_kibps", "nvlink_rx_kibps", "bad_pages", "indep_throttle_status")
+                 "nvlink_tx_kibps", "nvlink_rx_kibps", "bad_pages", "indep_throttle_status",
+                 "bad_page_threshold")
+GPM = ("graphics_util", "sm_util", "sm_occupancy", "dram_bw_util")   # [[gpu.mig]]: unsupported unless given
 
 
 @pytest.fixture(scope="module")
 def checker(sim_out):
     return str(sim_out / "bin" / "egs-sim-scenario")
+
+
+def wave(v) -> dict:
+    if v == "unsupported":
+        return {"wave": "unsupported"}
+    return dict(v) if isinstance(v, dict) else {"wave": "constant", "value": v}
 
 
 def reference(doc: dict) -> dict:
@@ -47,12 +55,8 @@ def reference(doc: dict) -> dict:
             v = g.get("fields", {}).get(name, "unsupported" if name in HEALTH_FIELDS else FIELD_DEFAULTS.get(name))
             if v is None:
                 fields[name] = {"wave": "integral"}
-            elif v == "unsupported":
-                fields[name] = {"wave": "unsupported"}
-            elif isinstance(v, dict):
-                fields[name] = dict(v)
             else:
-                fields[name] = {"wave": "constant", "value": v}
+                fields[name] = wave(v)
         uuid = g.get("uuid", f"GPU-5e0c0000-0000-4000-8000-{i:012x}" if vendor == "nvidia"
                      else f"a1000000-0000-4000-8000-{i:012x}")
         gpus.append({
@@ -67,6 +71,7 @@ def reference(doc: dict) -> dict:
             "process_utilization": g.get("process_utilization", "supported"),
             "compute_partition": g.get("compute_partition", ""),
             "memory_partition": g.get("memory_partition", ""),
+            "gpm": g.get("gpm", "supported"),
             "processes": [{"pid": p["pid"], "kind": p.get("kind", "compute"),
                            "memory_mib": None if p.get("memory_mib") == "unknown" else p.get("memory_mib", 0),
                            **{k: p.get(k) for k in ("sm", "mem", "enc", "dec")}, "name": p.get("name", "")}
@@ -74,7 +79,8 @@ def reference(doc: dict) -> dict:
             "mig": [{"instance": m["instance"], "compute_instance": m.get("compute_instance", 0),
                      "memory_total_mib": m["memory_total_mib"],
                      "memory_used_mib": m.get("memory_used_mib", 0),
-                     "uuid": m.get("uuid", f"MIG-{uuid[:60]}-{m['instance']}")} for m in g.get("mig", [])],
+                     "uuid": m.get("uuid", f"MIG-{uuid[:60]}-{m['instance']}"),
+                     **{k: wave(m.get(k, "unsupported")) for k in GPM}} for m in g.get("mig", [])],
         })
     return {"init_error": sim.get("init_error", 0), "amd_init_error": sim.get("amd_init_error"),
             "call_latency_us": sim.get("call_latency_us", 0),

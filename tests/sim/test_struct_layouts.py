@@ -17,7 +17,8 @@ NVML = {"nvmlPciInfo_t": "nvmlPciInfo_t", "nvmlFieldValue_t": "c_nvmlFieldValue_
         "nvmlProcessInfo_v2_t": "c_nvmlProcessInfo_v2_t",
         "nvmlProcessUtilizationSample_t": "c_nvmlProcessUtilizationSample_t",
         "nvmlProcessUtilizationInfo_v1_t": "c_nvmlProcessUtilizationInfo_v1_t",
-        "nvmlProcessesUtilizationInfo_t": "c_nvmlProcessesUtilizationInfo_v1_t"}
+        "nvmlProcessesUtilizationInfo_t": "c_nvmlProcessesUtilizationInfo_v1_t",
+        "nvmlGpmMetric_t": "c_nvmlGpmMetric_t", "nvmlGpmSupport_t": "c_nvmlGpmSupport_t"}
 
 
 class ProcessInfoV1(ctypes.Structure):
