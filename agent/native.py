@@ -85,9 +85,10 @@ PROCESS_HZ = 0.2
 # NVIDIA GPU a pass: clock-event reasons, one field-values call for ECC / retired pages /
 # remapped rows / PCIe replays / NVLink, the enforced power limit, PCIe TX and RX; a driver
 # without nvmlDeviceGetFieldValues makes up to nine calls for those fields instead of one (no
-# NVLink). Six per AMD GPU: ECC totals, power cap, bad-page count, compute and memory
-# partition modes, the gpu_metrics table (throttle status). A call that answers NOT_SUPPORTED
-# is not made again on that device.
+# NVLink); a GPU in MIG mode adds its MIG reads and, with GPM, two calls per GPU instance
+# (egs_core.h, struct egs_mig). Seven per AMD GPU: ECC totals, power cap, bad-page count and
+# threshold, compute and memory partition modes, the gpu_metrics table (throttle status). A
+# call that answers NOT_SUPPORTED is not made again on that device.
 HEALTH_HZ = 0.1
 # Health signals (egs_core.h EGS_H_*), by index; the catalogue's metrics are made of them in
 # agent.sources.gpu.
