@@ -542,18 +542,23 @@ SIM_EXPORT nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample)
     return NVML_SUCCESS;
 }
 
+/* The prologue of a sample query: INVALID_ARGUMENT for a sample not from nvmlGpmSampleAlloc,
+ * else as sim_begin_query. */
+static nvmlReturn_t gpm_sample_query(nvmlDevice_t d, nvmlGpmSample_t sample, const struct sim_gpu **g, double *t)
+{
+    if (sample == NULL || sample->magic != GPM_SAMPLE_MAGIC)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    return sim_begin_query(&g_sim, d, sample, g, t);
+}
+
 /* The whole GPU's sample: MIG mode gives only per-instance samples here (NOT_SUPPORTED). */
 SIM_EXPORT nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t d, nvmlGpmSample_t sample)
 {
     SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
-    if (sample == NULL || sample->magic != GPM_SAMPLE_MAGIC)
-        return NVML_ERROR_INVALID_ARGUMENT;
-    nvmlReturn_t rc = sim_begin_query(&g_sim, d, sample, &g, &t);
-    if (rc != NVML_SUCCESS)
-        return rc;
-    return sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
+    nvmlReturn_t rc = gpm_sample_query(d, sample, &g, &t);
+    return rc != NVML_SUCCESS ? rc : sim_end_query(&g_sim, NVML_ERROR_NOT_SUPPORTED);
 }
 
 SIM_EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t d, unsigned int gpu_instance, nvmlGpmSample_t sample)
@@ -561,9 +566,7 @@ SIM_EXPORT nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t d, unsigned int gpu_ins
     SIM_COUNT(&g_sim);
     const struct sim_gpu *g;
     double t;
-    if (sample == NULL || sample->magic != GPM_SAMPLE_MAGIC)
-        return NVML_ERROR_INVALID_ARGUMENT;
-    nvmlReturn_t rc = sim_begin_query(&g_sim, d, sample, &g, &t);
+    nvmlReturn_t rc = gpm_sample_query(d, sample, &g, &t);
     if (rc != NVML_SUCCESS)
         return rc;
     if (!gpm_capable(g))
