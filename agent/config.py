@@ -279,6 +279,28 @@ def health_interval_problem(value: str) -> str | None:
     return None if value.strip() in ("off", "0") else duration_error(value, 1.0, 3600.0)
 
 
+# The native core's fields as `gpu.slow_fields` names them: a name per call of the per-field
+# path ("utilization" is GPU and memory-controller busy, "memory" is used and total memory).
+GPU_FIELD_GROUPS = ("utilization", "memory", "temperature", "power", "sm_clock", "memory_clock",
+                    "energy", "fan")
+# On the slow tier by default: everything but what a driver without sample buffers (AMD, older
+# NVIDIA) reads by polling and that moves within a second. Temperature follows the die's
+# thermal mass (seconds) in whole degrees, and used memory is kept per one-second window bucket
+# anyway; both have neither a sample buffer nor a field id in NVML, so at gpu.hz they would be
+# 20 of the calls a second at the defaults (docs/benchmarks.md, issue 16).
+DEFAULT_SLOW_FIELDS = ("memory", "temperature", "sm_clock", "memory_clock", "energy", "fan")
+
+
+def slow_fields_problem(value: list) -> str | None:
+    """Why `value` is not a `gpu.slow_fields` list (None when it is)."""
+    unknown = [v for v in value if v not in GPU_FIELD_GROUPS]
+    if unknown:
+        return f"unknown field {_short(unknown[0])}; the fields are {', '.join(GPU_FIELD_GROUPS)}"
+    if len(set(value)) != len(value):
+        return "names a field twice"
+    return None
+
+
 def format_duration(seconds: float) -> str:
     """The shortest exact spelling: 3600 -> '1h', 0.1 -> '100ms', 90 -> '90s'."""
     for unit, scale in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
@@ -395,8 +417,11 @@ CORE_SECTIONS: list[Section] = [
         "amd": Key(True, bool, "Use the AMD backend (AMD SMI, else pyamdgpuinfo)."),
         "nvml_library": Key(NVML_LIBRARY, str, f"NVML library path or soname (env {NVML_ENV} overrides).", check=_nonempty),
         "amdsmi_library": Key("", str, f"AMD SMI library path; empty means {AMDSMI_DEFAULT} (env {AMDSMI_ENV} overrides)."),
-        "hz": Key(10.0, (int, float), "Sampling rate of the fast fields (utilization, memory busy, memory used/total, temperature, power), reads per second. Every read costs CPU in the vendor driver (docs/benchmarks.md has the figures), and NVML refreshes utilization itself only every 1/6 to 1 s.", min=1, max=5000),
-        "slow_hz": Key(1.0, (int, float), "Sampling rate of the slow fields (SM and memory clocks, energy counter, fan): read on every round(hz / slow_hz)-th tick of the same grid, so at most gpu.hz.", min=0.1, max=5000),
+        "hz": Key(10.0, (int, float), "Sampling rate of the fast fields (those not in gpu.slow_fields: utilization and power at the defaults), reads per second. Every read costs CPU in the vendor driver (docs/benchmarks.md has the figures), and NVML refreshes utilization itself only every 1/6 to 1 s.", min=1, max=5000),
+        "slow_hz": Key(1.0, (int, float), "Sampling rate of the slow fields (gpu.slow_fields): read on every round(hz / slow_hz)-th tick of the same grid, so at most gpu.hz. A driver's own sample buffers (utilization, power, clocks on NVIDIA) are read on these ticks too, every sample with its own timestamp.", min=0.1, max=5000),
+        "slow_fields": Key(list(DEFAULT_SLOW_FIELDS), list, "The fields read at gpu.slow_hz rather than gpu.hz, of: "
+                           + ", ".join(GPU_FIELD_GROUPS) + ". Each costs a library call per GPU a read where the driver has neither a sample buffer nor a batched call for it (docs/internals.md, \"How a field is read\"); [] reads every field at gpu.hz.",
+                           item_type=str, max_len=16, max_items=len(GPU_FIELD_GROUPS), check=slow_fields_problem),
         "ring_seconds": Key(60.0, (int, float), "Seconds of raw samples kept per GPU for the flight recorder.", min=1, max=3600),
         "health_interval": Key("10s", str, "Time between health reads (clock-event reasons, ECC, retired pages, remapped rows, power limit, PCIe, NVLink, MIG instances; a few library calls per GPU a read), a duration 1s..1h; \"off\" (or \"0\"): no health reads.",
                                max_len=16, check=health_interval_problem),

@@ -6,8 +6,8 @@ catalogue's metric names (`agent.metrics`), derives `gpu_memory_used_percent`, a
 status codes into exceptions in one place (`_check`). Nothing here runs per sample: Python only sees drained aggregates, ring blocks
 and events.
 
-Fields come in two tiers (native/egs_core.h): utilisation, memory, temperature and power at
-`hz`; clocks, energy and fan at `slow_hz` (`SLOW_METRICS`). A drain may hold no record of a
+Fields come in two tiers (native/egs_core.h): those named in `slow_fields` (`FIELD_GROUPS`) at
+`slow_hz`, the rest at `hz` (`Core.slow_metrics`). A drain may hold no record of a
 slow metric when no slow tick fell in its interval, and a ring sample holds None for a slow
 metric on the ticks that did not read it: "not sampled", never an older value repeated.
 
@@ -47,11 +47,41 @@ FIELDS: tuple[str, ...] = (
 assert len(FIELDS) == lib.EGS_NFIELDS
 assert all(name in metrics.BY_NAME for name in FIELDS)
 MEMORY_PERCENT = "gpu_memory_used_percent"
-# Read at slow_hz rather than hz (the core's EGS_SLOW_FIELDS).
-SLOW_METRICS = frozenset(name for f, name in enumerate(FIELDS) if lib.EGS_SLOW_FIELDS & (1 << f))
 _USED, _TOTAL = lib.EGS_F_MEMORY_USED, lib.EGS_F_MEMORY_TOTAL
-assert not lib.EGS_SLOW_FIELDS & (1 << _USED | 1 << _TOTAL)  # memory percent is fast
 assert _TOTAL == _USED + 1  # drain() pairs them by offset
+# `gpu.slow_fields` names (agent.config.GPU_FIELD_GROUPS) -> the core's fields: a pair read by
+# one call is one name, so the tiers never split it.
+FIELD_GROUPS: dict[str, tuple[int, ...]] = {
+    "utilization": (lib.EGS_F_UTILIZATION, lib.EGS_F_MEMORY_BUSY),
+    "memory": (_USED, _TOTAL),
+    "temperature": (lib.EGS_F_TEMPERATURE,),
+    "power": (lib.EGS_F_POWER,),
+    "sm_clock": (lib.EGS_F_SM_CLOCK,),
+    "memory_clock": (lib.EGS_F_MEMORY_CLOCK,),
+    "energy": (lib.EGS_F_ENERGY,),
+    "fan": (lib.EGS_F_FAN,),
+}
+assert sorted(f for group in FIELD_GROUPS.values() for f in group) == list(range(lib.EGS_NFIELDS))
+
+
+def slow_mask(groups: Any) -> int:
+    """The core's `slow_fields` bits for `gpu.slow_fields` names; ValueError names an unknown one."""
+    mask = 0
+    for name in groups:
+        if name not in FIELD_GROUPS:
+            raise ValueError(f"unknown GPU field {name!r}; the fields are {', '.join(FIELD_GROUPS)}")
+        for f in FIELD_GROUPS[name]:
+            mask |= 1 << f
+    return mask
+
+
+def slow_metrics(mask: int) -> frozenset[str]:
+    """The catalogue metrics read at slow_hz for a `slow_fields` mask (the derived memory
+    percent goes with used and total memory)."""
+    names = {name for f, name in enumerate(FIELDS) if mask & (1 << f)}
+    if mask & (1 << _USED):
+        names.add(MEMORY_PERCENT)
+    return frozenset(names)
 # struct egs_stats as laid out by the C compiler (native alignment).
 _STATS_LAYOUT = struct.Struct("@IiQddddddQ")
 assert _STATS_LAYOUT.size == ffi.sizeof("struct egs_stats")
@@ -321,9 +351,11 @@ class Core:
                  hz: float = 10.0, ring_seconds: float = 60.0, nvidia: bool = True,
                  amd: bool = True, events: bool = True, slow_hz: float | None = None,
                  batch: bool = True, buffers: bool = True, process_hz: float = PROCESS_HZ,
-                 health_hz: float = HEALTH_HZ):
+                 health_hz: float = HEALTH_HZ, slow_fields: Any = None):
         """`slow_hz` is the slow tier's rate (None: SLOW_HZ, or hz when hz is lower); the
-        core reads it every round(hz / slow_hz) ticks of the `hz` grid. `batch` and
+        core reads it every round(hz / slow_hz) ticks of the `hz` grid. `slow_fields` names
+        the fields on that tier (`FIELD_GROUPS`; None: the daemon's default,
+        `agent.config.DEFAULT_SLOW_FIELDS`); `slow_metrics` is what that makes slow. `batch` and
         `buffers` allow the BATCH and BUFFER paths (PATHS): off, every field is read by a
         call of its own, as before they existed. `process_hz` is the per-process pass's rate
         (`processes()`; 0: no pass; above `hz`: `hz`), `health_hz` the health pass's
@@ -347,6 +379,12 @@ class Core:
         self.nvml_library = nvml_library or os.environ.get(libraries.NVML_ENV) or libraries.NVML_LIBRARY
         self.amdsmi_library = (amdsmi_library or os.environ.get(libraries.AMDSMI_ENV)
                                or libraries.default_amdsmi_library())
+        if slow_fields is None:
+            from agent.config import DEFAULT_SLOW_FIELDS
+            slow_fields = DEFAULT_SLOW_FIELDS
+        self.slow_fields = tuple(slow_fields)
+        self._slow_mask = slow_mask(self.slow_fields)
+        self.slow_metrics = slow_metrics(self._slow_mask)
         self.hz, self.slow_hz, self.ring_seconds = float(hz), float(slow_hz), float(ring_seconds)
         self.nvidia, self.amd, self.want_events = bool(nvidia), bool(amd), bool(events)
         self.batch, self.buffers = bool(batch), bool(buffers)
@@ -358,7 +396,7 @@ class Core:
         cfg = ffi.new("struct egs_config *", {
             "nvml_library": self._paths[0], "amdsmi_library": self._paths[1],
             "nvidia": int(self.nvidia), "amd": int(self.amd), "hz": self.hz,
-            "slow_hz": self.slow_hz, "ring_len": self.ring_len, "events": int(self.want_events),
+            "slow_hz": self.slow_hz, "slow_fields": self._slow_mask, "ring_len": self.ring_len, "events": int(self.want_events),
             "no_batch": int(not self.batch), "no_buffers": int(not self.buffers),
             "process_hz": self.process_hz, "health_hz": self.health_hz})
         out = ffi.new("struct egs_core **")
@@ -386,7 +424,7 @@ class Core:
         else:
             process_hz = 1.0 / parse_duration(workload.interval) if workload.enabled else 0.0
         return cls(nvml_library=g.nvml_library, amdsmi_library=g.amdsmi_library or None,
-                   hz=g.hz, slow_hz=g.slow_hz, ring_seconds=g.ring_seconds, nvidia=g.nvidia,
+                   hz=g.hz, slow_hz=g.slow_hz, slow_fields=g.slow_fields, ring_seconds=g.ring_seconds, nvidia=g.nvidia,
                    amd=g.amd, process_hz=process_hz, health_hz=1.0 / health_s if health_s else 0.0)
 
     # -- lifecycle --

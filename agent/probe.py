@@ -57,7 +57,8 @@ def run_probe(seconds: float, hz: float, nvml_library: str | None = None,
                        "driver_version": b.driver_version, "devices": b.devices,
                        "symbols": b.symbols}
                 for name, b in core.backends.items()}
-    return {"seconds": seconds, "hz": hz, "slow_hz": core.slow_hz, "backends": backends, "gpus": gpus,
+    return {"seconds": seconds, "hz": hz, "slow_hz": core.slow_hz, "slow_fields": list(core.slow_fields),
+            "backends": backends, "gpus": gpus,
             "sampler": {k: sampler[k] for k in ("ticks", "achieved_hz", "late_ticks",
                                                  "tick_late_p99_us", "thread_cpu_s", "slow_ticks",
                                                  "reads_fast", "reads_slow", "buffered_reads",
@@ -82,7 +83,7 @@ def render_text(report: dict[str, Any]) -> str:
     s = report["sampler"]
     out.append(f"sampler: {s['ticks']} ticks in {report['seconds']:g} s, "
                f"{s['achieved_hz']:.1f} Hz of {report['hz']:g}, late p99 {s['tick_late_p99_us']:.0f} us; "
-               f"slow tier (clocks, energy, fan) on {s['slow_ticks']} ticks at {report['slow_hz']:g} Hz; "
+               f"slow tier ({', '.join(report['slow_fields'])}) on {s['slow_ticks']} ticks at {report['slow_hz']:g} Hz; "
                f"{s['library_calls_per_gpu_per_s']:.1f} library calls per GPU per s, "
                f"{s['buffered_reads']} values from driver sample buffers")
     out.append("paths: buffer = the driver's own sample buffer (read on the slow tier's ticks, every "

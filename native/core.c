@@ -189,6 +189,12 @@ EGS_EXPORT int egs_core_new(const struct egs_config *cfg, struct egs_core **out)
     /* NaN fails both comparisons, so it is refused too. */
     if (!(cfg->slow_hz >= 0.0 && cfg->slow_hz <= cfg->hz))
         return EGS_E_INVALID;
+    /* Only known fields, and a pair read by one call never split across the tiers. */
+    const unsigned int slow = cfg->slow_fields;
+    if ((slow & ~(unsigned int)EGS_ALL_FIELDS) ||
+        !(slow >> EGS_F_UTILIZATION & 1) != !(slow >> EGS_F_MEMORY_BUSY & 1) ||
+        !(slow >> EGS_F_MEMORY_USED & 1) != !(slow >> EGS_F_MEMORY_TOTAL & 1))
+        return EGS_E_INVALID;
     if (!(cfg->process_hz >= 0.0 && cfg->process_hz <= cfg->hz) ||
         !(cfg->health_hz >= 0.0 && cfg->health_hz <= cfg->hz))
         return EGS_E_INVALID;
@@ -908,7 +914,8 @@ static void *sampler_main(void *arg)
     struct egs_tick *ticks = core->sampler_ticks;     /* allocated by start: cannot fail here */
     struct timespec deadline, now;
     double fold_s = 0.0;      /* not yet published to core->fold_s */
-    const unsigned int all_fields = (1u << EGS_NFIELDS) - 1;
+    const unsigned int all_fields = EGS_ALL_FIELDS;
+    const unsigned int slow_fields = core->cfg.slow_fields;
     const unsigned long long slow_every = core->slow_every;
     unsigned long long slot = 0;        /* grid index of this tick (skipped slots counted) */
     unsigned long long next_slow = 0;   /* first grid slot at which the slow tier is due */
@@ -933,7 +940,7 @@ static void *sampler_main(void *arg)
         int slow_due = slot >= next_slow;
         if (slow_due)
             next_slow = (slot / slow_every + 1) * slow_every;
-        const unsigned int due = slow_due ? all_fields : all_fields & ~(unsigned int)EGS_SLOW_FIELDS;
+        const unsigned int due = slow_due ? all_fields : all_fields & ~slow_fields;
 
         prefetch_fold_state(core);
 
@@ -964,7 +971,7 @@ static void *sampler_main(void *arg)
             if (t->nsamples > 1)
                 qsort(t->samples, t->nsamples, sizeof(t->samples[0]), sample_order);
             for (unsigned int k = 0; k < t->nsamples; k++) {
-                if (EGS_SLOW_FIELDS & (1u << t->samples[k].field))
+                if (slow_fields & (1u << t->samples[k].field))
                     reads_slow++;
                 else
                     reads_fast++;
@@ -972,7 +979,7 @@ static void *sampler_main(void *arg)
             buffered += t->nsamples;
             for (int f = 0; f < EGS_NFIELDS; f++) {
                 if (t->status[f] != EGS_R_SKIPPED) {
-                    if (EGS_SLOW_FIELDS & (1u << f))
+                    if (slow_fields & (1u << f))
                         reads_slow++;
                     else
                         reads_fast++;

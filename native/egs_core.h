@@ -33,33 +33,31 @@
 
 /* Fields and their units. Bit i of egs_device_info.unsupported is field i.
  *
- * Two tiers, on one deadline grid. The fast tier is read every tick (egs_config.hz): the
- * figures that move within a second and matter at full resolution. The slow tier is read on
- * the ticks whose grid index is a multiple of round(hz / slow_hz), so at hz / that rate:
- * clocks only change with load or power state, the energy counter is a running total whose
- * rate is known from its endpoints, and fans turn slowly. A real driver spends hundreds of
- * microseconds of CPU per call (NVML 580 on an H100: ~400 us), so every call saved counts.
- *   fast: UTILIZATION + MEMORY_BUSY (one call), MEMORY_USED + MEMORY_TOTAL (one call),
- *         TEMPERATURE, POWER
- *   slow: SM_CLOCK, MEMORY_CLOCK, ENERGY, FAN          (EGS_SLOW_FIELDS)
- * (Calls as the per-field path makes them; EGS_PATH_* below says how a device's driver lets
- * the core make fewer.) Slot 0 reads both tiers, so an unsupported field is found at start. When the sampler is
- * held up past a slow slot, the next tick that runs reads the slow tier (late, as the fast
- * tier does). On a tick that does not read a field, its ring value is NaN ("not sampled")
- * and its accumulator is untouched: nothing repeats an older reading as if it were new. */
-#define EGS_F_UTILIZATION   0     /* fast; percent, graphics/compute engine busy */
-#define EGS_F_MEMORY_BUSY   1     /* fast; percent, memory controller busy */
-#define EGS_F_MEMORY_USED   2     /* fast; bytes */
-#define EGS_F_MEMORY_TOTAL  3     /* fast; bytes */
-#define EGS_F_TEMPERATURE   4     /* fast; degrees Celsius */
-#define EGS_F_POWER         5     /* fast; watts */
-#define EGS_F_SM_CLOCK      6     /* slow; MHz */
-#define EGS_F_MEMORY_CLOCK  7     /* slow; MHz */
-#define EGS_F_ENERGY        8     /* slow; joules, counter since driver load */
-#define EGS_F_FAN           9     /* slow; percent */
+ * Two tiers, on one deadline grid. The fast tier is read every tick (egs_config.hz), the slow
+ * tier on the ticks whose grid index is a multiple of round(hz / slow_hz), so at hz / that
+ * rate. Which fields are slow is the caller's choice (egs_config.slow_fields); a field and its
+ * pair, read by one call, are always in the same tier. Calls as the per-field path makes them:
+ *   UTILIZATION + MEMORY_BUSY (one call), MEMORY_USED + MEMORY_TOTAL (one call), TEMPERATURE,
+ *   POWER, SM_CLOCK, MEMORY_CLOCK, ENERGY, FAN
+ * (EGS_PATH_* below says how a device's driver lets the core make fewer.) A real driver spends
+ * tens to hundreds of microseconds of CPU per call (NVML 580 on an H100: ~43 us for the
+ * cheapest, ~400 us for some), so every call saved counts. Slot 0 reads both tiers, so an
+ * unsupported field is found at start. When the sampler is held up past a slow slot, the next
+ * tick that runs reads the slow tier (late, as the fast tier does). On a tick that does not
+ * read a field, its ring value is NaN ("not sampled") and its accumulator is untouched:
+ * nothing repeats an older reading as if it were new. */
+#define EGS_F_UTILIZATION   0     /* percent, graphics/compute engine busy */
+#define EGS_F_MEMORY_BUSY   1     /* percent, memory controller busy (pair of UTILIZATION) */
+#define EGS_F_MEMORY_USED   2     /* bytes */
+#define EGS_F_MEMORY_TOTAL  3     /* bytes (pair of MEMORY_USED) */
+#define EGS_F_TEMPERATURE   4     /* degrees Celsius */
+#define EGS_F_POWER         5     /* watts */
+#define EGS_F_SM_CLOCK      6     /* MHz */
+#define EGS_F_MEMORY_CLOCK  7     /* MHz */
+#define EGS_F_ENERGY        8     /* joules, counter since driver load */
+#define EGS_F_FAN           9     /* percent */
 #define EGS_NFIELDS        10
-#define EGS_SLOW_FIELDS    0x3C0  /* bits of SM_CLOCK, MEMORY_CLOCK, ENERGY, FAN (a literal:
-                                   * cffi's parser takes no expressions here) */
+#define EGS_ALL_FIELDS     0x3FF  /* (a literal: cffi's parser takes no expressions here) */
 
 /* How a device's field is read (egs_device_info.paths[f]), cheapest first:
  *   BUFFER: the driver's own sample buffer (nvmlDeviceGetSamples), read on the slow tier's
@@ -98,6 +96,8 @@ struct egs_config {
     int events;                   /* 0 = no event thread */
     double slow_hz;               /* slow tier rate, 0 < slow_hz <= hz: read every round(hz/slow_hz)
                                    * ticks; 0 = no slow tier (every field every tick) */
+    unsigned int slow_fields;     /* the slow tier's fields (bit i = EGS_F_ i), each with its
+                                   * pair; 0 = none (every field on the fast tier) */
     int no_batch;                 /* nonzero: no BATCH path (every field by its own call) */
     int no_buffers;               /* nonzero: no BUFFER path (driver sample buffers unused) */
     double process_hz;            /* per-process pass rate (egs_processes_read), 0 < process_hz
@@ -157,7 +157,7 @@ struct egs_sampler_stats {
     unsigned long long reads;         /* field values attempted, both tiers (a buffered
                                        * sample is one read) */
     unsigned long long reads_fast;    /* of which fast-tier fields */
-    unsigned long long reads_slow;    /* of which slow-tier fields (EGS_SLOW_FIELDS) */
+    unsigned long long reads_slow;    /* of which slow-tier fields (egs_config.slow_fields) */
     unsigned long long slow_ticks;    /* ticks that read the slow tier */
     unsigned long long calls;         /* vendor library calls the sampler made */
     unsigned long long buffered_reads;/* of the reads, samples from driver sample buffers */

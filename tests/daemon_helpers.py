@@ -168,6 +168,8 @@ class FakeGpuCore:
 
     hz = 10.0
     fallback_hz = 1.0
+    slow_metrics = frozenset({"gpu_sm_clock_mhz", "gpu_memory_clock_mhz", "gpu_energy_joules_total",
+                              "gpu_fan_speed_percent"})
 
     def __init__(self, devices, backends=None):
         self.devices_ = list(devices)

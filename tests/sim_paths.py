@@ -96,3 +96,8 @@ def amdsmi_env(which: str | os.PathLike | None = None, base: dict | None = None)
     if path:
         env["EGS_SIM_SCENARIO"] = path
     return env
+
+# `gpu.slow_fields` with every polled field but the clocks, energy and fan on the fast tier:
+# for tests of the fast tier's per-tick polling (at the defaults temperature and memory are
+# slow too, and a driver with sample buffers leaves nothing to poll on a fast tick).
+CLASSIC_SLOW = ("sm_clock", "memory_clock", "energy", "fan")

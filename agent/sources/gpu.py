@@ -170,6 +170,7 @@ class GpuCore(Protocol):
 
     backends: dict[str, Any]      # name -> agent.native.Backend
     fallback_hz: float            # the rate of devices read through the pyamdgpuinfo fallback
+    slow_metrics: frozenset[str]  # the metrics read at gpu.slow_hz (gpu.slow_fields)
 
     def start(self) -> Any: ...
     def stop(self) -> None: ...
@@ -226,11 +227,7 @@ class GpuSource(Source):
             return
         core.start()
         self.core = core
-        try:
-            from agent.native import SLOW_METRICS
-            self._slow = frozenset(SLOW_METRICS)
-        except ImportError:  # a stand-in core without the extension: every metric is fast
-            self._slow = frozenset()
+        self._slow = frozenset(core.slow_metrics)
         self._fallback_hz = core.fallback_hz
         self._refresh_devices()
         self.status.state = "ok" if self._devices else "unavailable"
@@ -266,7 +263,7 @@ class GpuSource(Source):
     def staleness_bound(self, metric: str, device: Any = None) -> float:
         """Seconds a metric may go without a sample before status shows it null and stale:
         `stale_bound(rate)` = max(10 s, 3 / rate), the rate being `gpu.slow_hz` for the slow tier
-        (`agent.native.SLOW_METRICS`: clocks, energy, fan) and for fields the device reads from
+        (`Core.slow_metrics`, from `gpu.slow_fields`) and for fields the device reads from
         the driver's sample buffers (`Device.paths`), `gpu.hz` for the others, and the
         core's `fallback_hz` for devices read through the pyamdgpuinfo fallback."""
         if device is not None and device.source == "pyamdgpuinfo" and self._fallback_hz:

@@ -76,17 +76,18 @@ def test_cli_against_a_daemon_on_the_simulated_demo_scenario(short_dir, start_da
     assert "Host: cpu" in table.stdout
 
     def query():
-        q = cli("--socket", str(sock), "query", "gpu_temperature_celsius", "--window", "10s", "--stat", "max",
+        q = cli("--socket", str(sock), "query", "gpu_power_watts", "--window", "10s", "--stat", "max",
                 "--label", "gpu=1", "--json", env=env)
         assert q.returncode == 0, q.stderr
         reply = json.loads(q.stdout)
-        # more samples than seconds in the window: the 100 Hz reads are folded in, not 1 Hz
+        # more samples than seconds in the window: every sample of the driver's power buffer
+        # (20 a second on the simulator) is folded in, not one a second
         return reply if reply["series"] and reply["series"][0]["count"] > 20 else None
 
     reply = wait_for(query, what="a 10 s window with more than 20 samples")
-    assert reply["simulated"] and reply["unit"] == "celsius" and reply["window_seconds"] == 10
+    assert reply["simulated"] and reply["unit"] == "watts" and reply["window_seconds"] == 10
     assert [s["labels"]["gpu"] for s in reply["series"]] == ["1"]
-    assert 40 < reply["series"][0]["value"] < 90
+    assert 0 < reply["series"][0]["value"] < 1000
 
     bad = cli("--socket", str(sock), "query", "gpu_temperature_celsius", "--window", "2h", env=env)
     assert bad.returncode == 2 and "outside what is kept" in bad.stderr

@@ -67,7 +67,8 @@ def test_a_healthy_stop_abandons_no_thread(make_core):
 _STUCK = r"""
 import json, os, sys, time
 from agent.native import Core, StateError, ffi, lib
-core = Core(nvml_library=sys.argv[1], amd=False, events=False, hz=20).start()
+# Every polled field on the fast tier, so every tick calls the library (not only the slow ones).
+core = Core(nvml_library=sys.argv[1], amd=False, events=False, hz=20, slow_fields=()).start()
 # t >= 0.5 s: every query now hangs 10 s, so the sampler sits inside the library.
 time.sleep(1.0)
 core.stop()

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import sim_paths
+from sim_paths import CLASSIC_SLOW
 
 from agent import metrics
 from agent.native import Core, InvalidArgument, NativeError, StateError
@@ -45,7 +46,7 @@ def test_concurrent_stops_are_safe_and_prompt_at_low_rate(make_core):
 
 def test_rate_is_held_on_the_deadline_grid(make_core):
     hz = 200.0
-    core = make_core("constant", hz=hz, amd=False, buffers=False)  # a read per field per tick
+    core = make_core("constant", hz=hz, amd=False, buffers=False, slow_fields=CLASSIC_SLOW)  # a read per field per tick
     # Count-based: run until 200 ticks (a second when the machine is idle), however long a
     # loaded machine takes, then check the grid's bookkeeping rather than the wall clock.
     deadline = time.monotonic() + 30.0

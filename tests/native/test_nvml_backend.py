@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sim_paths
+from sim_paths import CLASSIC_SLOW
 
 from agent.native import Core
 
@@ -198,7 +199,7 @@ def test_xid_events_are_delivered_with_their_code(make_core):
 
 
 def test_ring_holds_the_newest_samples_in_time_order(make_core):
-    core = make_core("constant", hz=100, ring_seconds=0.5, amd=False, buffers=False)
+    core = make_core("constant", hz=100, ring_seconds=0.5, amd=False, buffers=False, slow_fields=CLASSIC_SLOW)
     # Count-based: once more ticks ran than the ring holds (50), it is full, however long a
     # loaded machine took to get there.
     deadline = time.monotonic() + 30.0
@@ -222,7 +223,7 @@ def test_ring_holds_the_newest_samples_in_time_order(make_core):
 
 
 def test_drain_resets_the_accumulators(make_core):
-    core = make_core("constant", hz=100, amd=False)
+    core = make_core("constant", hz=100, amd=False, slow_fields=CLASSIC_SLOW)
     time.sleep(0.5)
     first = {(s.gpu, s.metric): s for s in core.drain()}
     core.stop()

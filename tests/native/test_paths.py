@@ -248,3 +248,23 @@ def test_the_core_counts_the_calls_the_library_saw(make_core, paths):
     assert seen - probes == s["library_calls"] > 0
     assert s["library_calls_per_gpu_per_s"] == pytest.approx(
         s["library_calls"] / 2 / s["elapsed_s"])
+
+
+def test_at_the_defaults_only_slow_ticks_call_the_library_and_each_makes_nine_calls(make_core):
+    # gpu.hz 10, gpu.slow_hz 1, gpu.slow_fields at its default: on a driver with sample buffers
+    # and field values a fast tick has nothing left to poll, and a slow tick reads the five
+    # buffers, the field values (energy), memory, temperature and fan: 9 calls per GPU a
+    # second (issue 16's goal: <= 12).
+    before = sim_calls(sim_paths.NVML_LIB)
+    core = make_core("constant", amd=False, events=False, health_hz=0, process_hz=0)
+    time.sleep(1.2)
+    core.stop()
+    after = sim_calls(sim_paths.NVML_LIB)
+    s = core.sampler_stats()
+    assert (core.hz, core.slow_hz) == (10.0, 1.0) and s["ticks"] > s["slow_ticks"] >= 2
+    assert s["library_calls"] == 2 * 9 * s["slow_ticks"]
+    calls = {f: after.get(f, 0) - before.get(f, 0) for f in TELEMETRY}
+    temperature = calls["nvmlDeviceGetTemperatureV"] + calls["nvmlDeviceGetTemperature"]
+    assert temperature == calls["nvmlDeviceGetFanSpeed"] == 2 * s["slow_ticks"]
+    assert {m: p for m, p in core.devices()[0].paths.items() if p != "call"} == {
+        **{m: "buffer" for m in PERIODS}, "gpu_energy_joules_total": "batch"}

@@ -1,4 +1,4 @@
-"""The two sampling tiers: fast fields every tick, slow fields (clocks, energy, fan) on every
+"""The two sampling tiers: fast fields every tick, slow fields (`gpu.slow_fields`) on every
 slow_every-th grid slot, counted per tier, and never presented as new samples in between."""
 from __future__ import annotations
 
@@ -10,25 +10,32 @@ import time
 
 import pytest
 import sim_paths
+from sim_paths import CLASSIC_SLOW
 
-from agent import config
+from agent import config, native
 from agent._native import ffi, lib
-from agent.native import SLOW_METRICS, Core
+from agent.native import Core
 
 SLOW = {"gpu_sm_clock_mhz", "gpu_memory_clock_mhz", "gpu_energy_joules_total", "gpu_fan_speed_percent"}
 FAST = {"gpu_utilization_percent", "gpu_memory_busy_percent", "gpu_memory_used_bytes",
         "gpu_memory_total_bytes", "gpu_temperature_celsius", "gpu_power_watts"}
 
 
-def test_tier_membership_is_the_documented_one():
-    assert SLOW_METRICS == SLOW
-    assert lib.EGS_SLOW_FIELDS == sum(1 << f for f in (lib.EGS_F_SM_CLOCK, lib.EGS_F_MEMORY_CLOCK,
-                                                        lib.EGS_F_ENERGY, lib.EGS_F_FAN))
+def test_default_tiers_are_the_documented_ones():
+    assert config.parse("").gpu.slow_fields == list(config.DEFAULT_SLOW_FIELDS)
+    assert set(config.GPU_FIELD_GROUPS) == set(native.FIELD_GROUPS)
+    core = Core(nvidia=False, amd=False)
+    assert core.slow_fields == config.DEFAULT_SLOW_FIELDS
+    # Polled fields with neither a buffer nor a batch entry in NVML are slow at the defaults.
+    assert core.slow_metrics == SLOW | {"gpu_temperature_celsius", "gpu_memory_used_bytes",
+                                        "gpu_memory_total_bytes", "gpu_memory_used_percent"}
+    assert Core(nvidia=False, amd=False, slow_fields=CLASSIC_SLOW).slow_metrics == SLOW
 
 
 def test_slow_fields_are_read_on_every_nth_grid_slot_and_counted_per_tier(make_core):
     # Tiers of polled fields: the driver buffers (read on slow ticks) are tested in test_paths.py.
-    core = make_core("constant", hz=100, slow_hz=20, ring_seconds=5, amd=False, buffers=False)
+    core = make_core("constant", hz=100, slow_hz=20, ring_seconds=5, amd=False, buffers=False,
+                     slow_fields=CLASSIC_SLOW)
     time.sleep(1.0)
     core.stop()
     s = core.sampler_stats()
@@ -95,11 +102,57 @@ def test_defaults_are_10_hz_and_1_hz_slow():
     assert Core(hz=0.5, nvidia=False, amd=False).slow_hz == 0.5
 
 
-def test_from_config_passes_both_rates():
-    cfg = config.parse("[gpu]\nhz = 40\nslow_hz = 4\n")
+def test_from_config_passes_both_rates_and_the_slow_fields():
+    cfg = config.parse("[gpu]\nhz = 40\nslow_hz = 4\nslow_fields = [\"fan\", \"memory\"]\n")
     core = Core.from_config(cfg)
     assert (core.hz, core.slow_hz) == (40.0, 4.0)
     assert core.sampler_stats()["slow_every"] == 10
+    assert core.slow_metrics == {"gpu_fan_speed_percent", "gpu_memory_used_bytes", "gpu_memory_total_bytes",
+                                 "gpu_memory_used_percent"}
+
+
+def test_no_slow_fields_reads_every_polled_field_every_tick(make_core):
+    core = make_core("constant", hz=50, slow_hz=5, amd=False, buffers=False, slow_fields=())
+    time.sleep(0.3)
+    core.stop()
+    s = core.sampler_stats()
+    assert s["slow_every"] == 10 and s["reads_slow"] == 0
+    assert s["reads"] == s["reads_fast"] == s["ticks"] * 2 * 10
+    assert None not in core.ring(1).values["gpu_fan_speed_percent"]
+
+
+def test_temperature_and_memory_on_the_slow_tier_are_read_with_it(make_core):
+    core = make_core("constant", hz=50, slow_hz=10, amd=False, buffers=False,
+                     slow_fields=("memory", "temperature"))
+    time.sleep(0.5)
+    core.stop()
+    s = core.sampler_stats()
+    counts = {x.metric: x.count for x in core.drain() if x.gpu == 0}
+    for metric in ("gpu_temperature_celsius", "gpu_memory_used_bytes", "gpu_memory_used_percent"):
+        assert counts[metric] == s["slow_ticks"], metric
+    assert counts["gpu_fan_speed_percent"] == counts["gpu_power_watts"] == s["ticks"]
+    ring = core.ring(0)
+    read = [i for i, v in enumerate(ring.values["gpu_temperature_celsius"]) if v is not None]
+    assert len(read) == s["slow_ticks"] and read[0] == 0 and s["ticks"] > s["slow_ticks"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[gpu]\nslow_fields = ["fan", "clock"]\n', "gpu.slow_fields: unknown field 'clock'; the fields are utilization,"),
+    ('[gpu]\nslow_fields = ["fan", "fan"]\n', "gpu.slow_fields: names a field twice"),
+    ("[gpu]\nslow_fields = [1]\n", "gpu.slow_fields"),
+])
+def test_config_refuses_unknown_or_repeated_slow_fields(text, message):
+    with pytest.raises(config.ConfigError, match="agent.toml:2: " + message.replace("[", r"\[")):
+        config.parse(text, "agent.toml")
+
+
+@pytest.mark.parametrize("mask", [1 << lib.EGS_F_UTILIZATION, 1 << lib.EGS_F_MEMORY_TOTAL, 1 << 10, 0xFFFFFFFF])
+def test_c_core_refuses_a_split_pair_or_an_unknown_field(mask):
+    cfg = ffi.new("struct egs_config *", {"nvidia": 0, "amd": 0, "hz": 10.0, "slow_hz": 1.0, "slow_fields": mask})
+    out = ffi.new("struct egs_core **")
+    assert lib.egs_core_new(cfg, out) == lib.EGS_E_INVALID
+    with pytest.raises(ValueError, match="unknown GPU field 'clocks'"):
+        Core(nvidia=False, amd=False, slow_fields=("clocks",))
 
 
 @pytest.mark.parametrize("text, line, message", [
@@ -147,6 +200,7 @@ def test_probe_reads_slow_fields_at_least_once_in_a_short_run(sim_out):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["slow_hz"] == pytest.approx(1 / 0.3)
+    assert report["slow_fields"] == list(config.DEFAULT_SLOW_FIELDS)
     sampler = report["sampler"]
     assert sampler["reads_slow"] > 0 and sampler["reads_fast"] > sampler["reads_slow"]
     m = report["gpus"][0]["metrics"]
@@ -154,7 +208,8 @@ def test_probe_reads_slow_fields_at_least_once_in_a_short_run(sim_out):
     # The clocks come from the driver's sample buffer now (as many samples as the driver took,
     # issue 16), so the tiers are compared on the fan: slow tier, still polled by its own call.
     assert m["gpu_fan_speed_percent"]["count"] >= 1 and m["gpu_fan_speed_percent"]["last"] == 42
-    assert m["gpu_temperature_celsius"]["count"] > m["gpu_fan_speed_percent"]["count"]
+    # At the defaults temperature is on the slow tier with the fan (one read a slow tick).
+    assert m["gpu_temperature_celsius"]["count"] == m["gpu_fan_speed_percent"]["count"] >= 1
 
 
 def test_probe_refuses_a_slow_rate_above_the_fast_one(sim_out):

@@ -15,7 +15,7 @@ from agent.windows import Windows
 def settings(**over):
     """The `[gpu]` section as the config machinery declares it, pointed at the simulators."""
     base = dict(nvml_library=str(sim_paths.NVML_LIB), amdsmi_library=str(sim_paths.AMDSMI_LIB),
-                hz=100.0, ring_seconds=10.0)
+                hz=100.0, ring_seconds=10.0, slow_fields=["sm_clock", "memory_clock", "energy", "fan"])
     return dataclasses.replace(config.parse("", "test.toml").gpu, **(base | over))
 
 
