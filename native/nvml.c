@@ -262,8 +262,9 @@ _Static_assert(R_COUNT_ROLES <= EGS_MAX_ROLES, "raise EGS_MAX_ROLES");
  * each nvmlGpmMetric_t = {unsigned int metricId; nvmlReturn_t nvmlReturn; double value;
  * metricInfo = three char pointers (short name, long name, unit)}, 40 bytes. The header's array
  * is NVML_GPM_METRIC_MAX long, a size that grew between releases (98, 210, 333, 477) under the
- * same version 1: numMetrics says how many entries are the caller's, so ours holds only the
- * metrics asked. Metric ids (percent, 0-100): GRAPHICS_UTIL 1, SM_UTIL 2, SM_OCCUPANCY 3,
+ * same version 1. numMetrics says how many entries the caller asks for; the request still has
+ * room for the largest array known (NV_GPM_ROOM), so a driver that touches its whole array
+ * stays inside ours (20 KB, zeroed once a pass per GPU instance). Metric ids (percent, 0-100): GRAPHICS_UTIL 1, SM_UTIL 2, SM_OCCUPANCY 3,
  * DRAM_BW_UTIL 10. */
 typedef void *nv_gpm_sample;
 
@@ -284,11 +285,13 @@ enum { NV_GPM_SUPPORT_VERSION = 1, NV_GPM_METRICS_GET_VERSION = 1 };
 static const unsigned int nv_gpm_ids[] = {1, 2, 3, 10};
 #define NV_GPM_NMETRICS (sizeof(nv_gpm_ids) / sizeof(nv_gpm_ids[0]))
 
+enum { NV_GPM_ROOM = 512 };           /* >= every release's NVML_GPM_METRIC_MAX (477 so far) */
+
 struct nv_gpm_metrics_get {
     unsigned int version;
     unsigned int count;
     nv_gpm_sample sample1, sample2;
-    struct nv_gpm_metric metrics[NV_GPM_NMETRICS];
+    struct nv_gpm_metric metrics[NV_GPM_ROOM];
 };
 
 _Static_assert(sizeof(struct nv_gpm_metric) == 40, "nvmlGpmMetric_t layout");
