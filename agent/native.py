@@ -606,13 +606,15 @@ class Core:
     def sampler_stats(self) -> dict[str, float | int]:
         """The sampler's counters. `reads` (field values read) = `reads_fast` + `reads_slow`,
         `buffered_reads` of them samples out of driver buffers; `slow_ticks` of the `ticks`
-        read the slow tier, one grid slot in `slow_every`. `library_calls` is the vendor
+        read the slow tier, one grid slot in `slow_every`; `idle_slots` are grid slots the
+        sampler did not wake for, nothing being due on them (`achieved_hz` counts them as kept:
+        (ticks + idle_slots) / elapsed_s). `library_calls` is the vendor
         calls the sampler made, and `library_calls_per_gpu_per_s` that over the GPUs it
         started with and the elapsed time."""
         s = ffi.new("struct egs_sampler_stats *")
         _check(lib.egs_sampler_get(self._core, s), "egs_sampler_get")
         per_gpu_s = (s.calls / self._ndev / s.elapsed_s) if self._ndev and s.elapsed_s > 0 else 0.0
-        return {"ticks": s.ticks, "late_ticks": s.late_ticks, "reads": s.reads,
+        return {"ticks": s.ticks, "late_ticks": s.late_ticks, "idle_slots": s.idle_slots, "reads": s.reads,
                 "reads_fast": s.reads_fast, "reads_slow": s.reads_slow, "slow_ticks": s.slow_ticks,
                 "slow_every": s.slow_every, "target_slow_hz": self.hz / s.slow_every,
                 "tick_late_p99_us": s.tick_late_p99_us, "thread_cpu_s": s.thread_cpu_s,

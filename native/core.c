@@ -4,7 +4,8 @@
  * The sampler runs an absolute-deadline loop on CLOCK_MONOTONIC (clock_nanosleep with
  * TIMER_ABSTIME), so a slow tick does not shift the phase of the ones after it. Each tick
  * reads the fields that are due (the fast tier always, the slow tier on every slow_every-th
- * grid slot: see egs_core.h) of every live device into a private buffer with no lock held
+ * grid slot: see egs_core.h; a slot with nothing due is slept through) of every live device
+ * into a private buffer with no lock held
  * (the vendor calls are the slow part), then takes the lock once to fold that buffer into
  * the accumulators and the ring. Python drains all accumulators in one short critical section of
  * fixed size, so draining costs the same at 10 Hz and at 1 kHz. The threads never call into
@@ -524,7 +525,7 @@ EGS_EXPORT int egs_core_start(struct egs_core *core)
     core->ring_len = core->cfg.ring_len;
     core->ev_head = core->ev_count = 0;
     core->ev_dropped = 0;
-    core->ticks = core->late_ticks = core->reads = 0;
+    core->ticks = core->late_ticks = core->idle_slots = core->idle_pending = core->reads = 0;
     core->reads_fast = core->reads_slow = core->slow_ticks = 0;
     core->calls = core->buffered_reads = 0;
     core->process_passes = core->process_calls = 0;
@@ -906,6 +907,18 @@ static int sample_order(const void *a, const void *b)
     return x->field - y->field;
 }
 
+/* Whether a tick that is not a slow one has anything to read: a live device with a field of
+ * `fast` that is neither unsupported nor served by its driver's sample buffer. */
+static int fast_work(const struct egs_core *core, unsigned int fast)
+{
+    for (unsigned int i = 0; i < core->ndevs; i++) {
+        const struct egs_dev *d = &core->devs[i];
+        if (!d->lost && (fast & ~d->unsupported & ~d->buffered))
+            return 1;
+    }
+    return 0;
+}
+
 static void *sampler_main(void *arg)
 {
     struct egs_core *core = arg;
@@ -998,6 +1011,8 @@ static void *sampler_main(void *arg)
         pthread_mutex_lock(&core->lock);
         fold_tick(core, ticks, now_unix);
         core->ticks++;
+        core->idle_slots += core->idle_pending;
+        core->idle_pending = 0;
         core->reads += reads_fast + reads_slow;
         core->reads_fast += reads_fast;
         core->reads_slow += reads_slow;
@@ -1044,6 +1059,26 @@ static void *sampler_main(void *arg)
             pthread_mutex_unlock(&core->lock);
             add_ns(&deadline, skip * period_ns);
             slot += (unsigned long long)skip;
+        }
+        /* Slots with nothing due are not woken for: when every fast field of every live
+         * device comes from a driver buffer (read on slow slots) or is unsupported, the next
+         * slot worth waking for is the next slow, per-process or health one. At the defaults
+         * on a driver with buffers that is one wake-up a second instead of gpu.hz. */
+        if (!fast_work(core, all_fields & ~slow_fields)) {
+            unsigned long long next = next_slow;
+            if (proc_every > 0 && next_proc < next)
+                next = next_proc;
+            if (health_every > 0 && next_health < next)
+                next = next_health;
+            if (next > slot) {
+                /* Counted as they pass (egs_sampler_get), for good by the next tick. */
+                pthread_mutex_lock(&core->lock);
+                core->idle_pending = next - slot;
+                core->idle_from = ts_seconds(&deadline);
+                pthread_mutex_unlock(&core->lock);
+                add_ns(&deadline, (long long)(next - slot) * period_ns);
+                slot = next;
+            }
         }
         /* Sleep to the deadline in slices of at most EGS_MAX_SLEEP_S so stop stays prompt. */
         for (;;) {
@@ -1305,7 +1340,14 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     }
     double end = core->stop_mono > 0 ? core->stop_mono : now_mono();
     out->elapsed_s = core->start_mono > 0 ? end - core->start_mono : 0.0;
-    out->achieved_hz = out->elapsed_s > 0 ? (double)core->ticks / out->elapsed_s : 0.0;
+    unsigned long long passed = 0;  /* slots of the current idle stretch already behind us */
+    if (core->idle_pending > 0 && end >= core->idle_from) {
+        passed = (unsigned long long)((end - core->idle_from) * core->cfg.hz) + 1;
+        if (passed > core->idle_pending)
+            passed = core->idle_pending;
+    }
+    out->idle_slots = core->idle_slots + passed;
+    out->achieved_hz = out->elapsed_s > 0 ? (double)(core->ticks + out->idle_slots) / out->elapsed_s : 0.0;
     if (core->fold_hist != NULL) {
         unsigned long long folds = 0, seen = 0;
         for (long b = 0; b < EGS_FOLD_BUCKETS; b++)

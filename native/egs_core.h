@@ -154,6 +154,10 @@ struct egs_event {
 struct egs_sampler_stats {
     unsigned long long ticks;
     unsigned long long late_ticks;    /* grid slots skipped because the thread was held up past them */
+    unsigned long long idle_slots;    /* grid slots not woken for: nothing was due on them (every
+                                       * fast field of every live device comes from a driver
+                                       * sample buffer, read on the slow tier's slots, or is
+                                       * unsupported); ticks + late_ticks + idle_slots = slots */
     unsigned long long reads;         /* field values attempted, both tiers (a buffered
                                        * sample is one read) */
     unsigned long long reads_fast;    /* of which fast-tier fields */
@@ -165,7 +169,7 @@ struct egs_sampler_stats {
     double tick_late_p99_us;          /* 99th percentile of wake-up lateness */
     double thread_cpu_s;              /* CPU time of the sampler thread (CLOCK_THREAD_CPUTIME_ID) */
     double elapsed_s;                 /* since the sampler started (or until it stopped) */
-    double achieved_hz;               /* ticks / elapsed_s */
+    double achieved_hz;               /* (ticks + idle_slots) / elapsed_s: slots kept on time */
     double read_s;                    /* wall time inside the vendor libraries' calls */
     double fold_s;                    /* wall time folding ticks into accumulators and rings
                                        * (the core's own per-tick work, lock included) */

@@ -254,7 +254,9 @@ struct egs_core {
 
     double realtime_offset;         /* unix time = monotonic + offset, fixed at start */
     double start_mono, stop_mono;
-    unsigned long long ticks, late_ticks, reads;
+    unsigned long long ticks, late_ticks, idle_slots, reads;
+    unsigned long long idle_pending;  /* the slots of the sampler's current idle stretch ... */
+    double idle_from;                 /* ... from this CLOCK_MONOTONIC time (its first slot) */
     unsigned long long reads_fast, reads_slow, slow_ticks, calls, buffered_reads;
     double ring_lag_s;              /* the oldest a buffered sample was when folded: the ring is
                                      * in time order but for that much (egs_ring_read) */

@@ -250,21 +250,37 @@ def test_the_core_counts_the_calls_the_library_saw(make_core, paths):
         s["library_calls"] / 2 / s["elapsed_s"])
 
 
-def test_at_the_defaults_only_slow_ticks_call_the_library_and_each_makes_nine_calls(make_core):
+def test_at_the_defaults_only_slow_slots_are_woken_for_and_each_makes_nine_calls(make_core):
     # gpu.hz 10, gpu.slow_hz 1, gpu.slow_fields at its default: on a driver with sample buffers
-    # and field values a fast tick has nothing left to poll, and a slow tick reads the five
-    # buffers, the field values (energy), memory, temperature and fan: 9 calls per GPU a
-    # second (issue 16's goal: <= 12).
+    # and field values a fast slot has nothing left to poll, so the sampler does not wake for
+    # it (idle_slots), and a slow tick reads the five buffers, the field values (energy),
+    # memory, temperature and fan: 9 calls per GPU a second (issue 16's goal: <= 12).
     before = sim_calls(sim_paths.NVML_LIB)
     core = make_core("constant", amd=False, events=False, health_hz=0, process_hz=0)
     time.sleep(1.2)
     core.stop()
     after = sim_calls(sim_paths.NVML_LIB)
     s = core.sampler_stats()
-    assert (core.hz, core.slow_hz) == (10.0, 1.0) and s["ticks"] > s["slow_ticks"] >= 2
+    assert (core.hz, core.slow_hz) == (10.0, 1.0) and s["ticks"] == s["slow_ticks"] >= 2
+    # The stretches between slow slots, and the part of the current one already past.
+    assert 9 * (s["ticks"] - 1) <= s["idle_slots"] < 9 * s["ticks"] and s["late_ticks"] == 0
+    assert abs(s["ticks"] + s["idle_slots"] - s["elapsed_s"] * 10) <= 2
+    assert s["achieved_hz"] == pytest.approx((s["ticks"] + s["idle_slots"]) / s["elapsed_s"])
     assert s["library_calls"] == 2 * 9 * s["slow_ticks"]
     calls = {f: after.get(f, 0) - before.get(f, 0) for f in TELEMETRY}
     temperature = calls["nvmlDeviceGetTemperatureV"] + calls["nvmlDeviceGetTemperature"]
     assert temperature == calls["nvmlDeviceGetFanSpeed"] == 2 * s["slow_ticks"]
     assert {m: p for m, p in core.devices()[0].paths.items() if p != "call"} == {
         **{m: "buffer" for m in PERIODS}, "gpu_energy_joules_total": "batch"}
+
+
+def test_a_fast_field_without_a_buffer_keeps_every_slot_woken_for(make_core):
+    # Temperature back on the fast tier: it has no buffer, so every slot is a tick again.
+    core = make_core("constant", hz=20, amd=False, events=False, health_hz=0, process_hz=0,
+                     slow_fields=("memory", "sm_clock", "memory_clock", "energy", "fan"))
+    time.sleep(0.6)
+    core.stop()
+    s = core.sampler_stats()
+    assert s["idle_slots"] == 0 and s["ticks"] > s["slow_ticks"]
+    counts = {x.metric: x.count for x in core.drain() if x.gpu == 0}
+    assert counts["gpu_temperature_celsius"] == s["ticks"]
