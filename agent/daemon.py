@@ -435,7 +435,8 @@ class Daemon:
         restart_only = [f"{section}.{key}" for section, key in (
             ("agent", "state_dir"), ("agent", "host_id"), ("api", "socket"), ("gpu", "enabled"),
             ("gpu", "nvidia"), ("gpu", "amd"), ("gpu", "nvml_library"), ("gpu", "amdsmi_library"),
-            ("gpu", "hz"), ("gpu", "ring_seconds"), ("gpu", "health_interval"),
+            ("gpu", "hz"), ("gpu", "slow_hz"), ("gpu", "slow_fields"), ("gpu", "ring_seconds"),
+            ("gpu", "health_interval"),
             *(("workload", f.name) for f in dataclasses.fields(old.workload)))  # the core's passes, the attribution
             if getattr(getattr(old, section), key) != getattr(getattr(new, section), key)]
         if restart_only:

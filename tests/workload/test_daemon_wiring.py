@@ -102,10 +102,13 @@ def test_a_reload_that_changes_workload_keys_says_they_take_effect_on_restart(sh
     d = Daemon(config.load(path, env={}), config_path=str(path), env={}, components=())
     d.start()
     try:
-        path.write_text(path.read_text().replace("top_n = 5", 'top_n = 7\ninterval = "10s"'))
+        path.write_text(path.read_text().replace("top_n = 5", 'top_n = 7\ninterval = "10s"')
+                        .replace("enabled = false", 'enabled = false\nslow_fields = ["fan"]'))
         with caplog.at_level(logging.WARNING, logger="egs-agent"):
             assert d.reload() is True
         (warning,) = [r.getMessage() for r in caplog.records if "takes effect on restart" in r.getMessage()]
         assert "workload.interval" in warning and "workload.top_n" in warning and "workload.procfs" not in warning
+        # The core's tiers are set when it starts, like its rates.
+        assert "gpu.slow_fields" in warning and "gpu.slow_hz" not in warning
     finally:
         d.stop()
