@@ -6,7 +6,6 @@ model; per-NIC metrics carry nic. Other modules refer to metrics by these names 
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 
@@ -124,6 +123,8 @@ def agent_metrics() -> list[str]:
 def unknown_hint(name: str, known) -> str:
     """For an error about an unknown metric: the closest known names, bounded (the catalogue
     has ~80 names; a message listing them all is too long to read)."""
+    import difflib  # only for this message: not loaded by a daemon that never makes it
+
     known = sorted(known)
     name = str(name)[:200]
     close = [k for k in known if name and name in k][:5]  # "gpu_temp" -> gpu_temperature_celsius

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 from typing import Mapping
 
 PREFIX = "ecs."
+# The shipped table, beside the package's code (read as a file: importlib.resources would bring
+# tempfile, zipfile and more into the daemon, ~2 MiB of RSS for one read at start).
+TABLE = Path(__file__).resolve().parent.parent / "data" / "instance_types.toml"
 
 
 def normalize(name: str) -> str:
@@ -45,7 +48,7 @@ class InstanceTable:
     @classmethod
     def load(cls, overrides: Mapping[str, int] | None = None, text: str | None = None) -> "InstanceTable":
         if text is None:
-            text = resources.files("agent").joinpath("data/instance_types.toml").read_text(encoding="utf-8")
+            text = TABLE.read_text(encoding="utf-8")
         raw = tomllib.loads(text)
         types: dict[str, InstanceType] = {}
         for name, row in raw.get("types", {}).items():
