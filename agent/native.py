@@ -404,6 +404,9 @@ class Core:
         self._core = ffi.gc(out[0], lib.egs_core_free)
         self._lock = threading.Lock()  # start and stop against each other
         self._ndev = 0
+        # gpu -> its latest HealthReading: the daemon asks every tick and the pass comes every
+        # gpu.health_interval, so a read whose time has not moved is handed back unconverted.
+        self._health: dict[int, HealthReading] = {}
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Core":
@@ -434,6 +437,7 @@ class Core:
             n = ffi.new("unsigned int *")
             _check(lib.egs_device_count(self._core, n), "egs_device_count")
             self._ndev = n[0]
+            self._health = {}
         return self
 
     def stop(self) -> None:
@@ -582,7 +586,8 @@ class Core:
         return out
 
     def health(self) -> list[HealthReading]:
-        """The latest health read of every GPU of the core that has had one."""
+        """The latest health read of every GPU of the core that has had one (the same object
+        again while no newer read was made: treat it as read-only)."""
         out = []
         info = ffi.new("struct egs_device_info *")
         h = ffi.new("struct egs_health *")
@@ -591,6 +596,10 @@ class Core:
             _check(lib.egs_health_read(self._core, i, h), "egs_health_read")
             if h.ts == 0:
                 continue
+            known = self._health.get(info.index)
+            if known is not None and known.ts == h.ts:
+                out.append(known)
+                continue
             migs = tuple(MigInstance(m.instance, _text(m.uuid), _nan_to_none(m.memory_used), _nan_to_none(m.memory_total),
                                      m.compute_instance, _nan_to_none(m.graphics_util), _nan_to_none(m.sm_util),
                                      _nan_to_none(m.sm_occupancy), _nan_to_none(m.dram_bw_util))
@@ -598,9 +607,11 @@ class Core:
             vendor = _VENDORS[info.backend]
             partition = ({"compute": _text(h.compute_partition) or None, "memory": _text(h.memory_partition) or None}
                          if vendor == "amd" else None)
-            out.append(HealthReading(info.index, vendor, _text(info.uuid), h.ts,
-                                     {name: _nan_to_none(h.values[k]) for k, name in enumerate(HEALTH)}, h.calls,
-                                     None if h.mig < 0 else bool(h.mig), migs, partition))
+            reading = HealthReading(info.index, vendor, _text(info.uuid), h.ts,
+                                    {name: _nan_to_none(h.values[k]) for k, name in enumerate(HEALTH)}, h.calls,
+                                    None if h.mig < 0 else bool(h.mig), migs, partition)
+            self._health[info.index] = reading
+            out.append(reading)
         return out
 
     def sampler_stats(self) -> dict[str, float | int]:

@@ -116,6 +116,23 @@ def test_the_core_reads_what_pynvml_reads_and_nothing_for_what_is_not_given(core
     assert core.backends["nvidia"].symbols["clock_reasons"] == "nvmlDeviceGetCurrentClocksEventReasons"
 
 
+def test_a_read_without_a_newer_pass_hands_back_the_same_reading(core_on, tmp_path):
+    # The daemon asks every tick; the pass comes every health period (here 2 s at 20 Hz).
+    core = core_on(scenario_file(tmp_path, STEADY), health_hz=0.5).start()
+    deadline = time.monotonic() + 5
+    while len(core.health()) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    first = core.health()
+    assert [a is b for a, b in zip(first, core.health())] == [True, True]
+    while core.health()[0].ts == first[0].ts:
+        assert time.monotonic() < deadline + 5
+        time.sleep(0.05)
+    later = core.health()
+    assert later[0] is not first[0] and later[0].ts > first[0].ts
+    assert later[0].values == first[0].values  # a steady scenario: the same figures, newly read
+
+
 def test_an_old_driver_falls_back_to_throttle_reasons(core_on, tmp_path):
     core = core_on(scenario_file(tmp_path, STEADY), nvml_library=str(sim_paths.NVML_LEGACY_LIB), amd=False).start()
     [nv] = wait_health(core, 1)
