@@ -90,6 +90,10 @@ def parse(text: str) -> Client | None:
 
 
 def _int(text: str) -> int | None:
+    """A counter or size as the kernel prints it: a decimal >= 0 (None for anything else: a
+    sign, a fraction, NaN, more digits than int() takes)."""
+    if not text.isdigit():
+        return None
     try:
         return int(text)
     except ValueError:

@@ -45,6 +45,18 @@ def test_parse_reads_identity_engines_capacity_and_every_memory_unit():
     assert fdinfo.used_memory(c) == 2 << 20   # resident wins over total
 
 
+def test_values_that_are_not_unsigned_decimals_are_left_out():
+    # fdinfo's counters and sizes are unsigned: a sign, a fraction, NaN, an exponent or 5000
+    # digits is not a figure (a negative capacity would have turned a share negative).
+    c = fdinfo.parse("drm-driver: xe\ndrm-pdev: 0000:ab:00.0\ndrm-client-id: 7\n"
+                     "drm-engine-rcs: -100 ns\ndrm-engine-bcs: nan ns\ndrm-engine-vcs: 1e300 ns\n"
+                     "drm-engine-ccs: 12 ns\ndrm-engine-capacity-ccs: -4\ndrm-engine-capacity-rcs: 2.5\n"
+                     "drm-total-vram0: -3 GiB\ndrm-resident-vram0: " + "9" * 5000 + " KiB\n"
+                     "drm-shared-vram0: +5 KiB\n")
+    assert c.engines_ns == {"ccs": 12} and c.capacity == {} and c.memory == {}
+    assert fdinfo.used_memory(c) is None
+
+
 def test_a_file_that_is_not_a_drm_client_is_none():
     assert fdinfo.parse("pos: 0\nflags: 02\n") is None
     assert fdinfo.parse("drm-driver: amdgpu\n") is None   # no client id
