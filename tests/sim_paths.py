@@ -15,8 +15,10 @@ The scenario file is chosen per process by EGS_SIM_SCENARIO, read at the library
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,3 +103,12 @@ def amdsmi_env(which: str | os.PathLike | None = None, base: dict | None = None)
 # for tests of the fast tier's per-tick polling (at the defaults temperature and memory are
 # slow too, and a driver with sample buffers leaves nothing to poll on a fast tick).
 CLASSIC_SLOW = ("sm_clock", "memory_clock", "energy", "fan")
+
+
+def reader_json(code: str, env: dict, timeout: float = 60.0):
+    """Runs a reader snippet (pynvml, amdsmi: the official readers, on the simulated library
+    `env` names) in a subprocess and returns the JSON document it printed as its last line."""
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                            timeout=timeout, cwd=str(ROOT))
+    assert result.returncode == 0, f"reader failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -7,9 +7,6 @@ which is when the simulated library reads it.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -48,19 +45,11 @@ def make_core(sim_out, monkeypatch):
         core.stop()
 
 
-def _run_json(code: str, env: dict, timeout: float = 60.0):
-    """Runs a Python snippet that prints one JSON document as its last stdout line."""
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                            timeout=timeout, cwd=str(sim_paths.ROOT))
-    assert result.returncode == 0, f"reader failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 
 @pytest.fixture
 def run_json(sim_out):
     """run_json(code, env) -> the JSON document a reader snippet printed last."""
-    return _run_json
+    return sim_paths.reader_json
 
 
 @pytest.fixture

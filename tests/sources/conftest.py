@@ -1,6 +1,8 @@
-"""The sources room's own fixture (shared ones such as sim_out and short_dir are in
+"""The sources room's own fixtures (shared ones such as sim_out and short_dir are in
 tests/conftest.py)."""
 import pytest
+
+import sim_paths
 
 
 @pytest.fixture
@@ -31,4 +33,25 @@ def two_health_reads():
             time.sleep(0.05)
         return first, {h.gpu: h for h in core.health()}
 
+    return reads
+
+
+@pytest.fixture
+def amd_health_reads(sim_out, tmp_path, monkeypatch, two_health_reads):
+    """`reads(scenario, script, n)`: the core's first and a later health read of the `n`
+    simulated AMD GPUs of the scenario text, and the JSON that `script` (the official amdsmi
+    package) prints on the same scenario."""
+    from agent.native import Core
+
+    def reads(scenario: str, script: str, n: int):
+        path = tmp_path / "amd.toml"
+        path.write_text(scenario)
+        monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
+        core = Core(amdsmi_library=str(sim_paths.AMDSMI_LIB), nvidia=False, events=False, hz=20.0,
+                    health_hz=10.0, process_hz=0.0).start()
+        try:
+            first, later = two_health_reads(core, n)
+        finally:
+            core.stop()
+        return first, later, sim_paths.reader_json(script, sim_paths.amdsmi_env(path))
     return reads

@@ -4,14 +4,9 @@ pages reach it is failed, with the reason ("should be replaced", AMD's RAS guida
 and without a threshold (NOT_SUPPORTED: None, asked once; or 0, retirement off) it is not."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 
 import pytest
 
-import sim_paths
-from agent.native import Core
 from agent.sources.gpu import health_samples
 from agent.sources.health import Health
 
@@ -45,21 +40,8 @@ print(json.dumps(out))
 """
 
 
-def test_the_threshold_is_what_amdsmi_reads_and_reaching_it_fails_the_gpu(sim_out, tmp_path, monkeypatch,
-                                                                            two_health_reads):
-    path = tmp_path / "amd.toml"
-    path.write_text(SCENARIO)
-    monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
-    core = Core(amdsmi_library=str(sim_paths.AMDSMI_LIB), nvidia=False, events=False, hz=20.0, health_hz=10.0,
-                process_hz=0.0).start()
-    try:
-        first, later = two_health_reads(core, 3)
-    finally:
-        core.stop()
-    result = subprocess.run([sys.executable, "-c", AMDSMI], env=sim_paths.amdsmi_env(path), capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    ref = json.loads(result.stdout.strip().splitlines()[-1])
+def test_the_threshold_is_what_amdsmi_reads_and_reaching_it_fails_the_gpu(amd_health_reads):
+    first, later, ref = amd_health_reads(SCENARIO, AMDSMI, 3)
     assert ref == [5, 5, 2]     # the third GPU: AMDSMI_STATUS_NOT_SUPPORTED
     assert [first[g].values["bad_page_threshold"] for g in range(3)] == [5, 5, None]
     labels = {"gpu": "0", "uuid": "u", "vendor": "amd", "model": "MI300X"}

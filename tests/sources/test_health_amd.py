@@ -7,40 +7,18 @@ is not asked again."""
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import sim_paths
 from agent import config
-from agent.native import Core
 from agent.sources.amdgpuinfo import CoreWithFallback
 from agent.sources.gpu import GpuSource, health_samples
 
 def amdsmi_reads(script: str, path: Path):
     """What the official amdsmi package prints (its last line, JSON) on the simulated AMD SMI
     serving the scenario at `path`."""
-    result = subprocess.run([sys.executable, "-c", script], env=sim_paths.amdsmi_env(path), capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def core_and_amdsmi_reads(scenario: str, script: str, tmp_path: Path, monkeypatch, two_health_reads, n: int):
-    """The core's first and a later health read of the `n` simulated AMD GPUs of `scenario`,
-    and what `script` (the amdsmi package) reads on the same scenario."""
-    path = tmp_path / "amd.toml"
-    path.write_text(scenario)
-    monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
-    core = Core(amdsmi_library=str(sim_paths.AMDSMI_LIB), nvidia=False, events=False, hz=20.0, health_hz=10.0,
-                process_hz=0.0).start()
-    try:
-        first, later = two_health_reads(core, n)
-    finally:
-        core.stop()
-    return first, later, amdsmi_reads(script, path)
+    return sim_paths.reader_json(script, sim_paths.amdsmi_env(path))
 
 
 SCENARIO = """
@@ -61,8 +39,8 @@ print(json.dumps({"cap": A.amdsmi_get_power_cap_info(h), "bad": len(A.amdsmi_get
 """
 
 
-def test_amd_power_cap_and_bad_pages_are_what_amdsmi_reads(sim_out, tmp_path: Path, monkeypatch, two_health_reads):
-    first, later, ref = core_and_amdsmi_reads(SCENARIO, AMDSMI, tmp_path, monkeypatch, two_health_reads, 2)
+def test_amd_power_cap_and_bad_pages_are_what_amdsmi_reads(amd_health_reads):
+    first, later, ref = amd_health_reads(SCENARIO, AMDSMI, 2)
     v = first[0].values
     assert v["power_limit_watts"] == ref["cap"]["power_cap"] / 1e6 == 300
     assert v["bad_pages"] == ref["bad"] == 5
@@ -171,9 +149,8 @@ print(json.dumps(out))
 """
 
 
-def test_amd_throttle_bits_map_to_the_power_cap_and_thermal_reasons(sim_out, tmp_path: Path, monkeypatch,
-                                                                   two_health_reads):
-    first, later, ref = core_and_amdsmi_reads(THROTTLE, AMDSMI_THROTTLE, tmp_path, monkeypatch, two_health_reads, 3)
+def test_amd_throttle_bits_map_to_the_power_cap_and_thermal_reasons(amd_health_reads):
+    first, later, ref = amd_health_reads(THROTTLE, AMDSMI_THROTTLE, 3)
     # PPT0 (bit 0) and TEMP_EDGE (bit 35); TDC_GFX (bit 16) alone; N/A (all ones: no such table field).
     assert ref == [1 | 1 << 35, 1 << 16, 2**64 - 1]
     assert first[0].values["clock_reasons"] == 0x4 | 0x20      # sw_power_cap | sw_thermal_slowdown

@@ -6,9 +6,6 @@ those calls; a
 GPU that gives none of them has None for each, and those calls are not made again."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import sim_paths
@@ -58,10 +55,7 @@ def test_an_old_driver_reads_each_signal_from_its_own_call(sim_out, tmp_path: Pa
         core.stop()
     # pynvml itself needs nvmlDeviceGetHandleByIndex_v2, which the legacy build lacks: it reads
     # the same scenario through the same calls (one source, sim_nvml.c) on the current build.
-    result = subprocess.run([sys.executable, "-c", PYNVML], env=sim_paths.nvml_env(path),
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    ref = sim_paths.reader_json(PYNVML, sim_paths.nvml_env(path))
     v = first[0].values
     assert [v["ecc_corrected_volatile"], v["ecc_corrected_aggregate"], v["ecc_uncorrected_volatile"],
             v["ecc_uncorrected_aggregate"]] == ref["ecc"] == [12, 12, 2, 2]

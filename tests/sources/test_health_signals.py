@@ -6,9 +6,6 @@ power-brake slowdown degrades it while it holds; the built-in rules and the DCGM
 from __future__ import annotations
 
 import dataclasses
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -93,10 +90,7 @@ def test_the_core_reads_what_pynvml_reads_and_nothing_for_what_is_not_given(core
     path = scenario_file(tmp_path, STEADY)
     core = core_on(path).start()
     nv, amd = wait_health(core, 2)
-    result = subprocess.run([sys.executable, "-c", PYNVML], env=sim_paths.nvml_env(path), capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    ref = sim_paths.reader_json(PYNVML, sim_paths.nvml_env(path))
     v = nv.values
     assert v["clock_reasons"] == ref["reasons"] == 68
     assert [v["ecc_corrected_volatile"], v["ecc_corrected_aggregate"], v["ecc_uncorrected_volatile"],
@@ -292,10 +286,7 @@ def test_a_mig_gpu_has_its_instances_as_child_devices_as_pynvml_reads_them(core_
         status = gpu.gpu_status(_NoWindows())
     finally:
         gpu.stop()
-    result = subprocess.run([sys.executable, "-c", PYNVML_MIG], env=sim_paths.nvml_env(path), capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    ref = sim_paths.reader_json(PYNVML_MIG, sim_paths.nvml_env(path))
     mig, other = readings
     assert ref["mode"] == [1, 1] and mig.mig_mode is True
     assert [[m.instance, m.compute_instance, m.uuid, m.memory_used_bytes, m.memory_total_bytes]
@@ -333,10 +324,7 @@ def test_amd_ecc_totals_are_what_amdsmi_reads_and_fail_the_gpu(core_on, tmp_path
     path = scenario_file(tmp_path, AMD_ECC)
     core = core_on(path, nvidia=False).start()
     amd = wait_health(core, 2)
-    result = subprocess.run([sys.executable, "-c", AMDSMI_ECC], env=sim_paths.amdsmi_env(path), capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    ref = sim_paths.reader_json(AMDSMI_ECC, sim_paths.amdsmi_env(path))
     v = amd[0].values
     assert (v["ecc_corrected_volatile"], v["ecc_uncorrected_volatile"]) == (ref["correctable_count"],
                                                                           ref["uncorrectable_count"]) == (5, 2)

@@ -4,9 +4,6 @@ bytes as the counters gpu_nvlink_{tx,rx}_bytes_total; what pynvml reads through 
 field ids on the simulated NVML agrees; a GPU without NVLink has no value and no series."""
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -56,10 +53,7 @@ def test_nvlink_counters_match_pynvml_and_are_absent_without_nvlink(sim_out, tmp
             time.sleep(0.05)
     finally:
         core.stop()
-    result = subprocess.run([sys.executable, "-c", PYNVML], env=sim_paths.nvml_env(path), capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    ref = json.loads(result.stdout.strip().splitlines()[-1])
+    ref = sim_paths.reader_json(PYNVML, sim_paths.nvml_env(path))
     (tx_rc, tx_kib), (rx_rc, rx_kib), (link0_rc, link0_kib), (link1_rc, link1_kib) = ref[0]
     assert tx_rc == rx_rc == link0_rc == link1_rc == 0
     assert got[0].values["nvlink_tx_bytes"] == tx_kib * 1024 == TX_BYTES

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ctypes
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -83,12 +82,6 @@ def wait_for(core: Core, vendor: str, want=lambda lists: all(p.state != "none" f
         time.sleep(0.05)
 
 
-def read_with(code: str, env: dict) -> dict:
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 PYNVML = """
 import json, pynvml as N
 N.nvmlInit()
@@ -120,7 +113,7 @@ def test_nvml_lists_are_what_pynvml_reads(make_core, sleepers, tmp_path, legacy)
     core = make_core(scn, amd=False, process_hz=10.0,
                      nvml_library=str(sim_paths.NVML_LEGACY_LIB if legacy else sim_paths.NVML_LIB))
     [plist] = wait_for(core, "nvidia")
-    ref = read_with(PYNVML, sim_paths.nvml_env(scn))   # pynvml needs the current symbols: same scenario
+    ref = sim_paths.reader_json(PYNVML, sim_paths.nvml_env(scn))   # pynvml needs the current symbols: same scenario
     symbols = core.backends["nvidia"].symbols
     if legacy:  # an old driver: the v1 record and the older utilisation call
         assert symbols["compute_processes"] == "nvmlDeviceGetComputeRunningProcesses"
@@ -222,7 +215,7 @@ def test_amd_lists_are_what_amdsmi_reads_and_engine_time_makes_a_share(make_core
     ])])
     core = make_core(scn, nvidia=False, process_hz=5.0)
     [plist] = wait_for(core, "amd")
-    ref = read_with(AMDSMI, sim_paths.amdsmi_env(scn))
+    ref = sim_paths.reader_json(AMDSMI, sim_paths.amdsmi_env(scn))
     assert sorted([p.pid, p.used_memory_bytes] for p in plist.processes) == ref
     assert plist.utilization == "counters"
     gpus = gpu_refs(core.devices())
