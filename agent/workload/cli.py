@@ -18,7 +18,7 @@ import sys
 import time
 
 from agent.api.cli import _bytes, _num, client_args
-from agent.config import parse_duration
+from agent.config import duration_error, parse_duration
 from agent.workload.attribution import DEFAULT_TOP_N, Attributor
 from agent.workload.fdinfo import DrmFdinfoSource
 from agent.workload.kubelet import DEFAULT_SOCKET, PodResources
@@ -46,11 +46,11 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        interval = parse_duration(args.interval)
-    except ValueError:
-        print(f"egs-agent top: --interval: not a duration: {args.interval!r} (e.g. 2s, 500ms)", file=sys.stderr)
+    problem = duration_error(args.interval, 0.01, 3600.0)  # a sleep past time_t would raise
+    if problem is not None:
+        print(f"egs-agent top: --interval: {problem}", file=sys.stderr)
         return 2
+    interval = parse_duration(args.interval)
     if not 1 <= args.top_n <= MAX_TOP_N:
         print(f"egs-agent top: --top-n must be 1..{MAX_TOP_N}, got {args.top_n}", file=sys.stderr)
         return 2

@@ -74,7 +74,10 @@ def test_render_other_unreadable_and_namespaced_rows():
 
 def test_bad_usage_exits_2(capsys):
     assert main(["top", "--no-daemon", "--interval", "soon"]) == 2
-    assert "--interval: not a duration" in capsys.readouterr().err
+    assert "--interval: must be a duration like 30s" in capsys.readouterr().err
+    for bad in ("0s", "5ms", "-1s", "nan", "1e300s", "", "99999999999h"):  # the last: past time_t
+        assert main(["top", "--no-daemon", f"--interval={bad}"]) == 2, bad
+        assert "--interval: must be" in capsys.readouterr().err, bad
     assert main(["top", "--no-daemon", "--top-n", "0"]) == 2
 
 
