@@ -907,6 +907,8 @@ static int sample_order(const void *a, const void *b)
     return x->field - y->field;
 }
 
+_Static_assert(EGS_ALL_FIELDS == (1u << EGS_NFIELDS) - 1, "EGS_ALL_FIELDS: one bit per field");
+
 /* Whether a tick that is not a slow one has anything to read: a live device with a field of
  * `fast` that is neither unsupported nor served by its driver's sample buffer. */
 static int fast_work(const struct egs_core *core, unsigned int fast)
