@@ -62,6 +62,11 @@ SECTIONS = [
         "spool_segment_bytes": Key(8 << 20, int, "Size of one spool segment file (at most half of spool_max_bytes).",
                                    min=64 << 10, max=256 << 20),
         "fsync": Key(True, bool, "fsync the spool before sending (turn off only for tests on tmpfs)."),
+        "interval": Key("5s", (str, int, float), "How long one-second buckets gather before they are spooled and sent "
+                        "together, as one batch (1s..1m). Events, the NIC state and recordings go at once, with the "
+                        "buckets gathered so far. Each batch costs a spool fsync, a message and an acknowledgement "
+                        "whatever it holds, so a longer interval costs less CPU; a crash of the agent (not of the "
+                        "collector or the network) loses at most this much.", duration=True, min=1, max=60),
         "queue_size": Key(1000, int, "Bucket sets and events held in memory in front of the spool; overflow is dropped and counted.",
                           min=1, max=1_000_000),
         "max_batch_points": Key(5000, int, "Most points in one batch; a larger bucket set is split.", min=1, max=100_000),

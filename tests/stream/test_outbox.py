@@ -174,3 +174,67 @@ def test_nic_state_travels_when_it_changes_and_only_then(tmp_path):
 def json_queues(text: str) -> int:
     import json
     return json.loads(text)["interfaces"][0]["queues"]
+
+
+def _spooled_count(box) -> int:
+    return len(box.spool.read(box.spool.start(), limit=1000))
+
+
+def test_buckets_gather_for_the_interval_and_go_as_one_batch(tmp_path, wait):
+    box = _outbox(tmp_path, interval='"2s"')
+    try:
+        t0 = time.monotonic()
+        for second in range(3):  # what the daemon hands over each second, faster
+            box.put_buckets([_bucket(value=float(second), ts=990 + second)])
+        time.sleep(0.5)
+        assert _spooled_count(box) == 0 and box.status()["queue"]["gathered"] == 3
+        wait(lambda: _spooled_count(box) == 1, timeout=10, what="the gathered buckets spooled")
+        assert time.monotonic() - t0 >= 1.9  # not before the interval was up
+        (batch,) = _spooled(box)
+        power = sorted((p.ts, p.last) for p in points_of(batch) if p.metric == "gpu_power_watts")
+        assert power == [(990.0, 0.0), (991.0, 1.0), (992.0, 2.0)]
+    finally:
+        box.stop()
+
+
+def test_an_event_goes_at_once_with_the_buckets_gathered_before_it(tmp_path, wait):
+    box = _outbox(tmp_path, interval='"60s"')
+    try:
+        box.put_buckets([_bucket(ts=998)])
+        box.put_event(Event("xid", 999.5, {"gpu": "0"}, {"xid": 79}))
+        wait(lambda: _spooled_count(box) == 1, timeout=5, what="the event's batch, well before 60 s")
+        (batch,) = _spooled(box)
+        assert [e.kind for e in batch.events] == ["xid"]
+        assert [p.ts for p in points_of(batch) if p.metric == "gpu_power_watts"] == [998.0]
+        box.put_buckets([_bucket(ts=999)])
+        time.sleep(0.3)
+        assert _spooled_count(box) == 1  # the next buckets wait for their interval again
+        assert box.flush(timeout=5) and _spooled_count(box) == 2  # ... unless flushed
+    finally:
+        box.stop()
+
+
+def test_stop_spools_what_is_gathered(tmp_path):
+    box = _outbox(tmp_path, interval='"60s"')
+    box.put_buckets([_bucket(ts=997)])
+    started = time.monotonic()
+    box.stop()
+    assert time.monotonic() - started < 5  # not the interval
+    from agent.stream.spool import Spool
+    spool = Spool(tmp_path / "spool", fsync=False)
+    try:
+        (entry,) = spool.read(spool.start(), limit=10)
+        assert [p.ts for p in points_of(collector_pb2.Batch.FromString(entry.payload))
+                if p.metric == "gpu_power_watts"] == [997.0]
+    finally:
+        spool.close()
+
+
+def test_reload_changes_the_interval(tmp_path):
+    box = _outbox(tmp_path, interval='"60s"')
+    try:
+        box.reload(parse('[stream]\nendpoints = ["127.0.0.1:9"]\nplaintext = true\nfsync = false\ninterval = "1s"\n',
+                         "a.toml"))
+        assert box.status()["interval_s"] == 1.0
+    finally:
+        box.stop()

@@ -43,6 +43,7 @@ def fleet(tmp_path_factory, sim_out, web_collector_factory):
                 f'[agent]\nhost_id = "{host}"\nstate_dir = "{d / "state"}"\nlabels = {{ {labels} }}\n'
                 f'[api]\nsocket = "{d / "a.sock"}"\n[gpu]\nhz = 10\n'
                 f'[stream]\nendpoints = ["127.0.0.1:{col.ingest_port}"]\nplaintext = true\n'
+                'interval = "1s"\n'  # the pages update each second, and stale_after is 5 s here
                 '[[alarm]]\nname = "gpu-hot"\nmetric = "gpu_temperature_celsius"\nwindow = "2s"\nstat = "avg"\n'
                 'operator = ">="\nthreshold = 70\ninterval = "1s"\nconsecutive = 2\n')
             env = agent_env(EGS_SIM_SCENARIO=scenario, EGS_NVML_LIBRARY=sim_paths.NVML_LIB,

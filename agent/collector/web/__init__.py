@@ -31,7 +31,8 @@ SECTION = Section("web", "The read-only fleet view in the browser (docs/web.md):
     "client_ca": Key("", str, "CA (PEM): a browser presenting a client certificate that chains to it needs no token "
                      "(empty: tokens only)."),
     "hot_celsius": Key(70.0, float, "A GPU at or above this temperature shows as hot.", min=0, max=200),
-    "stale_after": Key("10s", str, "A connected host with no point for this long shows as silent.", duration=True,
+    "stale_after": Key("10s", str, "A connected host with no point for this long shows as silent: more than an agent's stream.interval "
+                       "(5 s by default), as points arrive in batches that far apart.", duration=True,
                        min=1, max=3600, max_len=64),
     "update_interval": Key("1s", str, "How often open pages are sent what changed (each page gets the latest "
                            "state, coalesced, never a backlog).", duration=True, min=0.2, max=60, max_len=64),
