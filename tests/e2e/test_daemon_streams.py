@@ -1,5 +1,7 @@
-"""The real daemon (`egs-agent run`) with the stream component: its 1-second buckets reach
-the collector, and `egs-agent status --json` shows the stream under "stream"."""
+"""The real daemon (`egs-agent run`) with the stream component, over mutual TLS: its 1-second
+buckets reach the collector, `egs-agent status --json` shows the stream under "stream", and the
+daemon does that without Python's ssl module loaded (gRPC's TLS is its own; see
+agent/grpc_import.py)."""
 from __future__ import annotations
 
 import json
@@ -22,14 +24,21 @@ def _stored_metrics(db: Path, host: str) -> set[str]:
     return {p.metric for _, p in raw_points(db, None, host)} if db.exists() else set()
 
 
-def test_daemon_buckets_reach_the_collector(collector_factory, wait):
-    col = collector_factory(plaintext=True).start()
+def _mapped_libraries(pid: int) -> set[str]:
+    return {Path(line.split()[-1]).name for line in Path(f"/proc/{pid}/maps").read_text().splitlines()
+            if "/" in line}
+
+
+def test_daemon_buckets_reach_the_collector_over_mutual_tls(collector_factory, pki, wait):
+    col = collector_factory().start()
+    cert, key = pki.issue("daemon-host", "daemon-host")
     short = Path(tempfile.mkdtemp(prefix="egsc-", dir="/tmp"))  # unix socket paths must be short
     try:
         config = short / "agent.toml"
         config.write_text(f'[agent]\nhost_id = "daemon-host"\nstate_dir = "{short / "state"}"\nlabels = {{rack = "r1"}}\n'
                           f'[api]\nsocket = "{short / "a.sock"}"\n[gpu]\nenabled = false\n'
-                          f'[stream]\nendpoints = ["127.0.0.1:{col.ingest_port}"]\nplaintext = true\n')
+                          f'[stream]\nendpoints = ["127.0.0.1:{col.ingest_port}"]\nca = "{pki.root / "ca.crt"}"\n'
+                          f'cert = "{cert}"\nkey = "{key}"\nserver_name = "localhost"\n')
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "EGS_SOCKET")}
         env["PYTHONPATH"] = str(REPO)
         daemon = subprocess.Popen([sys.executable, "-m", "agent.cli", "run", "--config", str(config)], cwd=REPO,
@@ -46,6 +55,10 @@ def test_daemon_buckets_reach_the_collector(collector_factory, wait):
             stream = json.loads(out.stdout)["stream"]
             assert stream["connected"] and stream["endpoint"] == f"127.0.0.1:{col.ingest_port}"
             assert stream["dropped"] == 0
+            assert stream["interval_s"] == 5.0  # the default: buckets go five seconds to a batch
+            libs = _mapped_libraries(daemon.pid)
+            assert not any(name.startswith(("libssl.", "libcrypto.", "_ssl.")) for name in libs), sorted(libs)
+            assert any(name.startswith("cygrpc") for name in libs)  # the check would see a library
             (agent,) = [a for a in col.agents().agents if a.host == "daemon-host"]
             assert dict(agent.labels) == {"rack": "r1"}
         finally:
