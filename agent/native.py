@@ -351,7 +351,7 @@ class Core:
                  hz: float = 10.0, ring_seconds: float = 60.0, nvidia: bool = True,
                  amd: bool = True, events: bool = True, slow_hz: float | None = None,
                  batch: bool = True, buffers: bool = True, process_hz: float = PROCESS_HZ,
-                 health_hz: float = HEALTH_HZ, slow_fields: Any = None):
+                 health_hz: float = HEALTH_HZ, slow_fields: Any = None, event_wait_ms: int | None = None):
         """`slow_hz` is the slow tier's rate (None: SLOW_HZ, or hz when hz is lower); the
         core reads it every round(hz / slow_hz) ticks of the `hz` grid. `slow_fields` names
         the fields on that tier (`FIELD_GROUPS`; None: the daemon's default,
@@ -359,7 +359,9 @@ class Core:
         `buffers` allow the BATCH and BUFFER paths (PATHS): off, every field is read by a
         call of its own, as before they existed. `process_hz` is the per-process pass's rate
         (`processes()`; 0: no pass; above `hz`: `hz`), `health_hz` the health pass's
-        (`health()`), likewise."""
+        (`health()`), likewise. `event_wait_ms` is the event thread's longest wait in the
+        libraries (None: EGS_EVENT_WAIT_MS, 500): an event ends a wait at once, so it only sets
+        how often the idle thread wakes and how long `stop()` may wait for it."""
         if not hz > 0:
             raise ValueError(f"hz must be positive, got {hz!r}")
         if slow_hz is None:
@@ -376,6 +378,11 @@ class Core:
         if not health_hz >= 0:
             raise ValueError(f"health_hz must not be negative, got {health_hz!r}")
         self.health_hz = health_hz
+        if event_wait_ms is None:
+            event_wait_ms = lib.EGS_EVENT_WAIT_MS
+        if not 1 <= event_wait_ms <= lib.EGS_EVENT_WAIT_MAX:
+            raise ValueError(f"event_wait_ms must be 1..{lib.EGS_EVENT_WAIT_MAX}, got {event_wait_ms!r}")
+        self.event_wait_ms = int(event_wait_ms)
         self.nvml_library = nvml_library or os.environ.get(libraries.NVML_ENV) or libraries.NVML_LIBRARY
         self.amdsmi_library = (amdsmi_library or os.environ.get(libraries.AMDSMI_ENV)
                                or libraries.default_amdsmi_library())
@@ -397,6 +404,7 @@ class Core:
             "nvml_library": self._paths[0], "amdsmi_library": self._paths[1],
             "nvidia": int(self.nvidia), "amd": int(self.amd), "hz": self.hz,
             "slow_hz": self.slow_hz, "slow_fields": self._slow_mask, "ring_len": self.ring_len, "events": int(self.want_events),
+            "event_wait_ms": self.event_wait_ms,
             "no_batch": int(not self.batch), "no_buffers": int(not self.buffers),
             "process_hz": self.process_hz, "health_hz": self.health_hz})
         out = ffi.new("struct egs_core **")

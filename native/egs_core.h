@@ -103,7 +103,14 @@ struct egs_config {
     double process_hz;            /* per-process pass rate (egs_processes_read), 0 < process_hz
                                    * <= hz: every round(hz / process_hz) ticks; 0 = none */
     double health_hz;             /* health pass rate (egs_health_read), likewise; 0 = none */
+    unsigned int event_wait_ms;   /* the event thread's longest wait in the libraries per round,
+                                   * shared by the backends with events; 0 = EGS_EVENT_WAIT_MS.
+                                   * An event ends a wait at once: this bounds how long stop
+                                   * waits for the thread (and the wake-ups while idle). */
 };
+
+#define EGS_EVENT_WAIT_MS  500
+#define EGS_EVENT_WAIT_MAX 2000  /* stop joins the threads for EGS_JOIN_TIMEOUT_S (3 s) */
 
 struct egs_backend_info {
     int state;                    /* EGS_BSTATE_* */

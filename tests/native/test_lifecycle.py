@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import sim_paths
@@ -89,6 +90,21 @@ def test_ring_of_an_unknown_gpu_raises_invalid_argument(make_core):
 def test_bad_arguments_are_refused_before_reaching_c():
     with pytest.raises(ValueError):
         Core(hz=0)
+    for wait_ms in (0, 2001, -5):  # 1..EGS_EVENT_WAIT_MAX: stop joins the threads for 3 s
+        with pytest.raises(ValueError, match="event_wait_ms"):
+            Core(event_wait_ms=wait_ms)
+
+
+def test_the_core_threads_are_named_for_top_and_ps(make_core):
+    core = make_core("nvidia-xid", amd=False)
+    names = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            names.add((task / "comm").read_text().strip())
+        except OSError:  # a thread that ended meanwhile
+            pass
+    assert {"egs-sampler", "egs-events"} <= names
+    core.stop()
 
 
 def test_switched_off_backends_say_so(make_core):

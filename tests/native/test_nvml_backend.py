@@ -185,8 +185,10 @@ def test_newest_symbols_are_preferred_when_present(make_core):
     assert sym["event_wait"] == "nvmlEventSetWait_v2"
 
 
-def test_xid_events_are_delivered_with_their_code(make_core):
-    core = make_core("nvidia-xid", hz=20, amd=False)
+@pytest.mark.parametrize("event_wait_ms", [50, None])  # None: the daemon's default, 500 ms
+def test_xid_events_are_delivered_with_their_code(make_core, event_wait_ms):
+    core = make_core("nvidia-xid", hz=20, amd=False, event_wait_ms=event_wait_ms)
+    assert core.event_wait_ms == (event_wait_ms or 500)
     deadline = time.monotonic() + 5.0
     got = []
     while time.monotonic() < deadline and len(got) < 2:
