@@ -53,6 +53,23 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
+def threads_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds by thread name (/proc/PID/task/TID/schedstat: on-CPU time, ns). The
+    daemon names its threads (egs-sampler, egs-events, egs-outbox, egs-stream, egs-api_N;
+    gRPC names its own event_engine, grpc_global_tim...); the main thread is "main", and
+    threads of the same name are added up ("egs-api_3" counts as "egs-api")."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            ns = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that ended meanwhile
+            continue
+        name = "main" if task.name == str(pid) else name.rstrip("0123456789").rstrip("_")
+        out[name] = out.get(name, 0.0) + ns / 1e9
+    return out
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -112,9 +129,9 @@ def run_once(hz: float, seconds: float, settle: float, calls: int, real: bool = 
         client = Client(str(sock))
         time.sleep(settle)
         gpus = len(client.status()["gpus"])
-        s0, c0, t0 = sampler(client), process_cpu_s(proc.pid), time.monotonic()
+        s0, c0, th0, t0 = sampler(client), process_cpu_s(proc.pid), threads_cpu_s(proc.pid), time.monotonic()
         time.sleep(seconds)
-        s1, c1, t1 = sampler(client), process_cpu_s(proc.pid), time.monotonic()
+        s1, c1, th1, t1 = sampler(client), process_cpu_s(proc.pid), threads_cpu_s(proc.pid), time.monotonic()
         doc = client.status()
         tick_ms = doc["agent"]["tick_avg_ms"]
         components = {name: c.get("busy_ms_per_tick") for name, c in doc["components"].items()}
@@ -142,6 +159,8 @@ def run_once(hz: float, seconds: float, settle: float, calls: int, real: bool = 
                 "native_thread_cpu_percent": round(100 * native / wall, 3),
                 "python_cpu_percent": round(100 * (total - native) / wall, 3),
                 "main_loop_tick_avg_ms": tick_ms,
+                "threads_cpu_percent": {name: round(100 * (th1[name] - th0.get(name, 0.0)) / wall, 3)
+                                        for name in sorted(th1, key=lambda n: th0.get(n, 0.0) - th1[n])},
                 "component_ms_per_tick": components, "source_collect_ms": sources,
                 "rss_mib": round(rss, 1),
                 "status_rtt_p50_ms": round(percentile(rtts, 50), 3),
@@ -300,6 +319,8 @@ def main() -> int:
               f"{r['library_calls_per_gpu_per_s']} library calls per GPU per s; stream {r['stream']}; "
               f"status round trip p50 {r['status_rtt_p50_ms']:.2f} ms, p99 {r['status_rtt_p99_ms']:.2f} ms")
         print(f"    main loop per tick: sources {r['source_collect_ms']} ms, components {r['component_ms_per_tick']} ms")
+        print("    by thread, % of a core: " + ", ".join(f"{name} {pct:.3f}" for name, pct in r["threads_cpu_percent"].items()
+                                                       if pct >= 0.0005))
     print(f"Python-side CPU at {rates[-1]:g} Hz / at {rates[1]:g} Hz: {ratio:.2f}")
     for name, ok in result["targets"].items():
         print(f"  {'met   ' if ok else 'MISSED'} {name}")

@@ -29,6 +29,7 @@ from agent.metrics import BY_NAME, agent_metrics, unknown_hint
 from agent.proto import agent_pb2, agent_pb2_grpc
 from agent.api.watch import WatchHub
 from agent.windows import STATS, Windows
+from agent.threads import name_os_thread
 
 log = logging.getLogger("egs-agent")
 
@@ -168,7 +169,8 @@ class ApiServer:
         self.path = settings.socket
         # Each Watch client holds a worker thread for its stream; the hub caps watchers well
         # below the pool size so Status and Query always find a free worker.
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="api"),
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="egs-api",
+                                                          initializer=name_os_thread),
                                   options=[("grpc.max_receive_message_length", 1 << 20)])
         agent_pb2_grpc.add_AgentServicer_to_server(AgentServicer(view), self.server)
         for add in extra_services:

@@ -26,6 +26,7 @@ from agent.backoff import Backoff
 from agent.netaddr import is_loopback_endpoint
 from agent.proto import collector_pb2
 from agent.stream.spool import Entry, Spool
+from agent.threads import name_os_thread
 
 PUBLISH = "/egs.collector.v1.Ingest/Publish"
 REJECTED_TRAILER = "egs-rejected-seq"  # set by the collector when it refuses one batch
@@ -92,6 +93,7 @@ class StreamClient:
         ready.wait(5)
 
     def _main(self, ready: threading.Event) -> None:
+        name_os_thread()
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         self._stop, self._wake = asyncio.Event(), asyncio.Event()
@@ -234,8 +236,10 @@ class StreamClient:
             self._wake.clear()
             entries = self.spool.read(pos, limit=min(64, limit - len(inflight)))
             if not entries:
+                # notify() sets _wake (cleared before the read, so a record appended meanwhile
+                # is never missed); the timeout is only a safety net, not a poll.
                 try:
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                    await asyncio.wait_for(self._wake.wait(), 10.0)
                 except asyncio.TimeoutError:
                     pass
                 continue

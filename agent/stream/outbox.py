@@ -43,6 +43,7 @@ from agent.metrics import Metric, register
 from agent.proto import collector_pb2
 from agent.stream.client import StreamClient
 from agent.stream.spool import Spool, SpoolError
+from agent.threads import name_os_thread
 from agent.wire.columns import Columns, SeriesEntries
 
 # The outbox's own figures, sent with every batch and shown in `status`.
@@ -290,6 +291,7 @@ class Outbox:
         """Drain the queue into `gathered`; spool it when the oldest bucket set in it has
         waited `interval`, when anything else comes (an event goes at once), and at a flush
         mark. Sleeps in the queue between items: no polling."""
+        name_os_thread()
         gathered: list = []
         due: float | None = None  # when the oldest gathered bucket set must be spooled
         while True:
