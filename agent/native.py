@@ -415,6 +415,7 @@ class Core:
         # gpu -> its latest HealthReading: the daemon asks every tick and the pass comes every
         # gpu.health_interval, so a read whose time has not moved is handed back unconverted.
         self._health: dict[int, HealthReading] = {}
+        self._described: dict[int, tuple[bytes, Device]] = {}  # devices(): index -> (C bytes, Device)
 
     @classmethod
     def from_config(cls, cfg: Any) -> "Core":
@@ -446,6 +447,7 @@ class Core:
             _check(lib.egs_device_count(self._core, n), "egs_device_count")
             self._ndev = n[0]
             self._health = {}
+            self._described = {}
         return self
 
     def stop(self) -> None:
@@ -487,16 +489,26 @@ class Core:
         return out
 
     def devices(self) -> list[Device]:
+        """Every device as the core sees it now (the daemon asks every tick, for a device
+        lost meanwhile). A device whose C description did not change since the last call is
+        the same `Device` object: decoding its strings and tables was most of the cost."""
         out = []
         info = ffi.new("struct egs_device_info *")
+        raw = ffi.buffer(info)
         for i in range(self._ndev):
             _check(lib.egs_device_get(self._core, i, info), "egs_device_get")
+            key = bytes(raw)
+            seen = self._described.get(i)
+            if seen is not None and seen[0] == key:
+                out.append(seen[1])
+                continue
             out.append(Device(
                 index=info.index, vendor=_VENDORS[info.backend], uuid=_text(info.uuid),
                 name=_text(info.name), pci_bus_id=_text(info.pci_bus_id),
                 state="lost" if info.state == lib.EGS_DSTATE_LOST else "ok",
                 lost_reason=_text(info.lost_reason), unsupported=_unsupported_names(info.unsupported),
                 vendor_index=info.vendor_index, paths=_paths(info.paths)))
+            self._described[i] = (key, out[-1])
         return out
 
     # -- data --

@@ -114,6 +114,7 @@ def test_field_turning_unsupported_mid_run_stops_being_reported(make_core):
 
 def test_gpu_lost_mid_run_while_the_others_keep_sampling(make_core):
     core = make_core("nvidia-lost", hz=100, amd=False)
+    before = core.devices()
     deadline = time.monotonic() + 30.0
     while core.devices()[1].state != "lost":  # GPU 1 is lost at t = 1.0 s
         assert time.monotonic() < deadline, "GPU 1 was never marked lost"
@@ -130,6 +131,9 @@ def test_gpu_lost_mid_run_while_the_others_keep_sampling(make_core):
     assert dev[0].state == "ok"
     assert dev[1].state == "lost"
     assert "lost" in dev[1].lost_reason.lower()
+    # An unchanged device is handed back as the same object; the lost one is described anew.
+    assert all(a is b for a, b in zip(core.devices(), dev))
+    assert before[1].state == "ok" and dev[1] is not before[1]
     assert {gpu for gpu, _ in counts} == {0}
     lost = [e for e in core.events() if e.kind == "lost"]
     assert [(e.gpu, e.code) for e in lost] == [(1, 15)]
