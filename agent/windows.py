@@ -2,9 +2,9 @@
 
 Every (metric, label set) the sources produce is a *series*. A series keeps one bucket per
 wall-clock second (count, sum, min, max, last) in fixed-size ring arrays as long as the
-longest configured window, so memory is bounded by series × longest window and does not
-grow with the sampling rate: a 1 kHz GPU field and a 1 Hz host figure both cost one bucket
-a second.
+longest configured window (40 bytes a second, see `_Series`), so memory is bounded by
+series × longest window and does not grow with the sampling rate: a 1 kHz GPU field and a
+1 Hz host figure both cost one bucket a second.
 
 What a window means (the one definition everything else relies on): with `now` from the
 injected clock, the window of W seconds holds the buckets of the seconds
@@ -62,17 +62,43 @@ class Bucket(NamedTuple):
                 "sum": self.sum, "min": self.min, "max": self.max, "last": self.last}
 
 
-_EMPTY = -1  # stamp of a slot that holds no second
+# A slot's second is stored as a 32-bit offset from its series' base second, its count as a
+# 32-bit count: 40 bytes a slot (two 4-byte, four 8-byte columns) instead of 48.
+if array("I").itemsize != 4:  # 4 on Linux x86-64 and aarch64, where the daemon runs
+    raise ImportError(f"array('I') is {array('I').itemsize} bytes here; agent.windows needs 4")
+_U32_MAX = 2**32 - 1
+_EMPTY = 0  # offset of a slot that holds no second (offsets of real seconds are >= 1)
 
 
 class _Series:
-    """Ring of `size` one-second slots; slot i holds the second stamp[i] (or nothing)."""
+    """Ring of `size` one-second slots in parallel arrays (columns): slot i holds the second
+    `base + stamp[i]` (or nothing when stamp[i] is 0), and only ever a second congruent to i
+    modulo `size`, the newest one written.
 
-    __slots__ = ("metric", "labels", "size", "stamp", "count", "sum", "min", "max", "last",
+    The windows were the daemon's largest single Python allocation (7.6 MiB of a 55 MiB
+    daemon with 8 GPUs), so a slot is kept small: the stamp is an unsigned 32-bit offset
+    from `base` rather than 64-bit unix seconds (no 2038 limit: `base` is a Python int, only
+    the distance to it is 32 bits), and the count is unsigned 32-bit, saturating at 2**32 - 1
+    (more than 4 billion readings in one second of one series is beyond any real source, but
+    a bad Sample must not make the main loop raise). Sum, min, max and last stay float64:
+    energy and byte counters need all 53 bits.
+
+    `base` is put 2**31 s (68 years) before the first second, so every second within 68
+    years either side of it fits, late samples and clock steps included: the ring keeps
+    exactly what 64-bit unix-second stamps kept (whose empty mark, -1, was also the second
+    before 1970: a clock read before 1970 saw empty slots as data and divided by zero). A sample for a second at or below `base` is
+    older than anything the ring keeps and is ignored, like a sample older than its slot's
+    second; one more than 2**32 - 1 s past `base` (a clock that jumped over 68 years ahead)
+    moves `base` to it (`_rebase`), dropping the slots that no longer fit, which are then
+    68 years outside every window.
+    """
+
+    __slots__ = ("metric", "labels", "size", "base", "stamp", "count", "sum", "min", "max", "last",
                  "last_value", "last_ts", "closed_through")
 
-    def __init__(self, metric: str, labels: dict[str, str], size: int):
+    def __init__(self, metric: str, labels: dict[str, str], size: int, first_sec: int):
         self.metric, self.labels = metric, dict(labels)
+        self.base = first_sec - 2**31
         self._alloc(size)
         self.last_value: float | None = None
         self.last_ts = -math.inf
@@ -82,29 +108,49 @@ class _Series:
         old = [(self.stamp[i], self.count[i], self.sum[i], self.min[i], self.max[i], self.last[i])
                for i in range(self.size) if self.stamp[i] != _EMPTY]
         self._alloc(size)
-        for sec, c, s, lo, hi, la in old:
-            i = sec % size
-            if self.stamp[i] == _EMPTY or self.stamp[i] < sec:
-                self.stamp[i], self.count[i], self.sum[i], self.min[i], self.max[i], self.last[i] = sec, c, s, lo, hi, la
+        base = self.base
+        for off, c, s, lo, hi, la in old:
+            i = (base + off) % size
+            if self.stamp[i] < off:
+                self.stamp[i], self.count[i], self.sum[i], self.min[i], self.max[i], self.last[i] = off, c, s, lo, hi, la
 
     def _alloc(self, size: int) -> None:
         self.size = size
-        self.stamp = array("q", [_EMPTY]) * size
-        self.count = array("q", [0]) * size
+        self.stamp = array("I", [_EMPTY]) * size
+        self.count = array("I", [0]) * size
         self.sum = array("d", [0.0]) * size
         self.min = array("d", [0.0]) * size
         self.max = array("d", [0.0]) * size
         self.last = array("d", [0.0]) * size
 
+    def _rebase(self, sec: int) -> None:
+        """Centre `base` on `sec`; a slot whose second no longer fits is emptied."""
+        base = sec - 2**31
+        shift = self.base - base
+        self.base = base
+        stamp = self.stamp
+        for i, off in enumerate(stamp):
+            if off != _EMPTY:
+                off += shift
+                stamp[i] = off if 0 < off <= _U32_MAX else _EMPTY
+
     def add(self, sec: int, s: Sample) -> None:
+        off = sec - self.base
+        if off > _U32_MAX:
+            self._rebase(sec)
+            off = sec - self.base
+        elif off <= 0:
+            return  # older than anything the ring keeps
         i = sec % self.size
-        if self.stamp[i] != sec:
-            if self.stamp[i] > sec:
+        if self.stamp[i] != off:
+            if self.stamp[i] > off:
                 return  # older than anything the ring keeps
-            self.stamp[i], self.count[i], self.sum[i] = sec, s.count, s.sum
+            count = s.count
+            self.stamp[i], self.count[i], self.sum[i] = off, count if count <= _U32_MAX else _U32_MAX, s.sum
             self.min[i], self.max[i], self.last[i] = s.min, s.max, s.last
         else:
-            self.count[i] += s.count
+            count = self.count[i] + s.count
+            self.count[i] = count if count <= _U32_MAX else _U32_MAX
             self.sum[i] += s.sum
             if s.min < self.min[i]:
                 self.min[i] = s.min
@@ -114,15 +160,15 @@ class _Series:
         if s.ts >= self.last_ts:
             self.last_ts, self.last_value = s.ts, s.last
 
-    def slots(self, first: int, last: int) -> Iterable[int]:
-        """Indexes of slots holding seconds first..last, oldest first."""
+    def slots(self, first: int, last: int) -> Iterable[tuple[int, int]]:
+        """(second, slot index) of the slots holding seconds first..last, oldest first."""
         if last - first + 1 >= self.size:
             first = last - self.size + 1
-        stamp = self.stamp
-        for sec in range(first, last + 1):
+        base, stamp = self.base, self.stamp
+        for sec in range(max(first, base + 1), last + 1):
             i = sec % self.size
-            if stamp[i] == sec:
-                yield i
+            if stamp[i] == sec - base:
+                yield sec, i
 
 
 def _segments(size: int, first: int, last: int) -> list[tuple[int, int]]:
@@ -183,7 +229,7 @@ class Windows:
                 key = (sample.metric, known[1])
                 series = self._series.get(key)
                 if series is None:
-                    series = self._series[key] = _Series(sample.metric, sample.labels, self.retention)
+                    series = self._series[key] = _Series(sample.metric, sample.labels, self.retention, sec)
                     series.closed_through = sec - 1  # nothing before its first second to hand out
                     self._by_metric.setdefault(sample.metric, []).append(series)
                 if sec <= series.closed_through:
@@ -207,14 +253,14 @@ class Windows:
                     continue
                 first = max(series.closed_through + 1, through - series.size + 1)
                 if first == through:  # the usual case, one second since the last tick
-                    i = through % series.size
-                    if series.stamp[i] == through:
+                    i, off = through % series.size, through - series.base
+                    if off > 0 and series.stamp[i] == off:  # off <= 0 would match an empty slot
                         out.append(Bucket(series.metric, series.labels, through, series.count[i],
                                           series.sum[i], series.min[i], series.max[i], series.last[i]))
                     series.closed_through = through
                     continue
-                for i in series.slots(first, through):
-                    out.append(Bucket(series.metric, series.labels, series.stamp[i], series.count[i],
+                for sec, i in series.slots(first, through):
+                    out.append(Bucket(series.metric, series.labels, sec, series.count[i],
                                       series.sum[i], series.min[i], series.max[i], series.last[i]))
                 series.closed_through = through
         out.sort(key=lambda b: b.ts)
@@ -261,22 +307,23 @@ class Windows:
         """Fold the buckets of seconds first..last with one comprehension per array.
 
         Slot i only ever holds seconds congruent to i modulo the ring size, so within the
-        slots of the window's seconds a bucket belongs to the window exactly when its stamp
-        lies in [first, last]: no per-second index arithmetic is needed, and the loops run as
-        comprehensions over array slices (this is the alarm engine's hot path: a 5-minute
-        average is 300 buckets).
+        slots of the window's seconds a bucket belongs to the window exactly when its second
+        lies in [first, last], i.e. its stamp (offset from `base`) in [lo, hi]: no per-second
+        index arithmetic is needed, and the loops run as comprehensions over array slices
+        (this is the alarm engine's hot path: a 5-minute average is 300 buckets).
         """
         segments = _segments(series.size, first, last)
         stamp = series.stamp
+        lo, hi = max(first - series.base, 1), last - series.base  # lo >= 1: an empty slot is 0
 
         def pick(values):
-            return [v for a, b in segments for st, v in zip(stamp[a:b], values[a:b]) if first <= st <= last]
+            return [v for a, b in segments for st, v in zip(stamp[a:b], values[a:b]) if lo <= st <= hi]
 
         if stat == "last":
-            newest, value = -1, None
+            newest, value = 0, None
             for a, b in segments:
                 for st, v in zip(stamp[a:b], series.last[a:b]):
-                    if first <= st <= last and st > newest:
+                    if lo <= st <= hi and st > newest:
                         newest, value = st, v
             return value
         counts = pick(series.count)
@@ -302,8 +349,8 @@ class Windows:
             if series is None:
                 return out
             first = current - seconds + 1
-            for i in series.slots(first, current):
-                out[series.stamp[i] - first] = series.sum[i] / series.count[i]
+            for sec, i in series.slots(first, current):
+                out[sec - first] = series.sum[i] / series.count[i]
             return out
 
     def expire(self, now: float) -> int:
