@@ -191,6 +191,7 @@ class Windows:
         self._series: dict[tuple[str, tuple], _Series] = {}
         self._by_metric: dict[str, list[_Series]] = {}
         self.late_samples = 0
+        self.bad_times = 0  # samples whose time was not a finite number (left out)
         self.expired = 0  # series dropped by expire()
         self.set_sizes(sizes_seconds)
 
@@ -221,7 +222,11 @@ class Windows:
             for sample in samples:
                 if sample.count <= 0 or sample.sum != sample.sum:  # no samples, or NaN: no data
                     continue
-                sec = int(math.floor(sample.ts))
+                try:
+                    sec = int(math.floor(sample.ts))
+                except (ValueError, OverflowError, TypeError):  # NaN, infinite, not a number
+                    self.bad_times += 1  # no second to put it in; the rest of the batch goes on
+                    continue
                 labels = sample.labels
                 known = keys.get(id(labels))
                 if known is None or known[0] is not labels:
@@ -369,4 +374,5 @@ class Windows:
     def stats(self) -> dict:
         with self._lock:
             return {"series": len(self._series), "sizes_s": list(self.sizes),
-                    "late_samples": self.late_samples, "expired_series": self.expired}
+                    "late_samples": self.late_samples, "bad_times": self.bad_times,
+                    "expired_series": self.expired}

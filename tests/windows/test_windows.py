@@ -208,3 +208,13 @@ def test_series_silent_longer_than_the_longest_window_expire_and_others_stay(clo
     assert w.label_sets("net_rx_bytes_per_second") == [stays]
     assert w.latest("net_rx_bytes_per_second", gone) is None
     assert w.stats()["expired_series"] == 1
+
+
+def test_a_sample_without_a_finite_time_is_left_out_and_counted_and_the_batch_goes_on(clock):
+    # A source bug (a NaN or infinite timestamp) must not take the main loop's tick down.
+    w = Windows([10], clock)
+    w.add_all([agg("gpu_power_watts", GPU0, [1.0], float("nan")),
+               agg("gpu_power_watts", GPU0, [2.0], float("inf")),
+               agg("gpu_power_watts", GPU0, [3.0], 999.5)])
+    assert w.stats()["bad_times"] == 2
+    assert w.stat("gpu_power_watts", GPU0, 10, "avg") == 3.0
