@@ -175,14 +175,16 @@ def run_once(hz: float, seconds: float, settle: float, calls: int, real: bool = 
 
 
 # The groups of modules the daemon loads, in the order it needs them (python -X importtime on
-# `egs-agent run`): what each adds to a fresh interpreter's RSS is where the memory goes.
+# `egs-agent run`, which imports grpc first): what each adds to a fresh interpreter's RSS is
+# where the memory goes.
 # The last group is not loaded by a daemon with [prometheus] off (the default).
 IMPORT_GROUPS = [
+    ("grpc, first, without Python's ssl", ["agent.grpc_import"]),
     ("config, CLI", ["agent.cli", "agent.config"]),
     ("native core", ["agent.native"]),
     ("psutil (host source)", ["psutil", "agent.sources.host"]),
     ("protobuf + generated messages", ["google.protobuf", "agent.proto.collector_pb2"]),
-    ("grpc (local API, stream)", ["grpc", "grpc.aio", "agent.api.server", "agent.stream.outbox"]),
+    ("local API, stream", ["agent.api.server", "agent.stream.outbox"]),
     ("the rest of the daemon", ["agent.daemon", "agent.nic.component", "agent.alarms.component",
                                 "agent.stream.component", "agent.otlp", "agent.sources.gpu",
                                 "agent.sources.health", "agent.workload.attribution"]),
@@ -199,9 +201,11 @@ groups = json.loads(sys.argv[1])
 out = [["python itself", [], rss()]]
 for name, mods in groups:
     for m in mods:
-        importlib.import_module(m)
+        module = importlib.import_module(m)
+        if m == "agent.grpc_import":  # what `egs-agent run` does first (agent/cli.py)
+            module.import_grpc_without_ssl()
     out.append([name, mods, rss()])
-print(json.dumps({"groups": out, "modules": len(sys.modules)}))
+print(json.dumps({"groups": out, "modules": len(sys.modules), "ssl_loaded": "ssl" in sys.modules}))
 """
 
 WINDOWS_PROBE = r"""
