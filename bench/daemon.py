@@ -212,17 +212,21 @@ WINDOWS_PROBE = r"""
 import json, sys, time, tracemalloc
 from agent import config, windows
 from agent.sources.base import Sample
-series = int(sys.argv[1])
+series, readings = int(sys.argv[1]), int(sys.argv[2])
 w = windows.Windows([config.parse_duration(s) for s in config.parse("").windows.sizes], clock=time.time)
 labels = [{"gpu": str(i // 11)} for i in range(series)]
 t0 = int(time.time())
 tracemalloc.start()
 for sec in range(900):
-    w.add_all([Sample(f"m{i % 11}", labels[i], 10, 10.0 * i, i, i, i, t0 + sec + 0.5) for i in range(series)])
+    if readings == 1:  # one reading a second (host figures, slow-tier fields, health gauges)
+        w.add_all([Sample(f"m{i % 11}", labels[i], 1, float(i), i, i, i, t0 + sec + 0.5) for i in range(series)])
+    else:  # several a second, as a fast field's drain brings them
+        w.add_all([Sample(f"m{i % 11}", labels[i], readings, 10.0 * i, i - 1, i + 1, i, t0 + sec + 0.5)
+                   for i in range(series)])
 # What the windows' own code holds (the series and their slot arrays), not the bench's samples.
 held = sum(st.size for st in tracemalloc.take_snapshot().statistics("filename")
            if st.traceback[0].filename.endswith("windows.py"))
-print(json.dumps({"series": series, "bytes": held}))
+print(json.dumps({"series": series, "readings": readings, "bytes": held}))
 """
 
 
@@ -236,12 +240,14 @@ def memory_report() -> dict:
         rows.append({"group": name, "modules": mods, "rss_mib": round(rss, 1), "adds_mib": round(rss - prev, 1)})
         prev = rss
     out = {"imports": rows, "modules_loaded": doc["modules"]}
-    res = subprocess.run([sys.executable, "-c", WINDOWS_PROBE, "120"], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
-    if res.returncode == 0:
-        out["windows"] = json.loads(res.stdout)
-    else:
-        out["windows_error"] = res.stderr.strip().splitlines()[-1:]
+    out["windows"] = []
+    for readings in (1, 10):
+        res = subprocess.run([sys.executable, "-c", WINDOWS_PROBE, "120", str(readings)], cwd=ROOT, env=env,
+                             capture_output=True, text=True)
+        if res.returncode == 0:
+            out["windows"].append(json.loads(res.stdout))
+        else:
+            out["windows_error"] = res.stderr.strip().splitlines()[-1:]
     return out
 
 
@@ -271,10 +277,9 @@ def main() -> int:
         for r in report["imports"]:
             print(f"{r['group']:<32} +{r['adds_mib']:5.1f} MiB -> {r['rss_mib']:5.1f} MiB  {' '.join(r['modules'])}")
         print(f"{report['modules_loaded']} modules loaded")
-        if "windows" in report:
-            w = report["windows"]
-            print(f"windows: {w['series']} series x 15 min of 1 s buckets: {w['bytes'] / 2**20:.2f} MiB "
-                  f"({w['bytes'] / w['series'] / 900:.1f} bytes a bucket)")
+        for w in report.get("windows", []):
+            print(f"windows: {w['series']} series x 15 min of 1 s buckets, {w['readings']} reading(s) a second: "
+                  f"{w['bytes'] / 2**20:.2f} MiB ({w['bytes'] / w['series'] / 900:.1f} bytes a bucket)")
         return 0
     if not args.real:
         sim_paths.build_sim()

@@ -20,13 +20,86 @@ def stat(w, stat_name, now, window=10):
     return w.stat("gpu_power_watts", GPU0, window, stat_name, now=now)
 
 
-def test_a_slot_is_40_bytes():
+def _bytes_a_slot(series) -> int:
+    columns = {id(c): c for c in (series.stamp, series.count, series.sum, series.min, series.max, series.last)}
+    assert all(len(c) == series.size for c in columns.values())
+    return sum(c.itemsize for c in columns.values())
+
+
+def test_a_slot_is_16_bytes_while_each_second_holds_one_reading_and_40_after():
     w = Windows([10, 60, 300, 900], clock=lambda: 0.0)
-    w.add(reading(1.0, 1_780_000_000.5))
+    for sec in range(5):
+        w.add(reading(float(sec), 1_780_000_000.5 + sec))
     series = w._series[("gpu_power_watts", labels_key(GPU0))]
-    columns = (series.stamp, series.count, series.sum, series.min, series.max, series.last)
-    assert [len(c) for c in columns] == [901] * 6
-    assert sum(c.itemsize for c in columns) == 40
+    assert series.size == 901 and _bytes_a_slot(series) == 16
+    w.add(reading(10.0, 1_780_000_004.7))  # a second reading in the same second: widened
+    assert _bytes_a_slot(series) == 40
+    now = 1_780_000_004.9
+    assert (stat(w, "min", now), stat(w, "max", now), stat(w, "last", now)) == (0.0, 10.0, 10.0)
+    assert stat(w, "avg", now) == pytest.approx((0 + 1 + 2 + 3 + 4 + 10) / 6)
+    assert [b.max for b in w.close(now)] == [0.0, 1.0, 2.0, 3.0]  # the earlier seconds kept
+
+
+def test_an_aggregate_of_several_readings_widens_a_single_series():
+    w = Windows([10], clock=lambda: 0.0)
+    w.add(reading(1.0, 1000.5))
+    w.add(Sample("gpu_power_watts", GPU0, 3, 6.0, 1.0, 3.0, 2.0, 1001.5))
+    series = w._series[("gpu_power_watts", labels_key(GPU0))]
+    assert _bytes_a_slot(series) == 40
+    assert [(b.count, b.sum, b.min, b.max, b.last) for b in w.close(1002.5)] == [(1, 1.0, 1.0, 1.0, 1.0),
+                                                                                 (3, 6.0, 1.0, 3.0, 2.0)]
+
+
+def test_single_and_wide_series_answer_the_same(monkeypatch):
+    # The same random samples (single readings, aggregates, late ones, a resize) into windows
+    # whose series start single and into ones whose series are wide from the start.
+    import random
+
+    import agent.windows as windows_mod
+
+    def feed(w, seed):
+        # gpu 0: one reading in a second at most, late ones included (stays single); gpu 1: the
+        # same until an aggregate at step 250; gpu 2: anything from the start.
+        rnd, out, used = random.Random(seed), [], {"0": set(), "1": set()}
+        t = 5000.0
+        for step in range(400):
+            t += rnd.choice((0.3, 0.7, 1.0, 2.5))
+            gpu = "1" if step == 250 else str(rnd.randrange(3))
+            ts = t - rnd.choice((0, 0, 0, 1.2, 7.5))
+            v = rnd.choice((1.0, 2.5, -3.0, 1e15 + 1))
+            if gpu == "2" and rnd.random() < 0.2 or gpu == "1" and step == 250:
+                n = rnd.randrange(2, 5)
+                sample = Sample("m", {"gpu": gpu}, n, 2.0 * n, 1.0, 3.0, 2.5, ts)
+            elif gpu in used and int(ts) in used[gpu]:
+                continue
+            else:
+                used.get(gpu, set()).add(int(ts))
+                sample = Sample("m", {"gpu": gpu}, 1, v, v, v, v, ts)
+            w.add(sample)
+            if step == 200:
+                w.set_sizes([10, 120])
+            if step % 7 == 0:
+                out.append([(b.metric, dict(b.labels), b.ts, b.count, b.sum, b.min, b.max, b.last) for b in w.close(t)])
+            for gpu in "012":
+                for name in ("avg", "min", "max", "last", "count"):
+                    out.append(w.stat("m", {"gpu": gpu}, 10, name, now=t))
+        out.append([w.history("m", {"gpu": g}, 60, now=t) for g in "012"])
+        out.append({labels: series.single for (_, labels), series in w._series.items()})
+        return out
+
+    for seed in range(3):  # (each seed: ~1,200 stats, 60 closes and the histories compared)
+        single = feed(Windows([10, 60], clock=lambda: 0.0), seed)
+        original = windows_mod._Series.__init__
+
+        def wide_init(self, *a, **kw):
+            original(self, *a, **kw)
+            self._widen()
+
+        monkeypatch.setattr(windows_mod._Series, "__init__", wide_init)
+        wide = feed(Windows([10, 60], clock=lambda: 0.0), seed)
+        monkeypatch.setattr(windows_mod._Series, "__init__", original)
+        assert single[:-1] == wide[:-1]
+        assert single[-1] == {(("gpu", "0"),): True, (("gpu", "1"),): False, (("gpu", "2"),): False}
 
 
 def test_seconds_up_to_68_years_either_side_of_the_first_are_kept_and_beyond_the_past_end_ignored():
