@@ -314,18 +314,32 @@ class Windows:
 
     def stat(self, metric: str, labels: dict[str, str], window_s: float, stat: str,
              now: float | None = None) -> float | None:
+        first, current = self._window(window_s, stat, now)
+        with self._lock:
+            series = self._series.get((metric, labels_key(labels)))
+            if series is None:
+                return None
+            return self._fold(series, first, current, stat)
+
+    def stat_all(self, metric: str, window_s: float, stat: str,
+                 now: float | None = None) -> list[tuple[dict[str, str], float | None]]:
+        """`stat` of every series of `metric`, with its labels (the series' own dict: read it,
+        do not change it), under one hold of the lock: what an alarm rule over all GPUs asks
+        each evaluation, without a label-set copy, a sort and a lookup per series."""
+        first, current = self._window(window_s, stat, now)
+        with self._lock:
+            return [(s.labels, self._fold(s, first, current, stat)) for s in self._by_metric.get(metric, ())]
+
+    def _window(self, window_s: float, stat: str, now: float | None) -> tuple[int, int]:
+        """The first and last second of a window of `window_s` ending at `now`; ValueError
+        for a statistic not in STATS or a window the series do not keep."""
         if stat not in STATS:
             raise ValueError(f"unknown statistic {stat!r} (known: {', '.join(STATS)})")
         window = int(math.ceil(window_s))
         if window < 1 or window > self.retention - 1:
             raise ValueError(f"window {window_s} s outside 1..{self.retention - 1} s kept")
-        now = self.clock() if now is None else now
-        current = int(math.floor(now))
-        with self._lock:
-            series = self._series.get((metric, labels_key(labels)))
-            if series is None:
-                return None
-            return self._fold(series, current - window + 1, current, stat)
+        current = int(math.floor(self.clock() if now is None else now))
+        return current - window + 1, current
 
     @staticmethod
     def _fold(series: _Series, first: int, last: int, stat: str) -> float | None:

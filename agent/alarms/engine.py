@@ -42,6 +42,9 @@ class Source(Protocol):
 
     def label_sets(self, metric: str) -> list[dict[str, str]]: ...
 
+    # Optional (the windows have it): `stat_all(metric, window_s, stat, now)` -> [(labels,
+    # value)] for every series of the metric in one pass; used instead of the two above.
+
 
 _KEYS_KEPT = 4096
 
@@ -108,13 +111,25 @@ class Engine:
         source = self._source(rule)
         known = self.series.setdefault(rule.name, {})
         try:
-            label_sets = [ls for ls in source.label_sets(rule.metric) if rule.scope.matches(ls)]
-            for ls in label_sets:
-                key = self._series_key(ls)
-                if key not in known:
-                    known[key] = Series(dict(ls), rule.trigger_n)
-            values = {key: source.stat(rule.metric, s.labels, rule.window_s, rule.stat, now)
-                      for key, s in known.items()}
+            stat_all = getattr(source, "stat_all", None)
+            if stat_all is not None:  # the windows: every series of the metric in one pass
+                current: dict[str, float | None] = {}
+                for ls, value in stat_all(rule.metric, rule.window_s, rule.stat, now):
+                    if rule.scope.matches(ls):
+                        key = self._series_key(ls)
+                        if key not in known:
+                            known[key] = Series(dict(ls), rule.trigger_n)
+                        current[key] = value
+                # A series known from before and gone from the windows (expired) has no value.
+                values = {key: current.get(key) for key in known}
+            else:
+                for ls in source.label_sets(rule.metric):
+                    if rule.scope.matches(ls):
+                        key = self._series_key(ls)
+                        if key not in known:
+                            known[key] = Series(dict(ls), rule.trigger_n)
+                values = {key: source.stat(rule.metric, s.labels, rule.window_s, rule.stat, now)
+                          for key, s in known.items()}
         except ValueError as e:  # e.g. a window longer than the daemon keeps
             if self.errors.get(rule.name) != str(e):
                 self.errors[rule.name] = str(e)

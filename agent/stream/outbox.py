@@ -27,6 +27,7 @@ keep their own (epoch, seq), which is what lets the collector recognise replays.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -119,7 +120,7 @@ class Outbox:
         # The daemon's view of another component's status (main loop only): the NIC state
         # travels in `Batch.nic_json` whenever it changes.
         self.status_of = status_of
-        self._nic_sent: str | None = None
+        self._nic_sent: dict | None = None  # a copy of the NIC state last handed to the writer
         self.state_dir = Path(state_dir)
         self.host_id = host_id or socket.gethostname()
         self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
@@ -201,9 +202,10 @@ class Outbox:
         state = self.status_of("nic")
         if state is None:
             return
-        text = json.dumps(state, sort_keys=True, default=str)
-        if text != self._nic_sent and self.put_nic(state):
-            self._nic_sent = text
+        # Compared as values, not as JSON text: serialising the state every tick to learn that
+        # it had not changed was most of this component's main-loop time.
+        if state != self._nic_sent and self.put_nic(state):
+            self._nic_sent = copy.deepcopy(state)
 
     # Keys that take effect by restarting the stream client; the spool's and the queue's
     # own sizes are fixed for the life of the process.

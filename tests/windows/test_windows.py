@@ -218,3 +218,18 @@ def test_a_sample_without_a_finite_time_is_left_out_and_counted_and_the_batch_go
                agg("gpu_power_watts", GPU0, [3.0], 999.5)])
     assert w.stats()["bad_times"] == 2
     assert w.stat("gpu_power_watts", GPU0, 10, "avg") == 3.0
+
+
+def test_stat_all_answers_what_stat_answers_for_every_series_of_the_metric(clock):
+    w = Windows([10, 60], clock)
+    gpu1 = dict(GPU0, gpu="1", uuid="GPU-b")
+    for i, labels in enumerate((GPU0, gpu1)):
+        w.add_all([agg("gpu_power_watts", labels, [100.0 + i, 120.0], 995.5),
+                   agg("gpu_power_watts", labels, [90.0 * (i + 1)], 999.2),
+                   agg("gpu_temperature_celsius", labels, [60.0], 999.2)])
+    for name in ("avg", "min", "max", "last", "count"):
+        got = {labels["gpu"]: value for labels, value in w.stat_all("gpu_power_watts", 10, name)}
+        assert got == {l["gpu"]: w.stat("gpu_power_watts", l, 10, name) for l in (GPU0, gpu1)}
+    assert w.stat_all("gpu_fan_percent", 10, "avg") == []
+    with pytest.raises(ValueError, match="window"):
+        w.stat_all("gpu_power_watts", 3600, "avg")
