@@ -369,7 +369,8 @@ def check_labels(value: dict) -> str | None:
 
 # --- the core sections -------------------------------------------------------------------
 
-# Windows: each series keeps (longest window + 1) one-second slots of 48 bytes. An hour is
+# Windows: each series keeps (longest window + 1) one-second slots of 16 bytes (one reading a
+# second) or 40 (several; agent/windows.py says why). An hour is
 # the longest statistic an on-node alarm needs (longer trends are the collector's rollups),
 # and `100000h` asked for 17 GB per series and killed the daemon with MemoryError (issue 10).
 MAX_WINDOW_S = 3600.0
@@ -436,9 +437,11 @@ CORE_SECTIONS: list[Section] = [
     }),
     Section("windows", "Windowed statistics over 1-second buckets.", {
         "sizes": Key(["10s", "1m", "5m", "15m"], list, f"Windows kept for every metric (s, m, h suffixes): 1 to {MAX_WINDOWS} "
-                     f"of them, each 1s..{format_duration(MAX_WINDOW_S)}. The longest sets the memory: 48 bytes per second "
-                     "per series, so 15m is 43 KB and 1h 173 KB for each series (a host with 8 GPUs and 128 CPUs has a few "
-                     "hundred series: about 70 MB at 1h). It also bounds the longest [[alarm]] window.",
+                     f"of them, each 1s..{format_duration(MAX_WINDOW_S)}. The longest sets the memory: per series and second, "
+                     "16 bytes for a series with one reading a second (host figures, slow-tier GPU fields, health gauges) and "
+                     "40 for one with several (the fast GPU fields), so 15m is 14 or 36 KB and 1h 58 or 144 KB for each series "
+                     "(a host with 8 GPUs and 128 CPUs has a few hundred series, most with one reading a second: about 25 MB "
+                     "at 1h). It also bounds the longest [[alarm]] window.",
                      item_type=str, max_items=MAX_WINDOWS, max_len=32, check=_check_windows),
     }),
     Section("api", "The local API on a Unix socket.", {

@@ -16,6 +16,7 @@ from agent.nic.instance_types import InstanceTable
 from agent.nic.manager import NicManager
 from agent.nic.metadata import MetadataLookup
 from agent.sources.base import Sample
+from agent.threads import name_os_thread
 
 
 def build(cfg: Any, ctx: Any) -> "NicComponent | None":
@@ -91,6 +92,7 @@ class NicComponent:
         return self.manager.requirement(None, "none")
 
     def _run(self) -> None:
+        name_os_thread()
         while not self._stop.is_set():
             with self._lock:
                 manager, mode = self.manager, self.settings.mode

@@ -14,6 +14,7 @@ import threading
 from typing import Callable
 
 from agent.backoff import Backoff
+from agent.threads import name_os_thread
 
 _TYPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 MAX_BODY = 256
@@ -80,6 +81,7 @@ class MetadataLookup:
                     "attempts": self.attempts}
 
     def _run(self) -> None:
+        name_os_thread()
         backoff = Backoff(self._retry_s, multiplier=2, jitter=0, maximum=self._max_retry_s)
         while not self._stop.is_set():
             try:

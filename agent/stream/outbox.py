@@ -45,6 +45,7 @@ from agent.proto import collector_pb2
 from agent.stream.client import StreamClient
 from agent.stream.spool import Spool, SpoolError
 from agent.threads import name_os_thread
+from agent.windows import Bucket
 from agent.wire.columns import Columns, SeriesEntries
 
 # The outbox's own figures, sent with every batch and shown in `status`.
@@ -89,12 +90,17 @@ def _add_point(item: Any, columns: Columns, entries: SeriesEntries) -> bool:
     False when a value is not finite (left out). A field that cannot be encoded raises
     before anything is added (a count outside uint64 would only fail later, in protobuf,
     taking the whole batch with it)."""
-    get = item.get if isinstance(item, dict) else lambda k: getattr(item, k)
-    count = int(get("count"))
+    if type(item) is Bucket:  # the daemon's own (windows.close): unpacked, no lookups by name
+        metric, labels, ts, count, sum_, min_, max_, last = item
+    else:
+        get = item.get if isinstance(item, dict) else lambda k: getattr(item, k)
+        metric, labels, ts, count, sum_, min_, max_, last = (
+            get(k) for k in ("metric", "labels", "ts", "count", "sum", "min", "max", "last"))
+    count = int(count)
     if not 0 <= count < 1 << 64:
         raise ValueError(f"count {count} is not a uint64")
-    return columns.add(entries(get("metric"), get("labels") or {}), float(get("ts")), count,
-                       *(float(get(k)) for k in ("sum", "min", "max", "last")))
+    return columns.add(entries(metric, labels or {}), float(ts), count, float(sum_), float(min_), float(max_),
+                       float(last))
 
 
 def _metric_of(item: Any) -> str:
