@@ -234,6 +234,10 @@ struct egs_core {
     pthread_mutex_t lock;           /* everything below that both threads and callers touch */
     int running;
     atomic_int stop;
+    /* The sampler sleeps to its next deadline on `nap` (CLOCK_MONOTONIC); stop sets `stop`
+     * and signals it, so a stop is prompt without the thread waking to check. */
+    pthread_mutex_t nap_mu;
+    pthread_cond_t nap;
     pthread_t sampler, eventer;
     int have_sampler, have_eventer;
 

@@ -95,6 +95,30 @@ def test_bad_arguments_are_refused_before_reaching_c():
             Core(event_wait_ms=wait_ms)
 
 
+def _switches(name: str) -> int:
+    """Voluntary context switches of this process's thread called `name` (each sleep is one)."""
+    for task in Path("/proc/self/task").iterdir():
+        if (task / "comm").read_text().strip() == name:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+    raise AssertionError(f"no thread {name}")
+
+
+def test_an_idle_sampler_sleeps_to_its_next_tick_and_still_stops_at_once(make_core):
+    # One tick a second: the sampler used to wake every 50 ms to look for a stop (60 wake-ups
+    # in 3 s); it now sleeps to the deadline and the stop wakes it.
+    core = make_core("constant", hz=1, amd=False, events=False)
+    time.sleep(0.5)
+    before = _switches("egs-sampler")
+    time.sleep(3.0)
+    woke = _switches("egs-sampler") - before
+    assert woke <= 12, f"{woke} wake-ups in 3 s at 1 Hz"
+    stop_started = time.monotonic()
+    core.stop()
+    assert time.monotonic() - stop_started < 1.0  # not the rest of the second: the stop woke it
+
+
 def test_the_core_threads_are_named_for_top_and_ps(make_core):
     core = make_core("nvidia-xid", amd=False)
     names = set()
