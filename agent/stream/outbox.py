@@ -144,6 +144,7 @@ class Outbox:
         # (the writer, status) take `self.client` once into a local and use only that.
         self._client_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._urgent = threading.Event()  # something in the queue must not wait (_write_loop)
         self._writer: threading.Thread | None = None
         self.spool: Spool | None = None
         self.client: StreamClient | None = None
@@ -266,6 +267,8 @@ class Outbox:
             return False
         with self._progress:
             self._counts["queued"] += 1
+        if item[0] != "points":
+            self._urgent.set()
         return True
 
     def flush(self, timeout: float = 10.0) -> bool:
@@ -291,6 +294,7 @@ class Outbox:
             self._queue.put(_FLUSH, timeout=timeout)
         except queue.Full:
             return False
+        self._urgent.set()
         return True
 
     # --- the writer ----------------------------------------------------------------------
@@ -298,16 +302,22 @@ class Outbox:
     def _write_loop(self) -> None:
         """Drain the queue into `gathered`; spool it when the oldest bucket set in it has
         waited `interval`, when anything else comes (an event goes at once), and at a flush
-        mark. Sleeps in the queue between items: no polling."""
+        mark. No polling: with nothing gathered it sleeps in the queue; with bucket sets
+        gathered it sleeps until they are due, and only an urgent item (`_urgent`: an event,
+        the NIC state, a recording, a flush mark) wakes it sooner, not the next second's
+        bucket set (which waits in the queue)."""
         name_os_thread()
         gathered: list = []
         due: float | None = None  # when the oldest gathered bucket set must be spooled
         while True:
-            timeout = None if due is None else max(0.0, due - time.monotonic())
-            try:
-                items = [self._queue.get(timeout=timeout)]
-            except queue.Empty:
+            if due is None:
+                items = [self._queue.get()]
+            else:
+                self._urgent.wait(max(0.0, due - time.monotonic()))
                 items = []
+            # Cleared before the drain: an urgent item put from here on sets it again and
+            # ends the next wait at once; one put before is in the queue and drained now.
+            self._urgent.clear()
             while True:
                 try:
                     items.append(self._queue.get_nowait())
