@@ -32,6 +32,11 @@ settings.register_profile("ci", max_examples=60, **_COMMON)
 settings.register_profile("long", max_examples=3000, **_COMMON)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# Every simulated event wait returns within 50 ms (native/sim/README.md), here and in the
+# daemons the tests start: a core's stop waits for its event thread's current wait (500 ms by
+# default), and the suite stops hundreds of cores.
+os.environ.setdefault("EGS_SIM_EVENT_WAIT_MAX_MS", "50")
+
 
 # --- the simulated vendor libraries (daemon, sources, native, sim, alarms) -------------------
 

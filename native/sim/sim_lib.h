@@ -59,6 +59,8 @@ struct sim_lib {
     double t0;                      /* sim_now() at the first init: scenario time 0 */
     long long t0_unix_us;           /* CLOCK_REALTIME at that moment, microseconds: driver
                                      * timestamps of scenario time t are t0_unix_us + t x 1e6 */
+    double event_wait_max_s;        /* EGS_SIM_EVENT_WAIT_MAX_MS at init: an event wait returns
+                                     * TIMEOUT after at most this long (0: the caller's timeout) */
     /* Call counts per exported function, so a test or bench sees exactly how many library
      * calls a reader made. Appended under count_mu, read without it (n_counted is published
      * after the slot is filled). */

@@ -36,9 +36,6 @@ def make_core(sim_out, monkeypatch):
             monkeypatch.setenv("EGS_SIM_SCENARIO", str(path))
         kw.setdefault("nvml_library", str(sim_paths.NVML_LIB))
         kw.setdefault("amdsmi_library", str(sim_paths.AMDSMI_LIB))
-        # Stop waits for the event thread's current wait (500 ms by default); these tests
-        # stop hundreds of cores, and an event ends a wait at once whatever its length.
-        kw.setdefault("event_wait_ms", 50)
         core = Core(**kw)
         cores.append(core)
         return core.start() if start else core
