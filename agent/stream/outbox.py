@@ -126,7 +126,8 @@ class Outbox:
         # The daemon's view of another component's status (main loop only): the NIC state
         # travels in `Batch.nic_json` whenever it changes.
         self.status_of = status_of
-        self._nic_sent: dict | None = None  # a copy of the NIC state last handed to the writer
+        self._nic_sent: str | None = None  # the NIC state last handed to the writer, as JSON
+        self._nic_seen: dict | None = None  # a copy of the NIC state as of the last tick
         self.state_dir = Path(state_dir)
         self.host_id = host_id or socket.gethostname()
         self.labels = {str(k): str(v) for k, v in (labels or {}).items()}
@@ -209,10 +210,14 @@ class Outbox:
         state = self.status_of("nic")
         if state is None:
             return
-        # Compared as values, not as JSON text: serialising the state every tick to learn that
-        # it had not changed was most of this component's main-loop time.
-        if state != self._nic_sent and self.put_nic(state):
-            self._nic_sent = copy.deepcopy(state)
+        # Compared as values first: serialising the state every tick to learn that it had not
+        # changed was most of this component's main-loop time. The JSON text still decides
+        # (a NaN is unequal to itself; an object without == compares by identity).
+        if state == self._nic_seen:
+            return
+        text = json.dumps(state, sort_keys=True, default=str)
+        if text == self._nic_sent or self.put_nic(state):  # a full queue: tried again next tick
+            self._nic_sent, self._nic_seen = text, copy.deepcopy(state)
 
     # Keys that take effect by restarting the stream client; the spool's and the queue's
     # own sizes are fixed for the life of the process.

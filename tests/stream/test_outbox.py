@@ -238,3 +238,19 @@ def test_reload_changes_the_interval(tmp_path):
         assert box.status()["interval_s"] == 1.0
     finally:
         box.stop()
+
+
+def test_a_nic_state_holding_a_nan_is_sent_once_not_every_tick(tmp_path):
+    # A NaN is unequal to itself, so the state compares unequal every tick; its JSON does not.
+    state = {"mode": "verify", "drift": float("nan")}
+    cfg = parse('[stream]\nendpoints = ["127.0.0.1:9"]\nplaintext = true\nfsync = false\n', "a.toml")
+    box = Outbox(cfg.stream, tmp_path, host_id="h1", clock=lambda: 1000.0,
+                 status_of=lambda name: dict(state) if name == "nic" else None)
+    box.start()
+    try:
+        for now in (1.0, 2.0, 3.0):
+            box.tick(now)
+            box.flush()
+        assert len([b for b in _spooled(box) if b.nic_json]) == 1
+    finally:
+        box.stop()
