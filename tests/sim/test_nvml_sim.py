@@ -197,6 +197,39 @@ def test_calls_before_init_and_after_shutdown_are_uninitialized(run_reader):
     assert out == [1, 0, 1, 1]
 
 
+def test_event_wait_max_ms_makes_a_long_wait_time_out_early(sim_out):
+    # EGS_SIM_EVENT_WAIT_MAX_MS (the suite sets 50): a 5 s wait returns its timeout well before
+    # the XID due at t = 1 s, which the next uncapped-length waits then deliver.
+    import subprocess
+    import sys
+
+    code = nvml("""
+        N.nvmlInit()
+        s = N.nvmlEventSetCreate()
+        N.nvmlDeviceRegisterEvents(N.nvmlDeviceGetHandleByIndex(0), N.nvmlEventTypeXidCriticalError, s)
+        got = []
+        try:
+            N.nvmlEventSetWait_v2(s, 5000)
+            got.append("event")
+        except N.NVMLError as e:
+            got.append(err(e))
+        waits = 0
+        while True:
+            waits += 1
+            try:
+                got.append(N.nvmlEventSetWait_v2(s, 5000).eventData)
+                break
+            except N.NVMLError as e:
+                assert err(e) == "NVMLError_Timeout", err(e)
+        got.append(waits > 1)
+        print(json.dumps(got))
+    """)
+    env = dict(sim_paths.nvml_env("nvidia-xid"), EGS_SIM_EVENT_WAIT_MAX_MS="50")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == ["NVMLError_Timeout", 79, True]
+
+
 def test_xid_events_arrive_at_their_scenario_time_in_order(run_reader):
     out, _ = run_reader(nvml("""
         N.nvmlInit()
