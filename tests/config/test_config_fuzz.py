@@ -162,6 +162,9 @@ def usable_agent(cfg) -> None:
     Health(hold_s=parse_duration(cfg.health.xid_hold))
     for seconds in (parse_duration(cfg.health.xid_hold), parse_duration(cfg.recorder.before), parse_duration(cfg.recorder.after)):
         assert 0 < seconds <= 86400
+    assert 1 <= parse_duration(cfg.stream.interval) <= 60  # what the outbox gathers buckets for
+    from agent.native import slow_mask
+    slow_mask(cfg.gpu.slow_fields)  # what the core is built with: no unknown field gets there
     for labels in (cfg.agent.labels,):
         assert len(labels) <= config.MAX_LABELS and all(isinstance(v, str) for v in labels.values())
     for rule in cfg.alarm:

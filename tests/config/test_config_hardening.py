@@ -110,6 +110,19 @@ def test_rule_durations_are_bounded(key, value, words):
     assert words in e.message
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "0.5", "1e300", '"0s"', '"999999h"', '"61s"', '""',
+                                   '"soon"', '"' + "9" * 100_000 + 's"', "[]"])
+def test_stream_interval_is_a_duration_of_1s_to_1m(value):
+    e = error_of(f"[stream]\ninterval = {value}\n")
+    assert located(e, 2, "stream.interval"), str(e)
+
+
+@pytest.mark.parametrize("value, seconds", [('"1s"', 1.0), ('"5s"', 5.0), ('"1m"', 60.0), ("2.5", 2.5)])
+def test_stream_interval_takes_durations_and_seconds(value, seconds):
+    cfg = config.parse(f"[stream]\ninterval = {value}\n", "a.toml")
+    assert config.parse_duration(cfg.stream.interval) == seconds
+
+
 def test_a_hook_with_a_huge_timeout_still_runs():
     runner = HookRunner(workers=1, queue=1)
     try:

@@ -4,7 +4,6 @@ pages reach it is failed, with the reason ("should be replaced", AMD's RAS guida
 and without a threshold (NOT_SUPPORTED: None, asked once; or 0, retirement off) it is not."""
 from __future__ import annotations
 
-
 import pytest
 
 from agent.sources.gpu import health_samples

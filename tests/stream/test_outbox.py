@@ -212,7 +212,8 @@ def test_an_event_goes_at_once_with_the_buckets_gathered_before_it(tmp_path, wai
         assert [e.kind for e in batch.events] == ["xid"]
         assert [p.ts for p in points_of(batch) if p.metric == "gpu_power_watts"] == [998.0]
         box.put_buckets([_bucket(ts=999)])
-        time.sleep(0.3)
+        wait(lambda: box.status()["queue"]["gathered"] == 1, timeout=5, what="the writer to gather the buckets")
+        time.sleep(0.2)
         assert _spooled_count(box) == 1  # the next buckets wait for their interval again
         assert box.flush(timeout=5) and _spooled_count(box) == 2  # ... unless flushed
     finally:
