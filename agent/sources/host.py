@@ -1,9 +1,14 @@
-"""The host source: CPU, load, memory and per-NIC traffic, read through psutil.
+"""The host source: CPU, load, memory and per-NIC traffic, from procfs (the NIC counters through psutil).
 
-psutil reads `/proc/stat`, `/proc/meminfo` and `/proc/net/dev` under `psutil.PROCFS_PATH`,
-so pointing `[host] procfs` at a fixture tree makes every figure here testable without
-this machine's own numbers. The load average is read from `<procfs>/loadavg` directly
-because psutil takes it from the `getloadavg(3)` syscall, which no fixture can change.
+psutil reads `/proc/net/dev` under `psutil.PROCFS_PATH`, so pointing `[host] procfs` at a
+fixture tree makes every figure here testable without this machine's own numbers. Three
+files are read here directly, under the same root (docs/benchmarks.md has what each saves
+on a cold tick):
+- `<procfs>/loadavg`, because psutil takes the load from the `getloadavg(3)` syscall, which
+  no fixture can change;
+- `<procfs>/stat`, once a tick for both the total and the per-CPU times (`read_cpu_times`):
+  psutil reads the whole file once for each;
+- `<procfs>/meminfo`, for its MemTotal and MemAvailable lines (`read_memory`).
 
 CPU utilization and network rates are differences between two readings; the first
 reading after start therefore yields only the gauges (memory, load). A counter that went
@@ -12,9 +17,8 @@ than a huge or negative one.
 """
 from __future__ import annotations
 
-from typing import Any
-
-from pathlib import Path
+import os
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -58,6 +62,74 @@ _NET_RATES = (
     ("dropin", "net_rx_drops_per_second"),
     ("dropout", "net_tx_drops_per_second"),
 )
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class CpuTimes(NamedTuple):
+    """One `cpu` line of /proc/stat in seconds, with psutil's field names. A kernel that gives
+    fewer columns (before 2.6.33 there is no guest_nice) leaves the rest 0."""
+
+    user: float = 0.0
+    nice: float = 0.0
+    system: float = 0.0
+    idle: float = 0.0
+    iowait: float = 0.0
+    irq: float = 0.0
+    softirq: float = 0.0
+    steal: float = 0.0
+    guest: float = 0.0
+    guest_nice: float = 0.0
+
+
+def read_proc(path: str, size: int = 1 << 16) -> bytes:
+    """A small procfs file in one read (they are generated whole on the first read)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = []
+        while True:
+            chunk = os.read(fd, size)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+
+
+def read_cpu_times(procfs: str) -> tuple[CpuTimes | None, list[CpuTimes]]:
+    """(all CPUs, [cpu0, cpu1, ...]) from one read of `<procfs>/stat`; the total is None when
+    the file has no `cpu` line. An offline CPU has no line of its own, as in psutil."""
+    total, per_cpu = None, []
+    for line in read_proc(os.path.join(procfs, "stat")).splitlines():
+        if not line.startswith(b"cpu"):
+            break  # the cpu lines come first
+        name, *ticks = line.split()
+        times = CpuTimes(*(int(t) / _CLOCK_TICKS for t in ticks[:len(CpuTimes._fields)]))
+        if name == b"cpu":
+            total = times
+        else:
+            per_cpu.append(times)
+    return total, per_cpu
+
+
+def read_memory(procfs: str) -> tuple[int, int]:
+    """(MemTotal, MemAvailable) in bytes from `<procfs>/meminfo`: the two lines the memory
+    figures need, without parsing the other fifty. A kernel before 3.14 has no MemAvailable:
+    then psutil's estimate of it (from free, cached and reclaimable memory) is used."""
+    total = available = None
+    for line in read_proc(os.path.join(procfs, "meminfo")).splitlines():
+        if line.startswith(b"MemTotal:"):
+            total = int(line.split()[1]) * 1024
+        elif line.startswith(b"MemAvailable:"):
+            available = int(line.split()[1]) * 1024
+            break  # it follows MemTotal
+    if total is None:
+        return 0, 0
+    if available is None:
+        vm = psutil.virtual_memory()
+        return vm.total, vm.available
+    return total, available
 
 
 def cpu_busy_total(times) -> tuple[float, float]:
@@ -130,10 +202,9 @@ class HostSource(Source):
         return out
 
     def _cpu_samples(self, now: float) -> list[Sample]:
-        total = psutil.cpu_times()
-        percpu = psutil.cpu_times(percpu=True)
+        total, percpu = read_cpu_times(self.settings.procfs)
         out = []
-        if self._cpu is not None:
+        if self._cpu is not None and total is not None:
             value = utilization(self._cpu, total)
             if value is not None:
                 out.append(Sample.reading("cpu_utilization_percent", {}, value, now))
@@ -146,16 +217,16 @@ class HostSource(Source):
         return out
 
     def _memory_samples(self, now: float) -> list[Sample]:
-        vm = psutil.virtual_memory()
-        if not vm.total:  # a meminfo without MemTotal: no figures (null), never a made-up 0 %
+        total, available = read_memory(self.settings.procfs)
+        if not total:  # a meminfo without MemTotal: no figures (null), never a made-up 0 %
             return []
-        used = vm.total - vm.available
-        return [Sample.reading("memory_used_percent", {}, 100.0 * used / vm.total, now),
+        used = total - available
+        return [Sample.reading("memory_used_percent", {}, 100.0 * used / total, now),
                 Sample.reading("memory_used_bytes", {}, used, now),
-                Sample.reading("memory_total_bytes", {}, vm.total, now)]
+                Sample.reading("memory_total_bytes", {}, total, now)]
 
     def _load_samples(self, now: float) -> list[Sample]:
-        fields = (Path(self.settings.procfs) / "loadavg").read_text().split()
+        fields = read_proc(os.path.join(self.settings.procfs, "loadavg")).split()
         return [Sample.reading(name, {}, float(fields[i]), now)
                 for i, name in enumerate(("load1", "load5", "load15"))]
 

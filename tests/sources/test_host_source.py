@@ -1,5 +1,6 @@
 """The host source's figures, checked against procfs read independently in the test:
 exactly on a fixture tree, and within what can change between two reads on the real /proc."""
+import os
 import socket
 import time
 from pathlib import Path
@@ -190,3 +191,62 @@ def test_meminfo_with_a_zero_total_gives_no_memory_figures_not_zero(tmp_path, re
     got = by_key(src.collect(100.0))
     assert not any(metric.startswith("memory_") for metric, _ in got)
     assert got[("load1", ())] == 0.5  # the rest of the host figures still come
+
+
+def test_one_read_of_stat_gives_what_psutil_gives_for_the_total_and_each_cpu(tmp_path, restore_procfs):
+    """The host source reads /proc/stat once for both (psutil reads it once for each): the same
+    seconds as psutil's own readers on the same file."""
+    import psutil
+
+    from agent.sources.host import read_cpu_times
+
+    cpu0 = [1234, 5, 678, 91011, 12, 3, 4, 5, 60, 7]
+    cpu1 = [4321, 6, 876, 11109, 21, 4, 5, 6, 70, 8]
+    write_tree(tmp_path, [("cpu", [a + b for a, b in zip(cpu0, cpu1)]), ("cpu0", cpu0), ("cpu1", cpu1)], MEM,
+               {"eth0": (1, 1, 0, 0, 1, 1, 0, 0)})
+    psutil.PROCFS_PATH = str(tmp_path)
+    total, per_cpu = read_cpu_times(str(tmp_path))
+    theirs = psutil.cpu_times()
+    assert {f: getattr(total, f) for f in theirs._fields} == pytest.approx(theirs._asdict())
+    assert len(per_cpu) == 2
+    for ours, theirs in zip(per_cpu, psutil.cpu_times(percpu=True)):
+        assert {f: getattr(ours, f) for f in theirs._fields} == pytest.approx(theirs._asdict())
+    assert total.user == pytest.approx((1234 + 4321) / os.sysconf("SC_CLK_TCK"))
+
+
+def test_an_older_kernels_shorter_cpu_lines_leave_the_missing_times_zero(tmp_path):
+    """Before 2.6.33 a cpu line has no guest_nice, before 2.6.24 no guest: those are 0, and the
+    utilization still comes out of the columns there are."""
+    from agent.sources.host import read_cpu_times, utilization
+
+    hz = os.sysconf("SC_CLK_TCK")
+    write_tree(tmp_path, [("cpu", [100, 0, 100, 800, 0, 0, 0, 0]), ("cpu0", [100, 0, 100, 800])], MEM, {})
+    before, (cpu0,) = read_cpu_times(str(tmp_path))
+    assert cpu0.idle == pytest.approx(800 / hz) and cpu0.iowait == 0.0 and cpu0.guest_nice == 0.0
+    write_tree(tmp_path, [("cpu", [150, 0, 150, 900, 0, 0, 0, 0]), ("cpu0", [150, 0, 150, 900])], MEM, {})
+    after, _ = read_cpu_times(str(tmp_path))
+    assert utilization(before, after) == pytest.approx(100 * 100 / 200)
+
+
+def test_memory_is_what_psutil_reads_and_its_estimate_where_the_kernel_has_no_memavailable(tmp_path, restore_procfs):
+    """MemTotal and MemAvailable are read directly; a kernel before 3.14 has no MemAvailable
+    line, and then psutil's own estimate from the other lines is what the figures use."""
+    import psutil
+
+    from agent.sources.host import read_memory
+
+    psutil.PROCFS_PATH = str(tmp_path)
+    write_tree(tmp_path, [("cpu", [1, 0, 1, 8])], MEM, {})
+    vm = psutil.virtual_memory()
+    assert read_memory(str(tmp_path)) == (vm.total, vm.available) == (16 * 1024 ** 3, 12 * 1024 ** 3)
+
+    old_kernel = {k: v for k, v in MEM.items() if k != "MemAvailable"}
+    write_tree(tmp_path, [("cpu", [1, 0, 1, 8])], old_kernel, {})
+    vm = psutil.virtual_memory()
+    total, available = read_memory(str(tmp_path))
+    assert (total, available) == (vm.total, vm.available)
+    assert 0 < available < total and available != 12 * 1024 ** 3
+    src = HostSource(settings(tmp_path))
+    src.start()
+    got = by_key(src.collect(100.0))
+    assert got[("memory_used_bytes", ())] == total - available
