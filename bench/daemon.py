@@ -71,10 +71,21 @@ def threads_cpu_s(pid: int) -> dict[str, float]:
 
 
 def rss_mib(pid: int) -> float:
+    return rss_parts_mib(pid).get("VmRSS", float("nan"))
+
+
+def rss_parts_mib(pid: int) -> dict[str, float]:
+    """VmRSS and its parts, RssAnon (the process' own memory) and RssFile (mapped files: the
+    libraries). RssFile depends on the page cache as much as on the process: a library file
+    whose pages were cached in large folios (e.g. just written by pip) is mapped in bigger
+    pieces on a fault, so the same import shows up to twice the file-backed RSS until the
+    cache is dropped (docs/benchmarks.md)."""
+    out = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -136,7 +147,8 @@ def run_once(hz: float, seconds: float, settle: float, calls: int, real: bool = 
         tick_ms = doc["agent"]["tick_avg_ms"]
         components = {name: c.get("busy_ms_per_tick") for name, c in doc["components"].items()}
         sources = {name: round(1000 * (st.get("last_duration_s") or 0), 3) for name, st in doc["sources"].items()}
-        rss = rss_mib(proc.pid)
+        rss_parts = rss_parts_mib(proc.pid)
+        rss = rss_parts.get("VmRSS", float("nan"))
         stream_state = (doc.get("components") or {}).get("stream", {}).get("state")
         # round trips after the CPU window, so the bench's own calls do not count in it
         rtts = []
@@ -166,6 +178,8 @@ def run_once(hz: float, seconds: float, settle: float, calls: int, real: bool = 
                                         for name in sorted(th1, key=lambda n: th0.get(n, 0.0) - th1[n])},
                 "component_ms_per_tick": components, "source_collect_ms": sources,
                 "rss_mib": round(rss, 1),
+                "rss_anon_mib": round(rss_parts.get("RssAnon", float("nan")), 1),
+                "rss_file_mib": round(rss_parts.get("RssFile", float("nan")), 1),
                 "status_rtt_p50_ms": round(percentile(rtts, 50), 3),
                 "status_rtt_p99_ms": round(percentile(rtts, 99), 3)}
     finally:
@@ -310,15 +324,16 @@ def main() -> int:
                     "load_average": [round(x, 2) for x in os.getloadavg()]},
         "stream": "collector on loopback" if collector else "off",
         "runs": runs,
-        f"python_cpu_{rates[-1]:g}hz_over_{rates[1]:g}hz": round(ratio, 3),
         "targets": {
             f"daemon_cpu_percent_at_{rates[0]:g}hz<=0.5": first["daemon_cpu_percent"] <= 0.5,
             f"rss_mib_at_{rates[0]:g}hz<=50": first["rss_mib"] <= 50,
             f"daemon_cpu_percent_at_{rates[1]:g}hz<=1": second["daemon_cpu_percent"] <= 1.0,
             "status_rtt_p99_ms<=10": first["status_rtt_p99_ms"] <= 10,
-            f"python_cpu_at_{rates[-1]:g}hz_within_20%_of_{rates[1]:g}hz": abs(ratio - 1) <= 0.2,
         },
     }
+    if len(rates) > 2:  # with two rates there is nothing to compare the second with
+        result[f"python_cpu_{rates[-1]:g}hz_over_{rates[1]:g}hz"] = round(ratio, 3)
+        result["targets"][f"python_cpu_at_{rates[-1]:g}hz_within_20%_of_{rates[1]:g}hz"] = abs(ratio - 1) <= 0.2
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -327,13 +342,14 @@ def main() -> int:
     for r in runs:
         print(f"{r['gpus']} GPUs @ {r['hz']:.0f} Hz (achieved {r['achieved_hz']:.1f}) over {r['seconds']} s: "
               f"daemon CPU {r['daemon_cpu_percent']:.2f} % of a core = native thread {r['native_thread_cpu_percent']:.2f} % "
-              f"(its ticks' library calls {r['native_tick_library_percent']:.2f} % wall) + Python side {r['python_cpu_percent']:.2f} % (main loop tick {r['main_loop_tick_avg_ms']:.2f} ms); RSS {r['rss_mib']:.1f} MiB; "
+              f"(its ticks' library calls {r['native_tick_library_percent']:.2f} % wall) + Python side {r['python_cpu_percent']:.2f} % (main loop tick {r['main_loop_tick_avg_ms']:.2f} ms); RSS {r['rss_mib']:.1f} MiB (anon {r['rss_anon_mib']:.1f}, files {r['rss_file_mib']:.1f}); "
               f"{r['library_calls_per_gpu_per_s']} library calls per GPU per s; stream {r['stream']}; "
               f"status round trip p50 {r['status_rtt_p50_ms']:.2f} ms, p99 {r['status_rtt_p99_ms']:.2f} ms")
         print(f"    main loop per tick: sources {r['source_collect_ms']} ms, components {r['component_ms_per_tick']} ms")
         print("    by thread, % of a core: " + ", ".join(f"{name} {pct:.3f}" for name, pct in r["threads_cpu_percent"].items()
                                                        if pct >= 0.0005))
-    print(f"Python-side CPU at {rates[-1]:g} Hz / at {rates[1]:g} Hz: {ratio:.2f}")
+    if len(rates) > 2:
+        print(f"Python-side CPU at {rates[-1]:g} Hz / at {rates[1]:g} Hz: {ratio:.2f}")
     for name, ok in result["targets"].items():
         print(f"  {'met   ' if ok else 'MISSED'} {name}")
     return 0
