@@ -445,7 +445,6 @@ static void nv_read_calls(const struct nv_lib *lib, struct egs_dev *d, struct eg
     if (egs_want(t, EGS_F_POWER)) {
         unsigned int mw = 0;
         t->calls++;
-        t->calls++;
         rc = EGS_FN(lib, R_POWER, fn_dev_uint)(h, &mw);
         egs_put(t, EGS_F_POWER, nv_classify(lib, rc, lib->roles[R_POWER].symbol, t), mw / 1000.0);
     }

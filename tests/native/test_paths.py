@@ -231,20 +231,29 @@ def test_buffers_that_stop_answering_fall_back_to_their_own_calls(make_core, shi
     assert all(s.errors == 0 for s in stats.values())
 
 
-@pytest.mark.parametrize("paths", [True, False], ids=["buffers+batch", "per-field"])
-def test_the_core_counts_the_calls_the_library_saw(make_core, paths):
-    before = sim_calls(sim_paths.NVML_LIB)
+@pytest.mark.parametrize("paths,library", [(True, sim_paths.NVML_LIB), (False, sim_paths.NVML_LIB),
+                                           (True, sim_paths.NVML_LEGACY_LIB)],
+                         ids=["buffers+batch", "per-field", "legacy-driver"])
+def test_the_core_counts_the_calls_the_library_saw(make_core, paths, library):
+    # The legacy driver has neither field values nor sample buffers: power comes from
+    # nvmlDeviceGetPowerUsage, which was once counted twice.
+    before = sim_calls(library)
     # No health or per-process pass: their calls are counted apart (health_calls, process_calls).
     core = make_core("constant", hz=50, amd=False, events=False, batch=paths, buffers=paths, health_hz=0,
-                     process_hz=0)
+                     process_hz=0, nvml_library=str(library))
     time.sleep(1.2)
     core.stop()
-    after = sim_calls(sim_paths.NVML_LIB)
+    after = sim_calls(library)
     seen = sum(after.get(f, 0) - before.get(f, 0) for f in TELEMETRY)
     s = core.sampler_stats()
     # At start each GPU is asked once for its field values and, with buffers, once per
-    # sample type (5): those are the core's probes, not the sampler's calls.
-    probes = 2 * (1 + (5 if paths else 0))
+    # sample type (5): those are the core's probes, not the sampler's calls. The legacy driver
+    # has neither to ask.
+    if library == sim_paths.NVML_LEGACY_LIB:
+        assert after.get("nvmlDeviceGetPowerUsage", 0) > before.get("nvmlDeviceGetPowerUsage", 0)
+        probes = 0
+    else:
+        probes = 2 * (1 + (5 if paths else 0))
     assert seen - probes == s["library_calls"] > 0
     assert s["library_calls_per_gpu_per_s"] == pytest.approx(
         s["library_calls"] / 2 / s["elapsed_s"])
