@@ -651,6 +651,7 @@ class Core:
                 "tick_late_p99_us": s.tick_late_p99_us, "thread_cpu_s": s.thread_cpu_s,
                 "elapsed_s": s.elapsed_s, "achieved_hz": s.achieved_hz, "target_hz": self.hz,
                 "read_s": s.read_s, "fold_s": s.fold_s, "fold_p50_us": s.fold_p50_us,
+                "tick_work_p50_us": s.tick_work_p50_us,
                 "events_dropped": s.events_dropped, "abandoned_threads": s.abandoned_threads,
                 "library_calls": s.calls, "buffered_reads": s.buffered_reads,
                 "library_calls_per_gpu_per_s": per_gpu_s, "process_passes": s.process_passes,

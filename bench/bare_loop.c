@@ -18,6 +18,8 @@
 #include <sys/prctl.h>
 #include <time.h>
 
+#include "work_hist.h"  /* native/: the core's buckets for a tick's work */
+
 typedef int (*fn_void)(void);
 typedef int (*fn_count)(unsigned int *);
 typedef int (*fn_handle)(unsigned int, void **);
@@ -80,7 +82,8 @@ int main(int argc, char **argv)
 
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);  /* as the core does */
     volatile double sink = 0;
-    struct timespec a, b, deadline;
+    struct timespec a, b, deadline, woke, done;
+    unsigned int *work = calloc(EGS_WORK_BUCKETS, sizeof(*work));
     clock_gettime(CLOCK_MONOTONIC, &deadline);
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &a);
     for (long r = 0; r < rounds; r++) {
@@ -92,6 +95,7 @@ int main(int argc, char **argv)
             }
             clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, NULL);
         }
+        clock_gettime(CLOCK_MONOTONIC, &woke);
         for (unsigned int i = 0; i < n; i++) {
             unsigned int u[2], mhz = 0, pct = 0;
             unsigned long long mj = 0;
@@ -110,12 +114,23 @@ int main(int argc, char **argv)
             sink += u[0] + u[1] + (double)m.used + (double)m.total + t.value + (double)fv.value + mhz +
                     (double)mj + pct;
         }
+        clock_gettime(CLOCK_MONOTONIC, &done);
+        work[egs_work_bucket((long long)(done.tv_sec - woke.tv_sec) * 1000000000LL + (done.tv_nsec - woke.tv_nsec))]++;
     }
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &b);
     double ns = (double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec);
     double reads = (double)rounds * n * 10;
-    printf("{\"gpus\": %u, \"reads\": %.0f, \"cpu_ns\": %.0f, \"ns_per_read\": %.3f}\n", n, reads, ns,
-           reads > 0 ? ns / reads : 0.0);
+    double work_p50 = 0;
+    for (long k = 0, seen = 0; k < EGS_WORK_BUCKETS && rounds > 0; k++) {
+        seen += work[k];
+        if (seen * 2 >= rounds) {
+            work_p50 = egs_work_bucket_ns(k);
+            break;
+        }
+    }
+    printf("{\"gpus\": %u, \"reads\": %.0f, \"cpu_ns\": %.0f, \"ns_per_read\": %.3f, \"round_work_p50_ns\": %.1f}\n",
+           n, reads, ns, reads > 0 ? ns / reads : 0.0, work_p50);
+    free(work);
     free(devs);
     return 0;
 }

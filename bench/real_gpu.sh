@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 lib=${1:-libnvidia-ml.so.1}
 out=$(mktemp -d)
 cc -O2 -pthread -Inative -o "$out/native_run" bench/native_run.c native/core.c native/nvml.c native/amdsmi.c -ldl -lm
-cc -O2 -o "$out/bare_loop" bench/bare_loop.c -ldl
+cc -O2 -Inative -o "$out/bare_loop" bench/bare_loop.c -ldl -lm
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc); $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)"
 echo "core_100hz: $("$out/native_run" "$lib" /nonexistent/libamd_smi.so 3 100)"

@@ -286,7 +286,7 @@ struct run_tables {
     double *ring;
     unsigned long long *ring_head;
     unsigned int *ring_pos;
-    unsigned int *late_hist, *fold_hist;
+    unsigned int *late_hist, *fold_hist, *work_hist;
     struct egs_tick *ticks;
 };
 
@@ -301,6 +301,7 @@ static void free_tables(struct run_tables *t)
     free(t->ring_pos);
     free(t->late_hist);
     free(t->fold_hist);
+    free(t->work_hist);
     free(t->ticks);
     memset(t, 0, sizeof(*t));
 }
@@ -310,7 +311,7 @@ static void swap_tables(struct egs_core *core, struct run_tables *t)
 {
     struct run_tables old = {
         core->devs, core->ndevs, core->devcap, core->acc, core->ring, core->ring_head,
-        core->ring_pos, core->late_hist, core->fold_hist, core->sampler_ticks,
+        core->ring_pos, core->late_hist, core->fold_hist, core->work_hist, core->sampler_ticks,
     };
     core->devs = t->devs;
     core->ndevs = t->ndevs;
@@ -321,6 +322,7 @@ static void swap_tables(struct egs_core *core, struct run_tables *t)
     core->ring_pos = t->ring_pos;
     core->late_hist = t->late_hist;
     core->fold_hist = t->fold_hist;
+    core->work_hist = t->work_hist;
     core->sampler_ticks = t->ticks;
     *t = old;
 }
@@ -432,12 +434,13 @@ static int alloc_tables(struct run_tables *t, unsigned int ndevs, unsigned int r
     t->ring_pos = calloc(n, sizeof(*t->ring_pos));
     t->late_hist = calloc(EGS_LATE_BUCKETS, sizeof(*t->late_hist));
     t->fold_hist = calloc(EGS_FOLD_BUCKETS, sizeof(*t->fold_hist));
+    t->work_hist = calloc(EGS_WORK_BUCKETS, sizeof(*t->work_hist));
     t->ticks = calloc(n, sizeof(*t->ticks));
     size_t ring_bytes = (size_t)ndevs * ring_len * (1 + EGS_NFIELDS) * sizeof(double);
     if (ring_bytes > 0)
         t->ring = malloc(ring_bytes);
     if (t->acc == NULL || t->ring_head == NULL || t->ring_pos == NULL || t->late_hist == NULL ||
-        t->fold_hist == NULL || t->ticks == NULL || (ring_bytes > 0 && t->ring == NULL))
+        t->fold_hist == NULL || t->work_hist == NULL || t->ticks == NULL || (ring_bytes > 0 && t->ring == NULL))
         return EGS_E_NOMEM;
     /* Touch the whole ring now: otherwise the sampler takes a page fault every few dozen
      * ticks per device as the ring first fills, in the middle of its timed loop. */
@@ -961,6 +964,7 @@ static void *sampler_main(void *arg)
     struct egs_tick *ticks = core->sampler_ticks;     /* allocated by start: cannot fail here */
     struct timespec deadline, now;
     double fold_s = 0.0;      /* not yet published to core->fold_s */
+    long long work_ns = 0;    /* the previous tick's work, not yet in work_hist */
     const unsigned int all_fields = EGS_ALL_FIELDS;
     const unsigned int slow_fields = core->cfg.slow_fields;
     const unsigned long long slow_every = core->slow_every;
@@ -1061,10 +1065,12 @@ static void *sampler_main(void *arg)
             long fb = (long)(fold_s * 1e9) / EGS_FOLD_BUCKET_NS;
             core->fold_hist[fb < EGS_FOLD_BUCKETS ? fb : EGS_FOLD_BUCKETS - 1]++;
             core->fold_s += fold_s;
+            core->work_hist[egs_work_bucket(work_ns)]++;
         }
         pthread_mutex_unlock(&core->lock);
         clock_gettime(CLOCK_MONOTONIC, &fold_end);
         fold_s = ts_diff(&fold_end, &read_end);
+        work_ns = (long long)(ts_diff(&fold_end, &now) * 1e9);
 
         /* The per-process pass, after the tick's own reads and fold so it never delays them;
          * a long pass makes the next ticks late, and they are counted as such. */
@@ -1338,6 +1344,20 @@ EGS_EXPORT int egs_events_read(struct egs_core *core, struct egs_event *out, uns
     return EGS_OK;
 }
 
+/* The bucket holding the median of a histogram of n buckets; -1 when it is empty or absent. */
+static long hist_median(const unsigned int *hist, long n)
+{
+    unsigned long long total = 0, seen = 0;
+    for (long b = 0; hist != NULL && b < n; b++)
+        total += hist[b];
+    for (long b = 0; total > 0 && b < n; b++) {
+        seen += hist[b];
+        if (seen * 2 >= total)
+            return b;
+    }
+    return -1;
+}
+
 EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *out)
 {
     if (core == NULL || out == NULL)
@@ -1380,18 +1400,12 @@ EGS_EXPORT int egs_sampler_get(struct egs_core *core, struct egs_sampler_stats *
     }
     out->idle_slots = core->idle_slots + passed;
     out->achieved_hz = out->elapsed_s > 0 ? (double)(core->ticks + out->idle_slots) / out->elapsed_s : 0.0;
-    if (core->fold_hist != NULL) {
-        unsigned long long folds = 0, seen = 0;
-        for (long b = 0; b < EGS_FOLD_BUCKETS; b++)
-            folds += core->fold_hist[b];
-        for (long b = 0; b < EGS_FOLD_BUCKETS && folds > 0; b++) {
-            seen += core->fold_hist[b];
-            if (seen * 2 >= folds) {
-                out->fold_p50_us = (b + 0.5) * EGS_FOLD_BUCKET_NS / 1000.0;
-                break;
-            }
-        }
-    }
+    long b = hist_median(core->fold_hist, EGS_FOLD_BUCKETS);
+    if (b >= 0)
+        out->fold_p50_us = (b + 0.5) * EGS_FOLD_BUCKET_NS / 1000.0;
+    b = hist_median(core->work_hist, EGS_WORK_BUCKETS);
+    if (b >= 0)
+        out->tick_work_p50_us = egs_work_bucket_ns(b) / 1000.0;
     if (core->late_hist != NULL && core->ticks > 0) {
         unsigned long long seen = 0, want = (core->ticks * 99 + 99) / 100;
         for (long b = 0; b < EGS_LATE_BUCKETS; b++) {

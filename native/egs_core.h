@@ -182,6 +182,10 @@ struct egs_sampler_stats {
                                        * (the core's own per-tick work, lock included) */
     double fold_p50_us;               /* median of one tick's fold: unlike the sum, untouched by
                                        * the odd preemption in the middle of a fold */
+    double tick_work_p50_us;          /* median of one tick's work, wake-up to the end of its
+                                       * fold (reads included, the per-process and health
+                                       * passes not): what a paced loop of the same calls is
+                                       * compared with, without the wake-ups' cost and noise */
     unsigned long long events_dropped;
     unsigned long long process_passes;/* per-process passes made (every device each) */
     unsigned long long process_calls; /* vendor calls those passes made (not in `calls`) */

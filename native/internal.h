@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "egs_core.h"
+#include "work_hist.h"
 
 #define EGS_HIDDEN __attribute__((visibility("hidden")))
 
@@ -273,6 +274,7 @@ struct egs_core {
     double read_s, fold_s;
     unsigned int *late_hist;        /* EGS_LATE_BUCKETS */
     unsigned int *fold_hist;        /* EGS_FOLD_BUCKETS */
+    unsigned int *work_hist;        /* EGS_WORK_BUCKETS */
     double thread_cpu_s;            /* written by the sampler when it exits */
     clockid_t sampler_clock;
     int have_sampler_clock;

@@ -73,6 +73,26 @@ def test_rate_is_held_on_the_deadline_grid(make_core):
     assert s["thread_cpu_s"] > 0
 
 
+def test_a_ticks_work_median_is_its_calls_latency_plus_the_fold(make_core, tmp_path):
+    # One GPU whose every query takes 1 ms, every field by its own call every tick: 8 calls
+    # (utilisation, memory, temperature, power, two clocks, energy, fan), so a tick's work
+    # is at least 8 ms, and the median lands within the histogram's 1.6 % buckets plus the
+    # sleeps' overshoot.
+    scenario = tmp_path / "ms-calls.toml"
+    scenario.write_text('[sim]\ncall_latency_us = 1000\n\n[[gpu]]\nvendor = "nvidia"\n'
+                        'name = "Tesla P100-PCIE-16GB"\npci_bus_id = "00000000:00:08.0"\n')
+    core = make_core(scenario, hz=20, slow_hz=20, amd=False, events=False, batch=False, buffers=False,
+                     health_hz=0, process_hz=0)
+    deadline = time.monotonic() + 30.0
+    while core.sampler_stats()["ticks"] < 12:
+        assert time.monotonic() < deadline, "the sampler made no progress"
+        time.sleep(0.05)
+    s = core.sampler_stats()
+    assert s["library_calls"] == 8 * s["ticks"]
+    assert 8000 <= s["tick_work_p50_us"] <= 8000 * 1.5, s
+    assert s["tick_work_p50_us"] > s["fold_p50_us"] > 0
+
+
 def test_a_second_start_while_running_raises_state_error(make_core):
     core = make_core("constant", amd=False)
     with pytest.raises(StateError):
