@@ -321,7 +321,9 @@ def main() -> int:
         ("fold <= 10 ns per read at 1 kHz", report["fold_ns_per_read"] <= 10.0),
         ("<= 12 library calls per GPU per s at the defaults",
          report["library_calls_per_gpu_per_s"]["defaults"] <= 12),
-        ("drain at 1 kHz within 20 % of 10 Hz", abs(d1k - d10) <= 0.2 * d10),
+        # The cost must not grow with the rate; at 1 kHz the accumulators are often still in
+        # cache from the sampler, and the drain is then cheaper, which is no failure.
+        ("drain at 1 kHz at most 20 % above 10 Hz", d1k <= 1.2 * d10),
     ]
     for name, ok in checks:
         print(f"{'met' if ok else 'MISSED':>28}: {name}")
