@@ -196,7 +196,7 @@ class ApiServer:
         thread.start()
         self._loop, self._thread = loop, thread
         try:
-            asyncio.run_coroutine_threadsafe(self._start(), loop).result()
+            asyncio.run_coroutine_threadsafe(self._start(), loop).result(30.0)
         except BaseException:
             self._close_loop()
             raise
