@@ -88,10 +88,12 @@ def _streaming(handler: Callable, pool: futures.Executor) -> Callable:
         except _Aborted as e:
             await context.abort(e.code, e.details)
         finally:
-            # Ended early (cancelled, aborted, the server stopping): close the generator once
-            # the step in progress, if any, is done; closing a running generator is an error.
+            # Ended early (cancelled, aborted, the server stopping): close the generator (its
+            # own `finally` runs: the servicers' are short, unsubscribing or closing a file),
+            # at once if no step is in progress, else once that step is done, on the pool
+            # thread that ran it; closing a running generator is an error.
             if step is None:
-                pool.submit(items.close)
+                items.close()
             else:
                 step.add_done_callback(lambda _step: items.close())
     return call
@@ -109,14 +111,17 @@ def wrap(method: grpc.RpcMethodHandler, pool: futures.Executor) -> grpc.RpcMetho
 class _GenericHandler(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler, pool: futures.Executor):
         self._inner, self._pool = inner, pool
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}  # the inner handler's methods only
 
     def service(self, handler_call_details):
         method = handler_call_details.method
-        if method not in self._wrapped:
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
             found = self._inner.service(handler_call_details)
-            self._wrapped[method] = None if found is None else wrap(found, self._pool)
-        return self._wrapped[method]
+            if found is None:
+                return None  # not remembered: a client can ask for any number of names
+            wrapped = self._wrapped[method] = wrap(found, self._pool)
+        return wrapped
 
 
 class Registrar:

@@ -117,3 +117,31 @@ def test_a_client_streaming_method_is_refused_rather_than_served_wrong():
     handler = grpc.stream_unary_rpc_method_handler(lambda it, ctx: None)
     with pytest.raises(ValueError, match="client-streaming"):
         bridge.wrap(handler, futures.ThreadPoolExecutor(1))
+
+
+def test_unknown_methods_are_unimplemented_and_not_remembered(served):
+    """A client may ask for any method name; each is answered UNIMPLEMENTED, and only the
+    service's own methods are kept by the bridge (its memory does not grow with the names)."""
+    servicer, stub, pool, _ = served
+    generic = bridge._GenericHandler(grpc.method_handlers_generic_handler("egs.agent.v1.Agent", {
+        "Query": grpc.unary_unary_rpc_method_handler(servicer.Query)}), pool)
+
+    class Details:
+        def __init__(self, method):
+            self.method, self.invocation_metadata = method, ()
+
+    for i in range(1000):
+        assert generic.service(Details(f"/egs.agent.v1.Agent/Nope{i}")) is None
+    assert generic.service(Details("/egs.agent.v1.Agent/Query")) is not None
+    assert list(generic._wrapped) == ["/egs.agent.v1.Agent/Query"]
+
+
+def test_an_unknown_method_over_the_socket_is_unimplemented(served, short_dir):
+    _, stub, _, _ = served
+    channel = grpc.insecure_channel(f"unix:{short_dir / 'b.sock'}")
+    call = channel.unary_unary("/egs.agent.v1.Agent/Nope")
+    with pytest.raises(grpc.RpcError) as e:
+        call(b"", timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    channel.close()
+    assert stub.Query(agent_pb2.QueryRequest(metric="x"), timeout=5).metric == "X"
