@@ -470,20 +470,35 @@ class Publisher:
 
 async def agents(bus: Bus) -> list[dict]:
     """Every host's latest record in the agents bucket, in the shape of `StoreReader.agents`
-    plus "collector" and "connected"."""
+    plus "collector" and "connected".
+
+    The bucket's stream is read up to the last sequence it had when asked (its stream info),
+    one entry per key (the latest), deletions skipped. nats-py's watcher also puts a None
+    "initial values done" mark in its queue, but it decides that from the consumer's pending
+    count before its own callback has taken any message: when the server has already pushed
+    every entry, the mark comes first and a listing that stopped at it came back empty (seen
+    under load: a collector answered Agents without the host connected to it)."""
     out = []
     try:
-        watcher = await bus.agents_kv.watchall(include_history=False, ignore_deletes=True)
+        info = await bus.js.stream_info(f"KV_{AGENTS_BUCKET}")
+        last = info.state.last_seq if info.state.messages else 0
+        watcher = await bus.agents_kv.watchall(include_history=False, ignore_deletes=False)
     except Exception as e:
         raise BusUnavailable(f"cannot read {AGENTS_BUCKET}: {e}") from None
     try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            try:
-                out.append(json.loads(entry.value))
-            except (TypeError, ValueError):
+        while last:
+            entry = await watcher.updates(timeout=5.0)
+            if entry is None:  # the watcher's own "done" mark, not to be trusted: see above
                 continue
+            if entry.operation not in ("DEL", "PURGE"):
+                try:
+                    out.append(json.loads(entry.value))
+                except (TypeError, ValueError):
+                    pass
+            if entry.revision >= last:
+                break
+    except Exception as e:
+        raise BusUnavailable(f"cannot read {AGENTS_BUCKET}: {e}") from None
     finally:
         await watcher.stop()
     return sorted(out, key=lambda r: r.get("host", ""))
