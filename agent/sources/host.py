@@ -123,7 +123,10 @@ def read_memory(procfs: str) -> tuple[int, int]:
             total = int(line.split()[1]) * 1024
         elif line.startswith(b"MemAvailable:"):
             available = int(line.split()[1]) * 1024
-            break  # it follows MemTotal
+        else:
+            continue
+        if total is not None and available is not None:
+            break  # the kernel puts both in the first three lines
     if total is None:
         return 0, 0
     if available is None:

@@ -250,3 +250,10 @@ def test_memory_is_what_psutil_reads_and_its_estimate_where_the_kernel_has_no_me
     src.start()
     got = by_key(src.collect(100.0))
     assert got[("memory_used_bytes", ())] == total - available
+
+
+def test_memory_lines_are_found_in_any_order(tmp_path):
+    from agent.sources.host import read_memory
+
+    (tmp_path / "meminfo").write_text("MemAvailable: 3 kB\nMemFree: 1 kB\nMemTotal: 8 kB\n")
+    assert read_memory(str(tmp_path)) == (8 * 1024, 3 * 1024)
