@@ -230,6 +230,8 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=5, help="floor/core pairs run back to back (default 5)")
     ap.add_argument("--pair-seconds", type=float, default=2.0, help="each side of a pair (default 2)")
     args = ap.parse_args()
+    if args.pairs < 1 or not 0.5 <= args.pair_seconds <= 60 or not 1 <= args.seconds <= 600:
+        ap.error("--pairs must be >= 1, --pair-seconds within 0.5..60, --seconds within 1..600")
     try:
         sim_paths.build_sim()
     except RuntimeError as e:  # only the NVML simulation is needed here

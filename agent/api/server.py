@@ -210,8 +210,9 @@ class ApiServer:
         loop.run_forever()
 
     async def _start(self) -> None:
-        server = grpc.aio.server(migration_thread_pool=self._pool,
-                                 options=[("grpc.max_receive_message_length", 1 << 20)])
+        # No migration_thread_pool: every handler reaches the server through the registrar,
+        # already async (bridge.py says why grpc.aio's own way is not used).
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", 1 << 20)])
         registrar = bridge.Registrar(server, self._pool)
         for add in self._services:
             add(registrar)

@@ -83,46 +83,58 @@ class CpuTimes(NamedTuple):
     guest_nice: float = 0.0
 
 
+PROC_FILE_MAX = 16 << 20  # /proc/stat of a 1000-CPU host is well under 1 MiB
+
+
 def read_proc(path: str, size: int = 1 << 16) -> bytes:
-    """A small procfs file in one read (they are generated whole on the first read)."""
+    """A small procfs file in one read (they are generated whole on the first read); OSError
+    for one over PROC_FILE_MAX (`host.procfs` pointing somewhere it should not)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        chunks = []
+        chunks, got = [], 0
         while True:
             chunk = os.read(fd, size)
             if not chunk:
                 return b"".join(chunks)
+            got += len(chunk)
+            if got > PROC_FILE_MAX:
+                raise OSError(f"{path}: over {PROC_FILE_MAX >> 20} MiB, not a procfs file")
             chunks.append(chunk)
     finally:
         os.close(fd)
 
 
-def read_cpu_times(procfs: str) -> tuple[CpuTimes | None, list[CpuTimes]]:
-    """(all CPUs, [cpu0, cpu1, ...]) from one read of `<procfs>/stat`; the total is None when
-    the file has no `cpu` line. An offline CPU has no line of its own, as in psutil."""
-    total, per_cpu = None, []
+def read_cpu_times(procfs: str) -> tuple[CpuTimes | None, dict[str, CpuTimes]]:
+    """(all CPUs, {"0": cpu0, "1": cpu1, ...}) from one read of `<procfs>/stat`, by the
+    kernel's CPU number; the total is None when the file has no `cpu` line. An offline CPU has
+    no line of its own; a line that does not parse is left out, as if offline."""
+    total, per_cpu = None, {}
     for line in read_proc(os.path.join(procfs, "stat")).splitlines():
         if not line.startswith(b"cpu"):
             break  # the cpu lines come first
         name, *ticks = line.split()
-        times = CpuTimes(*(int(t) / _CLOCK_TICKS for t in ticks[:len(CpuTimes._fields)]))
+        try:
+            times = CpuTimes(*(int(t) / _CLOCK_TICKS for t in ticks[:len(CpuTimes._fields)]))
+        except ValueError:
+            continue
         if name == b"cpu":
             total = times
         else:
-            per_cpu.append(times)
+            per_cpu[name[3:].decode("ascii", "replace")] = times
     return total, per_cpu
 
 
 def read_memory(procfs: str) -> tuple[int, int]:
     """(MemTotal, MemAvailable) in bytes from `<procfs>/meminfo`: the two lines the memory
     figures need, without parsing the other fifty. A kernel before 3.14 has no MemAvailable:
-    then psutil's estimate of it (from free, cached and reclaimable memory) is used."""
+    then psutil's estimate of it (from free, cached and reclaimable memory) is used. A line
+    that does not parse counts as missing; (0, 0) when there is no total to go by."""
     total = available = None
     for line in read_proc(os.path.join(procfs, "meminfo")).splitlines():
         if line.startswith(b"MemTotal:"):
-            total = int(line.split()[1]) * 1024
+            total = _kib_line(line)
         elif line.startswith(b"MemAvailable:"):
-            available = int(line.split()[1]) * 1024
+            available = _kib_line(line)
         else:
             continue
         if total is not None and available is not None:
@@ -130,9 +142,21 @@ def read_memory(procfs: str) -> tuple[int, int]:
     if total is None:
         return 0, 0
     if available is None:
-        vm = psutil.virtual_memory()
+        try:
+            vm = psutil.virtual_memory()
+        except (ValueError, IndexError, KeyError, OSError):  # the rest of the file is broken too
+            return 0, 0
         return vm.total, vm.available
     return total, available
+
+
+def _kib_line(line: bytes) -> int | None:
+    """The bytes of a `Name: N kB` meminfo line; None for one that does not parse."""
+    try:
+        value = int(line.split()[1])
+    except (IndexError, ValueError):
+        return None
+    return value * 1024 if value >= 0 else None
 
 
 def cpu_busy_total(times) -> tuple[float, float]:
@@ -211,11 +235,11 @@ class HostSource(Source):
             value = utilization(self._cpu, total)
             if value is not None:
                 out.append(Sample.reading("cpu_utilization_percent", {}, value, now))
-            if self._percpu is not None and len(self._percpu) == len(percpu):
-                for i, (a, b) in enumerate(zip(self._percpu, percpu)):
-                    value = utilization(a, b)
-                    if value is not None:
-                        out.append(Sample.reading("cpu_utilization_percent", {"cpu": str(i)}, value, now))
+            for cpu, b in percpu.items():  # a CPU offline at either reading has no figure
+                a = self._percpu.get(cpu) if self._percpu is not None else None
+                value = utilization(a, b) if a is not None else None
+                if value is not None:
+                    out.append(Sample.reading("cpu_utilization_percent", {"cpu": cpu}, value, now))
         self._cpu, self._percpu = total, percpu
         return out
 
@@ -230,8 +254,12 @@ class HostSource(Source):
 
     def _load_samples(self, now: float) -> list[Sample]:
         fields = read_proc(os.path.join(self.settings.procfs, "loadavg")).split()
-        return [Sample.reading(name, {}, float(fields[i]), now)
-                for i, name in enumerate(("load1", "load5", "load15"))]
+        try:
+            loads = [float(f) for f in fields[:3]]
+        except ValueError:
+            return []  # a loadavg that does not parse: no load figures, the rest still come
+        return [Sample.reading(name, {}, value, now)
+                for name, value in zip(("load1", "load5", "load15"), loads) if value == value]
 
     def _net_samples(self, now: float) -> list[Sample]:
         # nowrap=False: psutil's default papers over a counter going backwards by adding the

@@ -115,8 +115,32 @@ def test_stopping_the_server_with_a_stream_open_ends_it_and_its_generator(served
 
 def test_a_client_streaming_method_is_refused_rather_than_served_wrong():
     handler = grpc.stream_unary_rpc_method_handler(lambda it, ctx: None)
-    with pytest.raises(ValueError, match="client-streaming"):
-        bridge.wrap(handler, futures.ThreadPoolExecutor(1))
+    with futures.ThreadPoolExecutor(1) as pool, pytest.raises(ValueError, match="client-streaming"):
+        bridge.wrap(handler, pool)
+
+
+def test_sync_context_is_active_until_the_call_ends_and_then_runs_the_callbacks():
+    class AioContext:  # the two things SyncContext takes from grpc.aio's context
+        def __init__(self):
+            self.done_callbacks = []
+
+        def add_done_callback(self, fn):
+            self.done_callbacks.append(fn)
+
+        def peer(self):
+            return "unix:/x"
+
+    aio = AioContext()
+    ctx = bridge.SyncContext(aio)
+    ran = []
+    assert ctx.add_callback(lambda: ran.append("cb")) is True
+    assert ctx.is_active() and ran == [] and ctx.peer() == "unix:/x"
+    for fn in aio.done_callbacks:
+        fn(aio)
+    assert not ctx.is_active() and ran == ["cb"]
+    with pytest.raises(bridge._Aborted) as e:
+        ctx.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+    assert (e.value.code, e.value.details) == (grpc.StatusCode.NOT_FOUND, "no such thing")
 
 
 def test_unknown_methods_are_unimplemented_and_not_remembered(served):

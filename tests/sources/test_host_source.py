@@ -208,8 +208,8 @@ def test_one_read_of_stat_gives_what_psutil_gives_for_the_total_and_each_cpu(tmp
     total, per_cpu = read_cpu_times(str(tmp_path))
     theirs = psutil.cpu_times()
     assert {f: getattr(total, f) for f in theirs._fields} == pytest.approx(theirs._asdict())
-    assert len(per_cpu) == 2
-    for ours, theirs in zip(per_cpu, psutil.cpu_times(percpu=True)):
+    assert list(per_cpu) == ["0", "1"]
+    for ours, theirs in zip(per_cpu.values(), psutil.cpu_times(percpu=True)):
         assert {f: getattr(ours, f) for f in theirs._fields} == pytest.approx(theirs._asdict())
     assert total.user == pytest.approx((1234 + 4321) / os.sysconf("SC_CLK_TCK"))
 
@@ -221,7 +221,8 @@ def test_an_older_kernels_shorter_cpu_lines_leave_the_missing_times_zero(tmp_pat
 
     hz = os.sysconf("SC_CLK_TCK")
     write_tree(tmp_path, [("cpu", [100, 0, 100, 800, 0, 0, 0, 0]), ("cpu0", [100, 0, 100, 800])], MEM, {})
-    before, (cpu0,) = read_cpu_times(str(tmp_path))
+    before, per_cpu = read_cpu_times(str(tmp_path))
+    (cpu0,) = per_cpu.values()
     assert cpu0.idle == pytest.approx(800 / hz) and cpu0.iowait == 0.0 and cpu0.guest_nice == 0.0
     write_tree(tmp_path, [("cpu", [150, 0, 150, 900, 0, 0, 0, 0]), ("cpu0", [150, 0, 150, 900])], MEM, {})
     after, _ = read_cpu_times(str(tmp_path))
@@ -257,3 +258,46 @@ def test_memory_lines_are_found_in_any_order(tmp_path):
 
     (tmp_path / "meminfo").write_text("MemAvailable: 3 kB\nMemFree: 1 kB\nMemTotal: 8 kB\n")
     assert read_memory(str(tmp_path)) == (8 * 1024, 3 * 1024)
+
+
+def test_lines_that_do_not_parse_lose_only_their_own_figures(tmp_path, restore_procfs):
+    """Garbage in /proc (a fixture, a broken procfs): a cpu line, the memory lines, or the load
+    that does not parse costs its own figures; the other figures of the tick still come."""
+    write_tree(tmp_path, [("cpu", [2, 0, 2, 16]), ("cpu0", [1, 0, 1, 8]), ("cpu1", ["x", "NaN", "1e300", "-"])],
+               {"MemTotal": "lots", "MemAvailable": 12}, {"eth0": (1, 1, 0, 0, 1, 1, 0, 0)}, loadavg="nan x y 1/1 1")
+    src = HostSource(settings(tmp_path))
+    src.start()
+    src.collect(100.0)
+    write_tree(tmp_path, [("cpu", [4, 0, 4, 24]), ("cpu0", [2, 0, 2, 12]), ("cpu1", ["x", "NaN", "1e300", "-"])],
+               {"MemTotal": "lots", "MemAvailable": 12}, {"eth0": (9, 2, 0, 0, 1, 1, 0, 0)}, loadavg="nan x y 1/1 1")
+    got = by_key(src.collect(101.0))
+    assert src.status.state != "failed"
+    assert got[("cpu_utilization_percent", ())] == pytest.approx(100 * 4 / 12)
+    assert got[("cpu_utilization_percent", (("cpu", "0"),))] == pytest.approx(100 * 2 / 6)
+    assert ("cpu_utilization_percent", (("cpu", "1"),)) not in got
+    assert not any(m.startswith("memory_") or m.startswith("load") for m, _ in got)
+    assert got[("net_rx_bytes_per_second", (("nic", "eth0"),))] == pytest.approx(8.0)
+
+
+def test_a_procfs_file_over_the_bound_is_an_error_naming_it(tmp_path, monkeypatch):
+    from agent.sources import host
+
+    monkeypatch.setattr(host, "PROC_FILE_MAX", 1000)
+    (tmp_path / "stat").write_bytes(b"cpu  1 2 3 4\n" * 200)
+    with pytest.raises(OSError, match="stat: over"):
+        host.read_cpu_times(str(tmp_path))
+
+
+def test_per_cpu_figures_keep_the_kernels_cpu_numbers_when_one_goes_offline(tmp_path, restore_procfs):
+    """An offline CPU has no line in /proc/stat: the others keep their own numbers (cpu2 stays
+    "2", not the second line's "1"), and the one that went away has no figure."""
+    rows = lambda k: [("cpu", [6 * k, 0, 0, 30 * k]), ("cpu0", [k, 0, 0, 10 * k]), ("cpu1", [2 * k, 0, 0, 10 * k]),
+                      ("cpu2", [3 * k, 0, 0, 10 * k])]
+    write_tree(tmp_path, rows(1), MEM, {})
+    src = HostSource(settings(tmp_path))
+    src.start()
+    src.collect(100.0)
+    write_tree(tmp_path, [r for r in rows(2) if r[0] != "cpu1"], MEM, {})
+    got = by_key(src.collect(101.0))
+    per_cpu = {dict(k[1])["cpu"]: v for k, v in got.items() if k[0] == "cpu_utilization_percent" and k[1]}
+    assert per_cpu == {"0": pytest.approx(100 * 1 / 11), "2": pytest.approx(100 * 3 / 13)}
